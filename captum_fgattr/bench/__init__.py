@@ -1,0 +1,1 @@
+"""The study's benchmark: data, models, methods, evaluation, durable results, report and CLI."""
