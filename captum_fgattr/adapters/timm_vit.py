@@ -1,0 +1,49 @@
+"""timm ``VisionTransformer`` (ViT, DeiT, register tokens): probabilities at ``attn.attn_drop``."""
+from __future__ import annotations
+
+from timm.layers import Attention
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from captum_fgattr.adapters.base import AttentionCallback, Undo, ViTAdapter
+
+
+class TimmViTAdapter(ViTAdapter):
+    """Adapter for ``timm.models.vision_transformer.VisionTransformer`` with class-token pooling.
+
+    While attention is exposed, ``blk.attn.fused_attn`` is switched off (the fused kernel never
+    materialises the probabilities) and restored by the returned undo function.
+    """
+
+    def __init__(self, vit: VisionTransformer, model: nn.Module | None = None) -> None:
+        if vit.cls_token is None or vit.global_pool != "token":
+            raise ValueError(
+                "TransMM reads relevance from the class-token row, so the timm ViT must have a class "
+                f"token and global_pool='token'; got global_pool={vit.global_pool!r}, "
+                f"class token {'present' if vit.cls_token is not None else 'absent'}"
+            )
+        for i, blk in enumerate(vit.blocks):
+            if type(blk.attn) is not Attention:
+                raise TypeError(
+                    f"block {i} uses attention {type(blk.attn).__name__}; supported: timm.layers.Attention"
+                )
+        self.model = vit if model is None else model
+        self.vit = vit
+        self.blocks = list(vit.blocks)
+        self.num_prefix_tokens = vit.num_prefix_tokens
+        self.patch_size = tuple(vit.patch_embed.patch_size)
+        self.img_size = tuple(vit.patch_embed.img_size)
+        self.embed_dim = vit.embed_dim
+        self.num_heads = vit.blocks[0].attn.num_heads if len(vit.blocks) else 0
+
+    def expose_attention(self, layer: int, callback: AttentionCallback) -> Undo:
+        attn = self.blocks[layer].attn
+        was_fused = attn.fused_attn
+        attn.fused_attn = False
+        handle = attn.attn_drop.register_forward_hook(lambda _m, _inp, out: callback(out))
+
+        def undo() -> None:
+            handle.remove()
+            attn.fused_attn = was_fused
+
+        return undo

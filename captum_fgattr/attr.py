@@ -1,0 +1,211 @@
+"""Captum attribution classes: TransMM and Feature-Gradient TransMM for Vision Transformers.
+
+Both run one batched forward and one backward per call through :func:`capture`, build the
+gradient-weighted attention maps of every block, (optionally) gate them, and propagate relevancy.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from captum._utils.common import _format_additional_forward_args
+from captum.attr import GradientAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from captum_fgattr.adapters import Captured, capture, get_adapter
+from captum_fgattr.adapters.tokens import grid_to_pixels, patches_to_grid
+from captum_fgattr.gates import VARIANTS, exp_tanh_gates, feature_gradient_scores, gate_columns, robust_z
+from captum_fgattr.relevancy import class_token_row, gradient_weighted_attention, transmm_relevancy
+from captum_fgattr.targets import TargetLike, resolve_target
+
+
+class TransMM(GradientAttribution):
+    """TransMM (Chefer et al. 2021): gradient-weighted attention propagated through all blocks.
+
+    For target logit y_t and every block ℓ: cam_ℓ = mean_heads(relu(∂y_t/∂A_ℓ ⊙ A_ℓ)),
+    R_ℓ = R_{ℓ-1} + cam_ℓ·R_{ℓ-1} from R_0 = I; the attribution is the class-token row of R_L over
+    the patch tokens, raw (not normalised).
+
+    Args:
+        model: a timm ``VisionTransformer`` or an open_clip ViT classifier (e.g.
+            :class:`CLIPZeroShotClassifier`), or a module containing exactly one of them, returning
+            logits (B, num_classes). Its mode (train/eval) is left to the caller.
+
+    Example:
+        >>> import timm, torch
+        >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=3).eval()
+        >>> TransMM(vit).attribute(torch.randn(2, 3, 64, 64), target=[0, 2]).shape
+        torch.Size([2, 1, 64, 64])
+        >>> TransMM(vit).attribute(torch.randn(2, 3, 64, 64), return_patches=True).shape
+        torch.Size([2, 4, 4])
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.adapter = get_adapter(model)
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Tensor,
+        target: TargetLike = None,
+        additional_forward_args: object = None,
+        return_patches: bool = False,
+    ) -> Tensor:
+        """Attribute the target logit to the input's patches.
+
+        Args:
+            inputs: (B, C, H, W) images at the model's input size, finite.
+            target: class per sample — an int, a list of B ints or a (B,) tensor; ``None`` uses the
+                predicted class.
+            additional_forward_args: extra positional arguments for the model after the images.
+            return_patches: return the raw patch grid instead of the pixel map.
+
+        Returns:
+            (B, 1, H, W) pixel map with each patch's relevance repeated over its pixels, or
+            (B, gh, gw) patch relevance if ``return_patches``.
+        """
+        self.adapter.check_input(inputs)
+        extra = _format_additional_forward_args(additional_forward_args) or ()
+        with torch.enable_grad(), capture(self.adapter, resid_layers=self._resid_layers()) as captured:
+            logits = self.forward_func(inputs.detach().requires_grad_(True), *extra)
+            target_idx = resolve_target(target, logits)
+            captured.backward(logits.gather(1, target_idx[:, None]).sum())
+            cams = [gradient_weighted_attention(a, g) for a, g in zip(captured.attn, captured.attn_grad)]
+            cams = self._gate(cams, captured)
+        relevance = class_token_row(transmm_relevancy(cams), self.adapter.num_prefix_tokens).detach()
+        grid = patches_to_grid(relevance, self.adapter.grid_size(inputs))
+        return grid if return_patches else grid_to_pixels(grid, self.adapter.patch_size)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    def _resid_layers(self) -> tuple[int, ...]:
+        """Blocks whose resid_post (and its gradient) the method needs."""
+        return ()
+
+    def _gate(self, cams: list[Tensor], captured: Captured) -> list[Tensor]:
+        """Hook for subclasses: modify the per-block (B, N, N) maps before propagation."""
+        return cams
+
+
+@dataclass(frozen=True)
+class GatedLayer:
+    """What Feature-Gradient TransMM computed at one gated layer in its last call.
+
+    Attributes:
+        scores: (B, T) feature-gradient scores s_t of the patch tokens.
+        gates: (B, T) gates w_t.
+        top_features: (B, T, n) indices of the features with the largest |f_k·⟨g, d_k⟩|, or ``None``.
+        top_contributions: (B, T, n) those contributions f_k·⟨g, d_k⟩ (sign: + boosts, − suppresses).
+    """
+
+    scores: Tensor
+    gates: Tensor
+    top_features: Tensor | None = None
+    top_contributions: Tensor | None = None
+
+
+class FeatureGradientTransMM(TransMM):
+    """Feature-Gradient TransMM (Šula 2026): TransMM whose attention columns are rescaled by SAE
+    feature-gradient gates at one or several layers (DESIGN §5).
+
+    At a gated block ℓ (0-based, as timm ``blocks[ℓ]``), for each patch token t with resid_post x_t
+    and gradient g_t = ∂y/∂x_t: f_t = SAE.encode(x_t), s_t = ⟨g_t, W_decᵀ f_t⟩ (``combined``),
+    Σ_k f_tk (``activation``) or Σ_k |⟨g_t, d_k⟩| (``gradient``); ŝ = (s − median)/(1.4826·MAD + 1e-8);
+    w_t = exp(ln c_max · tanh(κ ŝ_t)); cam_ℓ's patch columns are multiplied by w_t.
+
+    Args:
+        model: as for :class:`TransMM`.
+        saes: block index -> SAE with ``encode`` and ``W_dec`` (K, D); the gated layers are its keys.
+        kappa: gate strength κ ≥ 0, one value or one per gated layer.
+        c_max: gate range c_max ≥ 1, one value or one per gated layer.
+        variant: ``combined`` (default), ``activation`` or ``gradient``.
+        shuffle_decoder_seed: if given, the control: decoder rows permuted by a seeded permutation
+            (activations unchanged).
+        top_features: if > 0, record for each patch the ``top_features`` features contributing most
+            to its score (see :attr:`last_gated_layers`); costs a K-wide projection of the gradient.
+
+    After each call, :attr:`last_gated_layers` maps each gated block to a :class:`GatedLayer`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        saes: Mapping[int, nn.Module],
+        kappa: float | Mapping[int, float] = 0.5,
+        c_max: float | Mapping[int, float] = 10.0,
+        variant: str = "combined",
+        shuffle_decoder_seed: int | None = None,
+        top_features: int = 0,
+    ) -> None:
+        super().__init__(model)
+        if not saes:
+            raise ValueError("saes is empty: give at least one {block index: SAE}")
+        if variant not in VARIANTS:
+            raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")
+        if top_features < 0:
+            raise ValueError(f"top_features={top_features}; expected >= 0")
+        depth, width = self.adapter.depth, self.adapter.embed_dim
+        for layer, sae in saes.items():
+            if not 0 <= layer < depth:
+                raise ValueError(f"gated layer {layer} is out of range for a model with {depth} blocks (0..{depth - 1})")
+            if sae.W_dec.shape[1] != width:
+                raise ValueError(f"SAE for layer {layer} has width {sae.W_dec.shape[1]}, but the model's residual stream has width {width}")
+        self.saes = dict(sorted(saes.items()))
+        self.kappa = self._per_layer("kappa", kappa, minimum=0.0)
+        self.c_max = self._per_layer("c_max", c_max, minimum=1.0)
+        self.variant = variant
+        self.top_features = top_features
+        self.decoder_permutations: dict[int, Tensor] = {}
+        if shuffle_decoder_seed is not None:
+            generator = torch.Generator().manual_seed(shuffle_decoder_seed)
+            self.decoder_permutations = {l: torch.randperm(sae.W_dec.shape[0], generator=generator) for l, sae in self.saes.items()}
+        self.last_gated_layers: dict[int, GatedLayer] = {}
+
+    def _per_layer(self, name: str, value: float | Mapping[int, float], minimum: float) -> dict[int, float]:
+        values = dict(value) if isinstance(value, Mapping) else {layer: value for layer in self.saes}
+        if set(values) != set(self.saes):
+            raise ValueError(f"{name} is given for layers {sorted(values)}, but the gated layers are {sorted(self.saes)}")
+        for layer, v in values.items():
+            if not (float(v) >= minimum and float(v) < float("inf")):
+                raise ValueError(f"{name}={v} for layer {layer}; expected a finite value >= {minimum}")
+        return {layer: float(v) for layer, v in values.items()}
+
+    def decoder(self, layer: int) -> Tensor:
+        """(K, D) decoder directions used at ``layer`` (row-permuted for the shuffled control)."""
+        W_dec = self.saes[layer].W_dec.detach()
+        perm = self.decoder_permutations.get(layer)
+        return W_dec if perm is None else W_dec[perm.to(W_dec.device)]
+
+    def _resid_layers(self) -> tuple[int, ...]:
+        return tuple(self.saes)
+
+    def _gate(self, cams: list[Tensor], captured: Captured) -> list[Tensor]:
+        prefix = self.adapter.num_prefix_tokens
+        self.last_gated_layers = {}
+        with torch.no_grad():
+            for layer, sae in self.saes.items():
+                decoder = self.decoder(layer)
+                x = captured.resid[layer][:, prefix:].to(decoder)
+                grad = captured.resid_grad[layer][:, prefix:].to(decoder)
+                features = sae.encode(x)
+                scores = feature_gradient_scores(features, grad, decoder, self.variant)
+                gates = exp_tanh_gates(robust_z(scores), self.kappa[layer], self.c_max[layer])
+                cams[layer] = gate_columns(cams[layer], gates.to(cams[layer]), prefix)
+                self.last_gated_layers[layer] = GatedLayer(scores, gates, *self._top_features(features, grad, decoder))
+        return cams
+
+    def _top_features(self, features: Tensor, grad: Tensor, decoder: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """(B, T, n) indices and values of the largest |f_k·⟨g, d_k⟩| per patch (if asked for)."""
+        if not self.top_features:
+            return None, None
+        contributions = features * (grad @ decoder.T)
+        top = contributions.abs().topk(min(self.top_features, contributions.shape[-1]), dim=-1).indices
+        return top, contributions.gather(-1, top)

@@ -1,0 +1,92 @@
+"""Independent, explicit per-image computations of the formulas in DESIGN.md, written without the
+library's hooks or helpers: manual forwards that expose attention, and relevancy in float64 loops."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def timm_forward(vit, image):
+    """Manual forward of a timm ViT on one image (1, C, H, W) -> (logits (1, C'), attns, resids)."""
+    x = vit.norm_pre(vit._pos_embed(vit.patch_embed(image)))
+    attns, resids = [], []
+    for blk in vit.blocks:
+        a = blk.attn
+        h = blk.norm1(x)
+        B, N, _ = h.shape
+        q, k, v = a.qkv(h).reshape(B, N, 3, a.num_heads, a.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = a.q_norm(q), a.k_norm(k)
+        A = ((q * a.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+        attns.append(A)
+        out = a.proj(a.norm((A @ v).transpose(1, 2).reshape(B, N, -1)))
+        x = x + blk.ls1(out)
+        x = x + blk.ls2(blk.mlp(blk.norm2(x)))
+        resids.append(x)
+    x = vit.norm(x)
+    return vit.head(vit.fc_norm(x[:, 0])), attns, resids
+
+
+def clip_forward(clf, image):
+    """Manual forward of a CLIPZeroShotClassifier on one image -> (logits, attns, resids)."""
+    v = clf.visual
+    x = v.conv1(image).flatten(2).transpose(1, 2)
+    x = torch.cat([v.class_embedding.expand(1, 1, -1), x], dim=1) + v.positional_embedding
+    x = v.ln_pre(x)
+    attns, resids = [], []
+    for blk in v.transformer.resblocks:
+        mha = blk.attn
+        h = blk.ln_1(x)
+        B, N, D = h.shape
+        hd = D // mha.num_heads
+        qkv = h @ mha.in_proj_weight.T + mha.in_proj_bias
+        q, k, val = (t.reshape(B, N, mha.num_heads, hd).transpose(1, 2) for t in qkv.split(D, dim=-1))
+        A = (q @ k.transpose(-2, -1) / hd ** 0.5).softmax(dim=-1)
+        attns.append(A)
+        x = x + blk.ls_1(mha.out_proj((A @ val).transpose(1, 2).reshape(B, N, D)))
+        x = x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+        resids.append(x)
+    pooled = v.ln_post(x)[:, 0] @ v.proj
+    feats = pooled / pooled.norm(dim=-1, keepdim=True)
+    return clf.logit_scale * feats @ clf.class_embeddings.T, attns, resids
+
+
+def cam_matrix(attn, grad):
+    """One image, one block: (H, N, N) numpy arrays -> (N, N) head mean of relu(grad * attn), loops."""
+    H, N, _ = attn.shape
+    cam = np.zeros((N, N))
+    for h in range(H):
+        cam += np.maximum(grad[h] * attn[h], 0.0)
+    return cam / H
+
+
+def transmm_from_cams(cams, num_prefix):
+    """R = I; R <- R + cam @ R; return the class-token row over patch tokens (float64)."""
+    N = cams[0].shape[0]
+    R = np.eye(N)
+    for cam in cams:
+        R = R + cam @ R
+    return R[0, num_prefix:]
+
+
+def attention_and_grads(forward, model, image, target, layers=()):
+    """Manual forward + autograd on one image: numpy attns, attn grads, resids and resid grads."""
+    image = image.clone().requires_grad_(True)
+    logits, attns, resids = forward(model, image)
+    picked = [resids[i] for i in layers]
+    grads = torch.autograd.grad(logits[0, target], attns + picked)
+    to_np = lambda t: t[0].detach().double().numpy()  # noqa: E731
+    return (
+        [to_np(a) for a in attns],
+        [to_np(g) for g in grads[: len(attns)]],
+        {i: to_np(r) for i, r in zip(layers, picked)},
+        {i: to_np(g) for i, g in zip(layers, grads[len(attns):])},
+    )
+
+
+def assert_close_relative(actual, expected, tol=1e-5):
+    """max |actual − expected| ≤ tol · max |expected|."""
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    scale = max(np.abs(expected).max(), 1e-30)
+    err = np.abs(actual - expected).max() / scale
+    assert err <= tol, f"relative max error {err:.3g} > {tol}"
