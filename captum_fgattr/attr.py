@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from captum_fgattr.adapters import Captured, capture, get_adapter
 from captum_fgattr.adapters.tokens import grid_to_pixels, patches_to_grid
 from captum_fgattr.gates import VARIANTS, exp_tanh_gates, feature_gradient_scores, gate_columns, robust_z
+from captum_fgattr.sae import SparseAutoencoder
 from captum_fgattr.relevancy import class_token_row, gradient_weighted_attention, transmm_relevancy
 from captum_fgattr.targets import TargetLike, resolve_target
 
@@ -123,7 +124,7 @@ class FeatureGradientTransMM(TransMM):
 
     Args:
         model: as for :class:`TransMM`.
-        saes: block index -> SAE with ``encode`` and ``W_dec`` (K, D); the gated layers are its keys.
+        saes: block index -> :class:`SparseAutoencoder` of that block's resid_post; the gated layers are its keys.
         kappa: gate strength κ ≥ 0, one value or one per gated layer.
         c_max: gate range c_max ≥ 1, one value or one per gated layer.
         variant: ``combined`` (default), ``activation`` or ``gradient``.
@@ -138,7 +139,7 @@ class FeatureGradientTransMM(TransMM):
     def __init__(
         self,
         model: nn.Module,
-        saes: Mapping[int, nn.Module],
+        saes: Mapping[int, SparseAutoencoder],
         kappa: float | Mapping[int, float] = 0.5,
         c_max: float | Mapping[int, float] = 10.0,
         variant: str = "combined",
@@ -156,8 +157,7 @@ class FeatureGradientTransMM(TransMM):
         for layer, sae in saes.items():
             if not 0 <= layer < depth:
                 raise ValueError(f"gated layer {layer} is out of range for a model with {depth} blocks (0..{depth - 1})")
-            if sae.W_dec.shape[1] != width:
-                raise ValueError(f"SAE for layer {layer} has width {sae.W_dec.shape[1]}, but the model's residual stream has width {width}")
+            sae.check_width(width, where=f"block {layer}")
         self.saes = dict(sorted(saes.items()))
         self.kappa = self._per_layer("kappa", kappa, minimum=0.0)
         self.c_max = self._per_layer("c_max", c_max, minimum=1.0)

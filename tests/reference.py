@@ -90,3 +90,41 @@ def assert_close_relative(actual, expected, tol=1e-5):
     scale = max(np.abs(expected).max(), 1e-30)
     err = np.abs(actual - expected).max() / scale
     assert err <= tol, f"relative max error {err:.3g} > {tol}"
+
+
+def sae_encode(sae, x):
+    """Explicit SAE encoder on one token x (d,) numpy, DESIGN §6 -> f (K,) float64."""
+    W_enc, b_enc, b_dec = (p.detach().double().numpy() for p in (sae.W_enc, sae.b_enc, sae.b_dec))
+    d = x.shape[0]
+    if sae.config.normalize == "layer_norm":
+        x = (x - x.mean()) / (x.std(ddof=1) + 1e-5)
+    elif sae.config.normalize == "constant_norm_rescale":
+        x = x * np.sqrt(d) / np.linalg.norm(x)
+    pre = (x - b_dec) @ W_enc + b_enc
+    if sae.config.activation == "relu":
+        return np.maximum(pre, 0.0)
+    f = np.zeros_like(pre)
+    keep = np.argsort(-pre)[: sae.config.k]
+    f[keep] = np.maximum(pre[keep], 0.0)
+    return f
+
+
+def lower_median(values):
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def feature_gradient_gates(f_rows, g_rows, decoder, variant, kappa, c_max):
+    """Per-token scores and gates for one image: f_rows (T, K), g_rows (T, D), decoder (K, D)."""
+    scores = []
+    for f, g in zip(f_rows, g_rows):
+        if variant == "combined":
+            scores.append(sum(f[k] * float(g @ decoder[k]) for k in np.flatnonzero(f)))
+        elif variant == "activation":
+            scores.append(float(f.sum()))
+        else:
+            scores.append(sum(abs(float(g @ decoder[k])) for k in range(decoder.shape[0])))
+    med = lower_median(scores)
+    mad = 1.4826 * lower_median([abs(s - med) for s in scores])
+    gates = [np.exp(np.log(c_max) * np.tanh(kappa * (s - med) / (mad + 1e-8))) for s in scores]
+    return np.array(scores), np.array(gates)
