@@ -1,0 +1,165 @@
+"""Registry of attribution methods for the benchmark; every method yields raw patch maps (B, P).
+
+A method is described by a hashable :class:`MethodSpec` (name + parameters) and built by
+:func:`build_method` into a callable ``(images (B, C, H, W), targets (B,), sample_ids (B,)) -> (B, P)``.
+``sample_ids`` lets stochastic baselines be reproducible per image, whatever the batching.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from captum.attr import IntegratedGradients, Saliency
+from torch import Tensor, nn
+
+from captum_fgattr.adapters import ViTAdapter, capture, get_adapter
+from captum_fgattr.adapters.tokens import pixels_to_patches
+from captum_fgattr.attr import FeatureGradientTransMM, TransMM
+from captum_fgattr.relevancy import attention_rollout, class_token_row
+from captum_fgattr.sae import SparseAutoencoder
+
+PatchMethod = Callable[[Tensor, Tensor, Tensor], Tensor]
+Builder = Callable[..., PatchMethod]
+METHODS: dict[str, Builder] = {}
+
+
+def register_method(name: str) -> Callable[[Builder], Builder]:
+    """Register ``builder(model, adapter, saes, **params) -> PatchMethod`` under ``name``."""
+    def register(builder: Builder) -> Builder:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        METHODS[name] = builder
+        return builder
+    return register
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One attribution method with its parameters, e.g. ``MethodSpec("fg", {"layers": [2, 3], "kappa": 0.5})``.
+
+    Attributes:
+        name: registry key (see :data:`METHODS`).
+        params: keyword parameters of the builder (JSON-serialisable).
+        label: display name in tables and figures (defaults to name + parameters).
+    """
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.name not in METHODS:
+            raise ValueError(f"unknown method {self.name!r}; expected one of {sorted(METHODS)}")
+        object.__setattr__(self, "params", dict(sorted(self.params.items())))
+        if not self.label:
+            shown = ", ".join(f"{k}={v}" for k, v in self.params.items())
+            object.__setattr__(self, "label", f"{self.name}({shown})" if shown else self.name)
+
+    @property
+    def key(self) -> str:
+        """Canonical identity (JSON), used to store and resume results."""
+        return json.dumps({"name": self.name, "params": self.params}, sort_keys=True)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def build_method(spec: MethodSpec, model: nn.Module, saes: Mapping[int, SparseAutoencoder] | None = None) -> PatchMethod:
+    """Instantiate ``spec`` for ``model`` (and the SAEs of the gated layers, for ``fg``)."""
+    return METHODS[spec.name](model, get_adapter(model), saes or {}, **spec.params)
+
+
+@register_method("transmm")
+def _transmm(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
+    method = TransMM(model)
+    return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True).flatten(1)
+
+
+@register_method("fg")
+def _feature_gradient(
+    model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder], layers: list[int],
+    variant: str = "combined", kappa: float = 0.5, c_max: float = 10.0, shuffle_seed: int | None = None,
+) -> PatchMethod:
+    missing = [layer for layer in layers if layer not in saes]
+    if missing:
+        raise ValueError(f"no SAE for gated layers {missing}; SAEs are available for layers {sorted(saes)}")
+    method = FeatureGradientTransMM(model, {layer: saes[layer] for layer in layers}, kappa=kappa, c_max=c_max,
+                                    variant=variant, shuffle_decoder_seed=shuffle_seed)
+    return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True).flatten(1)
+
+
+@register_method("gradcam")
+def _gradcam(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
+    """Grad-CAM on the tokens entering the last block (timm ``blocks[-1].norm1`` input, the usual ViT
+    target layer; the last block's own output patch tokens get no gradient from a class-token head):
+    relu(Σ_d mean_t(∂y/∂a_td) · a_td) over patch tokens t."""
+    layer = adapter.depth - 2
+    if layer < 0:
+        raise ValueError("Grad-CAM needs a model with at least 2 blocks")
+
+    def attribute(images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
+        with torch.enable_grad(), capture(adapter, attention=False, resid_layers=[layer]) as captured:
+            logits = model(images.detach().requires_grad_(True))
+            captured.backward(logits.gather(1, targets[:, None]).sum())
+            acts = captured.resid[layer][:, adapter.num_prefix_tokens:].detach()
+            grads = captured.resid_grad[layer][:, adapter.num_prefix_tokens:]
+        return torch.relu((acts * grads.mean(dim=1, keepdim=True)).sum(dim=-1))
+    return attribute
+
+
+@register_method("integrated_gradients")
+def _integrated_gradients(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder],
+                          n_steps: int = 16) -> PatchMethod:
+    """Captum Integrated Gradients from a black image, summed over channels and patch pixels."""
+    method = IntegratedGradients(model)
+
+    def attribute(images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
+        with torch.enable_grad():
+            attr = method.attribute(images, target=targets, n_steps=n_steps, internal_batch_size=images.shape[0] * n_steps)
+        return pixels_to_patches(attr.detach(), adapter.patch_size)
+    return attribute
+
+
+@register_method("saliency")
+def _saliency(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
+    """Captum Saliency (|∂y/∂x|), summed over channels and patch pixels."""
+    method = Saliency(model)
+
+    def attribute(images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
+        with torch.enable_grad():
+            return pixels_to_patches(method.attribute(images, target=targets).detach(), adapter.patch_size)
+    return attribute
+
+
+def _attention_maps(model: nn.Module, adapter: ViTAdapter, images: Tensor) -> list[Tensor]:
+    with torch.no_grad(), capture(adapter) as captured:
+        model(images)
+        return list(captured.attn)
+
+
+@register_method("rollout")
+def _rollout(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
+    """Attention rollout (class-agnostic)."""
+    return lambda images, targets, ids: class_token_row(
+        attention_rollout(_attention_maps(model, adapter, images)), adapter.num_prefix_tokens)
+
+
+@register_method("raw_attention")
+def _raw_attention(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
+    """Last block's head-mean attention of the class token (class-agnostic)."""
+    return lambda images, targets, ids: class_token_row(
+        _attention_maps(model, adapter, images)[-1].mean(dim=1), adapter.num_prefix_tokens)
+
+
+@register_method("random")
+def _random(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder], seed: int = 0) -> PatchMethod:
+    """Uniform random patch maps, reproducible per (seed, sample id)."""
+    num_patches = adapter.grid_size()[0] * adapter.grid_size()[1]
+
+    def attribute(images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
+        rows = [torch.rand(num_patches, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i))) for i in ids]
+        return torch.stack(rows).to(images.device)
+    return attribute

@@ -1,0 +1,80 @@
+"""Benchmark method registry: every method gives (B, P) patch maps; baselines match their formulas."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import Saliency
+
+from captum_fgattr.adapters.tokens import pixels_to_patches
+from captum_fgattr.bench.methods import METHODS, MethodSpec, build_method, register_method
+from tests.reference import assert_close_relative, attention_and_grads, timm_forward
+from tests.test_fg_transmm import make_sae
+
+IDS = torch.arange(3)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_gives_finite_patch_maps(vit, name):
+    params = {"layers": [1]} if name == "fg" else {}
+    method = build_method(MethodSpec(name, params), vit, saes={1: make_sae(32)})
+    maps = method(torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]), IDS)
+    assert maps.shape == (3, 16) and torch.isfinite(maps).all()
+
+
+def test_gradcam_matches_formula_on_tokens_entering_the_last_block(vit):
+    images, targets = torch.randn(2, 3, 32, 32), [3, 1]
+    maps = build_method(MethodSpec("gradcam"), vit)(images, torch.tensor(targets), IDS[:2])
+    for i, t in enumerate(targets):
+        _, _, acts, grads = attention_and_grads(timm_forward, vit, images[i:i + 1], t, layers=[1])
+        a, g = acts[1][1:], grads[1][1:]
+        weights = g.mean(axis=0)
+        expected = [max(float(sum(weights[d] * a[p, d] for d in range(a.shape[1]))), 0.0) for p in range(16)]
+        assert_close_relative(maps[i], expected)
+
+
+def test_rollout_and_raw_attention_match_formula(vit):
+    images = torch.randn(2, 3, 32, 32)
+    rollout = build_method(MethodSpec("rollout"), vit)(images, torch.tensor([0, 0]), IDS[:2])
+    raw = build_method(MethodSpec("raw_attention"), vit)(images, torch.tensor([0, 0]), IDS[:2])
+    for i in range(2):
+        with torch.no_grad():
+            _, attns, _ = timm_forward(vit, images[i:i + 1])
+        R = np.eye(17)
+        for A in attns:
+            mean = A[0].double().numpy().mean(axis=0)
+            step = 0.5 * mean + 0.5 * np.eye(17)
+            R = (step / step.sum(axis=1, keepdims=True)) @ R
+        assert_close_relative(rollout[i], R[0, 1:])
+        assert_close_relative(raw[i], attns[-1][0].double().numpy().mean(axis=0)[0, 1:])
+
+
+def test_pixel_methods_sum_over_channels_and_patch_pixels(vit):
+    images, targets = torch.randn(2, 3, 32, 32), torch.tensor([2, 4])
+    maps = build_method(MethodSpec("saliency"), vit)(images, targets, IDS[:2])
+    pixel = Saliency(vit).attribute(images, target=targets).numpy()
+    for i in range(2):
+        expected = [pixel[i, :, 8 * r:8 * r + 8, 8 * c:8 * c + 8].sum() for r in range(4) for c in range(4)]
+        assert_close_relative(maps[i], expected)
+    ramp = torch.arange(2 * 3 * 32 * 32, dtype=torch.float64).reshape(2, 3, 32, 32)
+    assert pixels_to_patches(ramp, (8, 8))[1, 5] == ramp[1, :, 8:16, 8:16].sum()
+
+
+def test_random_is_reproducible_per_sample_whatever_the_batch(vit):
+    method = build_method(MethodSpec("random", {"seed": 3}), vit)
+    images = torch.randn(3, 3, 32, 32)
+    together = method(images, torch.zeros(3, dtype=torch.long), torch.tensor([10, 11, 12]))
+    alone = method(images[1:2], torch.zeros(1, dtype=torch.long), torch.tensor([11]))
+    assert torch.equal(together[1:2], alone) and not torch.equal(together[0], together[1])
+
+
+def test_spec_identity_and_errors(vit):
+    a = MethodSpec("fg", {"variant": "combined", "layers": [2, 3]})
+    b = MethodSpec("fg", {"layers": [2, 3], "variant": "combined"})
+    assert a.key == b.key and hash(a) == hash(b) and a.label == "fg(layers=[2, 3], variant=combined)"
+    with pytest.raises(ValueError, match="unknown method 'lime'"):
+        MethodSpec("lime")
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("transmm")(lambda *a: None)
+    with pytest.raises(ValueError, match=r"no SAE for gated layers \[2\]"):
+        build_method(MethodSpec("fg", {"layers": [1, 2]}), vit, saes={1: make_sae(32)})
