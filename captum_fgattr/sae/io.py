@@ -1,0 +1,264 @@
+"""SAE storage: safetensors + JSON config (never pickle), and published Prisma-layout folders.
+
+Folder written by :func:`save_sae`::
+
+    config.json        Prisma-compatible keys (d_in, d_sae, activation_fn_str, activation_fn_kwargs,
+                       normalize_activations, architecture, hook_point, hook_point_layer) + metrics
+    sae.safetensors    W_enc (d_in, n), b_enc (n), W_dec (n, d_in), b_dec (d_in)
+
+:func:`load_sae` reads those folders and published vision SAEs in the Prisma layout: ``config.json``
+plus a ``.pt`` state dict ``{W_enc, b_enc, W_dec, b_dec}``, or the older wrapped form
+``{"cfg": ..., "state_dict": {...}}``; ``.pt`` files are read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from captum_fgattr.sae.model import SAEConfig, SparseAutoencoder
+
+__all__ = ["save_sae", "load_sae", "read_sae_config", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "sae.safetensors"
+FORMAT = "captum_fgattr.sae"
+PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+_HOOK_POINT = re.compile(r"blocks\.(\d+)\.")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _parse_dtype(value: Any) -> torch.dtype | None:
+    if not isinstance(value, str):
+        return None
+    dtype = getattr(torch, value.removeprefix("torch."), None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_sae(sae: SparseAutoencoder, directory: str | os.PathLike[str], metrics: dict[str, float] | None = None) -> Path:
+    """Write ``sae`` to ``directory`` as ``sae.safetensors`` + ``config.json``; returns the folder."""
+    from safetensors.torch import save_file
+
+    if not isinstance(sae, SparseAutoencoder):
+        raise TypeError(f"expected a SparseAutoencoder, got {type(sae).__name__}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    c = sae.config
+    tensors = {name: getattr(sae, name).detach().to("cpu").contiguous() for name in PARAMS}
+    config: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": 1,
+        "d_in": c.d_in,
+        "d_sae": c.n_features,
+        "expansion_factor": c.n_features // c.d_in if c.n_features % c.d_in == 0 else c.expansion,
+        "activation_fn_str": c.activation,
+        "activation_fn_kwargs": {"k": c.k} if c.activation == "topk" else {},
+        "normalize_activations": c.normalize,
+        "architecture": "standard",
+        "hook_point": None if c.hook_layer is None else f"blocks.{c.hook_layer}.hook_resid_post",
+        "hook_point_layer": c.hook_layer,
+        "model_name": c.model_name,
+        "dtype": _dtype_name(sae.dtype),
+        "weights": WEIGHTS_NAME,
+        "metrics": dict(metrics) if metrics else {},
+        "extra": c.extra,
+    }
+    _write_atomic(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    _write_atomic(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2, default=str)))
+    return directory
+
+
+def read_sae_config(config: dict[str, Any], source: str = "config") -> SAEConfig:
+    """:class:`SAEConfig` from a Prisma / SAELens-style config dict (also what :func:`save_sae` writes)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
+    if "d_in" not in config:
+        raise ValueError(f"{source}: missing 'd_in'")
+    d_in = config["d_in"]
+    if config.get("d_sae") is not None:
+        n_features = config["d_sae"]
+    elif config.get("expansion_factor") is not None:
+        n_features = int(round(config["expansion_factor"] * d_in))
+    else:
+        raise ValueError(f"{source}: needs 'd_sae' or 'expansion_factor'")
+    architecture = config.get("architecture", "standard")
+    if architecture != "standard":
+        raise ValueError(f"{source}: architecture={architecture!r} is not supported; expected 'standard'")
+    activation = str(config.get("activation_fn_str", "relu")).lower()
+    kwargs = config.get("activation_fn_kwargs") or {}
+    k = kwargs.get("k") if activation == "topk" else None
+    normalize = config.get("normalize_activations") or "none"
+    layer = config.get("hook_point_layer")
+    hook_point = config.get("hook_point")
+    if layer is None and isinstance(hook_point, str) and (m := _HOOK_POINT.search(hook_point)):
+        layer = int(m.group(1))
+    if isinstance(hook_point, str) and "resid_post" not in hook_point:
+        warnings.warn(
+            f"{source}: the SAE was trained on hook_point={hook_point!r}, not a block's resid_post; "
+            "Feature-Gradient TransMM reads resid_post",
+            stacklevel=3,
+        )
+    if config.get("format") == FORMAT:  # ours: provenance kept under "extra", metrics alongside
+        extra = dict(config.get("extra") or {})
+        if config.get("metrics"):
+            extra["metrics"] = config["metrics"]
+    else:  # published config: keep its other fields (training settings, model) as provenance
+        known = {"d_in", "d_sae", "activation_fn_str", "activation_fn_kwargs", "normalize_activations", "hook_point_layer"}
+        extra = {key: value for key, value in config.items() if key not in known}
+    model_name = config.get("model_name")
+    return SAEConfig(
+        d_in=d_in, n_features=n_features, activation=activation, k=k, normalize=normalize,
+        hook_layer=None if layer is None else int(layer),
+        model_name=model_name if isinstance(model_name, str) else None, extra=extra,
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"corrupt SAE config {path}: not valid JSON ({err})") from err
+
+
+def _read_weights(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """State dict (and the wrapped ``cfg`` if any) from a safetensors or weights-only torch file."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu"), None
+        except Exception as err:  # safetensors raises its own error types for corrupt headers/data
+            raise ValueError(f"corrupt SAE weights {path}: cannot read as safetensors ({err})") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # garbage bytes surface as many error types (UnpicklingError, IndexError, ...)
+        raise ValueError(
+            f"cannot read SAE weights {path} with torch.load(weights_only=True): the file is corrupt or holds "
+            f"objects other than tensors / plain containers ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
+    if not isinstance(obj, dict):
+        raise ValueError(f"SAE weights {path}: expected a state dict, got {type(obj).__name__}")
+    if "state_dict" in obj and isinstance(obj["state_dict"], dict):  # older {"cfg": ..., "state_dict": ...}
+        cfg = obj.get("cfg")
+        return obj["state_dict"], cfg if isinstance(cfg, dict) else None
+    return obj, None
+
+
+def _find_weights(folder: Path, config: dict[str, Any] | None) -> Path:
+    named = config.get("weights") if config else None
+    if isinstance(named, str):
+        path = folder / named
+        if not path.is_file():
+            raise FileNotFoundError(f"SAE weights {path} named in {folder / CONFIG_NAME} do not exist")
+        return path
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no SAE weights in {folder}: expected a {' / '.join(WEIGHT_SUFFIXES)} file")
+    safetensors_files = [p for p in files if p.suffix == ".safetensors"]
+    candidates = safetensors_files or files
+    if len(candidates) > 1:
+        raise ValueError(f"several SAE weight files in {folder}: {[p.name for p in candidates]}; pass the file's path")
+    return candidates[0]
+
+
+def _download(repo_id: str, cache_dir: str | None) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as err:  # pragma: no cover - huggingface_hub comes with open_clip_torch
+        raise ImportError("downloading SAEs needs the huggingface_hub package (pip install huggingface_hub)") from err
+    try:
+        return Path(snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=["*.json", "*.pt", "*.pth", "*.safetensors"]))
+    except Exception as err:  # offline, unknown repo, auth...: one clear message
+        raise RuntimeError(
+            f"could not download SAE {repo_id!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
+            "Are you online? Otherwise download the folder elsewhere and pass its local path."
+        ) from err
+
+
+def load_sae(
+    path: str | os.PathLike[str],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    download: bool = False,
+    cache_dir: str | None = None,
+) -> SparseAutoencoder:
+    """Load an SAE folder (or one weights file inside it): this package's format or Prisma's.
+
+    Args:
+        path: local folder with ``config.json`` + weights, or a weights file (its folder's
+            ``config.json`` is used; an old wrapped ``.pt`` may carry its config as ``cfg``).
+            With ``download=True`` and no such local path: a Hugging Face Hub repo id, e.g.
+            ``prisma-multimodal/sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-9-hook_resid_post-l1-1e-05``.
+        device, dtype: of the returned SAE (default CPU; dtype from the config, else the weights).
+        download: fetch from the Hub when ``path`` is not local (needs network).
+        cache_dir: Hub cache folder for ``download``.
+
+    Raises:
+        FileNotFoundError: no such local path (and ``download=False``) or no weights in it.
+        ValueError: corrupt config / weights, missing keys, shapes that do not match the config.
+        RuntimeError: ``download=True`` but the Hub could not be reached.
+    """
+    path = Path(path)
+    if not path.exists():
+        if not download:
+            raise FileNotFoundError(
+                f"SAE path {str(path)!r} does not exist; pass a local folder, or download=True to fetch a "
+                "Hugging Face Hub repo id"
+            )
+        path = _download(str(path).replace(os.sep, "/"), cache_dir)
+    folder, weights_path = (path.parent, path) if path.is_file() else (path, None)
+    config_path = folder / CONFIG_NAME
+    config = _read_json(config_path) if config_path.is_file() else None
+    if weights_path is None:
+        weights_path = _find_weights(folder, config)
+    state, wrapped_cfg = _read_weights(weights_path)
+    if config is None:
+        if wrapped_cfg is None:
+            raise FileNotFoundError(f"no {CONFIG_NAME} in {folder} and {weights_path.name} carries no config")
+        config = wrapped_cfg
+    sae_config = read_sae_config(config, source=str(config_path if config_path.is_file() else weights_path))
+
+    missing = [name for name in PARAMS if name not in state]
+    if missing:
+        raise ValueError(f"SAE weights {weights_path} lack {missing}; found keys {sorted(state)[:10]}")
+    extra = sorted(set(state) - set(PARAMS))
+    if extra:
+        warnings.warn(f"SAE weights {weights_path}: ignoring unexpected entries {extra}", stacklevel=2)
+    d, n = sae_config.d_in, sae_config.n_features
+    expected = {"W_enc": (d, n), "b_enc": (n,), "W_dec": (n, d), "b_dec": (d,)}
+    for name, shape in expected.items():
+        value = state[name]
+        if not isinstance(value, Tensor):
+            raise ValueError(f"SAE weights {weights_path}: {name} is a {type(value).__name__}, expected a tensor")
+        if tuple(value.shape) != shape:
+            raise ValueError(
+                f"SAE weights {weights_path}: {name} has shape {tuple(value.shape)} but the config "
+                f"(d_in={d}, d_sae={n}) needs {shape}"
+            )
+        if not value.is_floating_point() or not torch.isfinite(value).all():
+            raise ValueError(f"SAE weights {weights_path}: {name} is not a finite floating-point tensor")
+
+    dtype = dtype or _parse_dtype(config.get("dtype")) or state["W_dec"].dtype
+    sae = SparseAutoencoder(sae_config, dtype=dtype, device=device)
+    with torch.no_grad():
+        for name in PARAMS:
+            getattr(sae, name).copy_(state[name])
+    sae.requires_grad_(False)
+    return sae.eval()
