@@ -177,6 +177,16 @@ class ActivationCache:
             if not path.is_file() or path.stat().st_size != expected:
                 raise ValueError(f"activation cache file {path} is missing or has the wrong size (expected {expected} bytes)")
 
+    def delete(self) -> None:
+        """Remove the cache's own files (and its folder if that leaves it empty)."""
+        for layer in self.layers:
+            self._path(layer).unlink(missing_ok=True)
+        (self.directory / _CACHE_META).unlink(missing_ok=True)
+        try:
+            self.directory.rmdir()
+        except OSError:  # other files in the folder: leave them
+            pass
+
     def _path(self, layer: int) -> Path:
         return self.directory / f"layer_{layer}.bin"
 

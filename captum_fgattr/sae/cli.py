@@ -1,0 +1,175 @@
+"""``fgattr train-sae``: train one SAE per layer of a timm ViT on an image folder.
+
+The model runs once over the images; patch-token activations of every requested layer go to an
+on-disk cache (``numpy.memmap``), from which each layer's SAE is trained (one run per learning rate,
+selected by the thesis rule). Output::
+
+    OUTPUT/layer_{L}/config.json, sae.safetensors   the selected SAE of block L (0-based)
+    OUTPUT/metrics.csv                              one row per (layer, lr) run, ``selected`` marks the pick
+    OUTPUT/run.json                                 the command's settings
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["add_parser", "run_train_sae"]
+
+METRIC_FIELDS = ("layer", "lr", "explained_variance", "dead_fraction", "mean_l0", "mse", "num_tokens", "selected", "train_seconds")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``train-sae`` on the ``fgattr`` sub-command parser."""
+    p = subparsers.add_parser(
+        "train-sae",
+        help="train sparse autoencoders on a ViT's residual stream (patch tokens) over an image folder",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m = p.add_argument_group("model")
+    m.add_argument("--model", required=True, help="timm model name, e.g. vit_base_patch16_224 (random init unless --checkpoint)")
+    m.add_argument("--checkpoint", default=None, help="local state dict (.safetensors / .pt / .pth)")
+    m.add_argument("--num-classes", type=int, default=None, help="classifier classes of the checkpoint")
+    m.add_argument("--img-size", type=int, default=None, help="model input size (default: the model's)")
+    d = p.add_argument_group("data")
+    d.add_argument("--data", required=True, help="image folder root/<class>/<image>")
+    d.add_argument("--resize", type=int, default=None, help="resize shorter side before center-crop (default: img size)")
+    d.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean (default: model's pretrained cfg)")
+    d.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std (default: model's pretrained cfg)")
+    d.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    d.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    s = p.add_argument_group("SAE")
+    s.add_argument("--layers", type=int, nargs="+", required=True, help="0-based block indices (timm blocks[i])")
+    s.add_argument("--expansion", type=int, default=64, help="n_features = expansion * width (default 64)")
+    s.add_argument("--activation", choices=("topk", "relu"), default="topk")
+    s.add_argument("--k", type=int, default=128, help="TopK active features (default 128)")
+    s.add_argument("--normalize", choices=("none", "layer_norm", "constant_norm_rescale"), default="none")
+    s.add_argument("--l1", type=float, default=1e-5, help="L1 coefficient for --activation relu")
+    t = p.add_argument_group("training")
+    t.add_argument("--lr", type=float, nargs="+", default=[5e-4, 1e-3], help="one or several (sweep) learning rates")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--batch-tokens", type=int, default=4096)
+    t.add_argument("--warmup-steps", type=int, default=500)
+    t.add_argument("--ev-threshold", type=float, default=0.95, help="selection rule: EV above this, then fewest dead")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    o = p.add_argument_group("output")
+    o.add_argument("--output", required=True, help="output folder")
+    o.add_argument("--cache-dir", default=None, help="activation cache folder (default OUTPUT/activation_cache)")
+    o.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32")
+    o.add_argument("--keep-cache", action="store_true", help="keep the activation cache after training")
+    o.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_train_sae)
+    return p
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_table(rows: list[dict[str, object]], fields: tuple[str, ...]) -> None:
+    cells = [[_fmt(r[f]) for f in fields] for r in rows]
+    widths = [max(len(f), *(len(c[i]) for c in cells)) for i, f in enumerate(fields)]
+    print("  ".join(f.rjust(w) for f, w in zip(fields, widths)))
+    for c in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
+
+
+def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def run_train_sae(args: argparse.Namespace) -> int:
+    """Entry point of ``fgattr train-sae``; returns the exit status (2 on bad input)."""
+    try:
+        return _run(args)
+    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"fgattr train-sae: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from captum_fgattr.adapters import get_adapter
+    from captum_fgattr.bench.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, Preprocess, build_transform
+    from captum_fgattr.bench.models import load_timm_model
+    from captum_fgattr.sae.collect import ActivationCache
+    from captum_fgattr.sae.train import TrainConfig, sae_config_for, sweep_lr
+
+    for name in ("batch_size", "epochs", "batch_tokens", "expansion"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}; expected a positive int")
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    progress = not args.quiet
+
+    model = load_timm_model(args.model, args.checkpoint, num_classes=args.num_classes, img_size=args.img_size).to(device)
+    adapter = get_adapter(model)
+    bad = [layer for layer in args.layers if not 0 <= layer < adapter.depth]
+    if bad:
+        raise ValueError(f"--layers {bad} out of range for {args.model} with {adapter.depth} blocks (0..{adapter.depth - 1})")
+    layers = sorted(set(args.layers))
+    pretrained = getattr(model, "pretrained_cfg", None) or {}
+    preprocess = Preprocess(
+        img_size=tuple(adapter.img_size),
+        resize=args.resize,
+        mean=tuple(args.mean) if args.mean else tuple(pretrained.get("mean", IMAGENET_MEAN)),
+        std=tuple(args.std) if args.std else tuple(pretrained.get("std", IMAGENET_STD)),
+    )
+    dataset = ImageFolderDataset(args.data, transform=build_transform(preprocess))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
+    sae_configs = {
+        layer: sae_config_for(
+            adapter.embed_dim, expansion=args.expansion, k=args.k, activation=args.activation,
+            normalize=args.normalize, hook_layer=layer, model_name=args.model,
+        )
+        for layer in layers
+    }  # bad --k / --expansion fail here, before the model runs
+    train_cfg = TrainConfig(
+        lr=args.lr[0], epochs=args.epochs, batch_tokens=args.batch_tokens, warmup_steps=args.warmup_steps,
+        l1_coefficient=args.l1, seed=args.seed, progress=progress,
+    )
+
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    settings = {key: value for key, value in vars(args).items() if key != "func"}
+    settings.update(device=str(device), num_images=len(dataset), classes=dataset.classes, preprocess=repr(preprocess))
+    (output / "run.json").write_text(json.dumps(settings, indent=2))
+    cache_dir = Path(args.cache_dir) if args.cache_dir else output / "activation_cache"
+
+    start = time.perf_counter()
+    print(f"collecting patch tokens of blocks {layers} over {len(dataset)} images -> {cache_dir}", file=sys.stderr)
+    cache = ActivationCache.build(model, loader, layers, cache_dir, dtype=args.cache_dtype, device=device, progress=progress)
+    del model
+    print(f"cached {cache.num_tokens} patch tokens per layer (width {cache.d_model})", file=sys.stderr)
+    rows: list[dict[str, object]] = []
+    try:
+        for layer in layers:
+            t0 = time.perf_counter()
+            sweep = sweep_lr(cache.array(layer), args.lr, sae_configs[layer], train_cfg, ev_threshold=args.ev_threshold, device=device)
+            seconds = (time.perf_counter() - t0) / len(args.lr)
+            for i, result in enumerate(sweep.results):
+                rows.append({"layer": layer, "lr": result.config.lr, **result.metrics.as_dict(),
+                             "selected": i == sweep.best_index, "train_seconds": round(seconds, 2)})
+            best = sweep.best
+            best.sae.save(output / f"layer_{layer}", metrics={**best.metrics.as_dict(), "lr": best.config.lr})
+            _write_csv(output / "metrics.csv", rows)  # rewritten after each layer: finished layers survive a crash
+    finally:
+        if not args.keep_cache:
+            cache.delete()
+    _print_table(rows, METRIC_FIELDS)
+    print(f"wrote {len(layers)} SAE folder(s) and metrics.csv to {output} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    return 0

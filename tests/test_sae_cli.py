@@ -1,0 +1,132 @@
+"""``fgattr train-sae`` end to end on a tiny image folder, and the bench data / model loaders it uses."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from captum_fgattr.bench.cli import main
+from captum_fgattr.bench.data import ImageFolderDataset, Preprocess, build_transform
+from captum_fgattr.bench.models import load_state_dict, load_timm_model
+from captum_fgattr.sae import load_sae
+
+
+def make_image_folder(root, per_class: int = 4, size: int = 40) -> None:
+    g = torch.Generator().manual_seed(0)
+    for c, name in enumerate(["zebra", "apple"]):  # sorted: apple=0, zebra=1
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = (torch.rand(size, size + 6, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / name / f"img_{i}.{'png' if i % 2 else 'jpg'}")
+    (root / "apple" / "notes.txt").write_text("not an image")
+
+
+def test_train_sae_cli_writes_one_folder_per_layer_and_metrics(tmp_path, capsys) -> None:
+    make_image_folder(tmp_path / "images")
+    out = tmp_path / "out"
+    code = main([
+        "train-sae", "--model", "vit_tiny_patch16_224", "--img-size", "32", "--num-classes", "2",
+        "--data", str(tmp_path / "images"), "--layers", "1", "3", "--expansion", "2", "--k", "8",
+        "--lr", "1e-3", "3e-3", "--epochs", "2", "--batch-tokens", "16", "--warmup-steps", "2",
+        "--output", str(out), "--seed", "0", "--device", "cpu", "--quiet", "--batch-size", "3",
+    ])
+    assert code == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [(r["layer"], float(r["lr"])) for r in rows] == [("1", 1e-3), ("1", 3e-3), ("3", 1e-3), ("3", 3e-3)]
+    for layer in ("1", "3"):
+        runs = [r for r in rows if r["layer"] == layer]
+        assert sum(r["selected"] == "True" for r in runs) == 1
+        assert all(int(r["num_tokens"]) == 8 * 4 for r in runs)  # 8 images x 2x2 patches, no CLS
+        assert all(0 <= float(r["dead_fraction"]) <= 1 and float(r["mean_l0"]) <= 8 for r in runs)
+        sae = load_sae(out / f"layer_{layer}")
+        assert (sae.d_in, sae.n_features, sae.k, sae.config.hook_layer) == (192, 384, 8, int(layer))
+        selected = next(r for r in runs if r["selected"] == "True")
+        assert sae.config.extra["metrics"]["lr"] == float(selected["lr"])
+    assert not (out / "activation_cache").exists()  # cache removed after training
+    assert json.loads((out / "run.json").read_text())["classes"] == ["apple", "zebra"]
+    printed = capsys.readouterr().out
+    assert "explained_variance" in printed and "selected" in printed
+
+
+def test_train_sae_cli_clear_errors(tmp_path, capsys) -> None:
+    make_image_folder(tmp_path / "images", per_class=1)
+    base = ["train-sae", "--model", "vit_tiny_patch16_224", "--img-size", "32", "--data", str(tmp_path / "images"),
+            "--output", str(tmp_path / "out"), "--quiet", "--device", "cpu"]
+    assert main([*base, "--layers", "12"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main([*base, "--layers", "0", "--expansion", "1", "--k", "500"]) == 2
+    assert "k=500 > n_features=192" in capsys.readouterr().err
+    assert main([*base[:6], str(tmp_path / "nowhere"), *base[7:], "--layers", "0"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_image_folder_dataset(tmp_path) -> None:
+    make_image_folder(tmp_path / "images", per_class=2)
+    ds = ImageFolderDataset(tmp_path / "images", transform=build_transform(Preprocess(img_size=24, resize=28, mean=0.5, std=0.25)))
+    assert ds.classes == ["apple", "zebra"] and ds.targets == [0, 0, 1, 1]
+    image, label = ds[3]
+    assert image.shape == (3, 24, 24) and label == 1
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no images"):
+        ImageFolderDataset(tmp_path / "empty")
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        ImageFolderDataset(tmp_path / "flat")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ImageFolderDataset(tmp_path / "missing")
+    (tmp_path / "images" / "zebra" / "broken.png").write_bytes(b"not a png")
+    ds = ImageFolderDataset(tmp_path / "images")
+    broken = [p.name for p, _ in ds.samples].index("broken.png")
+    with pytest.raises(ValueError, match="cannot read image .*broken.png"):
+        ds[broken]
+
+
+def test_preprocess_matches_explicit_normalisation(tmp_path) -> None:
+    pixels = (torch.arange(16 * 16 * 3) % 251).to(torch.uint8).reshape(16, 16, 3)
+    img = Image.fromarray(pixels.numpy())
+    out = build_transform(Preprocess(img_size=16, mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 0.125)))(img)
+    expected = (pixels.permute(2, 0, 1).float() / 255 - torch.tensor([0.1, 0.2, 0.3])[:, None, None]) / torch.tensor([0.5, 0.25, 0.125])[:, None, None]
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="mean"):
+        Preprocess(mean=(0.1, 0.2))
+    with pytest.raises(ValueError, match="img_size"):
+        Preprocess(img_size=0)
+
+
+def test_load_timm_model_checkpoints(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    tiny = dict(img_size=32, depth=2)  # fewer blocks: fast to build
+    src = load_timm_model("vit_tiny_patch16_224", num_classes=3, **tiny)
+    state = src.state_dict()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = src(x)
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "wrapped.pth")
+    torch.save({"model": state}, tmp_path / "model.pt")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
+    for name in ("wrapped.pth", "model.pt", "w.safetensors"):
+        model = load_timm_model("vit_tiny_patch16_224", tmp_path / name, num_classes=3, **tiny)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), ref)
+    renamed = {("lin_head." + k[5:] if k.startswith("head.") else k): v for k, v in state.items()}
+    torch.save(renamed, tmp_path / "renamed.pt")
+    assert set(load_state_dict(tmp_path / "renamed.pt", rename={"lin_head.": "head."})) == set(state)
+
+    with pytest.raises(ValueError, match=r"missing keys \['head.bias', 'head.weight'\]"):
+        load_timm_model("vit_tiny_patch16_224", tmp_path / "renamed.pt", num_classes=3, **tiny)
+    with pytest.raises(ValueError, match=r"head.weight: \(3, 192\) vs model \(5, 192\)"):
+        load_timm_model("vit_tiny_patch16_224", tmp_path / "model.pt", num_classes=5, **tiny)
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_timm_model("vit_tiny_patch16_224", tmp_path / "bad.pt", num_classes=3, **tiny)
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt checkpoint"):
+        load_state_dict(tmp_path / "bad.safetensors")
+    with pytest.raises(FileNotFoundError):
+        load_state_dict(tmp_path / "none.pt")
+    with pytest.raises(ValueError, match="unknown timm model 'vit_nonexistent'"):
+        load_timm_model("vit_nonexistent")
