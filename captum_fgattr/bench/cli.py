@@ -12,6 +12,7 @@ from collections.abc import Sequence
 # module path -> exposes ``add_parser(subparsers) -> argparse.ArgumentParser``
 COMMAND_MODULES: tuple[str, ...] = (
     "captum_fgattr.sae.cli",
+    "captum_fgattr.bench.commands",
 )
 
 

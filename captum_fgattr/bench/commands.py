@@ -1,0 +1,220 @@
+"""``fgattr sweep / evaluate / run / report``: the study's protocol from the command line (parsing only).
+
+Settings come from ``--config FILE`` (JSON or YAML, see :mod:`captum_fgattr.bench.runconfig`) and flags,
+flags winning; the resolved configuration is written to ``RUN_DIR/config.json`` and stored in the run's
+database with every command. Rerunning a command resumes it. Under ``torchrun`` every rank evaluates a
+disjoint shard of the batches into the same store, e.g.::
+
+    python -m torch.distributed.run --nproc_per_node 2 -m captum_fgattr.bench.cli evaluate --config run.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
+from captum_fgattr.bench.experiments import current_shard, final_specs, run_sweep, transmm_spec
+from captum_fgattr.bench.methods import MethodSpec
+from captum_fgattr.bench.report import write_report
+from captum_fgattr.bench.runconfig import RunConfig, load_model, load_saes, load_split, read_config_file
+from captum_fgattr.bench.store import ResultStore
+
+__all__ = ["add_parser", "resolve_config"]
+
+_OVERRIDES = "_override_keys"
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by sweep / evaluate / run; each ``dest`` is the dotted configuration key it overrides."""
+    keys: list[str] = []
+
+    def add(group: argparse._ArgumentGroup, flag: str, key: str, **kwargs: object) -> None:
+        if "action" not in kwargs and "choices" not in kwargs:
+            kwargs.setdefault("metavar", key.rsplit(".", 1)[-1].upper())
+        group.add_argument(flag, dest=key, default=None, **kwargs)  # type: ignore[arg-type]
+        keys.append(key)
+
+    parser.add_argument("--config", help="JSON (or YAML) configuration file; flags override it")
+    add(parser, "--run-dir", "run_dir", help="run folder: results.sqlite, config.json, report/ (default runs/fgattr)")
+    g = parser.add_argument_group("model")
+    add(g, "--model", "model.name", help="timm model name, e.g. vit_base_patch16_224")
+    add(g, "--checkpoint", "model.checkpoint", help="local state dict (.safetensors / .pt / .pth)")
+    add(g, "--num-classes", "model.num_classes", type=int, help="classes of the checkpoint's head")
+    add(g, "--img-size", "model.img_size", type=int, help="model input size")
+    g = parser.add_argument_group("data (image folders root/<class>/<image>)")
+    add(g, "--val-data", "data.val", help="validation folder (sweeps and selection)")
+    add(g, "--test-data", "data.test", help="test folder")
+    add(g, "--resize", "data.resize", type=int, help="shorter side before the center crop")
+    add(g, "--mean", "data.mean", type=float, nargs="+", help="normalisation mean (default: the model's)")
+    add(g, "--std", "data.std", type=float, nargs="+", help="normalisation std (default: the model's)")
+    add(g, "--saes", "saes", help="folder with layer_{L}/ SAEs (output of fgattr train-sae)")
+    g = parser.add_argument_group("protocol (DESIGN §8; layers are 0-based block indices)")
+    add(g, "--layers", "protocol.layers", type=int, nargs="+", help="single-layer sweep layers (default 2..10)")
+    add(g, "--variants", "protocol.variants", nargs="+", choices=("combined", "activation", "gradient"))
+    add(g, "--kappa", "protocol.kappa", type=float, help="κ of the layer sweeps (default 0.5)")
+    add(g, "--c-max", "protocol.c_max", type=float, help="c_max of the layer sweeps (default 10)")
+    add(g, "--multi-layers", "protocol.multi_layers", type=lambda s: [int(v) for v in s.split(",")], nargs="*",
+        metavar="L,L,...", help="multi-layer configurations, e.g. 2,3,4 4,6,7 6,9,10")
+    add(g, "--kappas", "protocol.kappas", type=float, nargs="*", help="κ grid (default 0.1 0.5 1)")
+    add(g, "--c-maxes", "protocol.c_maxes", type=float, nargs="*", help="c_max grid (default 2 10 50)")
+    add(g, "--baselines", "protocol.baselines", nargs="*", help="baseline methods on the test set")
+    add(g, "--val-images", "protocol.val_images", type=int, help="validation images (seeded subset; default 500)")
+    add(g, "--test-images", "protocol.test_images", type=int, help="test images (seeded subset; default all)")
+    add(g, "--shuffle-seed", "protocol.shuffle_seed", type=int, help="seed of the shuffled-decoder control")
+    g = parser.add_argument_group("evaluation")
+    add(g, "--device", "evaluation.device", help="cpu, cuda, cuda:1 (under torchrun: cuda = one GPU per rank)")
+    add(g, "--batch-size", "evaluation.batch_size", type=int, help="images per batch and per commit (default 16)")
+    add(g, "--autocast", "evaluation.autocast", action="store_const", const=True, help="mixed precision (off by default)")
+    add(g, "--target", "evaluation.target", choices=("prediction", "label"), help="class explained (default prediction)")
+    add(g, "--workers", "evaluation.num_workers", type=int, help="DataLoader workers")
+    add(g, "--gallery", "evaluation.gallery", type=int, help="images kept for the overlay figure (default 8)")
+    add(g, "--quiet", "evaluation.progress", action="store_const", const=False, help="no progress bars")
+    g = parser.add_argument_group("metrics (DESIGN §7)")
+    add(g, "--saco-groups", "evaluation.metrics.saco_groups", type=int, help="SaCo groups K (default 10)")
+    add(g, "--fc-runs", "evaluation.metrics.fc_runs", type=int, help="FC random subsets per image (default 100)")
+    add(g, "--fc-subset-size", "evaluation.metrics.fc_subset_size", type=int, help="patches per FC subset (default 20)")
+    add(g, "--fc-correlation", "evaluation.metrics.fc_correlation", choices=("pearson", "spearman"))
+    add(g, "--pf-step", "evaluation.metrics.pf_patches_per_step", type=int, help="patches per PF step (default 1)")
+    add(g, "--metric-seed", "evaluation.metrics.seed", type=int, help="FC subset seed (default 0)")
+    parser.set_defaults(**{_OVERRIDES: keys})
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """Defaults < ``--config`` file < flags."""
+    base = RunConfig.from_dict(read_config_file(args.config)) if args.config else RunConfig()
+    return base.merged({key: getattr(args, key) for key in getattr(args, _OVERRIDES)})
+
+
+@contextmanager
+def _distributed(config: RunConfig) -> Iterator[RunConfig]:
+    """Join the ``torchrun`` process group if there is one (gloo on CPU, nccl on CUDA: one GPU per rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 or torch.distributed.is_initialized():
+        yield config
+        return
+    device = config.evaluation.device
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        config = config.merged({"evaluation.device": f"cuda:{local}"})
+    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield config
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _record(store: ResultStore, command: str, config: RunConfig) -> None:
+    if _rank() == 0:
+        store.log_invocation(command, config.to_dict())
+        (Path(config.run_dir) / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def _sweep(config: RunConfig) -> None:
+    model = load_model(config.model)
+    val = load_split(config.data, "val", model)
+    saes = load_saes(config.saes, config.protocol.gated_layers())
+    with ResultStore(config.run_dir) as store:
+        _record(store, "sweep", config)
+        selections = run_sweep(model, val, saes, store, config.protocol, config.evaluation)
+    if _rank() == 0:
+        for name, selection in selections.items():
+            print(f"selected ({name}): {selection.details['candidates'][selection.method_key]['label']}")
+
+
+def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: str) -> None:
+    model = load_model(config.model)
+    data = load_split(config.data, split, model)
+    with ResultStore(config.run_dir) as store:
+        _record(store, "evaluate", config)
+        if methods is None:
+            specs = final_specs(store, config.protocol)
+        else:
+            text = Path(methods).read_text() if Path(methods).is_file() else methods
+            given = [MethodSpec(m["name"], m.get("params", {}), m.get("label", "")) for m in json.loads(text)]
+            specs = given if any(s.name == "transmm" for s in given) else [transmm_spec(), *given]
+        layers = sorted({layer for s in specs if s.name == "fg" for layer in s.params["layers"]})
+        limit = config.protocol.test_images if split == "test" else config.protocol.val_images
+        evaluate_methods(model, data, specs, store, experiment=experiment, split=split,
+                         image_ids=select_ids(len(data), limit, config.protocol.subset_seed),
+                         saes=load_saes(config.saes, layers), config=config.evaluation, shard=current_shard())
+
+
+def _report(run_dir: str, out: str | None, pf_scale: str) -> None:
+    print(f"wrote {write_report(run_dir, out, pf_scale)}")
+
+
+def _command(name: str, body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            body(args)
+        except (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError) as err:
+            print(f"fgattr {name}: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    return run
+
+
+def _with_config(body: Callable[[RunConfig, argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    def run(args: argparse.Namespace) -> None:
+        with _distributed(resolve_config(args)) as config:
+            body(config, args)
+    return run
+
+
+def _run_all(config: RunConfig, args: argparse.Namespace) -> None:
+    _sweep(config)
+    _evaluate(config, None, "test", "test")
+    if _rank() == 0:
+        _report(config.run_dir, None, args.pf_scale)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``sweep``, ``evaluate``, ``run`` and ``report``; returns the ``run`` parser."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    sweep = subparsers.add_parser(
+        "sweep", formatter_class=fmt, help="validation sweeps: single layer, multi-layer, κ × c_max; selections",
+        description="Experiments 1-3 of the protocol on the validation folder, each with its stored selection "
+        "(best mean %% improvement over TransMM across SaCo, FC and PF). Resumes an interrupted run.")
+    _run_arguments(sweep)
+    sweep.set_defaults(func=_command("sweep", _with_config(lambda config, args: _sweep(config))))
+
+    evaluate = subparsers.add_parser(
+        "evaluate", formatter_class=fmt, help="test evaluation of the selected configurations and the baselines",
+        description="TransMM vs FG-TransMM (selected single- and multi-layer configurations, real and shuffled "
+        "SAE decoders) and the baselines on the test folder; or --methods on any split. Resumes.")
+    _run_arguments(evaluate)
+    evaluate.add_argument("--methods", help='JSON list (or file) of methods, e.g. [{"name": "fg", "params": '
+                          '{"layers": [6], "variant": "combined"}}]; TransMM is added as the baseline')
+    evaluate.add_argument("--experiment", default="test", help="experiment name the rows are filed under")
+    evaluate.add_argument("--split", default="test", choices=("val", "test"))
+    evaluate.set_defaults(func=_command("evaluate", _with_config(
+        lambda config, args: _evaluate(config, args.methods, args.experiment, args.split))))
+
+    report = subparsers.add_parser(
+        "report", formatter_class=fmt, help="Markdown/CSV tables and PNG figures from a run's store",
+        description="Tables (mean ± SE, %% improvement, Welch and paired t-tests vs TransMM) and figures of "
+        "every experiment stored in RUN_DIR.")
+    report.add_argument("--run-dir", required=True, help="run folder")
+    report.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
+    report.add_argument("--pf-scale", choices=("unit", "patches"), default="unit",
+                        help="PF AUC in [0, 1] or × number of patches (thesis tables)")
+    report.set_defaults(func=_command("report", lambda args: _report(args.run_dir, args.out, args.pf_scale)))
+
+    run = subparsers.add_parser("run", formatter_class=fmt, help="the whole protocol: sweep, evaluate, report",
+                                description="sweep + evaluate + report in one resumable command.")
+    _run_arguments(run)
+    run.add_argument("--pf-scale", choices=("unit", "patches"), default="unit")
+    run.set_defaults(func=_command("run", _with_config(_run_all)))
+    return run

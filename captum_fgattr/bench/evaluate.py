@@ -1,0 +1,241 @@
+"""Batched, resumable, shardable evaluation: attribution + SaCo / FC / PF per image into the store.
+
+For each batch of images: one no-grad forward for the predictions, then per pending method one
+attribution call (one forward + backward for TransMM / FG-TransMM) and one call of the batched metric
+engine (:func:`quantus_saco.engine.evaluate_patch_metrics`); the batch's rows are committed at once.
+
+Batches are fixed chunks of the sorted image ids (``batch_size`` consecutive ids), whatever has already
+been done, and ``torchrun`` ranks take every ``world``-th chunk. Faithfulness Correlation draws its
+random patch subsets per position in the batch, so fixed chunks make a resumed or sharded run give the
+same numbers as one uninterrupted process (the batch size is therefore part of the run's fingerprint).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from captum_fgattr.adapters import get_adapter
+from captum_fgattr.bench.methods import MethodSpec, build_method
+from captum_fgattr.bench.store import ResultRow, ResultStore
+from captum_fgattr.sae import SparseAutoencoder
+from quantus_saco.engine import evaluate_patch_metrics
+
+__all__ = ["MetricConfig", "EvalConfig", "Shard", "select_ids", "display_image", "evaluate_methods", "TARGETS"]
+
+TARGETS = ("prediction", "label")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r}; expected an int >= 1")
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """Settings of the three patch metrics (DESIGN §7); they change the numbers, so a run folder keeps them."""
+
+    saco_groups: int = 10  # SaCo's K groups of the attribution ranking (thesis code: 49 of 196 patches)
+    fc_subset_size: int = 20  # patches per Faithfulness-Correlation subset (thesis: 20 for ViT-B/16)
+    fc_runs: int = 100  # random subsets per image
+    fc_correlation: str = "pearson"  # or "spearman"
+    pf_patches_per_step: int = 1  # patches removed per Pixel-Flipping step
+    seed: int = 0  # FC subset sampling
+
+    def __post_init__(self) -> None:
+        for name in ("saco_groups", "fc_subset_size", "fc_runs", "pf_patches_per_step"):
+            _positive_int(name, getattr(self, name))
+        if self.fc_correlation not in ("pearson", "spearman"):
+            raise ValueError(f"fc_correlation={self.fc_correlation!r}; expected 'pearson' or 'spearman'")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How evaluation runs."""
+
+    batch_size: int = 16  # images per attribution batch (and per committed transaction)
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...; model and SAEs are moved there
+    autocast: bool = False  # torch.autocast for attribution and metric forwards (bf16 on CPU, fp16 on CUDA)
+    target: str = "prediction"  # class explained and scored: the model's "prediction" or the "label"
+    metric_batch: int = 256  # most perturbed images per metric forward
+    num_workers: int = 0  # DataLoader workers
+    gallery: int = 8  # first image ids of a split whose images and attributions are kept for figures
+    progress: bool = True  # tqdm progress bars
+    metrics: MetricConfig = field(default_factory=MetricConfig)
+
+    def __post_init__(self) -> None:
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("metric_batch", self.metric_batch)
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r}; expected one of {list(TARGETS)}")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"num_workers={self.num_workers!r}; expected an int >= 0")
+        if isinstance(self.gallery, bool) or not isinstance(self.gallery, int) or self.gallery < 0:
+            raise ValueError(f"gallery={self.gallery!r}; expected an int >= 0")
+        torch.device(self.device)  # raises for a malformed device string
+        if isinstance(self.metrics, Mapping):
+            object.__setattr__(self, "metrics", MetricConfig(**self.metrics))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that determine the stored numbers (checked when a run folder is reused)."""
+        return {"metrics": asdict(self.metrics), "target": self.target, "batch_size": self.batch_size,
+                "autocast": self.autocast}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of the work: every ``world``-th batch, starting at ``rank``."""
+
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"rank={self.rank!r}, world={self.world!r}; expected 0 <= rank < world")
+
+
+def select_ids(n: int, limit: int | None = None, seed: int = 42) -> list[int]:
+    """Sorted image ids of a split of ``n`` images: all, or ``limit`` drawn with a seeded permutation."""
+    if n < 1:
+        raise ValueError("the dataset is empty (0 images)")
+    if limit is None or limit >= n:
+        return list(range(n))
+    _positive_int("limit", limit)
+    return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
+
+
+def display_image(image: Tensor) -> Tensor:
+    """(C, H, W) preprocessed image -> (H, W, 3) uint8, min-max scaled (for figures only)."""
+    lo, hi = image.min(), image.max()
+    scaled = (image - lo) / (hi - lo) if hi > lo else torch.zeros_like(image)
+    pixels = (scaled * 255).round().to(torch.uint8).permute(1, 2, 0)
+    return pixels.expand(-1, -1, 3) if pixels.shape[-1] == 1 else pixels
+
+
+def _image_name(dataset: Dataset, image_id: int) -> str:
+    samples = getattr(dataset, "samples", None)
+    root = getattr(dataset, "root", None)
+    if samples is None:
+        return str(image_id)
+    path = Path(samples[image_id][0])
+    return path.relative_to(root).as_posix() if root is not None and path.is_relative_to(root) else path.as_posix()
+
+
+def _chunks(ids: Sequence[int], size: int) -> list[list[int]]:
+    return [list(ids[i:i + size]) for i in range(0, len(ids), size)]
+
+
+def evaluate_methods(
+    model: nn.Module,
+    dataset: Dataset,
+    specs: Sequence[MethodSpec],
+    store: ResultStore,
+    *,
+    experiment: str,
+    split: str,
+    image_ids: Sequence[int] | None = None,
+    saes: Mapping[int, SparseAutoencoder] | None = None,
+    config: EvalConfig = EvalConfig(),
+    shard: Shard = Shard(),
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Evaluate ``specs`` on ``image_ids`` of ``dataset`` and commit per-image rows; skips stored rows.
+
+    Args:
+        model: classifier in eval mode, (B, C, H, W) -> (B, classes) logits; moved to ``config.device``.
+        dataset: items ``(image (C, H, W), label)``; image id = index.
+        specs: methods, in the order the report lists them.
+        store: the run's store (its fingerprint is checked against ``config``).
+        experiment, split: names the rows are filed under.
+        image_ids: ids to evaluate (default: all); duplicates are ignored.
+        saes: {layer: SAE} for ``fg`` methods; moved to ``config.device``.
+        shard: this rank's share (every ``world``-th batch).
+        on_batch: called with the number of batches committed so far by this process.
+
+    Returns:
+        Rows this process added.
+
+    Raises:
+        ValueError: empty dataset / ids out of range / no methods / a method that cannot be built
+            (e.g. missing SAE for a gated layer) / settings differing from those stored in the run.
+    """
+    if not specs:
+        raise ValueError("no methods to evaluate")
+    n = len(dataset)  # type: ignore[arg-type]
+    ids = sorted(set(range(n) if image_ids is None else (int(i) for i in image_ids)))
+    if not ids:
+        raise ValueError(f"no images to evaluate in split {split!r} (dataset of {n} images)")
+    if ids[0] < 0 or ids[-1] >= n:
+        raise ValueError(f"image ids must lie in [0, {n}) for split {split!r}; got {ids[0]}..{ids[-1]}")
+    if len({spec.key for spec in specs}) != len(specs):
+        raise ValueError(f"duplicate methods in {[spec.label for spec in specs]}")
+    if model.training:
+        raise ValueError("model is in training mode; call model.eval() before evaluating")
+    device = torch.device(config.device)
+    model.to(device)
+    saes = {layer: sae.to(device) for layer, sae in (saes or {}).items()}
+    methods = {spec.key: build_method(spec, model, saes) for spec in specs}
+    adapter = get_adapter(model)
+    if adapter.patch_size[0] != adapter.patch_size[1]:
+        raise ValueError(f"patch size {adapter.patch_size} is not square; the patch metrics need square patches")
+    store.check_fingerprint(config.fingerprint())
+    store.register_experiment(experiment, split, specs, ids)
+
+    done = {spec.key: store.done_ids(split, spec.key) for spec in specs}
+    mine = _chunks(ids, config.batch_size)[shard.rank::shard.world]
+    work = [(chunk, [s for s in specs if not set(chunk) <= done[s.key]]) for chunk in mine]
+    work = [(chunk, todo) for chunk, todo in work if todo]
+    gallery = set(ids[:config.gallery])
+    loader = DataLoader(dataset, batch_sampler=[chunk for chunk, _ in work], num_workers=config.num_workers)
+    bar = tqdm(total=sum(len(todo) for _, todo in work), disable=not config.progress, unit="batch",
+               desc=f"{experiment}/{split}" + (f" rank {shard.rank}" if shard.world > 1 else ""))
+    added = committed = 0
+    with bar:
+        for (chunk, todo), (images, labels) in zip(work, loader):
+            images = images.to(device)
+            labels = torch.as_tensor(labels).long().to(device)
+            batch_ids = torch.tensor(chunk, device=device)
+            with torch.no_grad(), torch.autocast(device.type, enabled=config.autocast):
+                predictions = model(images).argmax(dim=1)
+            targets = predictions if config.target == "prediction" else labels
+            names = [_image_name(dataset, i) for i in chunk]
+            shown = [(split, i, display_image(img).cpu().numpy()) for i, img in zip(chunk, images) if i in gallery]
+            for spec in todo:
+                rows, attributions = _evaluate_batch(model, methods[spec.key], spec, images, targets, batch_ids,
+                                                     adapter.patch_size[0], config)
+                added += store.add_batch(
+                    [ResultRow(split, spec.key, i, name, int(y), int(p), int(t), *scores, attributions.shape[1])
+                     for i, name, y, p, t, scores in zip(chunk, names, labels.tolist(), predictions.tolist(),
+                                                         targets.tolist(), rows)],
+                    attributions=[(split, spec.key, i, a.reshape(adapter.grid_size(images)).cpu().numpy())
+                                  for i, a in zip(chunk, attributions) if i in gallery],
+                    images=shown)
+                committed += 1
+                bar.update(1)
+                if on_batch is not None:
+                    on_batch(committed)
+    return added
+
+
+def _evaluate_batch(
+    model: nn.Module, method: Callable[[Tensor, Tensor, Tensor], Tensor], spec: MethodSpec, images: Tensor,
+    targets: Tensor, ids: Tensor, patch_size: int, config: EvalConfig,
+) -> tuple[list[tuple[float, float, float]], Tensor]:
+    """-> ((saco, fc, pf_auc) per image, (B, P) float32 attributions)."""
+    with torch.autocast(images.device.type, enabled=config.autocast):
+        attributions = method(images, targets, ids).detach().float()
+    if not torch.isfinite(attributions).all():
+        raise ValueError(f"method {spec.label} produced NaN/Inf attributions")
+    m = config.metrics
+    scores = evaluate_patch_metrics(
+        model, images, attributions, targets, patch_size, saco_groups=m.saco_groups, fc_subset_size=m.fc_subset_size,
+        fc_runs=m.fc_runs, fc_correlation=m.fc_correlation, pf_patches_per_step=m.pf_patches_per_step, seed=m.seed,
+        max_batch=config.metric_batch, autocast=config.autocast)
+    columns = [scores[name].double().cpu().tolist() for name in ("saco", "fc", "pf_auc")]
+    return list(zip(*columns)), attributions

@@ -1,0 +1,317 @@
+"""The study's protocol (DESIGN §8) on any model, data and SAEs: validation sweeps, selection, test.
+
+Experiments, in order (each also evaluates TransMM, the baseline every % and p-value refers to):
+
+1. ``single_layer`` (validation): FG-TransMM gated at one layer, ``layers × variants`` at (κ, c_max).
+2. ``multi_layer`` (validation): each of ``multi_layers``, gated with the selected variant, at (κ, c_max).
+3. ``kappa_cmax`` (validation): ``kappas × c_maxes`` on the selected multi-layer configuration.
+4. ``test``: TransMM; the selected single-layer and multi-layer (with the selected κ, c_max) configurations,
+   each with real SAE features and with a shuffled decoder; the baselines.
+
+Selection rule (:data:`SELECTION_RULE`), stored in the run's ``selections`` table with every candidate's
+scores: highest mean over SaCo, FC and PF-AUC of the % improvement of the candidate's validation mean over
+TransMM's on the same images (100 · Δ / |baseline|, PF sign flipped so positive is better); ties go to the
+first candidate in protocol order.
+
+Python entry point: :func:`run_study` (what ``fgattr run`` and the demo call); the steps are
+:func:`run_sweep` and :func:`run_test`.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, TensorDataset
+
+from captum_fgattr.adapters import get_adapter
+from captum_fgattr.bench.evaluate import EvalConfig, Shard, evaluate_methods, select_ids
+from captum_fgattr.bench.methods import METHODS, MethodSpec
+from captum_fgattr.bench.stats import percent_improvement, summarize
+from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, ResultStore, Selection
+from captum_fgattr.sae import SparseAutoencoder
+
+__all__ = [
+    "Protocol", "SELECTION_RULE", "SINGLE", "MULTI", "GRID", "TEST", "VARIANTS", "DataSource",
+    "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep", "run_test", "run_study", "current_shard",
+]
+
+SINGLE, MULTI, GRID, TEST = "single_layer", "multi_layer", "kappa_cmax", "test"
+VARIANTS = ("combined", "activation", "gradient")
+SELECTION_RULE = (
+    "highest mean over SaCo, FC and PF-AUC of the % improvement of the validation mean over TransMM on the same "
+    "images (100*delta/|TransMM|, PF sign flipped); ties: first candidate"
+)
+#: a split: a dataset of (image (C, H, W), label) items, or (images (N, C, H, W), labels (N,)) tensors
+DataSource = Union[Dataset, tuple[Tensor, Tensor]]
+
+
+def _floats(name: str, values: Sequence[float], low: float) -> tuple[float, ...]:
+    out = tuple(float(v) for v in values)
+    if any(not math.isfinite(v) or v < low for v in out):
+        raise ValueError(f"{name}={list(values)!r}; expected finite numbers >= {low}")
+    return out
+
+
+def _layer_tuple(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(values)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in out):
+        raise ValueError(f"{name}={list(values)!r}; expected block indices (ints >= 0, 0-based)")
+    return out
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What the study evaluates (thesis defaults). Layers are 0-based block indices (timm ``blocks[i]``)."""
+
+    layers: tuple[int, ...] = tuple(range(2, 11))  # single-layer sweep
+    variants: tuple[str, ...] = VARIANTS  # FG score variants swept at every layer
+    kappa: float = 0.5  # gate strength for the layer sweeps
+    c_max: float = 10.0  # gate range for the layer sweeps
+    multi_layers: tuple[tuple[int, ...], ...] = ((2, 3, 4), (4, 6, 7), (6, 9, 10))  # multi-layer configurations
+    kappas: tuple[float, ...] = (0.1, 0.5, 1.0)  # κ grid on the selected multi-layer configuration
+    c_maxes: tuple[float, ...] = (2.0, 10.0, 50.0)  # c_max grid
+    baselines: tuple[str, ...] = ("gradcam", "integrated_gradients", "saliency", "rollout", "raw_attention", "random")
+    shuffle_seed: int = 0  # seed of the shuffled-decoder control on the test set
+    val_images: int | None = 500  # validation images (seeded subset; None = all)
+    test_images: int | None = None  # test images (seeded subset; None = all)
+    subset_seed: int = 42  # seed of the image subsets
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", _layer_tuple("layers", self.layers))
+        if not self.layers or not self.variants:
+            raise ValueError("the single-layer sweep needs at least one layer and one variant")
+        object.__setattr__(self, "variants", tuple(self.variants))
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise ValueError(f"variants {bad}; expected a subset of {list(VARIANTS)}")
+        object.__setattr__(self, "multi_layers", tuple(_layer_tuple("multi_layers", m) for m in self.multi_layers))
+        if any(not m for m in self.multi_layers):
+            raise ValueError(f"multi_layers={self.multi_layers!r}; every configuration needs at least one layer")
+        object.__setattr__(self, "kappas", _floats("kappas", self.kappas, 0.0))
+        object.__setattr__(self, "c_maxes", _floats("c_maxes", self.c_maxes, 1.0))
+        _floats("kappa", [self.kappa], 0.0)
+        _floats("c_max", [self.c_max], 1.0)
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        unknown = [b for b in self.baselines if b not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown baseline methods {unknown}; expected names from {sorted(METHODS)}")
+        for name in ("val_images", "test_images"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r}; expected None (all images) or an int >= 1")
+
+    def gated_layers(self) -> list[int]:
+        """Every layer an SAE is needed for."""
+        return sorted(set(self.layers).union(*self.multi_layers))
+
+
+def as_dataset(data: DataSource, name: str = "data") -> Dataset:
+    """A dataset of ``(image, label)`` items from a dataset or an ``(images, labels)`` tensor pair."""
+    if isinstance(data, tuple):
+        if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
+            raise TypeError(f"{name}: expected a Dataset or a tuple (images (N, C, H, W), labels (N,))")
+        images, labels = data
+        if images.ndim != 4 or labels.shape != (images.shape[0],):
+            raise ValueError(f"{name}: images {tuple(images.shape)} and labels {tuple(labels.shape)}; "
+                             "expected (N, C, H, W) and (N,)")
+        data = TensorDataset(images, labels.long())
+    if len(data) == 0:  # type: ignore[arg-type]
+        raise ValueError(f"{name} is empty (0 images)")
+    return data
+
+
+def transmm_spec() -> MethodSpec:
+    return MethodSpec("transmm", {}, "TransMM")
+
+
+def fg_spec(layers: Sequence[int], variant: str, kappa: float, c_max: float, shuffle_seed: int | None = None) -> MethodSpec:
+    """FG-TransMM spec with every parameter explicit (so equal configurations share stored results)."""
+    layers = sorted(int(layer) for layer in layers)
+    where = f"L{layers[0]}" if len(layers) == 1 else "L[" + ",".join(map(str, layers)) + "]"
+    label = f"FG {where} {variant} κ={kappa:g} c={c_max:g}" + (" shuffled" if shuffle_seed is not None else "")
+    params: dict[str, Any] = {"layers": layers, "variant": variant, "kappa": float(kappa), "c_max": float(c_max)}
+    if shuffle_seed is not None:
+        params["shuffle_seed"] = int(shuffle_seed)
+    return MethodSpec("fg", params, label)
+
+
+def current_shard() -> Shard:
+    """This process's shard: (rank, world size) of the initialised ``torch.distributed`` group, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return Shard(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return Shard()
+
+
+def _sync() -> None:
+    """Wait for every rank (no-op outside ``torch.distributed``)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def select_best(
+    store: ResultStore, name: str, experiment: str, split: str, candidates: Sequence[MethodSpec], image_ids: Sequence[int],
+) -> Selection:
+    """Apply :data:`SELECTION_RULE` to ``candidates`` (stored results on ``image_ids``) and store the choice.
+
+    Raises:
+        ValueError: a candidate or TransMM lacks results for some of the images (unfinished run).
+    """
+    scores: dict[str, dict[str, float]] = {}
+    base = None
+    for spec in (transmm_spec(), *candidates):
+        columns = store.scores(split, spec.key, image_ids)
+        if len(columns["image_id"]) != len(image_ids):
+            raise ValueError(f"{spec.label} has results for {len(columns['image_id'])} of {len(image_ids)} "
+                             f"{split} images; finish the {experiment!r} evaluation before selecting")
+        means = {m: summarize(columns[m]).mean for m in METRICS}
+        if base is None:
+            base = means
+            continue
+        pct = {m: percent_improvement(means[m], base[m], HIGHER_IS_BETTER[m]) for m in METRICS}
+        scores[spec.key] = {**{f"{m}_mean": means[m] for m in METRICS}, **{f"{m}_pct": pct[m] for m in METRICS},
+                            "mean_pct": sum(pct.values()) / len(pct), "label": spec.label}  # type: ignore[dict-item]
+    ranked = [(s if math.isfinite(s) else -math.inf) for s in (scores[spec.key]["mean_pct"] for spec in candidates)]
+    best = candidates[ranked.index(max(ranked))]
+    selection = Selection(name, experiment, best.key, SELECTION_RULE,
+                          {"candidates": scores, "chosen": {"name": best.name, "params": dict(best.params)},
+                           "baseline": {f"{m}_mean": base[m] for m in METRICS}, "split": split,
+                           "n_images": len(image_ids)})
+    store.set_selection(selection)
+    return selection
+
+
+def _check_saes(layers: Sequence[int], saes: Mapping[int, SparseAutoencoder], depth: int) -> None:
+    out_of_range = [layer for layer in layers if layer >= depth]
+    if out_of_range:
+        raise ValueError(f"layers {out_of_range} out of range for a model with {depth} blocks (0-based indices)")
+    missing = [layer for layer in layers if layer not in saes]
+    if missing:
+        raise ValueError(f"no SAE for layers {missing}; SAEs were given for layers {sorted(saes)}")
+
+
+def _experiment(model: nn.Module, data: Dataset, specs: Sequence[MethodSpec], store: ResultStore, experiment: str,
+                split: str, ids: Sequence[int], saes: Mapping[int, SparseAutoencoder], config: EvalConfig) -> None:
+    evaluate_methods(model, data, specs, store, experiment=experiment, split=split, image_ids=ids, saes=saes,
+                     config=config, shard=current_shard())
+    _sync()
+
+
+def run_sweep(
+    model: nn.Module, val: DataSource, saes: Mapping[int, SparseAutoencoder], store: ResultStore,
+    protocol: Protocol = Protocol(), config: EvalConfig = EvalConfig(),
+) -> dict[str, Selection]:
+    """Validation experiments 1–3 with their selections (stored); resumes from the store.
+
+    Args:
+        model: classifier in eval mode (moved to ``config.device``).
+        val: validation split; ``protocol.val_images`` of it are used.
+        saes: {layer: SAE} for every layer in ``protocol.gated_layers()``.
+
+    Returns:
+        {"single_layer": ..., "multi_layer": ..., "kappa_cmax": ...} (the last two when configured).
+    """
+    data = as_dataset(val, "validation data")
+    _check_saes(protocol.gated_layers(), saes, get_adapter(model).depth)
+    ids = select_ids(len(data), protocol.val_images, protocol.subset_seed)  # type: ignore[arg-type]
+
+    def run(experiment: str, candidates: list[MethodSpec]) -> None:
+        _experiment(model, data, [transmm_spec(), *candidates], store, experiment, "val", ids, saes, config)
+
+    singles = [fg_spec([layer], variant, protocol.kappa, protocol.c_max)
+               for layer in protocol.layers for variant in protocol.variants]
+    run(SINGLE, singles)
+    selected = {SINGLE: select_best(store, SINGLE, SINGLE, "val", singles, ids)}
+    variant = selected[SINGLE].details["chosen"]["params"]["variant"]
+    if protocol.multi_layers:
+        multis = [fg_spec(layers, variant, protocol.kappa, protocol.c_max) for layers in protocol.multi_layers]
+        run(MULTI, multis)
+        selected[MULTI] = select_best(store, MULTI, MULTI, "val", multis, ids)
+        if protocol.kappas and protocol.c_maxes:
+            layers = selected[MULTI].details["chosen"]["params"]["layers"]
+            grid = [fg_spec(layers, variant, k, c) for k in protocol.kappas for c in protocol.c_maxes]
+            run(GRID, grid)
+            selected[GRID] = select_best(store, GRID, GRID, "val", grid, ids)
+    return selected
+
+
+def final_specs(store: ResultStore, protocol: Protocol) -> list[MethodSpec]:
+    """Methods of the test experiment from the stored selections.
+
+    Raises:
+        ValueError: the run has no single-layer selection (run the sweep first).
+    """
+    chosen = []
+    for name in (SINGLE, GRID if store.selection(GRID) else MULTI):
+        selection = store.selection(name)
+        if selection is None:
+            if name == SINGLE:
+                raise ValueError(f"run folder {store.run_dir} has no {name!r} selection; run the sweep first")
+            continue
+        chosen.append(selection.details["chosen"]["params"])
+    specs = [transmm_spec()]
+    for params in chosen:
+        args = (params["layers"], params["variant"], params["kappa"], params["c_max"])
+        specs += [fg_spec(*args), fg_spec(*args, shuffle_seed=protocol.shuffle_seed)]
+    return specs + [MethodSpec(name) for name in protocol.baselines]
+
+
+def run_test(
+    model: nn.Module, test: DataSource, saes: Mapping[int, SparseAutoencoder], store: ResultStore,
+    protocol: Protocol = Protocol(), config: EvalConfig = EvalConfig(),
+) -> list[MethodSpec]:
+    """Experiment 4 on the test split with the stored selections; resumes from the store. Returns its methods."""
+    data = as_dataset(test, "test data")
+    specs = final_specs(store, protocol)
+    layers = sorted({layer for spec in specs if spec.name == "fg" for layer in spec.params["layers"]})
+    _check_saes(layers, saes, get_adapter(model).depth)
+    ids = select_ids(len(data), protocol.test_images, protocol.subset_seed)  # type: ignore[arg-type]
+    _experiment(model, data, specs, store, TEST, "test", ids, saes, config)
+    return specs
+
+
+def run_study(
+    model: nn.Module,
+    val: DataSource,
+    test: DataSource,
+    saes: Mapping[int, SparseAutoencoder],
+    run_dir: str | Path,
+    protocol: Protocol = Protocol(),
+    config: EvalConfig = EvalConfig(),
+    report: bool = True,
+    resolved_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """The whole protocol: sweep on ``val``, test on ``test``, then (rank 0) the report. Resumable.
+
+    Args:
+        model: classifier in eval mode, (B, C, H, W) -> (B, classes) logits.
+        val, test: splits (datasets of (image, label) or (images, labels) tensors).
+        saes: {layer: SAE} for every layer of ``protocol.gated_layers()``.
+        run_dir: run folder (store, configuration, ``report/``).
+        resolved_config: configuration to store with the run (default: protocol + evaluation settings).
+
+    Returns:
+        ``run_dir``.
+
+    Example (tiny random ViT, 2 layers, a few images)::
+
+        run_study(vit, (x_val, y_val), (x_test, y_test), {1: sae1, 2: sae2}, "runs/demo",
+                  Protocol(layers=(1, 2), multi_layers=((1, 2),), kappas=(0.5,), c_maxes=(10.0,),
+                           baselines=("random",)), EvalConfig(batch_size=4, progress=False))
+    """
+    run_dir = Path(run_dir)
+    with ResultStore(run_dir) as store:
+        if current_shard().rank == 0:
+            store.log_invocation("run_study", resolved_config or {"protocol": asdict(protocol),
+                                                                  "evaluation": asdict(config)})
+        run_sweep(model, val, saes, store, protocol, config)
+        run_test(model, test, saes, store, protocol, config)
+    if report and current_shard().rank == 0:
+        from captum_fgattr.bench.report import write_report
+
+        write_report(run_dir)
+    return run_dir

@@ -1,0 +1,319 @@
+"""Durable per-image results: one SQLite file per run folder, resumable, safe for concurrent ranks.
+
+Schema (``results.sqlite``)::
+
+    meta(key PK, value)                        run fingerprint (settings that change the numbers), ...
+    invocations(id PK, command, started, config)  resolved configuration of every command run
+    methods(method_key PK, name, params, label)   MethodSpec.key -> its name / JSON params / label
+    experiment_methods(experiment, split, method_key, label, position)   PK (experiment, split, method_key)
+    experiment_images(experiment, split, image_id)                       PK (all three)
+    results(split, method_key, image_id, image_name, label, prediction, target,
+            saco, fc, pf_auc, n_patches, created)                     PK (split, method_key, image_id)
+    attributions(split, method_key, image_id, grid_h, grid_w, attr)    raw float32 patch maps (gallery)
+    images(split, image_id, height, width, channels, pixels)           uint8 display copies (gallery)
+    selections(name PK, experiment, method_key, rule, details)         configs chosen on validation
+    experiment_results  VIEW: results joined with experiment_methods (one row per experiment and image)
+
+A method's score on an image does not depend on the experiment that asked for it, so results are keyed
+by (split, method_key, image_id) and shared between experiments (e.g. TransMM on the validation set is
+computed once for the layer sweep, the multi-layer configurations and the κ × c_max grid).
+
+Writes go through ``BEGIN IMMEDIATE`` transactions (one per batch) with WAL journaling and a busy
+timeout, so several ``torchrun`` ranks can write into the same file; a killed process loses at most its
+open transaction. NaN scores are stored as NULL and read back as NaN.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from captum_fgattr.bench.methods import MethodSpec
+
+__all__ = ["STORE_NAME", "METRICS", "HIGHER_IS_BETTER", "ResultRow", "Selection", "ResultStore"]
+
+STORE_NAME = "results.sqlite"
+METRICS: tuple[str, ...] = ("saco", "fc", "pf_auc")  # score columns, in table order
+HIGHER_IS_BETTER: dict[str, bool] = {"saco": True, "fc": True, "pf_auc": False}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS invocations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, command TEXT NOT NULL, started TEXT NOT NULL, config TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS methods (
+    method_key TEXT PRIMARY KEY, name TEXT NOT NULL, params TEXT NOT NULL, label TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiment_methods (
+    experiment TEXT NOT NULL, split TEXT NOT NULL, method_key TEXT NOT NULL REFERENCES methods(method_key),
+    label TEXT NOT NULL, position INTEGER NOT NULL, PRIMARY KEY (experiment, split, method_key));
+CREATE TABLE IF NOT EXISTS experiment_images (
+    experiment TEXT NOT NULL, split TEXT NOT NULL, image_id INTEGER NOT NULL,
+    PRIMARY KEY (experiment, split, image_id));
+CREATE TABLE IF NOT EXISTS results (
+    split TEXT NOT NULL, method_key TEXT NOT NULL REFERENCES methods(method_key), image_id INTEGER NOT NULL,
+    image_name TEXT NOT NULL, label INTEGER NOT NULL, prediction INTEGER NOT NULL, target INTEGER NOT NULL,
+    saco REAL, fc REAL, pf_auc REAL, n_patches INTEGER NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (split, method_key, image_id));
+CREATE TABLE IF NOT EXISTS attributions (
+    split TEXT NOT NULL, method_key TEXT NOT NULL, image_id INTEGER NOT NULL,
+    grid_h INTEGER NOT NULL, grid_w INTEGER NOT NULL, attr BLOB NOT NULL,
+    PRIMARY KEY (split, method_key, image_id));
+CREATE TABLE IF NOT EXISTS images (
+    split TEXT NOT NULL, image_id INTEGER NOT NULL, height INTEGER NOT NULL, width INTEGER NOT NULL,
+    channels INTEGER NOT NULL, pixels BLOB NOT NULL, PRIMARY KEY (split, image_id));
+CREATE TABLE IF NOT EXISTS selections (
+    name TEXT PRIMARY KEY, experiment TEXT NOT NULL, method_key TEXT NOT NULL, rule TEXT NOT NULL,
+    details TEXT NOT NULL);
+CREATE VIEW IF NOT EXISTS experiment_results AS
+    SELECT em.experiment, r.split, r.method_key, em.label AS method_label, r.image_id, r.image_name, r.label,
+           r.prediction, r.target, r.saco, r.fc, r.pf_auc, r.n_patches
+    FROM experiment_methods em
+    JOIN experiment_images ei ON ei.experiment = em.experiment AND ei.split = em.split
+    JOIN results r ON r.split = em.split AND r.method_key = em.method_key AND r.image_id = ei.image_id;
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _nullable(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """Scores of one method on one image."""
+
+    split: str  # dataset split, e.g. "val" / "test"
+    method_key: str  # MethodSpec.key
+    image_id: int  # index of the image in its split's dataset
+    image_name: str  # file path relative to the split root, or the id as text
+    label: int  # ground-truth class
+    prediction: int  # model's predicted class
+    target: int  # class explained and scored
+    saco: float  # NaN when undefined
+    fc: float
+    pf_auc: float  # Pixel-Flipping AUC on the [0, 1] scale (× n_patches for the thesis scale)
+    n_patches: int
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A configuration chosen on validation data."""
+
+    name: str  # e.g. "single_layer"
+    experiment: str  # experiment it was chosen from
+    method_key: str  # MethodSpec.key of the chosen configuration
+    rule: str  # human-readable selection rule
+    details: Mapping[str, Any]  # scores of every candidate, the chosen spec, ...
+
+
+class ResultStore:
+    """SQLite store of a run folder; use as a context manager (``with ResultStore(run_dir) as store``).
+
+    Args:
+        run_dir: run folder; created if missing; the database is ``run_dir / STORE_NAME``.
+        timeout_s: how long a writer waits for another rank's transaction.
+    """
+
+    def __init__(self, run_dir: str | Path, timeout_s: float = 300.0) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / STORE_NAME
+        self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        with self._write():
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken with the write lock up front (no upgrade deadlocks between ranks)."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- run metadata ------------------------------------------------------------------------------
+    def check_fingerprint(self, fingerprint: Mapping[str, Any]) -> None:
+        """Record the settings that determine the numbers; a later run with different ones raises.
+
+        Raises:
+            ValueError: the folder holds results computed with other settings (names the differing keys).
+        """
+        value = json.dumps(fingerprint, sort_keys=True)
+        with self._write() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (value,))
+                return
+        stored = json.loads(row[0])
+        if stored != json.loads(value):
+            keys = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+            raise ValueError(
+                f"run folder {self.run_dir} holds results computed with different settings for {keys}: "
+                f"stored {[stored.get(k) for k in keys]}, requested {[fingerprint.get(k) for k in keys]}; "
+                "use a new run folder or the stored settings"
+            )
+
+    def log_invocation(self, command: str, config: Mapping[str, Any]) -> None:
+        """Store the resolved configuration of a command run in this folder."""
+        with self._write() as conn:
+            conn.execute("INSERT INTO invocations (command, started, config) VALUES (?, ?, ?)",
+                         (command, _now(), json.dumps(config, sort_keys=True, default=str)))
+
+    def invocations(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(command, start time, resolved configuration) of every command run, oldest first."""
+        rows = self._conn.execute("SELECT command, started, config FROM invocations ORDER BY id").fetchall()
+        return [(command, started, json.loads(config)) for command, started, config in rows]
+
+    # -- experiments and methods -------------------------------------------------------------------
+    def register_experiment(self, experiment: str, split: str, specs: Sequence[MethodSpec],
+                            image_ids: Sequence[int]) -> None:
+        """Declare the methods (in table order) and image ids of ``experiment`` on ``split``; idempotent."""
+        with self._write() as conn:
+            conn.executemany("INSERT OR IGNORE INTO experiment_images VALUES (?, ?, ?)",
+                             [(experiment, split, int(i)) for i in image_ids])
+            offset = conn.execute("SELECT COUNT(*) FROM experiment_methods WHERE experiment = ? AND split = ?",
+                                  (experiment, split)).fetchone()[0]
+            for position, spec in enumerate(specs, start=offset):
+                conn.execute("INSERT OR IGNORE INTO methods VALUES (?, ?, ?, ?)",
+                             (spec.key, spec.name, json.dumps(spec.params, sort_keys=True), spec.label))
+                conn.execute("INSERT OR IGNORE INTO experiment_methods VALUES (?, ?, ?, ?, ?)",
+                             (experiment, split, spec.key, spec.label, position))
+
+    def experiments(self) -> list[tuple[str, str]]:
+        """(experiment, split) pairs, in the order they were first registered."""
+        rows = self._conn.execute(
+            "SELECT experiment, split FROM experiment_methods GROUP BY experiment, split ORDER BY MIN(rowid)")
+        return [tuple(row) for row in rows.fetchall()]
+
+    def experiment_methods(self, experiment: str, split: str) -> list[MethodSpec]:
+        """Methods of an experiment in table order, with the labels they were registered with."""
+        rows = self._conn.execute(
+            "SELECT m.name, m.params, em.label FROM experiment_methods em JOIN methods m USING (method_key) "
+            "WHERE em.experiment = ? AND em.split = ? ORDER BY em.position", (experiment, split)).fetchall()
+        return [MethodSpec(name, json.loads(params), label) for name, params, label in rows]
+
+    def experiment_ids(self, experiment: str, split: str) -> list[int]:
+        """Sorted image ids of an experiment."""
+        rows = self._conn.execute("SELECT image_id FROM experiment_images WHERE experiment = ? AND split = ? "
+                                  "ORDER BY image_id", (experiment, split)).fetchall()
+        return [row[0] for row in rows]
+
+    # -- per-image results -------------------------------------------------------------------------
+    def done_ids(self, split: str, method_key: str) -> set[int]:
+        """Image ids with a stored result for ``method_key`` on ``split``."""
+        rows = self._conn.execute("SELECT image_id FROM results WHERE split = ? AND method_key = ?",
+                                  (split, method_key))
+        return {row[0] for row in rows.fetchall()}
+
+    def add_batch(
+        self,
+        rows: Iterable[ResultRow],
+        attributions: Iterable[tuple[str, str, int, np.ndarray]] = (),
+        images: Iterable[tuple[str, int, np.ndarray]] = (),
+    ) -> int:
+        """Commit one batch atomically; rows already stored are kept (no duplicates). Returns rows added.
+
+        Args:
+            rows: per-image scores.
+            attributions: (split, method_key, image_id, (gh, gw) patch map) to keep for figures.
+            images: (split, image_id, (H, W, C) uint8 display image) to keep for figures.
+        """
+        created = _now()
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.split, r.method_key, r.image_id, r.image_name, r.label, r.prediction, r.target,
+                  _nullable(r.saco), _nullable(r.fc), _nullable(r.pf_auc), r.n_patches, created) for r in rows])
+            added = conn.total_changes - before
+            conn.executemany(
+                "INSERT OR IGNORE INTO attributions VALUES (?, ?, ?, ?, ?, ?)",
+                [(split, key, image_id, *attr.shape, np.ascontiguousarray(attr, dtype=np.float32).tobytes())
+                 for split, key, image_id, attr in attributions])
+            conn.executemany(
+                "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?, ?)",
+                [(split, image_id, *pixels.shape, np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+                 for split, image_id, pixels in images])
+        return added
+
+    def scores(self, split: str, method_key: str, image_ids: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """Per-image columns of one method, sorted by image id.
+
+        Returns:
+            {"image_id": (n,) int64, "label"/"prediction"/"target": (n,) int64, "saco"/"fc"/"pf_auc": (n,)
+            float64 with NaN for undefined, "n_patches": (n,) int64}; restricted to ``image_ids`` if given.
+        """
+        rows = self._conn.execute(
+            "SELECT image_id, label, prediction, target, saco, fc, pf_auc, n_patches FROM results "
+            "WHERE split = ? AND method_key = ? ORDER BY image_id", (split, method_key)).fetchall()
+        if image_ids is not None:
+            wanted = set(image_ids)
+            rows = [row for row in rows if row[0] in wanted]
+        columns = list(zip(*rows)) if rows else [()] * 8
+        names = ("image_id", "label", "prediction", "target", *METRICS, "n_patches")
+        return {name: np.array([math.nan if v is None else v for v in col], dtype=np.float64)
+                if name in METRICS else np.array(col, dtype=np.int64) for name, col in zip(names, columns)}
+
+    def count_rows(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+    # -- figures -----------------------------------------------------------------------------------
+    def attribution(self, split: str, method_key: str, image_id: int) -> np.ndarray | None:
+        """Stored (gh, gw) float32 patch map, or None."""
+        row = self._conn.execute(
+            "SELECT grid_h, grid_w, attr FROM attributions WHERE split = ? AND method_key = ? AND image_id = ?",
+            (split, method_key, image_id)).fetchone()
+        return None if row is None else np.frombuffer(row[2], dtype=np.float32).reshape(row[0], row[1])
+
+    def images(self, split: str) -> dict[int, np.ndarray]:
+        """Stored display images of ``split``: image id -> (H, W, C) uint8."""
+        rows = self._conn.execute("SELECT image_id, height, width, channels, pixels FROM images WHERE split = ? "
+                                  "ORDER BY image_id", (split,)).fetchall()
+        return {i: np.frombuffer(px, dtype=np.uint8).reshape(h, w, c) for i, h, w, c, px in rows}
+
+    # -- selections --------------------------------------------------------------------------------
+    def set_selection(self, selection: Selection) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO selections VALUES (?, ?, ?, ?, ?)",
+                         (selection.name, selection.experiment, selection.method_key, selection.rule,
+                          json.dumps(selection.details, sort_keys=True)))
+
+    def selection(self, name: str) -> Selection | None:
+        row = self._conn.execute("SELECT name, experiment, method_key, rule, details FROM selections WHERE name = ?",
+                                 (name,)).fetchone()
+        return None if row is None else Selection(*row[:4], json.loads(row[4]))
+
+    def method(self, method_key: str) -> MethodSpec:
+        """The stored method with key ``method_key`` (its default label)."""
+        row = self._conn.execute("SELECT name, params, label FROM methods WHERE method_key = ?",
+                                 (method_key,)).fetchone()
+        if row is None:
+            raise KeyError(f"no method {method_key!r} in {self.path}")
+        return MethodSpec(row[0], json.loads(row[1]), row[2])
