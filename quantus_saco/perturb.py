@@ -20,15 +20,15 @@ def patch_baseline(arr: np.ndarray, perturb_baseline: str | float | np.ndarray) 
         perturb_baseline: "mean" (per-sample mean, DESIGN §7), "black" (minimum),
             "white" (maximum), a number, or an (N,) array.
     Returns:
-        (N,) replacement values.
+        (N,) float64 replacement values (cast to the image dtype when applied).
     """
     N = arr.shape[0]
     if isinstance(perturb_baseline, str):
         reducers = dict(zip(BASELINES, (np.mean, np.min, np.max)))
         if perturb_baseline not in reducers:
             raise ValueError(f"perturb_baseline={perturb_baseline!r}; expected one of {BASELINES}, a number or an (N,) array")
-        return reducers[perturb_baseline](arr, axis=1)
-    value = np.asarray(perturb_baseline, dtype=arr.dtype)
+        return reducers[perturb_baseline](arr.astype(np.float64), axis=1)
+    value = np.asarray(perturb_baseline, dtype=np.float64)
     if value.shape not in ((), (N,)):
         raise ValueError(f"perturb_baseline has shape {value.shape}; expected a scalar or ({N},)")
     return np.broadcast_to(value, (N,))

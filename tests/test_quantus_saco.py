@@ -1,7 +1,5 @@
 """Quantus-hosted patch metrics (SaCo, patch FC, patch PF) against explicit per-image loops of DESIGN §7."""
 
-import warnings
-
 import numpy as np
 import pytest
 import quantus

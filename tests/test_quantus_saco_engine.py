@@ -1,0 +1,110 @@
+"""Batched engine ``evaluate_patch_metrics`` gives the numbers of the Quantus-hosted metrics."""
+
+import numpy as np
+import pytest
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from quantus_saco import PatchFaithfulnessCorrelation, PatchPixelFlipping, SaCo, evaluate_patch_metrics
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+QKW = dict(patch_size=8, disable_warnings=True)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=3).eval()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(5, 3, 32, 32)).astype(np.float32)
+    y = np.array([0, 1, 2, 1, 0])
+    a = rng.normal(size=(5, 16))
+    return model, x, y, a
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "groups, runs, size, corr, step, max_batch",
+    [(4, 6, 3, "pearson", 1, 7), (5, 8, 5, "spearman", 3, 1000), (16, 6, 8, "pearson", 16, 1)],
+)
+def test_engine_equals_quantus_metrics(setup, device, groups, runs, size, corr, step, max_batch):
+    model, x, y, a = setup
+    model = model.to(device)
+    out = evaluate_patch_metrics(
+        model, torch.from_numpy(x).to(device), torch.from_numpy(a).to(device), torch.from_numpy(y).to(device), 8,
+        saco_groups=groups, fc_subset_size=size, fc_runs=runs, fc_correlation=corr,
+        pf_patches_per_step=step, seed=4, max_batch=max_batch,
+    )
+    call = dict(model=model, x_batch=x, y_batch=y, a_batch=a, device=device, batch_size=2)
+    expected = {
+        "saco": SaCo(n_groups=groups, **QKW)(**call),
+        "fc": PatchFaithfulnessCorrelation(nr_runs=runs, subset_size=size, correlation=corr, seed=4, **QKW)(**call),
+        "pf_auc": PatchPixelFlipping(patches_in_step=step, **QKW)(**call),
+        "pf_curve": PatchPixelFlipping(patches_in_step=step, return_auc_per_sample=False, **QKW)(**call),
+    }
+    assert set(out) == set(expected)
+    for name, value in expected.items():
+        assert out[name].device.type == device and out[name].dtype == torch.float64
+        np.testing.assert_allclose(out[name].cpu().numpy(), np.asarray(value), rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_metric_selection_and_predicted_target(setup):
+    model, x, _, a = setup
+    x, a = torch.from_numpy(x), torch.from_numpy(a)
+    pred = model(x).argmax(1)
+    kw = dict(saco_groups=4, fc_runs=4, fc_subset_size=2)
+    assert sorted(evaluate_patch_metrics(model, x, a, None, 8, metrics=("pf",), **kw)) == ["pf_auc", "pf_curve"]
+    auto = evaluate_patch_metrics(model, x, a, None, 8, metrics=("saco", "fc"), **kw)
+    explicit = evaluate_patch_metrics(model, x, a, pred, 8, **kw)
+    assert sorted(auto) == ["fc", "saco"]
+    for name in auto:
+        torch.testing.assert_close(auto[name], explicit[name], rtol=0, atol=1e-9)
+
+
+def test_autocast_close_to_fp32(setup):
+    model, x, y, a = setup
+    args = (model, torch.from_numpy(x), torch.from_numpy(a), torch.from_numpy(y), 8)
+    full = evaluate_patch_metrics(*args, metrics=("pf",))
+    low = evaluate_patch_metrics(*args, metrics=("pf",), autocast=True)
+    assert torch.isfinite(low["pf_curve"]).all()
+    torch.testing.assert_close(low["pf_auc"], full["pf_auc"], rtol=0, atol=0.02)
+
+
+def test_engine_constant_attribution_nan(setup):
+    model, x, y, _ = setup
+    a = torch.ones(5, 16)
+    with pytest.warns(RuntimeWarning, match="SaCo is undefined"):
+        out = evaluate_patch_metrics(model, torch.from_numpy(x), a, torch.from_numpy(y), 8, metrics=("saco", "fc"), saco_groups=4, fc_runs=4, fc_subset_size=3)
+    assert torch.isnan(out["saco"]).all() and torch.isnan(out["fc"]).all()
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(patch_attr=torch.zeros(5, 15)), r"patch_attr has shape \(5, 15\)"),
+        (dict(patch_size=5), "not divisible by patch_size=5"),
+        (dict(x=torch.full((5, 3, 32, 32), float("nan"))), "x contains NaN"),
+        (dict(patch_attr=torch.full((5, 16), float("inf"))), "patch_attr contains NaN or Inf"),
+        (dict(saco_groups=17), "saco_groups=17"),
+        (dict(saco_groups=1), "saco_groups=1"),
+        (dict(fc_subset_size=16), "subset_size=16"),
+        (dict(fc_runs=1), "fc_runs=1"),
+        (dict(fc_correlation="kendall"), "fc_correlation='kendall'"),
+        (dict(pf_patches_per_step=0), "pf_patches_per_step=0"),
+        (dict(metrics=("saco", "iou")), "metrics=\\('saco', 'iou'\\)"),
+        (dict(max_batch=0), "max_batch=0"),
+    ],
+)
+def test_engine_errors(setup, change, match):
+    model, x, y, a = setup
+    kwargs = dict(model=model, x=torch.from_numpy(x), patch_attr=torch.from_numpy(a), target=torch.from_numpy(y), patch_size=8, saco_groups=4, fc_runs=4, fc_subset_size=3)
+    kwargs.update(change)
+    with pytest.raises(ValueError, match=match):
+        evaluate_patch_metrics(**kwargs)
+
+
+def test_engine_refuses_training_mode():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(), torch.nn.Linear(3 * 16 * 16, 2))
+    with pytest.raises(ValueError, match="training mode"):
+        evaluate_patch_metrics(model, torch.randn(2, 3, 16, 16), torch.randn(2, 4), None, 8, saco_groups=2, fc_subset_size=2, fc_runs=3)
+    assert model.training  # left as the user set it
