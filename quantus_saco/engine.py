@@ -55,7 +55,7 @@ def _perturbed_outputs(
         ((B, V) logits, (B, V) probabilities), float32.
     """
     B, V, _ = masks.shape
-    baseline = x.double().mean(dim=(1, 2, 3))  # float64 as in perturb.patch_baseline
+    baseline = x.mean(dim=(1, 2, 3), dtype=torch.float64)  # float64 as in perturb.patch_baseline
     flat_masks = masks.reshape(B * V, -1)
     image = torch.arange(B, device=x.device).repeat_interleave(V)
     chunks = []

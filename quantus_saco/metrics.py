@@ -79,7 +79,8 @@ class _PatchMetric:
             x_batch: (B, C, H, W) images (Quantus requires channel-first for torch models).
             y_batch: (B,) target classes or None.
             a_batch: (B, 1 or C, H, W) or (B, H, W) pixel maps (pooled by patch mean),
-                or (B, P) / (B, gh, gw) patch grids; None to call ``explain_func``.
+                or (B, P) / (B, gh, gw) patch grids; None to call ``explain_func``
+                (which, as Quantus asserts, must return pixel maps).
         """
         softmax = kwargs.pop("softmax", None)
         if softmax is not None and softmax != self.softmax_output:
