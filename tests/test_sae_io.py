@@ -122,6 +122,7 @@ class NotATensor:  # pickled class: must be refused by torch.load(weights_only=T
     pass
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_corrupt_and_mismatched_files(tmp_path) -> None:
     folder, state = prisma_folder(tmp_path, wrapped=False)
     pt = next(folder.glob("*.pt"))

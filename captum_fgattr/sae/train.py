@@ -234,13 +234,19 @@ def evaluate_sae(
     batch_tokens: int = 4096,
     progress: bool = False,
 ) -> SAEMetrics:
-    """Explained variance, dead-feature fraction, mean L0 and MSE of ``sae`` on ``activations``
-    (rows (num_tokens, d_in); at most ``max_tokens``, taken in order), accumulated batch by batch."""
+    """Explained variance, dead-feature fraction, mean L0 and MSE of ``sae`` on ``activations``,
+    accumulated batch by batch.
+
+    ``activations``: rows (num_tokens, d_in) as for :func:`train_sae`. With ``max_tokens``, an
+    array source is subsampled evenly over all its rows (every image contributes); an iterable
+    source contributes its first ``max_tokens`` tokens.
+    """
     if _is_array(activations):
         _check_array(activations)
-        n = activations.shape[0] if max_tokens is None else min(max_tokens, activations.shape[0])
+        n = activations.shape[0]
+        index = np.arange(n) if max_tokens is None or max_tokens >= n else np.linspace(0, n - 1, max_tokens).round().astype(np.int64)
         chunks: Iterable[Tensor] = (
-            _rows(activations, np.arange(s, min(s + batch_tokens, n))) for s in range(0, n, batch_tokens)
+            _rows(activations, index[s : s + batch_tokens]) for s in range(0, len(index), batch_tokens)
         )
     else:
         chunks = _flat_chunks(activations, sae.d_in)
