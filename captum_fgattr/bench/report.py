@@ -3,7 +3,8 @@
 Per experiment: ``{experiment}.md`` / ``{experiment}.csv`` (method, layers, SaCo ↑, FC ↑, PF ↓ as mean ± SE,
 % improvement over TransMM, Welch and paired p-values with stars, NaN SaCo counts), and figures:
 ``single_layer.png`` (per-layer curves per variant, TransMM line), ``multi_layer.png`` (bars),
-``kappa_cmax.png`` (heatmaps of % improvement), ``overlays_{split}.png`` (image / TransMM / FG).
+``kappa_cmax.png`` (heatmaps of % improvement), ``overlays_{experiment}.png`` (image / TransMM / FG, for
+the test and any other non-sweep experiment).
 ``report.md`` gathers the tables, the validation selections and the figures.
 """
 from __future__ import annotations
@@ -157,6 +158,7 @@ def _layer_curves(rows: Sequence[TableRow], path: Path) -> None:
             ax.errorbar([x for x, _ in series], [s.mean for _, s in series], yerr=[s.se for _, s in series],
                         marker="o", capsize=3, label=variant)
         _baseline_line(ax, _baseline(rows), metric)
+        ax.set_xticks(sorted({row.method.params["layers"][0] for row in fg}))
         ax.set(title=TITLES[metric], xlabel="gated layer (0-based block)")
     axes[0].legend()
     fig.tight_layout()
@@ -263,7 +265,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
             if figure is not None and any(row.method.name == "fg" for row in rows):
                 figure(rows, out / f"{name}.png")
                 sections += [f"![{experiment}]({name}.png)", ""]
-            if _overlays(store, experiment, split, out / f"overlays_{name}.png"):
+            if figure is None and _overlays(store, experiment, split, out / f"overlays_{name}.png"):
                 sections += [f"![overlays]({f'overlays_{name}.png'})", ""]
         selections = [store.selection(n) for n in (SINGLE, MULTI, GRID)]
         selections = [s for s in selections if s is not None]

@@ -1,0 +1,187 @@
+"""Store, batched evaluation (vs the Quantus metric path), resume after SIGKILL, protocol selection, errors."""
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from captum_fgattr.bench.evaluate import EvalConfig, MetricConfig, Shard, evaluate_methods, select_ids
+from captum_fgattr.bench.experiments import SELECTION_RULE, Protocol, fg_spec, run_sweep, transmm_spec
+from captum_fgattr.bench.methods import MethodSpec, build_method
+from captum_fgattr.bench.runconfig import RunConfig
+from captum_fgattr.bench.stats import percent_improvement
+from captum_fgattr.bench.store import METRICS, ResultRow, ResultStore
+from quantus_saco import PatchFaithfulnessCorrelation, PatchPixelFlipping, SaCo
+from tests.conftest import make_vit
+from tests.test_fg_transmm import make_sae
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_CFG = MetricConfig(saco_groups=4, fc_subset_size=4, fc_runs=8, seed=3)
+CFG = EvalConfig(batch_size=4, progress=False, gallery=2, metrics=METRIC_CFG)
+SPECS = [transmm_spec(), fg_spec([1], "combined", 0.5, 10.0), MethodSpec("random", {"seed": 1})]
+
+
+def tiny_setup(n_images: int = 10):
+    """Tiny random ViT (3 blocks, 16 patches), (image, label) dataset, SAEs for every block."""
+    model = make_vit(depth=3, num_classes=3)
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(n_images, 3, 32, 32, generator=gen)
+    labels = torch.randint(0, 3, (n_images,), generator=gen)
+    return model, TensorDataset(images, labels), {layer: make_sae(32, seed=layer) for layer in range(3)}
+
+
+def stored_rows(run_dir: Path) -> list[tuple]:
+    with sqlite3.connect(run_dir / "results.sqlite") as conn:
+        return conn.execute("SELECT split, method_key, image_id, label, prediction, target, saco, fc, pf_auc "
+                            "FROM results ORDER BY split, method_key, image_id").fetchall()
+
+
+def assert_same_rows(a: list[tuple], b: list[tuple]) -> None:
+    assert [r[:6] for r in a] == [r[:6] for r in b]
+    np.testing.assert_allclose(np.array([r[6:] for r in a], dtype=float), np.array([r[6:] for r in b], dtype=float),
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_store_primary_key_nan_and_fingerprint(tmp_path):
+    row = ResultRow("val", transmm_spec().key, 3, "a.png", 1, 2, 2, float("nan"), 0.5, 0.25, 16)
+    with ResultStore(tmp_path) as store:
+        store.register_experiment("e", "val", [transmm_spec()], [3])
+        assert store.add_batch([row]) == 1
+        assert store.add_batch([row]) == 0  # no duplicate
+        columns = store.scores("val", transmm_spec().key)
+        assert np.isnan(columns["saco"][0]) and columns["fc"][0] == 0.5 and store.count_rows() == 1
+        store.check_fingerprint({"batch_size": 4})
+        store.check_fingerprint({"batch_size": 4})
+        with pytest.raises(ValueError, match="batch_size"):
+            store.check_fingerprint({"batch_size": 8})
+        view = store._conn.execute("SELECT experiment, method_label, image_id FROM experiment_results").fetchall()
+        assert view == [("e", "TransMM", 3)]
+
+
+def test_rows_match_quantus_metrics_and_model(tmp_path):
+    model, data, saes = tiny_setup(6)
+    with ResultStore(tmp_path) as store:
+        added = evaluate_methods(model, data, SPECS[:2], store, experiment="e", split="val", saes=saes, config=CFG)
+        assert added == 12
+        columns = store.scores("val", SPECS[1].key)
+        stored_attr = store.attribution("val", SPECS[1].key, 0)
+    images, labels = data.tensors
+    x = images[:4]  # the first batch, as evaluated (FC subsets are drawn per position in the batch)
+    predictions = model(x).argmax(1)
+    np.testing.assert_array_equal(columns["label"][:4], labels[:4].numpy())
+    np.testing.assert_array_equal(columns["prediction"][:4], predictions.numpy())
+    np.testing.assert_array_equal(columns["target"], columns["prediction"])
+    attr = build_method(SPECS[1], model, saes)(x, predictions, torch.arange(4)).detach()
+    np.testing.assert_allclose(stored_attr.reshape(-1), attr[0].numpy(), rtol=1e-6)
+    kwargs = dict(model=model, x_batch=x.numpy(), y_batch=predictions.numpy(), a_batch=attr.numpy(), device="cpu")
+    saco = SaCo(patch_size=8, n_groups=4)(**kwargs)
+    fc = PatchFaithfulnessCorrelation(patch_size=8, nr_runs=8, subset_size=4, seed=3)(**kwargs)
+    pf = PatchPixelFlipping(patch_size=8)(**kwargs)
+    np.testing.assert_allclose(columns["saco"][:4], np.asarray(saco, dtype=float), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(columns["fc"][:4], np.asarray(fc, dtype=float), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(columns["pf_auc"][:4], np.asarray(pf, dtype=float).reshape(4), rtol=1e-5, atol=1e-7)
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from tests.test_bench_evaluate import CFG, SPECS, tiny_setup
+from captum_fgattr.bench.evaluate import evaluate_methods
+from captum_fgattr.bench.store import ResultStore
+
+def kill(committed):
+    if committed == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+model, data, saes = tiny_setup()
+with ResultStore(sys.argv[1]) as store:
+    evaluate_methods(model, data, SPECS, store, experiment="e", split="val", saes=saes, config=CFG, on_batch=kill)
+"""
+
+
+def test_resume_after_sigkill_gives_each_image_once_and_same_numbers(tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(killed), "4"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    partial = stored_rows(killed)
+    # 3 batches (10 images, batch 4) x 3 methods; killed right after the 4th commit: batch 1 done, batch 2 started
+    assert len(partial) == 4 + 4 + 4 + 4
+    model, data, saes = tiny_setup()
+    with ResultStore(killed) as store:
+        added = evaluate_methods(model, data, SPECS, store, experiment="e", split="val", saes=saes, config=CFG)
+    assert added == 30 - len(partial)
+    with ResultStore(clean) as store:
+        evaluate_methods(model, data, SPECS, store, experiment="e", split="val", saes=saes, config=CFG)
+    resumed = stored_rows(killed)
+    assert len(resumed) == 30 and len({r[:3] for r in resumed}) == 30
+    assert_same_rows(resumed, stored_rows(clean))
+    with ResultStore(killed) as store:  # a rerun of a finished evaluation does nothing
+        assert evaluate_methods(model, data, SPECS, store, experiment="e", split="val", saes=saes, config=CFG) == 0
+
+
+def test_shards_are_disjoint_and_complete(tmp_path):
+    model, data, saes = tiny_setup()
+    with ResultStore(tmp_path / "shards") as store:
+        for rank in (1, 0):
+            evaluate_methods(model, data, SPECS[:1], store, experiment="e", split="val", config=CFG,
+                             shard=Shard(rank, 2))
+    with ResultStore(tmp_path / "one") as store:
+        evaluate_methods(model, data, SPECS[:1], store, experiment="e", split="val", config=CFG)
+    assert_same_rows(stored_rows(tmp_path / "shards"), stored_rows(tmp_path / "one"))
+
+
+def test_sweep_selection_follows_the_stated_rule(tmp_path):
+    model, data, saes = tiny_setup(8)
+    protocol = Protocol(layers=(0, 2), variants=("combined", "gradient"), multi_layers=((0, 1), (1, 2)),
+                        kappas=(0.5, 2.0), c_maxes=(10.0,), val_images=None)
+    with ResultStore(tmp_path) as store:
+        selected = run_sweep(model, data, saes, store, protocol, CFG)
+        ids = list(range(8))
+        base = {m: np.nanmean(store.scores("val", transmm_spec().key, ids)[m]) for m in METRICS}
+
+        def score(spec):
+            cols = store.scores("val", spec.key, ids)
+            return np.mean([percent_improvement(np.nanmean(cols[m]), base[m], m != "pf_auc") for m in METRICS])
+
+        singles = [fg_spec([layer], v, 0.5, 10.0) for layer in (0, 2) for v in ("combined", "gradient")]
+        best = max(singles, key=score)
+        assert selected["single_layer"].method_key == best.key
+        assert store.selection("single_layer").rule == SELECTION_RULE
+        variant = best.params["variant"]
+        multis = [fg_spec(layers, variant, 0.5, 10.0) for layers in ((0, 1), (1, 2))]
+        assert selected["multi_layer"].method_key == max(multis, key=score).key
+        grid = [fg_spec(selected["multi_layer"].details["chosen"]["params"]["layers"], variant, k, 10.0)
+                for k in (0.5, 2.0)]
+        assert selected["kappa_cmax"].method_key == max(grid, key=score).key
+        assert [e for e, _ in store.experiments()] == ["single_layer", "multi_layer", "kappa_cmax"]
+
+
+def test_clear_errors(tmp_path):
+    model, data, saes = tiny_setup(4)
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        MethodSpec("nope")
+    with ResultStore(tmp_path) as store:
+        with pytest.raises(ValueError, match=r"no SAE for gated layers \[2\]"):
+            evaluate_methods(model, data, [fg_spec([2], "combined", 0.5, 10.0)], store, experiment="e", split="val",
+                             saes={0: saes[0]}, config=CFG)
+        with pytest.raises(ValueError, match="empty"):
+            run_sweep(model, TensorDataset(torch.zeros(0, 3, 32, 32), torch.zeros(0)), saes, store,
+                      Protocol(layers=(0,), multi_layers=()), CFG)
+        with pytest.raises(ValueError, match=r"no SAE for layers \[5\]|out of range"):
+            run_sweep(model, data, saes, store, Protocol(layers=(0,), multi_layers=((1, 5),)), CFG)
+    with pytest.raises(ValueError, match="empty"):
+        select_ids(0)
+    with pytest.raises(ValueError, match=r"unknown keys \['batchsize'\]"):
+        RunConfig.from_dict({"evaluation": {"batchsize": 3}})
+    with pytest.raises(ValueError, match=r"unknown keys \['modle'\]"):
+        RunConfig.from_dict({"modle": {}})
+    with pytest.raises(ValueError, match="target='truth'"):
+        EvalConfig(target="truth")
+    with pytest.raises(ValueError, match="variants"):
+        Protocol(variants=("combined", "mixed"))
