@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,9 +22,6 @@ __all__ = ["SAEConfig", "NormStats", "SparseAutoencoder", "ACTIVATIONS", "NORMAL
 ACTIVATIONS: tuple[str, ...] = ("topk", "relu")
 NORMALIZATIONS: tuple[str, ...] = ("none", "layer_norm", "constant_norm_rescale")
 LAYER_NORM_EPS = 1e-5  # added to the unbiased per-token std (published vision SAEs)
-
-Activation = Literal["topk", "relu"]
-Normalization = Literal["none", "layer_norm", "constant_norm_rescale"]
 
 
 @dataclass(frozen=True)

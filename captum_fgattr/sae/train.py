@@ -310,6 +310,13 @@ def train_sae(
     Returns:
         :class:`TrainResult` with the SAE (on ``device``), :class:`SAEMetrics` and the loss history.
         Same seed, data and settings give identical weights.
+
+    Example:
+        >>> x = torch.randn(512, 8)
+        >>> cfg = TrainConfig(epochs=1, batch_tokens=128, warmup_steps=1, progress=False)
+        >>> r = train_sae(x, SAEConfig(d_in=8, n_features=32, k=4), cfg)
+        >>> r.sae.n_features, r.metrics.num_tokens, r.metrics.mean_l0 <= 4
+        (32, 512, True)
     """
     cfg = train_config or TrainConfig()
     if _is_array(activations):
