@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
-from captum_fgattr.bench.experiments import current_shard, final_specs, run_sweep, transmm_spec
+from captum_fgattr.bench.experiments import current_shard, final_specs, run_sweep, sync_ranks, transmm_spec
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.report import write_report
 from captum_fgattr.bench.runconfig import RunConfig, load_model, load_saes, load_split, read_config_file
@@ -149,6 +149,7 @@ def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: st
         evaluate_methods(model, data, specs, store, experiment=experiment, split=split,
                          image_ids=select_ids(len(data), limit, config.protocol.subset_seed),
                          saes=load_saes(config.saes, layers), config=config.evaluation, shard=current_shard())
+    sync_ranks()
 
 
 def _report(run_dir: str, out: str | None, pf_scale: str) -> None:

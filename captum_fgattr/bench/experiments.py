@@ -38,6 +38,7 @@ from captum_fgattr.sae import SparseAutoencoder
 __all__ = [
     "Protocol", "SELECTION_RULE", "SINGLE", "MULTI", "GRID", "TEST", "VARIANTS", "DataSource",
     "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep", "run_test", "run_study", "current_shard",
+    "sync_ranks",
 ]
 
 SINGLE, MULTI, GRID, TEST = "single_layer", "multi_layer", "kappa_cmax", "test"
@@ -147,7 +148,7 @@ def current_shard() -> Shard:
     return Shard()
 
 
-def _sync() -> None:
+def sync_ranks() -> None:
     """Wait for every rank (no-op outside ``torch.distributed``)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -198,7 +199,7 @@ def _experiment(model: nn.Module, data: Dataset, specs: Sequence[MethodSpec], st
                 split: str, ids: Sequence[int], saes: Mapping[int, SparseAutoencoder], config: EvalConfig) -> None:
     evaluate_methods(model, data, specs, store, experiment=experiment, split=split, image_ids=ids, saes=saes,
                      config=config, shard=current_shard())
-    _sync()
+    sync_ranks()
 
 
 def run_sweep(

@@ -1,0 +1,138 @@
+"""End to end through the ``fgattr`` CLI: train-sae -> sweep -> evaluate -> report, and a 2-rank torchrun."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from scipy import stats as sps
+
+from captum_fgattr.bench.cli import main
+from tests.test_bench_evaluate import ROOT, assert_same_rows, stored_rows
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    """Image folders (3 classes), a random test_vit checkpoint (64 px, 16 patches, 6 blocks), SAEs, config."""
+    root = tmp_path_factory.mktemp("study")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("val", 3), ("test", 2)):
+        for c, name in enumerate(("cat", "dog", "lung")):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+                pixels[16 * c:16 * c + 16] = 255  # a class-dependent bright band
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    torch.manual_seed(0)
+    model = timm.create_model("test_vit", pretrained=False, num_classes=3, img_size=64)
+    with torch.no_grad():
+        for blk in model.blocks:
+            blk.attn.qkv.weight.mul_(6.0)  # attention far from uniform
+    save_file(model.state_dict(), str(root / "vit.safetensors"))
+    model_args = ["--model", "test_vit", "--checkpoint", str(root / "vit.safetensors"), "--num-classes", "3",
+                  "--img-size", "64"]
+    assert main(["train-sae", *model_args, "--data", str(root / "val"), "--layers", "1", "2", "3", "--expansion", "2",
+                 "--k", "8", "--lr", "1e-3", "--epochs", "1", "--batch-tokens", "64", "--warmup-steps", "2",
+                 "--output", str(root / "saes"), "--quiet", "--device", "cpu"]) == 0
+    config = {
+        "model": {"name": "test_vit", "checkpoint": str(root / "vit.safetensors"), "num_classes": 3, "img_size": 64},
+        "data": {"val": str(root / "val"), "test": str(root / "test")},
+        "saes": str(root / "saes"),
+        "protocol": {"layers": [1, 2], "variants": ["combined", "gradient"], "multi_layers": [[1, 2], [2, 3]],
+                     "kappas": [0.5, 1.0], "c_maxes": [10.0], "baselines": ["random", "rollout"], "val_images": None},
+        "evaluation": {"batch_size": 4, "progress": False, "gallery": 2,
+                       "metrics": {"saco_groups": 4, "fc_subset_size": 4, "fc_runs": 8}},
+    }
+    (root / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def test_train_sweep_evaluate_report(study, tmp_path):
+    run = tmp_path / "run"
+    cfg = ["--config", str(study / "config.json"), "--run-dir", str(run)]
+    assert main(["sweep", *cfg]) == 0
+    assert main(["evaluate", *cfg]) == 0
+    assert main(["report", "--run-dir", str(run)]) == 0
+    out = run / "report"
+    for name in ("single_layer", "multi_layer", "kappa_cmax", "test"):
+        assert (out / f"{name}.md").stat().st_size > 0
+    for name in ("single_layer", "multi_layer", "kappa_cmax", "overlays_test"):
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((run / "config.json").read_text())["evaluation"]["batch_size"] == 4
+
+    conn = sqlite3.connect(run / "results.sqlite")
+    assert [c for c, in conn.execute("SELECT command FROM invocations ORDER BY id")] == ["sweep", "evaluate"]
+    selected = dict(conn.execute("SELECT name, method_key FROM selections").fetchall())
+    assert set(selected) == {"single_layer", "multi_layer", "kappa_cmax"}
+    test_keys = [k for k, in conn.execute("SELECT method_key FROM experiment_methods WHERE experiment = 'test' "
+                                          "ORDER BY position")]
+    assert len(test_keys) == 1 + 4 + 2 and selected["single_layer"] in test_keys
+
+    def column(key: str, metric: str) -> np.ndarray:  # straight from SQLite, NULL = NaN
+        rows = conn.execute(f"SELECT {metric} FROM results WHERE split = 'test' AND method_key = ? "
+                            "ORDER BY image_id", (key,)).fetchall()
+        return np.array([np.nan if v is None else v for v, in rows], dtype=float)
+
+    with (out / "test.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [row["method_key"] for row in table] == test_keys
+    base = {m: column(test_keys[0], m) for m in ("saco", "fc", "pf_auc")}
+    for row in table:
+        assert int(row["n_images"]) == 6
+        for metric in ("saco", "fc", "pf_auc"):
+            values = column(row["method_key"], metric)
+            kept = values[~np.isnan(values)]
+            assert float(row[f"{metric}_mean"]) == pytest.approx(kept.mean(), rel=1e-9)
+            assert float(row[f"{metric}_se"]) == pytest.approx(sps.sem(kept), rel=1e-9)
+            assert int(row[f"{metric}_n_nan"]) == int(np.isnan(values).sum())
+            if row["method_key"] != test_keys[0]:
+                both = ~(np.isnan(values) | np.isnan(base[metric]))
+                p = sps.ttest_rel(values[both], base[metric][both]).pvalue
+                assert float(row[f"{metric}_p_paired"]) == pytest.approx(p, rel=1e-6)
+                delta = kept.mean() - np.nanmean(base[metric])
+                sign = -1 if metric == "pf_auc" else 1
+                assert float(row[f"{metric}_pct"]) == pytest.approx(sign * 100 * delta / abs(np.nanmean(base[metric])))
+    md = (out / "test.md").read_text()
+    first = table[1]
+    assert f"{float(first['saco_mean']):.3f} ± {float(first['saco_se']):.3f}" in md
+    assert main(["evaluate", *cfg]) == 0  # rerun: resumes, nothing to add
+    assert conn.execute("SELECT COUNT(*) FROM results").fetchone()[0] == len(stored_rows(run))
+    conn.close()
+
+
+def test_cli_reports_bad_configuration(study, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"protocol": {"layer": [1]}}))
+    assert main(["sweep", "--config", str(bad), "--run-dir", str(tmp_path / "r")]) == 2
+    assert "unknown keys ['layer']" in capsys.readouterr().err
+    assert main(["evaluate", "--config", str(study / "config.json"), "--run-dir", str(tmp_path / "r2")]) == 2
+    assert "no 'single_layer' selection" in capsys.readouterr().err
+    assert main(["sweep", "--config", str(study / "config.json"), "--run-dir", str(tmp_path / "r3"),
+                 "--layers", "4"]) == 2
+    assert "no SAE for layers [4]" in capsys.readouterr().err
+
+
+def test_torchrun_two_ranks_match_one_process(study, tmp_path):
+    methods = json.dumps([{"name": "fg", "params": {"layers": [2], "variant": "combined"}},
+                          {"name": "random"}])
+    args = ["evaluate", "--config", str(study / "config.json"), "--methods", methods, "--split", "val",
+            "--experiment", "dist"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "captum_fgattr.bench.cli", *args, "--run-dir", str(tmp_path / "two")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main([*args, "--run-dir", str(tmp_path / "one")]) == 0
+    two, one = stored_rows(tmp_path / "two"), stored_rows(tmp_path / "one")
+    assert len(one) == 3 * 9 and len({r[:3] for r in two}) == len(two)
+    assert_same_rows(two, one)
