@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 import timm
 import torch
+import yaml  # comes with timm
 from PIL import Image
 from safetensors.torch import save_file
 from scipy import stats as sps
 
-from captum_fgattr.bench.cli import main
+from captum_fgattr.bench.cli import build_parser, main
+from captum_fgattr.bench.commands import resolve_config
+from captum_fgattr.bench.report import write_report
 from tests.test_bench_evaluate import ROOT, assert_same_rows, stored_rows
 
 
@@ -102,6 +105,10 @@ def test_train_sweep_evaluate_report(study, tmp_path):
                 delta = kept.mean() - np.nanmean(base[metric])
                 sign = -1 if metric == "pf_auc" else 1
                 assert float(row[f"{metric}_pct"]) == pytest.approx(sign * 100 * delta / abs(np.nanmean(base[metric])))
+    write_report(run, tmp_path / "thesis_scale", pf_scale="patches")
+    with (tmp_path / "thesis_scale" / "test.csv").open() as f:
+        scaled = list(csv.DictReader(f))
+    assert float(scaled[0]["pf_auc_mean"]) == pytest.approx(16 * float(table[0]["pf_auc_mean"]))
     md = (out / "test.md").read_text()
     first = table[1]
     assert f"{float(first['saco_mean']):.3f} ± {float(first['saco_se']):.3f}" in md
@@ -120,6 +127,22 @@ def test_cli_reports_bad_configuration(study, tmp_path, capsys):
     assert main(["sweep", "--config", str(study / "config.json"), "--run-dir", str(tmp_path / "r3"),
                  "--layers", "4"]) == 2
     assert "no SAE for layers [4]" in capsys.readouterr().err
+
+
+def test_yaml_config_flags_and_help(study, tmp_path, capsys):
+    values = json.loads((study / "config.json").read_text())
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(values))
+    from_yaml = resolve_config(build_parser().parse_args(["sweep", "--config", str(tmp_path / "c.yaml")]))
+    from_json = resolve_config(build_parser().parse_args(["sweep", "--config", str(study / "config.json"),
+                                                          "--batch-size", "2", "--multi-layers", "1,3"]))
+    assert from_yaml.protocol.multi_layers == ((1, 2), (2, 3)) and from_yaml.evaluation.batch_size == 4
+    assert from_json.protocol.multi_layers == ((1, 3),) and from_json.evaluation.batch_size == 2
+    assert from_json.evaluation.metrics.saco_groups == 4 and from_yaml.saes == str(study / "saes")
+    for command in ("sweep", "evaluate", "run", "report"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        assert exit_.value.code == 0
+        assert "--run-dir" in capsys.readouterr().out
 
 
 def test_torchrun_two_ranks_match_one_process(study, tmp_path):

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from captum_fgattr.bench.evaluate import EvalConfig, MetricConfig, Shard, evaluate_methods, select_ids
-from captum_fgattr.bench.experiments import SELECTION_RULE, Protocol, fg_spec, run_sweep, transmm_spec
+from captum_fgattr.bench.experiments import SELECTION_RULE, Protocol, fg_spec, run_study, run_sweep, transmm_spec
 from captum_fgattr.bench.methods import MethodSpec, build_method
 from captum_fgattr.bench.runconfig import RunConfig
 from captum_fgattr.bench.stats import percent_improvement
@@ -185,3 +185,19 @@ def test_clear_errors(tmp_path):
         EvalConfig(target="truth")
     with pytest.raises(ValueError, match="variants"):
         Protocol(variants=("combined", "mixed"))
+
+
+def test_run_study_python_api_on_tensors(tmp_path):
+    model, data, saes = tiny_setup(8)
+    images, labels = data.tensors
+    protocol = Protocol(layers=(1,), variants=("activation",), multi_layers=((0, 2),), kappas=(0.5,), c_maxes=(2.0,),
+                        baselines=("random",), val_images=None, test_images=3)
+    run_dir = run_study(model, (images, labels), (images[:6], labels[:6]), saes, tmp_path / "run", protocol, CFG)
+    with ResultStore(run_dir) as store:
+        assert store.experiment_ids("test", "test") == select_ids(6, 3, protocol.subset_seed)
+        labels_in_test = [s.label for s in store.experiment_methods("test", "test")]
+        assert store.invocations()[0][2]["protocol"]["test_images"] == 3
+    assert labels_in_test == ["TransMM", "FG L1 activation κ=0.5 c=10", "FG L1 activation κ=0.5 c=10 shuffled",
+                              "FG L[0,2] activation κ=0.5 c=2", "FG L[0,2] activation κ=0.5 c=2 shuffled", "random"]
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "## Selections on validation" in report and "FG L[0,2] activation κ=0.5 c=2" in report
