@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from scipy import stats as sps
 from captum_fgattr.bench.cli import build_parser, main
 from captum_fgattr.bench.commands import resolve_config
 from captum_fgattr.bench.report import write_report
+from captum_fgattr.bench.store import ResultStore
 from tests.test_bench_evaluate import ROOT, assert_same_rows, stored_rows
 
 
@@ -127,6 +129,12 @@ def test_cli_reports_bad_configuration(study, tmp_path, capsys):
     assert main(["sweep", "--config", str(study / "config.json"), "--run-dir", str(tmp_path / "r3"),
                  "--layers", "4"]) == 2
     assert "no SAE for layers [4]" in capsys.readouterr().err
+    other = resolve_config(build_parser().parse_args(["sweep", "--config", str(study / "config.json"),
+                                                      "--checkpoint", "other.safetensors"]))
+    with ResultStore(tmp_path / "r4") as store:
+        store.check_fingerprint(asdict(other.model), "model")
+    assert main(["evaluate", "--config", str(study / "config.json"), "--run-dir", str(tmp_path / "r4")]) == 2
+    assert "different settings for ['checkpoint']" in capsys.readouterr().err
 
 
 def test_yaml_config_flags_and_help(study, tmp_path, capsys):

@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -115,7 +116,12 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
-def _record(store: ResultStore, command: str, config: RunConfig) -> None:
+def _record(store: ResultStore, command: str, config: RunConfig, split: str) -> None:
+    """Refuse a run folder filled from another model / data; store the resolved configuration."""
+    store.check_fingerprint(asdict(config.model), "model")
+    data = asdict(config.data)
+    store.check_fingerprint({"root": data.pop(split), **{k: v for k, v in data.items() if k not in ("val", "test")}},
+                            f"data.{split}")
     if _rank() == 0:
         store.log_invocation(command, config.to_dict())
         (Path(config.run_dir) / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
@@ -126,7 +132,7 @@ def _sweep(config: RunConfig) -> None:
     val = load_split(config.data, "val", model)
     saes = load_saes(config.saes, config.protocol.gated_layers())
     with ResultStore(config.run_dir) as store:
-        _record(store, "sweep", config)
+        _record(store, "sweep", config, "val")
         selections = run_sweep(model, val, saes, store, config.protocol, config.evaluation)
     if _rank() == 0:
         for name, selection in selections.items():
@@ -137,7 +143,7 @@ def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: st
     model = load_model(config.model)
     data = load_split(config.data, split, model)
     with ResultStore(config.run_dir) as store:
-        _record(store, "evaluate", config)
+        _record(store, "evaluate", config, split)
         if methods is None:
             specs = final_specs(store, config.protocol)
         else:

@@ -2,7 +2,7 @@
 
 Schema (``results.sqlite``)::
 
-    meta(key PK, value)                        run fingerprint (settings that change the numbers), ...
+    meta(key PK, value)                        fingerprints: settings that change the numbers (metrics, model, data)
     invocations(id PK, command, started, config)  resolved configuration of every command run
     methods(method_key PK, name, params, label)   MethodSpec.key -> its name / JSON params / label
     experiment_methods(experiment, split, method_key, label, position)   PK (experiment, split, method_key)
@@ -159,17 +159,17 @@ class ResultStore:
         self._conn.execute("COMMIT")
 
     # -- run metadata ------------------------------------------------------------------------------
-    def check_fingerprint(self, fingerprint: Mapping[str, Any]) -> None:
-        """Record the settings that determine the numbers; a later run with different ones raises.
+    def check_fingerprint(self, fingerprint: Mapping[str, Any], name: str = "fingerprint") -> None:
+        """Record settings that determine the numbers under ``name``; a later run with different ones raises.
 
         Raises:
             ValueError: the folder holds results computed with other settings (names the differing keys).
         """
         value = json.dumps(fingerprint, sort_keys=True)
         with self._write() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()
             if row is None:
-                conn.execute("INSERT INTO meta VALUES ('fingerprint', ?)", (value,))
+                conn.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
                 return
         stored = json.loads(row[0])
         if stored != json.loads(value):
