@@ -1,8 +1,38 @@
-"""Image datasets and preprocessing for the benchmark.
+"""Image datasets, published layouts and preprocessing for the benchmark.
 
-* :class:`ImageFolderDataset`: ``root/<class>/**/<image>``; classes are the sub-folder names, sorted,
-  label = index in that order; images sorted by path within each class.
-* :class:`Preprocess` + :func:`build_transform`: resize -> center-crop -> tensor -> normalise.
+Entry point: :func:`load_dataset` ``(kind, root, split, *, subset=None, seed=42, preprocess=None,
+class_names=None) -> ImageListDataset``, whose items are ``(image (3, H, W) float tensor, label int)``.
+Every dataset exposes ``classes`` (folder names, label order), ``class_names`` (readable names, e.g. for
+CLIP prompts), ``samples`` (``(path, label)``, sorted by label then path) and ``ids`` (paths relative to
+``root``: stable per-item ids for the results store). Nothing is downloaded: users bring the files.
+
+Recognised layouts (``kind``); the folder holding the split / class folders is searched for below ``root``
+(up to 4 levels), folder names match case-insensitively, and a wrong or empty folder raises an error that
+names the path, the expected layout and what was found:
+
+* ``"folder"``: any labelled image folder, ``root/<class>/**/<image>`` (``split=None``) or
+  ``root/<split>/<class>/**/<image>``; classes = sorted sub-folders. Preprocessing: :class:`Preprocess`'s
+  defaults (bicubic 224, ImageNet mean/std) unless ``preprocess`` is given.
+* ``"covid-qu-ex"``: COVID-QU-Ex, splits ``train/val/test`` in the official ``{Train,Val,Test}/
+  {COVID-19,Non-COVID,Normal}/images/*.png`` folders (as nested in the archive, e.g. ``Lung Segmentation
+  Data/Lung Segmentation Data/Test/...``; the lung set is preferred over the infection set when ``root``
+  holds both), or with the images directly in the class folders. Resize 256 -> CenterCrop 224 (bilinear),
+  grayscale -> 3 channels, Normalize mean 0.56 / std 0.21.
+* ``"hyperkvasir"``: HyperKvasir anatomical landmarks, 6 classes (sorted: cecum, ileum, pylorus,
+  retroflex-rectum, retroflex-stomach, z-line) from the published ``labeled-images/{lower,upper}-gi-tract/
+  anatomical-landmarks/<class>/*.jpg`` tree or a flat folder of the six class folders; splits
+  ``train/val/test`` are a stratified 80/10/10 split of the sorted paths shuffled with ``seed``.
+  Resize to 224 x 224 (bilinear), ImageNet mean/std.
+* ``"imagenet"``: class-folder ImageNet, ``{train,val}/<synset>/*.JPEG`` below ``root``;
+  label = index in sorted synset order; CLIP preprocessing (Resize 224 bicubic shorter side ->
+  CenterCrop 224, CLIP mean/std). The study evaluates ``subset=IMAGENET_SUBSET`` (10,000) with seed 42.
+  Class names: ``class_names`` file if given, else open_clip's CLIP ImageNet names for the full
+  1000-synset set, else the synset ids.
+
+``subset=k`` keeps ``k`` items drawn with ``seed`` (kept in sorted order), for any kind. A class-names
+file (``class_names``) is JSON ``{"<folder>": "name"}`` or ``{"0": ["<folder>", "name"]}``, or text with
+``<folder> name[, alias...]`` lines (e.g. ``LOC_synset_mapping.txt``; the first alias is kept) or one name
+per line in label order.
 
 Example:
     >>> t = build_transform(Preprocess(img_size=32, resize=36, mean=0.56, std=0.21))
@@ -12,64 +42,126 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import random
+import re
+from itertools import accumulate
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["IMG_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageFolderDataset", "Preprocess", "build_transform"]
+__all__ = [
+    "IMG_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "IMAGENET_SUBSET", "LAYOUTS",
+    "Layout", "Preprocess", "ImageListDataset", "ImageFolderDataset", "build_transform", "load_dataset",
+]
 
 IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+#: the study's ImageNet validation subset size (with seed 42)
+IMAGENET_SUBSET = 10_000
+INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic")
 
 
-class ImageFolderDataset(torch.utils.data.Dataset):
-    """Labelled images in class sub-folders: ``root/<class>/**/<file>`` -> (image, label).
+def _triple(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
+    values = (float(value),) * 3 if isinstance(value, (int, float)) else tuple(float(v) for v in value)
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise ValueError(f"{name}={value!r}; expected one number or three (per RGB channel)")
+    return values  # type: ignore[return-value]
+
+
+def _is_size(value: Any) -> bool:
+    sizes = (value,) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    return len(sizes) in (1, 2) and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize -> CenterCrop -> ToTensor -> Normalize (e.g. COVID-QU-Ex: resize 256, crop 224, 0.56/0.21)."""
+
+    img_size: int | tuple[int, int] = 224  # output (H, W) after the center crop
+    resize: int | tuple[int, int] | None = None  # int: shorter side; (H, W): exact size; None = img_size
+    mean: float | tuple[float, ...] = IMAGENET_MEAN  # one value or one per RGB channel
+    std: float | tuple[float, ...] = IMAGENET_STD
+    interpolation: str = "bicubic"  # resize filter, one of INTERPOLATIONS
+
+    def __post_init__(self) -> None:
+        if not _is_size(self.img_size):
+            raise ValueError(f"img_size={self.img_size!r}; expected a positive int or (H, W)")
+        if self.resize is not None and not _is_size(self.resize):
+            raise ValueError(f"resize={self.resize!r}; expected None, a positive int or (H, W)")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation={self.interpolation!r}; expected one of {list(INTERPOLATIONS)}")
+        object.__setattr__(self, "mean", _triple(self.mean, "mean"))
+        object.__setattr__(self, "std", _triple(self.std, "std"))
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std={self.std!r}; expected positive values")
+
+
+def _to_rgb(image: Any) -> Any:
+    return image.convert("RGB") if hasattr(image, "convert") else image
+
+
+def build_transform(config: Preprocess) -> Callable[[Any], Tensor]:
+    """PIL image (any mode; converted to RGB) -> normalised float tensor (3, H, W) as ``config`` says."""
+    from torchvision import transforms
+
+    size = config.img_size if isinstance(config.img_size, int) else tuple(config.img_size)
+    resize = size if config.resize is None else config.resize
+    resize = resize if isinstance(resize, int) else tuple(resize)
+    return transforms.Compose(
+        [
+            transforms.Lambda(_to_rgb),
+            transforms.Resize(resize, interpolation=transforms.InterpolationMode(config.interpolation)),
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(mean=config.mean, std=config.std),
+        ]
+    )
+
+
+class ImageListDataset(torch.utils.data.Dataset):
+    """``(image, label)`` items from a fixed list of image files, e.g. one split of a published layout.
 
     Attributes:
-        classes: sorted class (sub-folder) names; ``label = classes.index(name)``.
-        samples: ``(path, label)`` pairs, sorted by class then path.
+        root: the dataset folder; ``ids`` are relative to it.
+        classes: class folder names in label order; ``class_to_idx`` maps them back.
+        class_names: readable class names in label order (default: ``classes``).
+        samples: ``(path, label)`` pairs, sorted by label then path; ``targets``: their labels.
+        transform: PIL image -> tensor (3, H, W); None returns the RGB PIL image.
     """
 
     def __init__(
         self,
         root: str | os.PathLike[str],
+        samples: Sequence[tuple[Path, int]],
+        classes: Sequence[str],
         transform: Callable[[Any], Tensor] | None = None,
-        extensions: Sequence[str] = IMG_EXTENSIONS,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         self.root = Path(root)
-        if not self.root.exists():
-            raise FileNotFoundError(f"image folder {str(self.root)!r} does not exist")
-        if not self.root.is_dir():
-            raise NotADirectoryError(f"image folder {str(self.root)!r} is not a directory")
-        self.classes: list[str] = sorted(
-            d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith(".")
-        )
-        if not self.classes:
-            raise ValueError(
-                f"image folder {str(self.root)!r} has no class sub-folders; expected root/<class>/<image> "
-                f"with extensions {list(extensions)}"
-            )
+        self.classes = list(classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
-        exts = tuple(e.lower() for e in extensions)
-        self.samples: list[tuple[Path, int]] = [
-            (path, label)
-            for label, name in enumerate(self.classes)
-            for path in sorted((self.root / name).rglob("*"))
-            if path.is_file() and path.suffix.lower() in exts and not path.name.startswith(".")
-        ]
-        if not self.samples:
-            raise ValueError(
-                f"image folder {str(self.root)!r} has class sub-folders {self.classes} but no images "
-                f"with extensions {list(exts)}"
-            )
+        self.class_names = list(class_names) if class_names is not None else list(self.classes)
+        if len(self.class_names) != len(self.classes):
+            raise ValueError(f"{len(self.class_names)} class names for {len(self.classes)} classes {self.classes}")
+        self.samples = [(Path(path), int(label)) for path, label in samples]
         self.targets = [label for _, label in self.samples]
         self.transform = transform
+
+    @property
+    def ids(self) -> list[str]:
+        """Stable per-item ids: sample paths relative to ``root`` (POSIX form)."""
+        return [path.relative_to(self.root).as_posix() for path, _ in self.samples]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -88,52 +180,307 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         return image, label
 
 
-def _triple(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
-    values = (float(value),) * 3 if isinstance(value, (int, float)) else tuple(float(v) for v in value)
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise ValueError(f"{name}={value!r}; expected one number or three (per RGB channel)")
-    return values  # type: ignore[return-value]
-
-
 @dataclass(frozen=True)
-class Preprocess:
-    """Resize -> CenterCrop -> ToTensor -> Normalize (e.g. COVID-QU-Ex: resize 256, crop 224, 0.56/0.21)."""
+class Layout:
+    """Where one published dataset keeps its class folders, per split, and how its images are preprocessed.
 
-    img_size: int | tuple[int, int] = 224  # output (H, W) after the center crop
-    resize: int | None = None  # shorter side before cropping; None = img_size (no extra crop margin)
-    mean: float | tuple[float, ...] = IMAGENET_MEAN  # one value or one per RGB channel
-    std: float | tuple[float, ...] = IMAGENET_STD
+    A *base* folder is searched for below the given root (breadth first, up to ``max_depth`` levels): the
+    shallowest folder below which every class folder is found through one of ``class_dirs``.
+    """
+
+    name: str  # shown in errors, e.g. "COVID-QU-Ex"
+    class_dirs: tuple[str, ...]  # class folder below the base, first match wins; "{split}", "{cls}" (last part)
+    preprocess: Preprocess  # the dataset's standard preprocessing
+    classes: tuple[str, ...] = ()  # fixed class folders in label order; () = discover sub-folders (sorted)
+    class_pattern: str = ""  # regex that discovered class folders must match ("" = any)
+    image_dirs: tuple[str, ...] = ("**",)  # images inside a class folder: first existing sub-folder wins;
+    #                                        "" = the class folder itself, "**" = anywhere below it
+    split_dirs: Mapping[str, str] = field(default_factory=dict)  # split -> folder name for "{split}"
+    split_fractions: Mapping[str, float] = field(default_factory=dict)  # split -> share, stratified by class
+    prefer: str = ""  # among several matching bases, take the one whose path contains this (case-insensitive)
+    max_depth: int = 4  # how deep below root a base may sit
+    example: str = ""  # an example image path below root, for errors
 
     def __post_init__(self) -> None:
-        sizes = (self.img_size,) if isinstance(self.img_size, int) else tuple(self.img_size)
-        if len(sizes) not in (1, 2) or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in sizes):
-            raise ValueError(f"img_size={self.img_size!r}; expected a positive int or (H, W)")
-        if self.resize is not None and (not isinstance(self.resize, int) or self.resize <= 0):
-            raise ValueError(f"resize={self.resize!r}; expected None or a positive int")
-        object.__setattr__(self, "mean", _triple(self.mean, "mean"))
-        object.__setattr__(self, "std", _triple(self.std, "std"))
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std={self.std!r}; expected positive values")
+        if bool(self.split_dirs) and bool(self.split_fractions):
+            raise ValueError(f"layout {self.name!r}: give split_dirs or split_fractions, not both")
+        if self.split_fractions and abs(sum(self.split_fractions.values()) - 1) > 1e-6:
+            raise ValueError(f"layout {self.name!r}: split_fractions {dict(self.split_fractions)} must sum to 1")
+        if any(not t.endswith("{cls}") for t in self.class_dirs):
+            raise ValueError(f"layout {self.name!r}: every class_dirs entry must end with '{{cls}}'")
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.split_dirs or self.split_fractions)
+
+    def expected(self, split_dir: str) -> str:
+        """The layout in words, e.g. ``Test/{COVID-19,Non-COVID,Normal}/[images/]<image>``."""
+        cls = "{" + ",".join(self.classes) + "}" if self.classes else "<class>"
+        inner = "".join(f"[{d}/]" for d in self.image_dirs if d not in ("", "**"))
+        inner += "**/" if "**" in self.image_dirs else ""
+        return " or ".join(f"{t.format(split=split_dir or '<split>', cls=cls)}/{inner}<image>" for t in self.class_dirs)
 
 
-def _to_rgb(image: Any) -> Any:
-    return image.convert("RGB") if hasattr(image, "convert") else image
+_IMAGE_FOLDER = Layout(
+    name="image folder", class_dirs=("{cls}",), preprocess=Preprocess(), max_depth=0, example="<class>/<image>.png",
+)
+LAYOUTS: dict[str, Layout] = {
+    "folder": _IMAGE_FOLDER,
+    "covid-qu-ex": Layout(
+        name="COVID-QU-Ex", class_dirs=("{split}/{cls}",), classes=("COVID-19", "Non-COVID", "Normal"),
+        image_dirs=("images", ""), split_dirs={"train": "Train", "val": "Val", "test": "Test"},
+        prefer="lung segmentation",
+        preprocess=Preprocess(img_size=224, resize=256, mean=0.56, std=0.21, interpolation="bilinear"),
+        example="Lung Segmentation Data/Lung Segmentation Data/Test/COVID-19/images/covid_1.png",
+    ),
+    "hyperkvasir": Layout(
+        name="HyperKvasir anatomical landmarks",
+        class_dirs=("lower-gi-tract/anatomical-landmarks/{cls}", "upper-gi-tract/anatomical-landmarks/{cls}", "{cls}"),
+        classes=("cecum", "ileum", "pylorus", "retroflex-rectum", "retroflex-stomach", "z-line"),
+        image_dirs=("",), split_fractions={"train": 0.8, "val": 0.1, "test": 0.1},
+        preprocess=Preprocess(img_size=224, resize=(224, 224), interpolation="bilinear"),
+        example="labeled-images/upper-gi-tract/anatomical-landmarks/z-line/<image>.jpg",
+    ),
+    "imagenet": Layout(
+        name="ImageNet", class_dirs=("{split}/{cls}",), class_pattern=r"n\d{8}", image_dirs=("",),
+        split_dirs={"train": "train", "val": "val"},
+        preprocess=Preprocess(img_size=224, resize=224, mean=CLIP_MEAN, std=CLIP_STD, interpolation="bicubic"),
+        example="val/n01440764/ILSVRC2012_val_00000293.JPEG",
+    ),
+}
+_SPLIT_ALIASES = {"validation": "val", "valid": "val"}
 
 
-def build_transform(config: Preprocess) -> Callable[[Any], Tensor]:
-    """PIL image (any mode; converted to RGB) -> normalised float tensor (3, H, W) as ``config`` says."""
-    from torchvision import transforms
+def _subdirs(folder: Path) -> list[Path]:
+    """Visible sub-folders of ``folder``, sorted by name."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(Path(e.path) for e in entries if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
 
-    size = config.img_size if isinstance(config.img_size, int) else tuple(config.img_size)
-    resize = config.resize if config.resize is not None else size
-    return transforms.Compose(
-        [
-            transforms.Lambda(_to_rgb),
-            transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(size),
-            transforms.ToTensor(),
-            transforms.Normalize(mean=config.mean, std=config.std),
-        ]
+
+def _find_dir(base: Path, relative: str) -> Path | None:
+    """``base / relative`` matching each part case-insensitively (exact match first), or None."""
+    folder = base
+    for part in Path(relative).parts:
+        exact = folder / part
+        if exact.is_dir():
+            folder = exact
+            continue
+        folder = next((d for d in _subdirs(folder) if d.name.lower() == part.lower()), None)
+        if folder is None:
+            return None
+    return folder
+
+
+def _class_folders(base: Path, layout: Layout, split_dir: str) -> tuple[dict[str, Path], list[str]]:
+    """Class name -> folder below ``base`` (label order), and the fixed classes that were not found."""
+    if layout.classes:
+        found: dict[str, Path] = {}
+        for cls in layout.classes:
+            folder = next(filter(None, (_find_dir(base, t.format(split=split_dir, cls=cls)) for t in layout.class_dirs)), None)
+            if folder is not None:
+                found[cls] = folder
+        return found, [c for c in layout.classes if c not in found]
+    pattern = re.compile(layout.class_pattern) if layout.class_pattern else None
+    for template in layout.class_dirs:
+        parent = _find_dir(base, template.format(split=split_dir, cls=""))
+        folders = [d for d in _subdirs(parent) if pattern is None or pattern.fullmatch(d.name)] if parent else []
+        if folders:
+            return {d.name: d for d in folders}, []
+    return {}, []
+
+
+def _locate(root: Path, layout: Layout, split_dir: str) -> dict[str, Path]:
+    """Class folders of the shallowest base below ``root`` that holds all of them; clear error otherwise."""
+    level, best = [root], (0, root, [])
+    for _ in range(layout.max_depth + 1):
+        matches = []
+        for base in level:
+            folders, missing = _class_folders(base, layout, split_dir)
+            if folders and not missing:
+                matches.append((base, folders))
+            elif len(folders) > best[0]:
+                best = (len(folders), base, missing)
+        if len(matches) > 1 and layout.prefer:
+            matches = [m for m in matches if layout.prefer in m[0].as_posix().lower()] or matches
+        if len(matches) > 1:
+            raise ValueError(
+                f"several {layout.name} folders under {str(root)!r}: {[str(b.relative_to(root)) for b, _ in matches]}; "
+                f"pass one of them as root"
+            )
+        if matches:
+            return matches[0][1]
+        level = [d for folder in level for d in _subdirs(folder)]
+        if not level:
+            break
+    below = [d.relative_to(root).as_posix() + "/" for d in _subdirs(root)]
+    below += [d.relative_to(root).as_posix() + "/" for top in _subdirs(root)[:4] for d in _subdirs(top)[:4]]
+    closest = (f"; closest match {str(best[1])!r} lacks class folders {best[2]}" if best[0] else "")
+    what = "no class sub-folders" if not layout.classes else "no matching class folders"
+    raise ValueError(
+        f"{layout.name} {str(root)!r}: {what}; expected {layout.expected(split_dir)} below it or one of its "
+        f"sub-folders (up to {layout.max_depth} levels; e.g. {layout.example}){closest}; found sub-folders "
+        f"{sorted(below)[:16] or 'none'}"
     )
+
+
+def _images(folder: Path, image_dirs: Sequence[str], extensions: Sequence[str]) -> list[Path]:
+    """Sorted image files of one class folder, from the first of ``image_dirs`` that exists."""
+    for sub in image_dirs:
+        inner = folder if sub in ("", "**") else _find_dir(folder, sub)
+        if inner is not None:
+            files = inner.rglob("*") if sub == "**" else inner.iterdir()
+            return sorted(
+                p for p in files if p.suffix.lower() in extensions and not p.name.startswith(".") and p.is_file()
+            )
+    return []
+
+
+def _scan(
+    root: str | os.PathLike[str], layout: Layout, split_dir: str, extensions: Sequence[str] = IMG_EXTENSIONS,
+) -> tuple[Path, list[str], list[list[Path]]]:
+    """``(root, class folder names, per-class sorted image paths)`` of one split folder layout."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{layout.name} {str(root)!r} does not exist; expected {layout.expected(split_dir)}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{layout.name} {str(root)!r} is not a directory")
+    exts = tuple(e.lower() for e in extensions)
+    folders = _locate(root, layout, split_dir)
+    per_class = [_images(folder, layout.image_dirs, exts) for folder in folders.values()]
+    empty = [name for name, paths in zip(folders, per_class) if not paths]
+    if len(empty) == len(folders) or (layout.classes and empty):
+        raise ValueError(
+            f"{layout.name} {str(root)!r} has class sub-folders {list(folders)} but no images with extensions "
+            f"{list(exts)} in {empty} (expected {layout.expected(split_dir)})"
+        )
+    return root, list(folders), per_class
+
+
+class ImageFolderDataset(ImageListDataset):
+    """Labelled images in class sub-folders: ``root/<class>/**/<file>`` -> (image, label).
+
+    ``classes`` are the sorted sub-folder names (``label = classes.index(name)``); ``samples`` are sorted
+    by class, then path.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transform: Callable[[Any], Tensor] | None = None,
+        extensions: Sequence[str] = IMG_EXTENSIONS,
+    ) -> None:
+        root, classes, per_class = _scan(root, _IMAGE_FOLDER, "", extensions)
+        samples = [(path, label) for label, paths in enumerate(per_class) for path in paths]
+        super().__init__(root, samples, classes, transform)
+
+
+def _split_by_fraction(
+    per_class: Mapping[str, list[Path]], fractions: Mapping[str, float], split: str, seed: int,
+) -> list[list[Path]]:
+    """Stratified split: each class's sorted paths are shuffled (seeded by ``seed`` and the class name, so
+    classes are independent) and cut in ``fractions`` order; the first split takes the rounding remainder."""
+    names = list(fractions)
+    index = names.index(split)
+    chosen = []
+    for cls, paths in per_class.items():
+        order = list(paths)
+        random.Random(f"{seed}/{cls}").shuffle(order)
+        sizes = [round(len(order) * fractions[name]) for name in names[1:]]
+        bounds = list(accumulate([len(order) - sum(sizes), *sizes], initial=0))
+        chosen.append(sorted(order[bounds[index]:bounds[index + 1]]))
+    return chosen
+
+
+def _read_class_names(path: str | os.PathLike[str], classes: Sequence[str]) -> list[str]:
+    """Readable names for ``classes`` from a class-names file (formats: module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"class-names file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"class-names file {path} is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"class-names file {path}: expected a JSON object, got {type(data).__name__}")
+        mapping = {v[0]: v[1] for v in data.values()} if all(isinstance(v, list) and len(v) == 2 for v in data.values()) else data
+    else:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        pairs = [line.split(maxsplit=1) for line in lines]
+        if all(len(p) == 2 and p[0] in classes for p in pairs):
+            mapping = {p[0]: p[1].split(",")[0].strip() for p in pairs}
+        elif len(lines) == len(classes):
+            return lines
+        else:
+            raise ValueError(
+                f"class-names file {path}: expected '<folder> name' lines for folders like {list(classes)[:3]} "
+                f"or one name per line for {len(classes)} classes; got {len(lines)} lines"
+            )
+    missing = [c for c in classes if c not in mapping]
+    if missing:
+        raise ValueError(f"class-names file {path} has no name for classes {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+    return [str(mapping[c]) for c in classes]
+
+
+def _default_class_names(kind: str, classes: list[str]) -> list[str]:
+    if kind == "imagenet" and len(classes) == 1000:
+        from open_clip import IMAGENET_CLASSNAMES
+
+        return list(IMAGENET_CLASSNAMES)
+    return classes
+
+
+def load_dataset(
+    kind: str,
+    root: str | os.PathLike[str],
+    split: str | None = None,
+    *,
+    subset: int | None = None,
+    seed: int = 42,
+    preprocess: Preprocess | None = None,
+    class_names: str | os.PathLike[str] | None = None,
+) -> ImageListDataset:
+    """One split of a dataset in a recognised layout (see the module docstring), preprocessed.
+
+    Args:
+        kind: one of :data:`LAYOUTS` ("folder", "covid-qu-ex", "hyperkvasir", "imagenet").
+        root: the dataset folder (or any folder above the layout's split / class folders).
+        split: "train" / "val" / "test" as the layout has them; "folder" also takes any sub-folder name, or
+            None for ``root/<class>/...`` itself.
+        subset: keep this many items, drawn with ``seed`` and kept in sorted order; None = all.
+        seed: seed of the subset and of seeded splits (HyperKvasir).
+        preprocess: overrides the layout's standard preprocessing.
+        class_names: class-names file; readable names in ``class_names`` (e.g. for CLIP prompts).
+
+    Returns:
+        An :class:`ImageListDataset` of ``(image (3, H, W), label)`` items.
+
+    Raises:
+        ValueError: unknown kind or split, no layout / no images under ``root``, bad subset or class names.
+        FileNotFoundError / NotADirectoryError: ``root`` is missing or not a folder.
+    """
+    if kind not in LAYOUTS:
+        raise ValueError(f"unknown dataset kind {kind!r}; expected one of {sorted(LAYOUTS)}")
+    layout = LAYOUTS[kind]
+    split = _SPLIT_ALIASES.get(split.lower(), split.lower()) if split is not None else None
+    if kind == "folder" and split is not None:
+        layout = replace(layout, class_dirs=("{split}/{cls}",), split_dirs={split: split})
+    if split not in (layout.splits or [None]):
+        raise ValueError(f"split={split!r} for {layout.name}; expected one of {layout.splits or [None]}")
+    root, classes, per_class = _scan(root, layout, layout.split_dirs.get(split, "") if split else "")
+    if layout.split_fractions:
+        per_class = _split_by_fraction(dict(zip(classes, per_class)), layout.split_fractions, split, seed)
+    samples = [(path, label) for label, paths in enumerate(per_class) for path in paths]
+    if not samples:
+        raise ValueError(f"{layout.name} {str(root)!r}: split {split!r} is empty ({sum(map(len, per_class))} images)")
+    if subset is not None:
+        if isinstance(subset, bool) or not isinstance(subset, int) or not 0 < subset <= len(samples):
+            raise ValueError(f"subset={subset!r}; expected an int in 1..{len(samples)} (images in split {split!r})")
+        samples = [samples[i] for i in sorted(random.Random(seed).sample(range(len(samples)), subset))]
+    names = _read_class_names(class_names, classes) if class_names is not None else _default_class_names(kind, classes)
+    transform = build_transform(preprocess if preprocess is not None else layout.preprocess)
+    return ImageListDataset(root, samples, classes, transform, class_names=names)

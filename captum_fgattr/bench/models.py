@@ -1,26 +1,47 @@
-"""Model construction for the benchmark: timm ViTs from local checkpoints (never downloaded).
+"""Model construction for the benchmark: timm ViTs from local checkpoints, open_clip CLIP zero-shot.
+
+Entry point: :func:`load_model` ``(spec, *, checkpoint=None, num_classes=None, class_names=None,
+img_size=None, rename=None, templates=("a photo of a {}",), device="cpu", **kwargs) -> nn.Module``
+(eval mode, on ``device``; logits ``(B, C)`` for images ``(B, 3, H, W)``):
+
+* ``"timm:<name>"`` (e.g. ``timm:vit_base_patch16_224``): ``timm.create_model(name, pretrained=False)``
+  plus a local state dict (``.safetensors`` or torch file; never downloaded). Wrappers
+  (``{"state_dict": ...}``, ``{"model": ...}``, ...), ``module.`` / ``_orig_mod.`` prefixes and one
+  outer module prefix (e.g. ``vit.`` of a wrapper module) are removed; ``rename`` maps key prefixes
+  (default :data:`DEFAULT_RENAMES`: the thesis checkpoints' ``lin_head.*`` -> ``head.*``);
+  ``num_classes`` defaults to the rows of the checkpoint's ``head.weight``.
+* ``"clip:<name>"`` (e.g. ``clip:ViT-B-32``): an open_clip model as a
+  :class:`~captum_fgattr.clip.CLIPZeroShotClassifier` over ``class_names`` (e.g. ``dataset.class_names``)
+  with the prompt ``templates``. ``checkpoint`` is a local file (``open_clip.create_model(name,
+  pretrained=<file>)``) or an open_clip pretrained tag such as ``"openai"`` (downloads: needs the network
+  or open_clip's cache); None = random weights.
 
 Example:
-    >>> m = load_timm_model("vit_tiny_patch16_224", num_classes=3, img_size=32)
+    >>> m = load_model("timm:vit_tiny_patch16_224", num_classes=3, img_size=32)
     >>> m.head.out_features, m.training
     (3, False)
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["load_timm_model", "load_state_dict"]
+from captum_fgattr.clip import DEFAULT_TEMPLATES, CLIPZeroShotClassifier
+
+__all__ = ["DEFAULT_RENAMES", "load_model", "load_timm_model", "load_clip_classifier", "load_state_dict"]
 
 #: wrappers around a state dict in common training checkpoints, tried in this order
 WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "module", "net")
 #: prefixes added by DataParallel / DistributedDataParallel / torch.compile
 STRIP_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
+#: key-prefix renames :func:`load_model` applies to timm checkpoints unless told otherwise
+DEFAULT_RENAMES: Mapping[str, str] = {"lin_head.": "head."}
+MODEL_KINDS: tuple[str, ...] = ("timm", "clip")
 
 
 def load_state_dict(path: str | os.PathLike[str], rename: Mapping[str, str] | None = None) -> dict[str, Tensor]:
@@ -74,6 +95,23 @@ def load_state_dict(path: str | os.PathLike[str], rename: Mapping[str, str] | No
     return state
 
 
+def _num_classes(state: Mapping[str, Tensor]) -> int | None:
+    """Rows of the classifier weight ``head.weight`` (or one ``<wrapper>.head.weight``), if any."""
+    heads = [k for k in state if k == "head.weight"] or [k for k in state if k.endswith(".head.weight")]
+    return state[heads[0]].shape[0] if len(heads) == 1 and state[heads[0]].ndim == 2 else None
+
+
+def _strip_outer_prefix(state: dict[str, Tensor], own: set[str]) -> dict[str, Tensor]:
+    """``state`` without the outer module prefix (e.g. ``vit.`` of a wrapper) whose removal makes the most
+    keys match ``own``; unchanged when no prefix improves the match."""
+    best, matched = state, len(own.intersection(state))
+    for prefix in sorted({k.split(".", 1)[0] + "." for k in set(state) - own if "." in k}):
+        stripped = {k.removeprefix(prefix): v for k, v in state.items()}
+        if len(stripped) == len(state) and len(own.intersection(stripped)) > matched:
+            best, matched = stripped, len(own.intersection(stripped))
+    return best
+
+
 def load_timm_model(
     name: str,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -87,7 +125,8 @@ def load_timm_model(
     Args:
         name: timm model name, e.g. ``"vit_base_patch16_224"``.
         checkpoint: local state dict (``.safetensors`` or torch file); no hub download ever.
-        num_classes, img_size: passed to timm when given (must match the checkpoint).
+        num_classes: classifier width; default: the checkpoint's ``head.weight`` rows, else timm's default.
+        img_size: passed to timm when given (must match the checkpoint).
         rename: key-prefix renames applied to the checkpoint (see :func:`load_state_dict`).
         **kwargs: further ``timm.create_model`` arguments.
 
@@ -99,17 +138,20 @@ def load_timm_model(
     """
     import timm
 
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown timm model {name!r}; e.g. {close}")
+    state = load_state_dict(checkpoint, rename=rename) if checkpoint is not None else None
+    if num_classes is None and state is not None:
+        num_classes = _num_classes(state)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if img_size is not None:
         kwargs["img_size"] = img_size
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise ValueError(f"unknown timm model {name!r}; e.g. {close}")
     model = timm.create_model(name, pretrained=False, **kwargs)
-    if checkpoint is not None:
-        state = load_state_dict(checkpoint, rename=rename)
+    if state is not None:
         own = model.state_dict()
+        state = _strip_outer_prefix(state, set(own))
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if missing or unexpected:
@@ -126,3 +168,122 @@ def load_timm_model(
             )
         model.load_state_dict(state)
     return model.eval()
+
+
+def _short(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text[:400]}{' ...' if len(text) > 400 else ''}"
+
+
+def load_clip_classifier(
+    name: str,
+    class_names: Sequence[str],
+    checkpoint: str | os.PathLike[str] | None = None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    img_size: int | None = None,
+    device: str | torch.device = "cpu",
+    **kwargs: Any,
+) -> CLIPZeroShotClassifier:
+    """An open_clip model as a zero-shot classifier over ``class_names``.
+
+    Args:
+        name: open_clip model name, e.g. ``"ViT-B-32"``.
+        class_names: C class names filled into ``templates`` (e.g. ``"a photo of a {}"``).
+        checkpoint: a local checkpoint file, an open_clip pretrained tag (e.g. ``"openai"``; downloads), or
+            None for random weights.
+        img_size: input size when not the model's default (``force_image_size``).
+        device: where the model is built and the class embeddings are computed.
+        **kwargs: further ``open_clip.create_model`` arguments.
+
+    Returns:
+        The classifier in eval mode; images (B, 3, H, W) -> logits (B, C).
+
+    Raises:
+        ValueError: unknown model, no class names, corrupt or mismatched checkpoint file.
+        FileNotFoundError: ``checkpoint`` is neither a file nor a pretrained tag of ``name``.
+        ConnectionError: the weights of a pretrained tag cannot be downloaded (offline).
+    """
+    import open_clip
+
+    if name not in open_clip.list_models():
+        close = [m for m in open_clip.list_models() if name.split("-")[0].lower() in m.lower()][:8]
+        raise ValueError(f"unknown open_clip model {name!r}; e.g. {close}")
+    if not class_names:
+        raise ValueError("CLIP zero-shot needs class_names (e.g. the dataset's class_names)")
+    if img_size is not None:
+        kwargs["force_image_size"] = img_size
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if checkpoint is None:
+        clip = open_clip.create_model(name, pretrained=None, device=device, **kwargs)
+    elif Path(checkpoint).is_file():
+        try:
+            clip = open_clip.create_model(name, pretrained=str(checkpoint), device=device, **kwargs)
+        except Exception as err:  # torch.load / safetensors / load_state_dict raise many types
+            raise ValueError(
+                f"cannot load checkpoint {checkpoint} into open_clip model {name!r} (corrupt, or keys of another "
+                f"model): {_short(err)}"
+            ) from err
+    elif str(checkpoint) in tags:
+        try:
+            clip = open_clip.create_model(name, pretrained=str(checkpoint), device=device, **kwargs)
+        except RuntimeError as err:
+            raise ConnectionError(
+                f"cannot download open_clip weights {name!r} / {str(checkpoint)!r} (offline?): {_short(err)}; "
+                f"download them where there is network and pass checkpoint=<local file>"
+            ) from err
+    else:
+        raise FileNotFoundError(
+            f"checkpoint {str(checkpoint)!r} is neither a file nor an open_clip pretrained tag of {name!r} "
+            f"(tags: {tags})"
+        )
+    tokenizer = open_clip.get_tokenizer(name)
+    return CLIPZeroShotClassifier(clip.eval(), class_names, tokenizer, templates=templates).eval()
+
+
+def load_model(
+    spec: str,
+    *,
+    checkpoint: str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    img_size: int | None = None,
+    rename: Mapping[str, str] | None = None,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    device: str | torch.device = "cpu",
+    **kwargs: Any,
+) -> nn.Module:
+    """A classifier from ``spec`` (``"timm:<name>"`` or ``"clip:<name>"``; see the module docstring).
+
+    Args:
+        spec: model kind and name, e.g. ``"timm:vit_base_patch16_224"`` or ``"clip:ViT-B-32"``.
+        checkpoint: local checkpoint file (timm, CLIP) or open_clip pretrained tag (CLIP); None = random.
+        num_classes: timm classifier width (default: from the checkpoint); for CLIP, must equal
+            ``len(class_names)`` when given.
+        class_names: CLIP class names (required for CLIP); unused by timm.
+        img_size: input size, when not the model's default.
+        rename: timm checkpoint key-prefix renames; None = :data:`DEFAULT_RENAMES`.
+        templates: CLIP prompt templates.
+        device: where the model is placed.
+        **kwargs: further ``timm.create_model`` / ``open_clip.create_model`` arguments.
+
+    Returns:
+        The model in eval mode on ``device``: images (B, 3, H, W) -> logits (B, C).
+
+    Raises:
+        ValueError: unknown spec or model, bad checkpoint (see :func:`load_timm_model`,
+            :func:`load_clip_classifier`), ``num_classes`` that disagrees with ``class_names``.
+    """
+    kind, sep, name = spec.partition(":")
+    if not sep or kind not in MODEL_KINDS or not name:
+        raise ValueError(
+            f"model spec {spec!r}; expected 'timm:<model>' (e.g. timm:vit_base_patch16_224) or "
+            f"'clip:<open_clip model>' (e.g. clip:ViT-B-32)"
+        )
+    if kind == "timm":
+        rename = DEFAULT_RENAMES if rename is None else rename
+        return load_timm_model(name, checkpoint, num_classes=num_classes, img_size=img_size, rename=rename,
+                               **kwargs).to(device)
+    if num_classes is not None and class_names is not None and num_classes != len(class_names):
+        raise ValueError(f"num_classes={num_classes} but {len(class_names)} class_names for {spec!r}")
+    return load_clip_classifier(name, class_names or [], checkpoint, templates=templates, img_size=img_size,
+                                device=device, **kwargs)
