@@ -143,9 +143,8 @@ def gated_layers(depth: int, n: int = 3) -> tuple[int, ...]:
     """``n`` gated blocks in the middle of the network: (4, 6, 7) for 12 blocks (a thesis configuration)."""
     if not 1 <= n <= depth:
         raise ValueError(f"n={n} gated layers; expected 1..{depth}")
-    preferred = [depth // 3, depth // 2, depth // 2 + 1]
-    rest = [i for i in range(depth) if i not in preferred]
-    return tuple(sorted((preferred + rest)[:n]))
+    preferred = dict.fromkeys([depth // 3, depth // 2, min(depth // 2 + 1, depth - 1), *range(depth)])
+    return tuple(sorted(list(preferred)[:n]))
 
 
 def sae_k(width: int) -> int:
