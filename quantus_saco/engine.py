@@ -81,6 +81,7 @@ def evaluate_patch_metrics(
     fc_correlation: str = "pearson",
     pf_patches_per_step: int = 1,
     seed: int = 0,
+    sample_ids: Tensor | None = None,
     max_batch: int = 256,
     autocast: bool = False,
 ) -> dict[str, Tensor]:
@@ -94,7 +95,9 @@ def evaluate_patch_metrics(
         metrics: any of "saco", "fc", "pf".
         saco_groups: SaCo's K groups, 2 <= K <= P.
         fc_subset_size, fc_runs, fc_correlation: FC subsets (1 <= size < P) per image, runs (>= 2),
-            "pearson" or "spearman"; subsets from ``sample_subsets(B, fc_runs, P, fc_subset_size, seed)``.
+            "pearson" or "spearman"; subsets from ``sample_subsets(sample_ids, fc_runs, P, fc_subset_size, seed)``.
+        sample_ids: (B,) ids seeding each image's FC subsets (default: positions 0..B-1, as the
+            Quantus-hosted metric does); dataset ids make results independent of batching.
         pf_patches_per_step: patches removed per Pixel-Flipping step.
         max_batch: most images per forward.
         autocast: run forwards under ``torch.autocast`` on the device (bfloat16 on CPU, float16 on CUDA).
@@ -149,7 +152,8 @@ def evaluate_patch_metrics(
         salience = torch.stack([attr.gather(1, g).sum(dim=1) for g in groups], dim=1)
         masks["saco"] = torch.stack([indices_to_mask(g, P) for g in groups], dim=1)
     if "fc" in metrics:
-        subsets = sample_subsets(B, fc_runs, P, fc_subset_size, seed).to(x.device)
+        ids = range(B) if sample_ids is None else sample_ids.reshape(B).tolist()
+        subsets = sample_subsets(ids, fc_runs, P, fc_subset_size, seed).to(x.device)
         attr_sums = attr.gather(1, subsets.reshape(B, -1)).reshape(subsets.shape).sum(dim=2)
         masks["fc"] = indices_to_mask(subsets, P)
     if "pf" in metrics:

@@ -265,7 +265,7 @@ class PatchFaithfulnessCorrelation(_PatchMetric, FaithfulnessCorrelation):
     For each image, ``nr_runs`` random subsets of ``subset_size`` patches (all channels)
     are replaced by the per-sample mean; the correlation between the target logit drop
     y_t(x) - y_t(x_S) and the sum of the subset's patch attributions is the score
-    (higher is better). Subsets come from ``patches.sample_subsets(N, nr_runs, P,
+    (higher is better). Subsets come from ``patches.sample_subsets(range(N), nr_runs, P,
     subset_size, seed)`` over the N images of one call, so results are reproducible
     and equal ``quantus_saco.engine`` for the same seed.
     """
@@ -333,7 +333,7 @@ class PatchFaithfulnessCorrelation(_PatchMetric, FaithfulnessCorrelation):
     def custom_preprocess(self, x_batch: np.ndarray, **kwargs: Any) -> Dict[str, np.ndarray]:
         """Check the patch grid; draw the subsets of all N images -> ``subsets_batch`` (N, nr_runs, subset_size)."""
         n_patches = self._n_patches(x_batch)
-        subsets = sample_subsets(len(x_batch), self.nr_runs, n_patches, self.subset_size, self.seed)
+        subsets = sample_subsets(range(len(x_batch)), self.nr_runs, n_patches, self.subset_size, self.seed)
         return {"subsets_batch": subsets.numpy()}
 
     def evaluate_batch(

@@ -6,6 +6,9 @@ ViT patch tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -107,19 +110,30 @@ def replace_patches(x: Tensor, mask: Tensor, baseline: Tensor, patch_size: int) 
     return torch.where(pixel_mask, baseline.to(x.dtype)[:, None, None, None], x)
 
 
+def _image_seed(seed: int, sample_id: int) -> int:
+    """A well-mixed 64-bit generator seed for one (seed, sample id) pair."""
+    return int(np.random.SeedSequence([seed, sample_id]).generate_state(1, dtype=np.uint64)[0])
+
+
 def sample_subsets(
-    n_images: int, n_runs: int, n_patches: int, subset_size: int, seed: int
+    sample_ids: Sequence[int], n_runs: int, n_patches: int, subset_size: int, seed: int
 ) -> Tensor:
     """Random patch subsets without replacement, a pure function of its arguments.
 
-    Drawn on the CPU from one ``torch.Generator`` seeded with ``seed``, so every
-    device and every caller (Quantus path, batched engine) gets the same subsets.
+    Each image's subsets are drawn on the CPU from its own ``torch.Generator`` seeded with
+    ``(seed, sample id)``, so every device, every caller (Quantus path, batched engine) and every
+    batching of the same images gets the same subsets.
+
+    Args:
+        sample_ids: (B,) non-negative ids of the images (their positions, or dataset ids).
 
     Returns:
-        (n_images, n_runs, subset_size) long patch indices.
+        (B, n_runs, subset_size) long patch indices.
     """
     if not 1 <= subset_size < n_patches:
         raise ValueError(f"subset_size={subset_size!r}; expected 1 <= subset_size < {n_patches} patches")
-    generator = torch.Generator().manual_seed(seed)
-    keys = torch.rand((n_images, n_runs, n_patches), generator=generator)
-    return keys.argsort(dim=-1)[..., :subset_size]
+    if seed < 0 or any(int(i) < 0 for i in sample_ids):
+        raise ValueError(f"seed={seed!r} and sample ids must be non-negative")
+    keys = [torch.rand((n_runs, n_patches), generator=torch.Generator().manual_seed(_image_seed(seed, int(i))))
+            for i in sample_ids]
+    return torch.stack(keys).argsort(dim=-1)[..., :subset_size]

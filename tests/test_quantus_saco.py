@@ -164,7 +164,7 @@ def test_faithfulness_correlation_terms_equal_explicit_recomputation(vit, data):
     fc.similarity_func = lambda s, d: recorded.append((s.numpy(), d.numpy())) or pearson(s, d)
     scores = fc(model=vit, x_batch=x, y_batch=y, a_batch=a, batch_size=3)  # two Quantus batches
 
-    subsets = sample_subsets(len(x), 6, N_PATCHES, 3, seed=11).numpy()
+    subsets = sample_subsets(range(len(x)), 6, N_PATCHES, 3, seed=11).numpy()
     sums = np.concatenate([r[0] for r in recorded])
     drops = np.concatenate([r[1] for r in recorded])
     for b in range(len(x)):
@@ -174,7 +174,7 @@ def test_faithfulness_correlation_terms_equal_explicit_recomputation(vit, data):
         assert scores[b] == pytest.approx(scipy.stats.pearsonr(ref_sums, ref_drops)[0], abs=1e-4)
 
     again = PatchFaithfulnessCorrelation(nr_runs=6, subset_size=3, seed=11, **kw())(model=vit, x_batch=x, y_batch=y, a_batch=a)
-    np.testing.assert_allclose(again, scores, atol=1e-9)  # seeded; independent of batch_size
+    np.testing.assert_allclose(again, scores, rtol=0, atol=1e-5)  # same subsets whatever the batch_size; fp32 batch-size noise in the tiny drops only
     other = PatchFaithfulnessCorrelation(nr_runs=6, subset_size=3, seed=12, **kw())(model=vit, x_batch=x, y_batch=y, a_batch=a)
     assert not np.allclose(other, scores)
 
@@ -183,7 +183,7 @@ def test_spearman_option(vit, data):
     x, y, a = data
     fc = PatchFaithfulnessCorrelation(nr_runs=6, subset_size=3, correlation="spearman", seed=1, **kw())
     scores = fc(model=vit, x_batch=x, y_batch=y, a_batch=a)
-    subsets = sample_subsets(len(x), 6, N_PATCHES, 3, seed=1).numpy()
+    subsets = sample_subsets(range(len(x)), 6, N_PATCHES, 3, seed=1).numpy()
     for b in range(len(x)):
         ref = scipy.stats.spearmanr(*ref_fc_terms(vit, x[b], a[b], y[b], subsets[b]))[0]
         assert scores[b] == pytest.approx(ref, abs=1e-6)

@@ -104,16 +104,19 @@ def test_quantus_contract_perturbation_uses_original_mean():
         batch_patch_replacement_by_indices(x.reshape(3, -1), idx, "median", image_shape=(2, 16, 16), patch_size=8)
 
 
-def test_sample_subsets_seeded_and_valid():
-    a = sample_subsets(3, 5, 16, 4, seed=7)
+def test_sample_subsets_seeded_valid_and_per_image():
+    a = sample_subsets(range(3), 5, 16, 4, seed=7)
     assert a.shape == (3, 5, 4)
-    assert torch.equal(a, sample_subsets(3, 5, 16, 4, seed=7))
-    assert not torch.equal(a, sample_subsets(3, 5, 16, 4, seed=8))
+    assert torch.equal(a, sample_subsets(range(3), 5, 16, 4, seed=7))
+    assert not torch.equal(a, sample_subsets(range(3), 5, 16, 4, seed=8))
     assert int(a.min()) >= 0 and int(a.max()) < 16
     assert all(len(set(row.tolist())) == 4 for row in a.reshape(-1, 4))  # without replacement
+    # an image's subsets depend on its id only, not on the other images of the call
+    assert torch.equal(sample_subsets([2], 5, 16, 4, seed=7)[0], a[2])
+    assert torch.equal(sample_subsets([9, 1], 5, 16, 4, seed=7)[1], a[1])
     for bad in (0, 16):
         with pytest.raises(ValueError, match=f"subset_size={bad}"):
-            sample_subsets(3, 5, 16, bad, seed=0)
+            sample_subsets(range(3), 5, 16, bad, seed=0)
 
 
 def test_saco_matches_pairwise_formula():

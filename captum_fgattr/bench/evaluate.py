@@ -236,6 +236,6 @@ def _evaluate_batch(
     scores = evaluate_patch_metrics(
         model, images, attributions, targets, patch_size, saco_groups=m.saco_groups, fc_subset_size=m.fc_subset_size,
         fc_runs=m.fc_runs, fc_correlation=m.fc_correlation, pf_patches_per_step=m.pf_patches_per_step, seed=m.seed,
-        max_batch=config.metric_batch, autocast=config.autocast)
+        sample_ids=ids, max_batch=config.metric_batch, autocast=config.autocast)
     columns = [scores[name].double().cpu().tolist() for name in ("saco", "fc", "pf_auc")]
     return list(zip(*columns)), attributions
