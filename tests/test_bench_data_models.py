@@ -104,6 +104,13 @@ def test_covid_clear_errors(tmp_path) -> None:
         load_dataset("covid-qu-ex", tmp_path / "covid", "val")
     with pytest.raises(ValueError, match=r"COVID-QU-Ex .*: no matching class folders; expected Train/"):
         load_dataset("covid-qu-ex", tmp_path / "covid" / "Val", "train")
+    make_covid(tmp_path / "two" / "a")
+    make_covid(tmp_path / "two" / "b")
+    with pytest.raises(ValueError, match=r"several COVID-QU-Ex folders under .*two': \['a', 'b'\]; pass one of them as root"):
+        load_dataset("covid-qu-ex", tmp_path / "two", "test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty': no matching class folders; .* found sub-folders none"):
+        load_dataset("covid-qu-ex", tmp_path / "empty", "test")
     with pytest.raises(FileNotFoundError, match="nowhere.* does not exist"):
         load_dataset("covid-qu-ex", tmp_path / "nowhere", "test")
     with pytest.raises(ValueError, match=r"split='dev' for COVID-QU-Ex; expected one of \['train', 'val', 'test'\]"):

@@ -319,10 +319,10 @@ def _locate(root: Path, layout: Layout, split_dir: str) -> dict[str, Path]:
     below += [d.relative_to(root).as_posix() + "/" for top in _subdirs(root)[:4] for d in _subdirs(top)[:4]]
     closest = (f"; closest match {str(best[1])!r} lacks class folders {best[2]}" if best[0] else "")
     what = "no class sub-folders" if not layout.classes else "no matching class folders"
+    where = f" or one of its sub-folders (up to {layout.max_depth} levels)" if layout.max_depth else ""
     raise ValueError(
-        f"{layout.name} {str(root)!r}: {what}; expected {layout.expected(split_dir)} below it or one of its "
-        f"sub-folders (up to {layout.max_depth} levels; e.g. {layout.example}){closest}; found sub-folders "
-        f"{sorted(below)[:16] or 'none'}"
+        f"{layout.name} {str(root)!r}: {what}; expected {layout.expected(split_dir)} below it{where} "
+        f"(e.g. {layout.example}){closest}; found sub-folders {sorted(below)[:16] or 'none'}"
     )
 
 

@@ -270,8 +270,10 @@ def load_model(
         The model in eval mode on ``device``: images (B, 3, H, W) -> logits (B, C).
 
     Raises:
-        ValueError: unknown spec or model, bad checkpoint (see :func:`load_timm_model`,
-            :func:`load_clip_classifier`), ``num_classes`` that disagrees with ``class_names``.
+        ValueError: unknown spec or model, corrupt or mismatched checkpoint, CLIP without ``class_names`` or
+            with a ``num_classes`` that disagrees with them.
+        FileNotFoundError: ``checkpoint`` is not a file (nor, for CLIP, a pretrained tag).
+        ConnectionError: a CLIP pretrained tag whose weights cannot be downloaded (offline).
     """
     kind, sep, name = spec.partition(":")
     if not sep or kind not in MODEL_KINDS or not name:
