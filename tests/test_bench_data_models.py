@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,7 +15,8 @@ from captum_fgattr.bench.models import load_model
 from captum_fgattr.clip import CLIPZeroShotClassifier
 
 COVID = ("COVID-19", "Non-COVID", "Normal")
-KVASIR = {"lower-gi-tract": ("cecum", "ileum", "retroflex-rectum"), "upper-gi-tract": ("pylorus", "retroflex-stomach", "z-line")}
+KVASIR = {"lower-gi-tract": ("cecum", "ileum", "retroflex-rectum"),
+          "upper-gi-tract": ("pylorus", "retroflex-stomach", "z-line")}
 KVASIR_SORTED = ["cecum", "ileum", "pylorus", "retroflex-rectum", "retroflex-stomach", "z-line"]
 
 
@@ -69,7 +71,8 @@ def make_kvasir(root: Path, counts=(20, 10, 11, 30, 9, 40), published: bool = Tr
 
 def test_covid_published_archive_prefers_lung_set_and_preprocesses(tmp_path) -> None:
     make_covid(tmp_path / "Lung Segmentation Data" / "Lung Segmentation Data")
-    make_covid(tmp_path / "Infection Segmentation Data" / "Infection Segmentation Data", counts={"train": 1, "val": 1, "test": 1})
+    infection = tmp_path / "Infection Segmentation Data" / "Infection Segmentation Data"
+    make_covid(infection, counts={"train": 1, "val": 1, "test": 1})
     sizes = {"train": 3 * 3 + 3, "val": 3 * 2 + 3, "test": 3 * 1 + 3}
     for split, size in sizes.items():
         ds = load_dataset("covid-qu-ex", tmp_path, split)
@@ -97,16 +100,19 @@ def test_covid_clear_errors(tmp_path) -> None:
     (tmp_path / "covid" / "Test" / "Normal" / "images").rename(tmp_path / "covid" / "Test" / "Normal" / "imgs")
     for path in (tmp_path / "covid" / "Test" / "Normal" / "imgs").iterdir():
         path.unlink()
-    with pytest.raises(ValueError, match=r"no images .* in \['Normal'\].*Test/\{COVID-19,Non-COVID,Normal\}/\[images/\]<image>"):
+    with pytest.raises(ValueError, match=r"no images .* in "
+                       r"\['Normal'\].*Test/\{COVID-19,Non-COVID,Normal\}/\[images/\]<image>"):
         load_dataset("covid-qu-ex", tmp_path / "covid", "test")
     (tmp_path / "covid" / "Val" / "Non-COVID").rename(tmp_path / "covid" / "Val" / "Other")
-    with pytest.raises(ValueError, match=r"closest match .*covid.* lacks class folders \['Non-COVID'\]; found sub-folders \['Test/', .*'Val/Other/'\]"):
+    with pytest.raises(ValueError, match=r"closest match .*covid.* lacks class folders \['Non-COVID'\]; found sub-folders "
+                       r"\['Test/', .*'Val/Other/'\]"):
         load_dataset("covid-qu-ex", tmp_path / "covid", "val")
     with pytest.raises(ValueError, match=r"COVID-QU-Ex .*: no matching class folders; expected Train/"):
         load_dataset("covid-qu-ex", tmp_path / "covid" / "Val", "train")
     make_covid(tmp_path / "two" / "a")
     make_covid(tmp_path / "two" / "b")
-    with pytest.raises(ValueError, match=r"several COVID-QU-Ex folders under .*two': \['a', 'b'\]; pass one of them as root"):
+    with pytest.raises(ValueError, match=r"several COVID-QU-Ex folders under .*two': \['a', 'b'\]; pass one of them as root"
+):
         load_dataset("covid-qu-ex", tmp_path / "two", "test")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"empty': no matching class folders; .* found sub-folders none"):
@@ -138,7 +144,7 @@ def test_hyperkvasir_seeded_stratified_split(tmp_path) -> None:
 
     image, _ = splits["test"][0]  # 10 x 8 -> squashed to 224 x 224, no crop
     assert image.shape == (3, 224, 224)
-    pixels = torch.from_numpy(__import__("numpy").array(Image.open(splits["test"].samples[0][0]))).float() / 255
+    pixels = torch.from_numpy(np.array(Image.open(splits["test"].samples[0][0]))).float() / 255
     means = (image * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]).mean((1, 2))
     torch.testing.assert_close(means, pixels.mean((0, 1)), atol=0.02, rtol=0)  # whole image kept
     (tmp_path / "flat" / "z-line").rename(tmp_path / "flat" / "zline")
@@ -164,12 +170,14 @@ def test_imagenet_classes_subset_and_class_names(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"subset=22; expected an int in 1..21"):
         load_dataset("imagenet", tmp_path / "imagenet", "val", subset=22)
 
-    (tmp_path / "LOC_synset_mapping.txt").write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish\nn02102040 English springer\n")
-    (tmp_path / "index.json").write_text(json.dumps({"0": ["n01440764", "tench"], "1": ["n01443537", "goldfish"], "2": ["n02102040", "springer"]}))
+    (tmp_path / "LOC_synset_mapping.txt").write_text(
+        "n01440764 tench, Tinca tinca\nn01443537 goldfish\nn02102040 English springer\n")
+    keras = {"0": ["n01440764", "tench"], "1": ["n01443537", "goldfish"], "2": ["n02102040", "springer"]}
+    (tmp_path / "index.json").write_text(json.dumps(keras))
     (tmp_path / "names.txt").write_text("tench\ngoldfish\nspringer\n")
-    for name in ("LOC_synset_mapping.txt", "index.json"):
-        assert load_dataset("imagenet", tmp_path / "imagenet", "val", class_names=tmp_path / name).class_names[:2] == ["tench", "goldfish"]
-    assert load_dataset("imagenet", tmp_path / "imagenet", "val", class_names=tmp_path / "names.txt").class_names[2] == "springer"
+    for name in ("LOC_synset_mapping.txt", "index.json", "names.txt"):
+        named = load_dataset("imagenet", tmp_path / "imagenet", "val", class_names=tmp_path / name)
+        assert named.class_names[:2] == ["tench", "goldfish"] and named.classes == full.classes
     (tmp_path / "short.json").write_text(json.dumps({"n01440764": "tench"}))
     with pytest.raises(ValueError, match=r"no name for classes \['n01443537', 'n02102040'\]"):
         load_dataset("imagenet", tmp_path / "imagenet", "val", class_names=tmp_path / "short.json")
@@ -187,7 +195,8 @@ def test_imagenet_clip_preprocessing_matches_open_clip_and_flat_val_error(tmp_pa
     assert label == 1
     save_images(tmp_path / "kaggle" / "val", 3, ext="JPEG", mode="RGB")  # flat val folder: not class folders
     (tmp_path / "kaggle" / "train").mkdir()
-    with pytest.raises(ValueError, match=r"ImageNet .*kaggle': no class sub-folders; expected val/<class>/<image>.*found sub-folders \['train/', 'val/'\]"):
+    with pytest.raises(ValueError, match=r"ImageNet .*kaggle': no class sub-folders; expected val/<class>/<image>.*found "
+                       r"sub-folders \['train/', 'val/'\]"):
         load_dataset("imagenet", tmp_path / "kaggle", "val")
 
 
@@ -199,7 +208,8 @@ def test_folder_kind_with_and_without_split(tmp_path) -> None:
     assert ds.classes == ["apple", "zebra"] and ds.targets == [0, 0, 0, 1, 1]
     assert ds.ids[-1] == "test/zebra/nested/img_01.png" and ds[0][0].shape == (3, 224, 224)
     assert load_dataset("folder", tmp_path / "data" / "val").ids[0] == "apple/nested/img_00.png"
-    with pytest.raises(ValueError, match=r"image folder .*data': no class sub-folders; expected train/<class>/\*\*/<image>"):
+    with pytest.raises(ValueError, match=r"image folder .*data': no class sub-folders; expected train/<class>/\*\*/<image>"
+):
         load_dataset("folder", tmp_path / "data", "train")
     assert LAYOUTS["folder"].max_depth == 0  # a plain folder is never searched below root
 
@@ -225,7 +235,8 @@ def test_load_model_timm_wrappers_renames_and_inferred_classes(tmp_path) -> None
         assert model.head.out_features == 4 and not model.training
         with torch.no_grad():
             torch.testing.assert_close(model(x), ref)
-    with pytest.raises(ValueError, match=r"missing keys \['head.bias', 'head.weight'\], unexpected keys \['lin_head.bias', 'lin_head.weight'\]"):
+    with pytest.raises(ValueError, match=r"missing keys \['head.bias', 'head.weight'\], unexpected keys \['lin_head.bias', "
+                       r"'lin_head.weight'\]"):
         load_model("timm:vit_tiny_patch16_224", checkpoint=tmp_path / "thesis.pth", rename={}, num_classes=4, **TINY)
     with pytest.raises(ValueError, match=r"head.weight: \(4, 192\) vs model \(7, 192\)"):
         load_model("timm:vit_tiny_patch16_224", checkpoint=tmp_path / "plain.safetensors", num_classes=7, **TINY)
@@ -260,12 +271,15 @@ def test_load_model_clip_local_checkpoint_and_offline_tag(tmp_path, monkeypatch)
         raise OSError("[Errno 101] Network is unreachable")
 
     monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
-    with pytest.raises(ConnectionError, match=r"cannot download open_clip weights 'ViT-B-32' / 'openai' \(offline\?\).*Network is unreachable.*checkpoint=<local file>"):
+    with pytest.raises(ConnectionError, match=r"cannot download open_clip weights 'ViT-B-32' / 'openai' \(offline\?\).*Network "
+                       r"is unreachable.*checkpoint=<local file>"):
         load_model("clip:ViT-B-32", checkpoint="openai", class_names=names)
-    with pytest.raises(FileNotFoundError, match=r"'no_such_tag' is neither a file nor an open_clip pretrained tag of 'ViT-B-32' \(tags: \[.*'openai'"):
+    with pytest.raises(FileNotFoundError, match=r"'no_such_tag' is neither a file nor an open_clip pretrained tag of 'ViT-B-32' "
+                       r"\(tags: \[.*'openai'"):
         load_model("clip:ViT-B-32", checkpoint="no_such_tag", class_names=names)
     torch.save({"head.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match=r"cannot load checkpoint .*other.pt into open_clip model 'ViT-B-32'.*Missing key"):
+    with pytest.raises(ValueError, match=r"cannot load checkpoint .*other.pt into open_clip model 'ViT-B-32'.*Missing key"
+):
         load_model("clip:ViT-B-32", checkpoint=tmp_path / "other.pt", class_names=names)
     with pytest.raises(ValueError, match="CLIP zero-shot needs class_names"):
         load_model("clip:ViT-B-32")

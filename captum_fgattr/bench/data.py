@@ -279,7 +279,8 @@ def _class_folders(base: Path, layout: Layout, split_dir: str) -> tuple[dict[str
     if layout.classes:
         found: dict[str, Path] = {}
         for cls in layout.classes:
-            folder = next(filter(None, (_find_dir(base, t.format(split=split_dir, cls=cls)) for t in layout.class_dirs)), None)
+            candidates = (_find_dir(base, t.format(split=split_dir, cls=cls)) for t in layout.class_dirs)
+            folder = next(filter(None, candidates), None)
             if folder is not None:
                 found[cls] = folder
         return found, [c for c in layout.classes if c not in found]
@@ -407,7 +408,8 @@ def _read_class_names(path: str | os.PathLike[str], classes: Sequence[str]) -> l
             raise ValueError(f"class-names file {path} is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise ValueError(f"class-names file {path}: expected a JSON object, got {type(data).__name__}")
-        mapping = {v[0]: v[1] for v in data.values()} if all(isinstance(v, list) and len(v) == 2 for v in data.values()) else data
+        pairs = all(isinstance(v, list) and len(v) == 2 for v in data.values())  # Keras {"0": [wnid, name]}
+        mapping = {v[0]: v[1] for v in data.values()} if pairs else data
     else:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         pairs = [line.split(maxsplit=1) for line in lines]
@@ -422,7 +424,8 @@ def _read_class_names(path: str | os.PathLike[str], classes: Sequence[str]) -> l
             )
     missing = [c for c in classes if c not in mapping]
     if missing:
-        raise ValueError(f"class-names file {path} has no name for classes {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        more = " ..." if len(missing) > 8 else ""
+        raise ValueError(f"class-names file {path} has no name for classes {missing[:8]}{more}")
     return [str(mapping[c]) for c in classes]
 
 
