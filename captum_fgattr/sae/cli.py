@@ -11,7 +11,6 @@ selected by the thesis rule). Output::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -19,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_parser", "run_train_sae"]
+from captum_fgattr.sae.layers import METRIC_FIELDS
 
-METRIC_FIELDS = ("layer", "lr", "explained_variance", "dead_fraction", "mean_l0", "mse", "num_tokens", "selected", "train_seconds")
+__all__ = ["add_parser", "run_train_sae"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -81,15 +80,6 @@ def _print_table(rows: list[dict[str, object]], fields: tuple[str, ...]) -> None
         print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
 
 
-def _write_csv(path: Path, rows: list[dict[str, object]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-
-
 def run_train_sae(args: argparse.Namespace) -> int:
     """Entry point of ``fgattr train-sae``; returns the exit status (2 on bad input)."""
     try:
@@ -103,8 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     from captum_fgattr.adapters import get_adapter
     from captum_fgattr.bench.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, Preprocess, build_transform
     from captum_fgattr.bench.models import load_timm_model
-    from captum_fgattr.sae.collect import ActivationCache
-    from captum_fgattr.sae.train import TrainConfig, sae_config_for, sweep_lr
+    from captum_fgattr.sae.layers import train_layer_saes
+    from captum_fgattr.sae.train import TrainConfig, sae_config_for
 
     for name in ("batch_size", "epochs", "batch_tokens", "expansion"):
         if getattr(args, name) <= 0:
@@ -148,28 +138,11 @@ def _run(args: argparse.Namespace) -> int:
     settings = {key: value for key, value in vars(args).items() if key != "func"}
     settings.update(device=str(device), num_images=len(dataset), classes=dataset.classes, preprocess=repr(preprocess))
     (output / "run.json").write_text(json.dumps(settings, indent=2))
-    cache_dir = Path(args.cache_dir) if args.cache_dir else output / "activation_cache"
 
     start = time.perf_counter()
-    print(f"collecting patch tokens of blocks {layers} over {len(dataset)} images -> {cache_dir}", file=sys.stderr)
-    cache = ActivationCache.build(model, loader, layers, cache_dir, dtype=args.cache_dtype, device=device, progress=progress)
-    del model
-    print(f"cached {cache.num_tokens} patch tokens per layer (width {cache.d_model})", file=sys.stderr)
-    rows: list[dict[str, object]] = []
-    try:
-        for layer in layers:
-            t0 = time.perf_counter()
-            sweep = sweep_lr(cache.array(layer), args.lr, sae_configs[layer], train_cfg, ev_threshold=args.ev_threshold, device=device)
-            seconds = (time.perf_counter() - t0) / len(args.lr)
-            for i, result in enumerate(sweep.results):
-                rows.append({"layer": layer, "lr": result.config.lr, **result.metrics.as_dict(),
-                             "selected": i == sweep.best_index, "train_seconds": round(seconds, 2)})
-            best = sweep.best
-            best.sae.save(output / f"layer_{layer}", metrics={**best.metrics.as_dict(), "lr": best.config.lr})
-            _write_csv(output / "metrics.csv", rows)  # rewritten after each layer: finished layers survive a crash
-    finally:
-        if not args.keep_cache:
-            cache.delete()
+    rows = train_layer_saes(model, loader, sae_configs, train_cfg, output, lrs=args.lr, ev_threshold=args.ev_threshold,
+                            cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, keep_cache=args.keep_cache,
+                            device=device)
     _print_table(rows, METRIC_FIELDS)
     print(f"wrote {len(layers)} SAE folder(s) and metrics.csv to {output} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return 0

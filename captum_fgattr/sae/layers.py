@@ -1,0 +1,125 @@
+"""Train one SAE per layer of a model over a DataLoader: collect, sweep learning rates, select, save.
+
+Used by ``fgattr train-sae`` and the demo. Output folder::
+
+    OUTPUT/layer_{L}/config.json, sae.safetensors   the selected SAE of block L (0-based)
+    OUTPUT/metrics.csv                              one row per (layer, lr) run, ``selected`` marks the pick
+
+Resumable: a layer whose folder already holds a saved SAE is kept, and its rows of an existing
+``metrics.csv`` are carried over; only the missing layers are collected and trained.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from captum_fgattr.sae.collect import ActivationCache
+from captum_fgattr.sae.io import read_sae_config
+from captum_fgattr.sae.model import SAEConfig
+from captum_fgattr.sae.train import TrainConfig, sweep_lr
+
+__all__ = ["METRIC_FIELDS", "train_layer_saes", "layer_folder"]
+
+METRIC_FIELDS = ("layer", "lr", "explained_variance", "dead_fraction", "mean_l0", "mse", "num_tokens", "selected", "train_seconds")
+
+
+def layer_folder(output: str | Path, layer: int) -> Path:
+    """Where the SAE of block ``layer`` is saved."""
+    return Path(output) / f"layer_{layer}"
+
+
+def _check_saved(folder: Path, expected: SAEConfig) -> None:
+    """A saved SAE is only reused if its architecture is the one asked for."""
+    saved = read_sae_config(json.loads((folder / "config.json").read_text()), source=str(folder))
+    fields = ("d_in", "n_features", "activation", "k", "normalize")
+    differ = [f for f in fields if getattr(saved, f) != getattr(expected, f)]
+    if differ:
+        raise ValueError(
+            f"{folder} holds an SAE with different {differ} ({[getattr(saved, f) for f in differ]} instead of "
+            f"{[getattr(expected, f) for f in differ]}); use another output folder or delete it"
+        )
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [{**row, "layer": int(row["layer"])} for row in csv.DictReader(fh)]
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def train_layer_saes(
+    model: nn.Module,
+    loader: Iterable[Any],
+    sae_configs: Mapping[int, SAEConfig],
+    train_config: TrainConfig,
+    output: str | Path,
+    *,
+    lrs: Sequence[float] | None = None,
+    ev_threshold: float = 0.95,
+    cache_dir: str | Path | None = None,
+    cache_dtype: str = "float32",
+    keep_cache: bool = False,
+    device: torch.device | str | None = None,
+) -> list[dict[str, Any]]:
+    """Train and save the SAE of every layer in ``sae_configs`` (0-based block -> architecture).
+
+    Args:
+        model: the ViT, in eval mode; its patch tokens at each layer's resid_post are the data.
+        loader: batches of images (or (images, labels)).
+        train_config: optimisation settings; ``lrs`` (default ``[train_config.lr]``) are swept per
+            layer and one is selected (EV above ``ev_threshold``, then fewest dead features).
+        output: folder for ``layer_{L}/`` and ``metrics.csv``.
+        cache_dir: activation cache (default ``OUTPUT/activation_cache``), deleted afterwards unless
+            ``keep_cache``.
+
+    Returns:
+        The metrics rows of every layer (also in ``OUTPUT/metrics.csv``).
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    lrs = list(lrs) if lrs else [train_config.lr]
+    metrics_path = output / "metrics.csv"
+    done = [layer for layer in sae_configs if (layer_folder(output, layer) / "config.json").is_file()]
+    for layer in done:
+        _check_saved(layer_folder(output, layer), sae_configs[layer])
+    todo = sorted(set(sae_configs) - set(done))
+    rows = [row for row in _read_rows(metrics_path) if row["layer"] in sae_configs and row["layer"] not in todo]
+    if not todo:
+        return rows
+    cache_dir = Path(cache_dir) if cache_dir is not None else output / "activation_cache"
+    print(f"collecting patch tokens of blocks {todo} -> {cache_dir}", file=sys.stderr)
+    cache = ActivationCache.build(model, loader, todo, cache_dir, dtype=cache_dtype, device=device,
+                                  progress=train_config.progress)
+    print(f"cached {cache.num_tokens} patch tokens per layer (width {cache.d_model})", file=sys.stderr)
+    try:
+        for layer in todo:
+            start = time.perf_counter()
+            sweep = sweep_lr(cache.array(layer), lrs, sae_configs[layer], train_config, ev_threshold=ev_threshold, device=device)
+            seconds = (time.perf_counter() - start) / len(lrs)
+            for i, result in enumerate(sweep.results):
+                rows.append({"layer": layer, "lr": result.config.lr, **result.metrics.as_dict(),
+                             "selected": i == sweep.best_index, "train_seconds": round(seconds, 2)})
+            best = sweep.best
+            best.sae.save(layer_folder(output, layer), metrics={**best.metrics.as_dict(), "lr": best.config.lr})
+            _write_rows(metrics_path, rows)  # after each layer: finished layers survive a crash
+    finally:
+        if not keep_cache:
+            cache.delete()
+    return rows
