@@ -124,7 +124,8 @@ def load_timm_model(
 
     Args:
         name: timm model name, e.g. ``"vit_base_patch16_224"``.
-        checkpoint: local state dict (``.safetensors`` or torch file); no hub download ever.
+        checkpoint: local state dict (``.safetensors`` or torch file); no hub download ever. An outer module
+            prefix (e.g. ``vit.`` of a wrapper module) is removed when that makes more keys match.
         num_classes: classifier width; default: the checkpoint's ``head.weight`` rows, else timm's default.
         img_size: passed to timm when given (must match the checkpoint).
         rename: key-prefix renames applied to the checkpoint (see :func:`load_state_dict`).
