@@ -126,7 +126,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--autocast", action="store_true", help="also time the fast evaluator under autocast and report how far the metrics move")
     parser.add_argument("--scaling", action="store_true", help="also sweep batch size, gated layers, SAE width and patches (tiny ViT)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to measure, in this order")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     device = torch.device(args.device)
