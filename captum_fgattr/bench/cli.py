@@ -13,6 +13,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "captum_fgattr.sae.cli",
     "captum_fgattr.bench.commands",
+    "captum_fgattr.bench.demo",
 )
 
 
