@@ -89,6 +89,7 @@ def test_default_splits_cache_round_trip(tmp_path):
     xi, yi = splits["val"][3]
     torch.testing.assert_close(xi, x[3])
     assert yi == int(y[3])
+    torch.testing.assert_close(splits["val"][-1][0], x[-1])
     (cached,) = (tmp_path / "br35h").glob("images_16_*.safetensors")
     again = D.default_splits(tmp_path, img_size=16, progress=False)
     assert torch.equal(again["test"].images, splits["test"].images) and again["test"].paths == splits["test"].paths
