@@ -14,6 +14,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "captum_fgattr.sae.cli",
     "captum_fgattr.bench.commands",
     "captum_fgattr.bench.demo",
+    "captum_fgattr.bench.features_cli",
 )
 
 
