@@ -23,7 +23,7 @@ from captum_fgattr.bench.cli import build_parser, main
 from captum_fgattr.bench.commands import resolve_config
 from captum_fgattr.bench.report import write_report
 from captum_fgattr.bench.store import ResultStore
-from tests.test_bench_evaluate import ROOT, assert_same_rows, stored_rows
+from tests.test_bench_evaluate import ROOT, stored_rows
 
 
 @pytest.fixture(scope="module")
@@ -166,4 +166,11 @@ def test_torchrun_two_ranks_match_one_process(study, tmp_path):
     assert main([*args, "--run-dir", str(tmp_path / "one")]) == 0
     two, one = stored_rows(tmp_path / "two"), stored_rows(tmp_path / "one")
     assert len(one) == 3 * 9 and len({r[:3] for r in two}) == len(two)
-    assert_same_rows(two, one)
+    # Same images, methods, labels, predictions and targets: exactly (batches and FC subsets do not depend on
+    # the sharding). The scores only to fp32 round-off: the ranks run with OMP_NUM_THREADS=1 and this process
+    # with torch's default thread count, which changes the reduction order inside the forward passes (both on
+    # one thread gives identical numbers; 2 vs 1 threads differ by <= 5e-7, 2e-6 relative). A wrong image,
+    # subset or target moves SaCo / FC / PF-AUC by far more than 1e-5.
+    assert [r[:6] for r in two] == [r[:6] for r in one]
+    np.testing.assert_allclose(np.array([r[6:] for r in two], dtype=float), np.array([r[6:] for r in one], dtype=float),
+                               rtol=1e-5, atol=1e-6)

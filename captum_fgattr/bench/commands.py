@@ -2,8 +2,13 @@
 
 Settings come from ``--config FILE`` (JSON or YAML, see :mod:`captum_fgattr.bench.runconfig`) and flags,
 flags winning; the resolved configuration is written to ``RUN_DIR/config.json`` and stored in the run's
-database with every command. Rerunning a command resumes it. Under ``torchrun`` every rank evaluates a
-disjoint shard of the batches into the same store, e.g.::
+database with every command. Rerunning a command resumes it. Data: generic image folders or the study's
+published layouts, and timm or CLIP zero-shot models, e.g.::
+
+    fgattr run --model timm:vit_base_patch16_224 --checkpoint vit.pth --data-kind covid-qu-ex --data-root COVID-QU-Ex
+    fgattr run --model clip:ViT-B-32 --checkpoint clip.pt --data-kind imagenet --data-root ILSVRC  # 10,000 val images
+
+Under ``torchrun`` every rank evaluates a disjoint shard of the batches into the same store, e.g.::
 
     python -m torch.distributed.run --nproc_per_node 2 -m captum_fgattr.bench.cli evaluate --config run.json
 """
@@ -20,11 +25,12 @@ from pathlib import Path
 
 import torch
 
+from captum_fgattr.bench.data import LAYOUTS
 from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
 from captum_fgattr.bench.experiments import current_shard, final_specs, run_sweep, sync_ranks, transmm_spec
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.report import write_report
-from captum_fgattr.bench.runconfig import RunConfig, load_model, load_saes, load_split, read_config_file
+from captum_fgattr.bench.runconfig import RunConfig, load_inputs, load_saes, read_config_file
 from captum_fgattr.bench.store import ResultStore
 
 __all__ = ["add_parser", "resolve_config"]
@@ -45,16 +51,30 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON (or YAML) configuration file; flags override it")
     add(parser, "--run-dir", "run_dir", help="run folder: results.sqlite, config.json, report/ (default runs/fgattr)")
     g = parser.add_argument_group("model")
-    add(g, "--model", "model.name", help="timm model name, e.g. vit_base_patch16_224")
-    add(g, "--checkpoint", "model.checkpoint", help="local state dict (.safetensors / .pt / .pth)")
+    add(g, "--model", "model.name", help="timm:<name> (e.g. timm:vit_base_patch16_224; the prefix is optional) or "
+        "clip:<open_clip name> (e.g. clip:ViT-B-32: zero-shot over the dataset's class names)")
+    add(g, "--checkpoint", "model.checkpoint", help="local state dict (.safetensors / .pt / .pth); for clip: also an "
+        "open_clip pretrained tag (downloads); none: random weights")
     add(g, "--num-classes", "model.num_classes", type=int, help="classes of the checkpoint's head")
     add(g, "--img-size", "model.img_size", type=int, help="model input size")
-    g = parser.add_argument_group("data (image folders root/<class>/<image>)")
-    add(g, "--val-data", "data.val", help="validation folder (sweeps and selection)")
-    add(g, "--test-data", "data.test", help="test folder")
-    add(g, "--resize", "data.resize", type=int, help="shorter side before the center crop")
-    add(g, "--mean", "data.mean", type=float, nargs="+", help="normalisation mean (default: the model's)")
-    add(g, "--std", "data.std", type=float, nargs="+", help="normalisation std (default: the model's)")
+    g = parser.add_argument_group("data (DESIGN §8 layouts; preprocessing defaults follow the kind)")
+    add(g, "--data-kind", "data.kind", choices=sorted(LAYOUTS),
+        help="folder (default: --val-data / --test-data are <class>/<image> folders), covid-qu-ex, hyperkvasir "
+        "or imagenet (published layouts below --data-root)")
+    add(g, "--data-root", "data.root", help="dataset folder (required for the published layouts)")
+    add(g, "--val-data", "data.val", help="validation folder, or split name below --data-root (default per kind: "
+        "val; imagenet: the val/ images outside the test subset)")
+    add(g, "--test-data", "data.test", help="test folder, or split name below --data-root (default per kind: test; "
+        "imagenet: val)")
+    add(g, "--subset", "data.subset", type=int, help="seeded subset of the test split (default all; imagenet 10000)")
+    add(g, "--data-seed", "data.seed", type=int, help="seed of --subset and of the HyperKvasir split (default 42)")
+    add(g, "--class-names", "data.class_names", metavar="FILE", help="class-names file (JSON or text; readable names "
+        "for CLIP prompts); default: the class folder names (imagenet: CLIP's ImageNet names)")
+    add(g, "--resize", "data.resize", type=int, help="shorter side before the center crop (default: the kind's)")
+    add(g, "--mean", "data.mean", type=float, nargs="+", help="normalisation mean (default: the kind's; folder: "
+        "the model's)")
+    add(g, "--std", "data.std", type=float, nargs="+", help="normalisation std (default: the kind's; folder: the "
+        "model's)")
     add(g, "--saes", "saes", help="folder with layer_{L}/ SAEs (output of fgattr train-sae)")
     g = parser.add_argument_group("protocol (DESIGN §8; layers are 0-based block indices)")
     add(g, "--layers", "protocol.layers", type=int, nargs="+", help="single-layer sweep layers (default 2..10)")
@@ -119,17 +139,14 @@ def _rank() -> int:
 def _record(store: ResultStore, command: str, config: RunConfig, split: str) -> None:
     """Refuse a run folder filled from another model / data; store the resolved configuration."""
     store.check_fingerprint(asdict(config.model), "model")
-    data = asdict(config.data)
-    store.check_fingerprint({"root": data.pop(split), **{k: v for k, v in data.items() if k not in ("val", "test")}},
-                            f"data.{split}")
+    store.check_fingerprint(config.data.fingerprint(split), f"data.{split}")
     if _rank() == 0:
         store.log_invocation(command, config.to_dict())
         (Path(config.run_dir) / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def _sweep(config: RunConfig) -> None:
-    model = load_model(config.model)
-    val = load_split(config.data, "val", model)
+    model, val = load_inputs(config, "val")
     saes = load_saes(config.saes, config.protocol.gated_layers())
     with ResultStore(config.run_dir) as store:
         _record(store, "sweep", config, "val")
@@ -140,8 +157,7 @@ def _sweep(config: RunConfig) -> None:
 
 
 def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: str) -> None:
-    model = load_model(config.model)
-    data = load_split(config.data, split, model)
+    model, data = load_inputs(config, split)
     with ResultStore(config.run_dir) as store:
         _record(store, "evaluate", config, split)
         if methods is None:
@@ -166,7 +182,7 @@ def _command(name: str, body: Callable[[argparse.Namespace], None]) -> Callable[
     def run(args: argparse.Namespace) -> int:
         try:
             body(args)
-        except (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError) as err:
+        except (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, ConnectionError) as err:
             print(f"fgattr {name}: error: {err}", file=sys.stderr)
             return 2
         return 0

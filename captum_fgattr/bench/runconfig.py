@@ -1,17 +1,27 @@
 """Configuration of a benchmark run (frozen dataclasses), read from JSON/YAML files and flags, and the
-loaders it drives: the model, the validation/test image folders and the SAEs.
+loaders it drives: the model, the validation/test splits and the SAEs.
 
-File format (JSON; YAML with the same keys when PyYAML is installed; every section optional)::
+File format (JSON; YAML with the same keys when PyYAML is installed; every section and key optional)::
 
     {
       "run_dir": "runs/covid",
-      "model": {"name": "vit_base_patch16_224", "checkpoint": "vit.pth", "num_classes": 3,
+      "model": {"name": "timm:vit_base_patch16_224", "checkpoint": "vit.pth", "num_classes": 3,
                 "img_size": 224, "rename": {"lin_head.": "head."}, "kwargs": {}},
-      "data": {"val": "COVID/Val", "test": "COVID/Test", "resize": 256, "mean": [0.56], "std": [0.21]},
+      "data": {"kind": "covid-qu-ex", "root": "data/COVID-QU-Ex"},
       "saes": "saes/",                     # folder with layer_{L}/ (fgattr train-sae), or {"9": "path", ...}
       "protocol": {"layers": [2, 3], "multi_layers": [[2, 3]], "val_images": 500, ...},   # Protocol fields
       "evaluation": {"batch_size": 16, "device": "cuda", "metrics": {"saco_groups": 10}, ...}  # EvalConfig
     }
+
+``model.name`` is ``"timm:<name>"``, ``"clip:<open_clip name>"`` (zero-shot over the dataset's class names;
+``checkpoint``: a local file, an open_clip pretrained tag, or none for random weights) or a plain timm name.
+``data`` (:class:`DataConfig`) per dataset of the study (DESIGN §8)::
+
+    {"val": "images/val", "test": "images/test"}                   # "folder" (default): <class>/<image> folders
+    {"kind": "covid-qu-ex", "root": "COVID-QU-Ex"}                  # official Val / Test folders
+    {"kind": "hyperkvasir", "root": "hyper-kvasir", "seed": 42}     # seeded 80/10/10 split: val / test
+    {"kind": "imagenet", "root": "imagenet", "class_names": "LOC_synset_mapping.txt"}
+                                                                    # test: 10,000 of val/ (seed 42); val: the rest
 
 Unknown keys raise a ``ValueError`` naming them and the accepted ones.
 """
@@ -19,19 +29,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torch.utils.data import Dataset
 
+from captum_fgattr.bench.data import (
+    IMAGENET_MEAN, IMAGENET_STD, IMAGENET_SUBSET, LAYOUTS, ImageListDataset, Preprocess, build_transform, load_dataset,
+)
 from captum_fgattr.bench.evaluate import EvalConfig, MetricConfig
 from captum_fgattr.bench.experiments import Protocol
 from captum_fgattr.sae import SparseAutoencoder, load_sae
 
-__all__ = ["ModelConfig", "DataConfig", "RunConfig", "read_config_file", "load_model", "load_split", "load_saes"]
+__all__ = [
+    "ModelConfig", "DataConfig", "RunConfig", "SPLITS", "DEFAULT_SPLITS", "DEFAULT_SUBSETS", "read_config_file",
+    "load_model", "load_split", "preprocessing", "load_inputs", "load_saes",
+]
+
+SPLITS: tuple[str, ...] = ("val", "test")
+#: split names below ``data.root`` when ``data.val`` / ``data.test`` are not given (else the split's own name):
+#: ImageNet's labelled class-folder set is its validation set, so the test images come from it too
+DEFAULT_SPLITS: Mapping[str, Mapping[str, str]] = {"imagenet": {"val": "val", "test": "val"}}
+#: ``data.subset`` when not given: the study's ImageNet test subset (DESIGN §8, seed 42)
+DEFAULT_SUBSETS: Mapping[str, int] = {"imagenet": IMAGENET_SUBSET}
 
 
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
@@ -47,31 +70,109 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A timm ViT built with :func:`captum_fgattr.bench.models.load_timm_model` (never downloaded)."""
+    """A classifier built with :func:`captum_fgattr.bench.models.load_model` (timm ViT or CLIP zero-shot)."""
 
-    name: str = ""  # timm model name, e.g. "vit_base_patch16_224"
-    checkpoint: str | None = None  # local state dict; None = random weights (seeded by ``seed``)
-    num_classes: int | None = None
+    name: str = ""  # "timm:<name>", "clip:<open_clip name>" or a plain timm name, e.g. "vit_base_patch16_224"
+    checkpoint: str | None = None  # local file (CLIP: or an open_clip pretrained tag); None = random weights
+    num_classes: int | None = None  # timm head width (default: the checkpoint's); CLIP: the dataset's classes
     img_size: int | None = None
-    rename: Mapping[str, str] = field(default_factory=dict)  # checkpoint key-prefix renames
-    kwargs: Mapping[str, Any] = field(default_factory=dict)  # further timm.create_model arguments
+    rename: Mapping[str, str] = field(default_factory=dict)  # timm checkpoint key-prefix renames ({}: lin_head.->head.)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)  # further timm / open_clip create_model arguments
     seed: int = 0  # initialisation seed when there is no checkpoint
+
+    @property
+    def spec(self) -> str:
+        """``name`` as a :func:`~captum_fgattr.bench.models.load_model` spec (plain names are timm's)."""
+        return self.name if ":" in self.name else f"timm:{self.name}"
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Image folders ``root/<class>/<image>`` per split, and their preprocessing."""
+    """The validation and test images (DESIGN §8) and their preprocessing.
 
-    val: str | None = None  # validation folder (sweeps, selection)
-    test: str | None = None  # test folder
-    resize: int | None = None  # shorter side before the center crop (default: the model's input size)
-    mean: tuple[float, ...] | None = None  # normalisation (default: the model's pretrained cfg)
+    * ``kind="folder"`` (default): ``val`` / ``test`` are image folders ``<class>/<image>``; or, with ``root``,
+      sub-folder names of ``root`` (default "val" / "test").
+    * a published layout (``"covid-qu-ex"``, ``"hyperkvasir"``, ``"imagenet"``; see
+      :mod:`captum_fgattr.bench.data`): ``root`` is the dataset folder and ``val`` / ``test`` are split names
+      (default: :data:`DEFAULT_SPLITS`, else "val" / "test"). COVID-QU-Ex: the official Val / Test folders;
+      HyperKvasir: the stratified 80/10/10 split seeded by ``seed``; ImageNet: only the class-folder
+      validation set exists, so both name it.
+
+    ``subset`` draws (with ``seed``) the images of the **test** split; the validation images are subsampled by
+    ``protocol.val_images`` instead. When ``val`` and ``test`` name the same images (ImageNet by default), the
+    validation split is the rest of them, disjoint from the test subset, so no configuration is selected on
+    test images: ImageNet's test set is the study's 10,000 images (seed 42) and the sweeps draw their
+    ``protocol.val_images`` from the other 40,000.
+
+    Preprocessing: the kind's (e.g. COVID-QU-Ex resize 256 -> crop 224, mean 0.56 / std 0.21), its resize scaled
+    when the model's input is not 224 pixels; "folder": resize to the model's input size and the model's own
+    normalisation. ``resize`` / ``mean`` / ``std`` override either.
+    """
+
+    kind: str = "folder"  # dataset layout, one of bench.data.LAYOUTS
+    root: str | None = None  # dataset folder (required for the published layouts)
+    val: str | None = None  # validation folder ("folder" without root) or split name (sweeps, selection)
+    test: str | None = None  # test folder ("folder" without root) or split name
+    subset: int | None = None  # test images drawn with ``seed`` (None: all; imagenet: DEFAULT_SUBSETS)
+    seed: int = 42  # seed of ``subset`` and of seeded splits (HyperKvasir)
+    class_names: str | None = None  # class-names file (formats: bench.data); default: folder names
+    resize: int | None = None  # shorter side before the center crop (default: the kind's, see above)
+    mean: tuple[float, ...] | None = None  # normalisation (default: the kind's, see above)
     std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in LAYOUTS:
+            raise ValueError(f"data.kind={self.kind!r}; expected one of {sorted(LAYOUTS)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"data.seed={self.seed!r}; expected an int")
+        subset = self.subset
+        if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+            raise ValueError(f"data.subset={subset!r}; expected None (all test images) or an int >= 1")
+
+    def location(self, split: str) -> tuple[str, str | None]:
+        """``(folder, split name below it or None)`` of ``split`` ("val" / "test"), as :func:`load_dataset` takes.
+
+        Raises:
+            ValueError: unknown split; no ``root`` for a published layout; no folder for a "folder" split.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}; expected one of {list(SPLITS)}")
+        given = getattr(self, split)
+        if self.root is not None:
+            return self.root, given or DEFAULT_SPLITS.get(self.kind, {}).get(split, split)
+        if self.kind != "folder":
+            raise ValueError(f"data.kind={self.kind!r} needs data.root, the dataset folder (--data-root DIR)")
+        if given is None:
+            raise ValueError(f"no {split} data: set data.{split} (e.g. --{split}-data FOLDER) or data.root")
+        return given, None
+
+    @property
+    def test_subset(self) -> int | None:
+        """``subset``, or the kind's default (:data:`DEFAULT_SUBSETS`)."""
+        return self.subset if self.subset is not None else DEFAULT_SUBSETS.get(self.kind)
+
+    def same_images(self) -> bool:
+        """Whether ``val`` and ``test`` name the same images (then validation = the rest of the test subset)."""
+        if self.root is None and (self.val is None or self.test is None):
+            return False
+        return self.location("val") == self.location("test")
+
+    def fingerprint(self, split: str) -> dict[str, Any]:
+        """The settings that decide the images of ``split`` and their preprocessing (checked by the run's store).
+
+        Settings at their defaults are left out, so run folders from before they existed still resume.
+        """
+        root, name = self.location(split)
+        subset = self.test_subset if split == "test" or self.same_images() else None
+        extra = {"kind": (self.kind, "folder"), "split": (name, None), "subset": (subset, None),
+                 "seed": (self.seed, 42), "class_names": (self.class_names, None)}
+        return {"root": root, "resize": self.resize, "mean": self.mean, "std": self.std,
+                **{key: value for key, (value, default) in extra.items() if value != default}}
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a ``fgattr sweep / evaluate / run`` needs; stored with the run (``config.json``)."""
+    """Everything a ``fgattr sweep / evaluate / run`` needs; stored with the run (``config.json``, and the store)."""
 
     run_dir: str = "runs/fgattr"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -138,33 +239,86 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def load_model(config: ModelConfig) -> nn.Module:
-    """The configured timm ViT in eval mode on the CPU."""
+def load_model(config: ModelConfig, class_names: Sequence[str] | None = None) -> nn.Module:
+    """The configured model in eval mode on the CPU; ``class_names`` (the dataset's) are CLIP's classes.
+
+    Raises:
+        ValueError: no or unknown model name, bad checkpoint, CLIP without ``class_names``.
+        FileNotFoundError / ConnectionError: see :func:`captum_fgattr.bench.models.load_model`.
+    """
     import torch
 
-    from captum_fgattr.bench.models import load_timm_model
+    from captum_fgattr.bench import models
 
     if not config.name:
-        raise ValueError("no model: set model.name (e.g. --model vit_base_patch16_224)")
+        raise ValueError("no model: set model.name (e.g. --model timm:vit_base_patch16_224 or clip:ViT-B-32)")
     torch.manual_seed(config.seed)
-    return load_timm_model(config.name, config.checkpoint, num_classes=config.num_classes, img_size=config.img_size,
-                           rename=dict(config.rename) or None, **dict(config.kwargs))
+    return models.load_model(config.spec, checkpoint=config.checkpoint, num_classes=config.num_classes,
+                             class_names=class_names, img_size=config.img_size, rename=dict(config.rename) or None,
+                             **dict(config.kwargs))
 
 
-def load_split(config: DataConfig, split: str, model: nn.Module) -> Dataset:
-    """The ``split`` ("val" / "test") image folder, preprocessed for ``model``."""
+def load_split(config: DataConfig, split: str) -> ImageListDataset:
+    """The ``split`` ("val" / "test") images as ``config`` says, with the kind's standard preprocessing.
+
+    Raises:
+        ValueError: see :meth:`DataConfig.location` and :func:`captum_fgattr.bench.data.load_dataset`; or
+            validation and test share their images and the test subset leaves none for validation.
+        FileNotFoundError / NotADirectoryError: the dataset folder or class-names file is missing.
+    """
+    root, name = config.location(split)
+    load = partial(load_dataset, config.kind, root, name, seed=config.seed, class_names=config.class_names)
+    if split == "test":
+        return load(subset=config.test_subset)
+    if not config.same_images():
+        return load()
+    if config.test_subset is None:
+        raise ValueError(f"data.val and data.test name the same images ({root!r}, split {name!r}); set data.subset "
+                         "(--subset N) so that validation uses the images outside the test subset")
+    full, held = load(), set(load(subset=config.test_subset).ids)
+    samples = [sample for sample, image_id in zip(full.samples, full.ids) if image_id not in held]
+    if not samples:
+        raise ValueError(f"no validation images: the test subset ({config.test_subset}) takes all {len(full)} "
+                         f"images of {root!r} (split {name!r}); lower data.subset")
+    return ImageListDataset(full.root, samples, full.classes, full.transform, class_names=full.class_names)
+
+
+def _scaled_resize(
+    resize: int | tuple[int, int] | None, crop: int | tuple[int, int], img_size: tuple[int, int],
+) -> int | tuple[int, int] | None:
+    """A layout's ``resize`` (before a ``crop`` center crop) for a crop of ``img_size``, same ratio to the crop."""
+    old = (crop, crop) if isinstance(crop, int) else tuple(crop)
+    if resize is None or old == img_size:
+        return resize
+    if isinstance(resize, int):
+        return max(1, round(resize * min(img_size) / min(old)))
+    return tuple(max(1, round(r * new / o)) for r, new, o in zip(resize, img_size, old))  # type: ignore[return-value]
+
+
+def preprocessing(config: DataConfig, model: nn.Module) -> Preprocess:
+    """The preprocessing of ``config``'s images for ``model`` (rules: :class:`DataConfig`)."""
     from captum_fgattr.adapters import get_adapter
-    from captum_fgattr.bench.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, Preprocess, build_transform
 
-    root = getattr(config, split)
-    if root is None:
-        raise ValueError(f"no {split} data: set data.{split} (e.g. --{split}-data FOLDER)")
-    pretrained = getattr(model, "pretrained_cfg", None) or {}
-    preprocess = Preprocess(
-        img_size=tuple(get_adapter(model).img_size), resize=config.resize,
-        mean=tuple(config.mean or pretrained.get("mean", IMAGENET_MEAN)),
-        std=tuple(config.std or pretrained.get("std", IMAGENET_STD)))
-    return ImageFolderDataset(root, transform=build_transform(preprocess))
+    img_size = tuple(get_adapter(model).img_size)
+    if config.kind == "folder":
+        pretrained = getattr(model, "pretrained_cfg", None) or {}  # timm
+        visual = getattr(model, "visual", None)  # open_clip (CLIPZeroShotClassifier)
+        base = Preprocess(img_size=img_size,
+                          mean=pretrained.get("mean") or getattr(visual, "image_mean", None) or IMAGENET_MEAN,
+                          std=pretrained.get("std") or getattr(visual, "image_std", None) or IMAGENET_STD)
+    else:
+        standard = LAYOUTS[config.kind].preprocess
+        base = replace(standard, img_size=img_size, resize=_scaled_resize(standard.resize, standard.img_size, img_size))
+    overrides = {name: getattr(config, name) for name in ("resize", "mean", "std") if getattr(config, name) is not None}
+    return replace(base, **overrides)
+
+
+def load_inputs(config: RunConfig, split: str) -> tuple[nn.Module, ImageListDataset]:
+    """The model and the ``split`` images preprocessed for it; CLIP classifies over the split's class names."""
+    data = load_split(config.data, split)
+    model = load_model(config.model, class_names=data.class_names)
+    data.transform = build_transform(preprocessing(config.data, model))
+    return model, data
 
 
 def load_saes(saes: str | Mapping[str, str] | None, layers: list[int]) -> dict[int, SparseAutoencoder]:
