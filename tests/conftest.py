@@ -41,3 +41,9 @@ def clip_classifier():
     clip = open_clip.create_model("ViT-B-32", pretrained=None)
     clf = CLIPZeroShotClassifier(clip, ["cat", "dog", "lung"], open_clip.get_tokenizer("ViT-B-32"))
     return clf.eval()
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory):
+    """One model/SAE/data cache per test session, shared by the tests that run the quick demo plan."""
+    return tmp_path_factory.mktemp("fgattr-cache")

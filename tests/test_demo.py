@@ -1,0 +1,35 @@
+"""`fgattr demo --quick` end to end: default data, a briefly trained model, SAEs, protocol, report."""
+from __future__ import annotations
+
+import sqlite3
+
+from captum_fgattr.bench.cli import main
+from captum_fgattr.bench.demo import QUICK
+
+
+def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cache, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["demo", "--quick", "--output", str(run_dir), "--cache-dir", str(demo_cache), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    table = (run_dir / "report" / "test.md").read_text()
+    assert table in printed and "report.md" in printed
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
+    labels = [row.split("|")[1].strip() for row in rows]
+    assert labels[0] == "TransMM"
+    assert any(lab.startswith("FG") and not lab.endswith("shuffled") for lab in labels)
+    assert any(lab.startswith("FG") and lab.endswith("shuffled") for lab in labels)
+    assert set(QUICK.protocol.baselines) <= set(labels)
+    assert all(row.count("±") == 3 for row in rows)  # SaCo, FC, PF as mean ± SE
+    header = table.splitlines()[2]
+    assert header.count("p Welch") == 3 and header.count("p paired") == 3
+    for name in ("report.md", "single_layer.png", "multi_layer.png", "kappa_cmax.png"):
+        assert (run_dir / "report" / name).is_file()
+    with sqlite3.connect(run_dir / "results.sqlite") as db:
+        n_test = db.execute("SELECT COUNT(DISTINCT image_id) FROM results WHERE split = 'test'").fetchone()[0]
+        duplicates = db.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM results GROUP BY split, method_key, image_id HAVING COUNT(*) > 1)"
+        ).fetchone()[0]
+    assert n_test == QUICK.protocol.test_images and duplicates == 0
+    # a second run finds everything cached and stored: nothing is recomputed, the table is the same
+    assert main(["demo", "--quick", "--output", str(run_dir), "--cache-dir", str(demo_cache), "--quiet"]) == 0
+    assert (run_dir / "report" / "test.md").read_text() == table
