@@ -47,3 +47,12 @@ def clip_classifier():
 def demo_cache(tmp_path_factory):
     """One model/SAE/data cache per test session, shared by the tests that run the quick demo plan."""
     return tmp_path_factory.mktemp("fgattr-cache")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: tiny matrices gain nothing from two, and a busy 2-core box oversubscribes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

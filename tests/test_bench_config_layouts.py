@@ -25,13 +25,7 @@ TINY = ["--layers", "1", "--variants", "combined", "--multi-layers", "--baseline
         "--saco-groups", "4", "--fc-runs", "4", "--fc-subset-size", "4", "--gallery", "1", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread avoids oversubscription slow-downs on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,7 @@ KVASIR = {"lower-gi-tract": ("cecum", "ileum", "retroflex-rectum"),
 KVASIR_SORTED = ["cecum", "ileum", "pylorus", "retroflex-rectum", "retroflex-stomach", "z-line"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread avoids oversubscription slow-downs on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def save_images(folder: Path, count: int, ext: str = "png", mode: str = "L", value: int | None = None, size=(8, 8)) -> None:

@@ -14,13 +14,7 @@ from captum_fgattr.bench.models import load_state_dict, load_timm_model
 from captum_fgattr.sae import load_sae
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread avoids oversubscription slow-downs on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_image_folder(root, per_class: int = 4, size: int = 40) -> None:

@@ -9,13 +9,7 @@ from torch.testing import assert_close
 from captum_fgattr.sae import ActivationCache, ActivationStream, SAEConfig, TrainConfig, iter_patch_activations, train_sae
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread avoids oversubscription slow-downs on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reference_block_outputs(vit, images: torch.Tensor) -> list[torch.Tensor]:

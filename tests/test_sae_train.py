@@ -22,13 +22,7 @@ from captum_fgattr.sae import (
 from captum_fgattr.sae.train import _lr_lambda
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread avoids oversubscription slow-downs on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 D, M, S = 32, 64, 3  # width, planted directions, active directions per token
 
