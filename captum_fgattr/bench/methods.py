@@ -130,7 +130,8 @@ def _saliency(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAu
 
     def attribute(images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
         with torch.enable_grad():
-            return pixels_to_patches(method.attribute(images, target=targets).detach(), adapter.patch_size)
+            grads = method.attribute(images.detach().requires_grad_(True), target=targets)
+        return pixels_to_patches(grads.detach(), adapter.patch_size)
     return attribute
 
 
