@@ -129,7 +129,8 @@ class FeatureGradientTransMM(TransMM):
         c_max: gate range c_max ≥ 1, one value or one per gated layer.
         variant: ``combined`` (default), ``activation`` or ``gradient``.
         shuffle_decoder_seed: if given, the control: decoder rows permuted by a seeded permutation
-            (activations unchanged).
+            (activations unchanged). Only ``combined`` pairs f_k with d_k; the ``activation`` and
+            ``gradient`` scores are invariant to the permutation, so their control equals the real map.
         top_features: if > 0, record for each patch the ``top_features`` features contributing most
             to its score (see :attr:`last_gated_layers`); costs a K-wide projection of the gradient.
 

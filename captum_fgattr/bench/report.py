@@ -118,6 +118,12 @@ def _markdown(rows: Sequence[TableRow], title: str) -> str:
               "TransMM (*** p<0.001, ** p<0.01, * p<0.05)."]
     if nan:
         lines.append("Undefined SaCo (excluded): " + ", ".join(f"{label}: {n}" for label, n in nan) + ".")
+    invariant = [row.method.label for row in rows if row.method.name == "fg" and row.method.params.get("shuffle_seed")
+                 is not None and row.method.params.get("variant", "combined") != "combined"]
+    if invariant:
+        lines.append("The shuffled-decoder control cannot change the activation and gradient variants (their scores "
+                     "do not pair f_k with d_k), so these rows equal the real-SAE rows by construction: "
+                     + ", ".join(invariant) + ".")
     return "\n".join(lines) + "\n"
 
 
