@@ -30,7 +30,7 @@ from captum_fgattr.sae.layers import layer_folder, train_layer_saes
 from captum_fgattr.sae.train import TrainConfig as SAETrainConfig
 from captum_fgattr.sae.train import sae_config_for
 
-__all__ = ["DemoPlan", "FULL", "QUICK", "run_demo", "add_parser"]
+__all__ = ["DemoPlan", "FULL", "QUICK", "default_saes", "run_demo", "add_parser"]
 
 
 @dataclass(frozen=True)
@@ -119,12 +119,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--quick", action="store_true", help="reduced smoke run (a briefly trained model, 2 layers, few images)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--cache-dir", default=None, help="model/SAE/data cache (default: $FGATTR_CACHE or ~/.cache/captum-fgattr)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is faster on a CPU shared with other jobs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_main)
     return p
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"fgattr demo: error: --threads={args.threads}; expected >= 1")
+        torch.set_num_threads(args.threads)
     output = args.output
     if args.quick and output == "fgattr-runs/demo":
         output = "fgattr-runs/demo-quick"
