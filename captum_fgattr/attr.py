@@ -131,8 +131,8 @@ class FeatureGradientTransMM(TransMM):
         shuffle_decoder_seed: if given, the control: decoder rows permuted by a seeded permutation
             (activations unchanged). Only ``combined`` pairs f_k with d_k; the ``activation`` and
             ``gradient`` scores are invariant to the permutation, so their control equals the real map.
-        top_features: if > 0, record for each patch the ``top_features`` features contributing most
-            to its score (see :attr:`last_gated_layers`); costs a K-wide projection of the gradient.
+        top_features: if > 0, record for each patch the ``top_features`` active features contributing
+            most to its score (see :attr:`last_gated_layers`); costs a K-wide projection of the gradient.
 
     After each call, :attr:`last_gated_layers` maps each gated block to a :class:`GatedLayer`.
     """
@@ -196,17 +196,18 @@ class FeatureGradientTransMM(TransMM):
                 decoder = self.decoder(layer)
                 x = captured.resid[layer][:, prefix:].to(decoder)
                 grad = captured.resid_grad[layer][:, prefix:].to(decoder)
-                features = sae.encode(x)
-                scores = feature_gradient_scores(features, grad, decoder, self.variant)
+                values, indices = sae.encode_sparse(x)
+                scores = feature_gradient_scores(values, indices, grad, decoder, self.variant)
                 gates = exp_tanh_gates(robust_z(scores), self.kappa[layer], self.c_max[layer])
                 cams[layer] = gate_columns(cams[layer], gates.to(cams[layer]), prefix)
-                self.last_gated_layers[layer] = GatedLayer(scores, gates, *self._top_features(features, grad, decoder))
+                self.last_gated_layers[layer] = GatedLayer(scores, gates, *self._top_features(values, indices, grad, decoder))
         return cams
 
-    def _top_features(self, features: Tensor, grad: Tensor, decoder: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """(B, T, n) indices and values of the largest |f_k·⟨g, d_k⟩| per patch (if asked for)."""
+    def _top_features(self, values: Tensor, indices: Tensor, grad: Tensor, decoder: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """(B, T, n) indices and values of the largest |f_k·⟨g, d_k⟩| among each patch's active features
+        (if asked for)."""
         if not self.top_features:
             return None, None
-        contributions = features * (grad @ decoder.T)
+        contributions = values * (grad @ decoder.T).gather(-1, indices)  # (B, T, m)
         top = contributions.abs().topk(min(self.top_features, contributions.shape[-1]), dim=-1).indices
-        return top, contributions.gather(-1, top)
+        return indices.gather(-1, top), contributions.gather(-1, top)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 VARIANTS = ("combined", "activation", "gradient")
@@ -14,11 +15,22 @@ MAD_SCALE = 1.4826
 MAD_EPS = 1e-8
 
 
-def feature_gradient_scores(features: Tensor, grad: Tensor, decoder: Tensor, variant: str = "combined") -> Tensor:
+def decode_codes(values: Tensor, indices: Tensor, decoder: Tensor) -> Tensor:
+    """Dᵀf from sparse codes: (..., m) values at (..., m) feature indices, (K, D) decoder -> (..., D).
+
+    Only the active decoder rows are read (an ``embedding_bag`` sum), never a dense (..., K) tensor.
+    """
+    m = values.shape[-1]
+    flat = F.embedding_bag(indices.reshape(-1, m), decoder, per_sample_weights=values.reshape(-1, m).to(decoder),
+                           mode="sum")
+    return flat.reshape(*values.shape[:-1], decoder.shape[1])
+
+
+def feature_gradient_scores(values: Tensor, indices: Tensor, grad: Tensor, decoder: Tensor, variant: str = "combined") -> Tensor:
     """Per-patch scores s_t.
 
     Args:
-        features: (B, T, K) SAE activations f_t (sparse in practice).
+        values, indices: (B, T, m) the SAE codes f_t in sparse form (``f_t[indices] = values``, others 0).
         grad: (B, T, D) gradient g_t of the target logit at the gated resid_post.
         decoder: (K, D) decoder directions d_k (rows), as stored (or row-permuted for the control).
         variant: ``combined``: Σ_k f_tk⟨g_t, d_k⟩ = ⟨g_t, Dᵀf_t⟩; ``activation``: Σ_k f_tk;
@@ -28,12 +40,9 @@ def feature_gradient_scores(features: Tensor, grad: Tensor, decoder: Tensor, var
         (B, T) scores.
     """
     if variant == "combined":
-        B, T, K = features.shape
-        # sparse f: only the active rows of the decoder are touched
-        reconstruction = torch.sparse.mm(features.reshape(B * T, K).to_sparse(), decoder)
-        return (reconstruction.reshape(B, T, -1) * grad).sum(dim=-1)
+        return (decode_codes(values, indices, decoder) * grad).sum(dim=-1)
     if variant == "activation":
-        return features.sum(dim=-1)
+        return values.sum(dim=-1)
     if variant == "gradient":
         return (grad @ decoder.T).abs().sum(dim=-1)
     raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")

@@ -197,3 +197,13 @@ def test_one_forward_per_batch(vit):
     finally:
         handle.remove()
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("activation", ["topk", "relu"])
+def test_sparse_codes_scatter_back_to_the_dense_codes(activation):
+    sae = make_sae(16, n_features=40, activation=activation, normalize="layer_norm", k=5)
+    x = torch.randn(3, 7, 16)
+    values, indices = sae.encode_sparse(x)
+    dense = torch.zeros(3, 7, 40).scatter_add(-1, indices, values)
+    torch.testing.assert_close(dense, sae.encode(x))
+    assert values.shape[-1] == (5 if activation == "topk" else int((sae.encode(x) > 0).sum(-1).max()))

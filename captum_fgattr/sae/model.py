@@ -222,13 +222,29 @@ class SparseAutoencoder(nn.Module):
         """Activation on pre-activations (..., n_features): TopK (k largest, ReLU'd, rest 0) or ReLU."""
         if self.config.activation == "relu":
             return torch.relu(pre)
+        values, index = self._topk(pre)
+        return torch.zeros_like(pre).scatter(-1, index, values)
+
+    def _topk(self, pre: Tensor) -> tuple[Tensor, Tensor]:
         values, index = pre.topk(self.config.k, dim=-1, sorted=False)
-        return torch.zeros_like(pre).scatter(-1, index, torch.relu(values))
+        return torch.relu(values), index
 
     def encode(self, x: Tensor) -> Tensor:
         """Sparse codes ``f`` (..., n_features) of tokens ``x`` (..., d_in)."""
         x_norm, _ = self.normalize(x)
         return self.activate(self.pre_activation(x_norm))
+
+    def encode_sparse(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The non-zero codes of ``x`` (..., d_in) without a dense (..., n_features) tensor:
+        ``(values (..., m), indices (..., m))`` with ``f[..., indices] = values``; m = k for TopK, and for
+        ReLU the largest number of active features of any token (shorter rows padded with zero values)."""
+        x_norm, _ = self.normalize(x)
+        pre = self.pre_activation(x_norm)
+        if self.config.activation == "topk":
+            return self._topk(pre)
+        f = torch.relu(pre)
+        width = max(1, int((f > 0).sum(dim=-1).max()))
+        return f.topk(width, dim=-1, sorted=False)
 
     def decode_normalized(self, f: Tensor) -> Tensor:
         """``f @ W_dec + b_dec``: reconstruction in the normalised space, (..., n) -> (..., d_in)."""
