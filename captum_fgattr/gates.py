@@ -48,11 +48,16 @@ def feature_gradient_scores(values: Tensor, indices: Tensor, grad: Tensor, decod
     raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")
 
 
-def robust_z(scores: Tensor) -> Tensor:
-    """(B, T) -> (B, T): (s − median) / (1.4826·MAD + 1e-8), per image; median = lower middle value."""
+def robust_center_scale(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, T) -> (median (B, 1), 1.4826·MAD + 1e-8 (B, 1)) per image; median = lower middle value."""
     med = scores.median(dim=1, keepdim=True).values
-    mad = MAD_SCALE * (scores - med).abs().median(dim=1, keepdim=True).values
-    return (scores - med) / (mad + MAD_EPS)
+    return med, MAD_SCALE * (scores - med).abs().median(dim=1, keepdim=True).values + MAD_EPS
+
+
+def robust_z(scores: Tensor) -> Tensor:
+    """(B, T) -> (B, T): (s − median) / (1.4826·MAD + 1e-8), per image."""
+    med, scale = robust_center_scale(scores)
+    return (scores - med) / scale
 
 
 def exp_tanh_gates(z: Tensor, kappa: float, c_max: float) -> Tensor:

@@ -41,7 +41,7 @@ from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, fg_spec
 from captum_fgattr.bench.features_prototypes import FeatureKey, Prototypes, feature_prototypes
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, ResultStore
-from captum_fgattr.gates import MAD_EPS, MAD_SCALE
+from captum_fgattr.gates import robust_center_scale
 from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = ["Case", "PatchFinding", "FeatureStats", "FeatureAnalysis", "composite_improvement", "rank_cases",
@@ -164,12 +164,6 @@ def rank_cases(image_ids: Sequence[int], composite: np.ndarray, n: int) -> dict[
     return {"improved": improved, "degraded": degraded}
 
 
-def _robust_scale(scores: Tensor) -> Tensor:
-    """(B, T) scores -> (B, 1) 1.4826·MAD + 1e-8, the denominator of the gates' robust z."""
-    med = scores.median(dim=1, keepdim=True).values
-    return MAD_SCALE * (scores - med).abs().median(dim=1, keepdim=True).values + MAD_EPS
-
-
 def attribution_shares(attr: Tensor) -> Tensor:
     """(B, P) -> (B, P) each map divided by its sum over patches (TransMM maps are non-negative)."""
     attr = attr.float()
@@ -192,7 +186,7 @@ def patch_findings(transmm: Tensor, fg: Tensor, gated: Mapping[int, GatedLayer],
     delta = shares[1] - shares[0]
     chosen = delta.abs().topk(min(n_patches, P), dim=1).indices  # (B, n)
     layers = sorted(gated)
-    z = torch.cat([gated[l].top_contributions.float() / _robust_scale(gated[l].scores.float())[..., None] for l in layers], dim=2)
+    z = torch.cat([gated[l].top_contributions.float() / robust_center_scale(gated[l].scores.float())[1][..., None] for l in layers], dim=2)
     contributions = torch.cat([gated[l].top_contributions.float() for l in layers], dim=2)  # (B, T, L·n)
     features = torch.cat([gated[l].top_features for l in layers], dim=2)
     width = [gated[l].top_features.shape[-1] for l in layers]
