@@ -82,6 +82,7 @@ def evaluate_patch_metrics(
     pf_patches_per_step: int = 1,
     seed: int = 0,
     sample_ids: Tensor | None = None,
+    logits: Tensor | None = None,
     max_batch: int = 256,
     autocast: bool = False,
 ) -> dict[str, Tensor]:
@@ -98,6 +99,7 @@ def evaluate_patch_metrics(
             "pearson" or "spearman"; subsets from ``sample_subsets(sample_ids, fc_runs, P, fc_subset_size, seed)``.
         sample_ids: (B,) ids seeding each image's FC subsets (default: positions 0..B-1, as the
             Quantus-hosted metric does); dataset ids make results independent of batching.
+        logits: (B, n_classes) the model's outputs on ``x`` if the caller already has them (saves a forward).
         pf_patches_per_step: patches removed per Pixel-Flipping step.
         max_batch: most images per forward.
         autocast: run forwards under ``torch.autocast`` on the device (bfloat16 on CPU, float16 on CUDA).
@@ -142,7 +144,12 @@ def evaluate_patch_metrics(
 
     attr = patch_attr.to(x.device, torch.float64)
     order = rank_patches(attr)
-    logits0 = torch.cat([_forward(model, x[i : i + max_batch], autocast) for i in range(0, B, max_batch)])
+    if logits is None:
+        logits0 = torch.cat([_forward(model, x[i : i + max_batch], autocast) for i in range(0, B, max_batch)])
+    elif logits.ndim != 2 or logits.shape[0] != B:
+        raise ValueError(f"logits has shape {tuple(logits.shape)}; expected ({B}, n_classes) outputs on x")
+    else:
+        logits0 = logits.detach().to(x.device)
     target = logits0.argmax(dim=1) if target is None else target.to(x.device, torch.long).reshape(B)
     y0, p0 = _target_outputs(logits0, target)
 

@@ -48,6 +48,21 @@ def test_engine_equals_quantus_metrics(setup, device, groups, runs, size, corr, 
         np.testing.assert_allclose(out[name].cpu().numpy(), np.asarray(value), rtol=0, atol=1e-5, err_msg=name)
 
 
+def test_given_logits_replace_the_unperturbed_forward(setup):
+    model, x, y, a = setup
+    x, a, y = torch.from_numpy(x), torch.from_numpy(a), torch.from_numpy(y)
+    kw = dict(saco_groups=4, fc_runs=4, fc_subset_size=2)
+    computed = evaluate_patch_metrics(model, x, a, y, 8, **kw)
+    with torch.no_grad():
+        given = evaluate_patch_metrics(model, x, a, y, 8, logits=model(x), **kw)
+    for name in computed:
+        torch.testing.assert_close(given[name], computed[name], rtol=0, atol=1e-9)
+    other = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    curve = evaluate_patch_metrics(model, x, a, y, 8, logits=other, metrics=("pf",), **kw)["pf_curve"]
+    expected = other.softmax(dim=1).gather(1, y[:, None])[:, 0].double()  # the given logits are really used
+    torch.testing.assert_close(curve[:, 0], expected)
+
+
 def test_metric_selection_and_predicted_target(setup):
     model, x, _, a = setup
     x, a = torch.from_numpy(x), torch.from_numpy(a)
@@ -93,6 +108,7 @@ def test_engine_constant_attribution_nan(setup):
         (dict(pf_patches_per_step=0), "pf_patches_per_step=0"),
         (dict(metrics=("saco", "iou")), "metrics=\\('saco', 'iou'\\)"),
         (dict(max_batch=0), "max_batch=0"),
+        (dict(logits=torch.zeros(4, 3)), r"logits has shape \(4, 3\)"),
     ],
 )
 def test_engine_errors(setup, change, match):

@@ -202,13 +202,14 @@ def evaluate_methods(
             labels = torch.as_tensor(labels).long().to(device)
             batch_ids = torch.tensor(chunk, device=device)
             with torch.no_grad(), torch.autocast(device.type, enabled=config.autocast):
-                predictions = model(images).argmax(dim=1)
+                logits = model(images).float()
+            predictions = logits.argmax(dim=1)
             targets = predictions if config.target == "prediction" else labels
             names = [_image_name(dataset, i) for i in chunk]
             shown = [(split, i, display_image(img).cpu().numpy()) for i, img in zip(chunk, images) if i in gallery]
             for spec in todo:
-                rows, attributions = _evaluate_batch(model, methods[spec.key], spec, images, targets, batch_ids,
-                                                     adapter.patch_size[0], config)
+                rows, attributions = _evaluate_batch(model, methods[spec.key], spec, images, logits, targets,
+                                                     batch_ids, adapter.patch_size[0], config)
                 added += store.add_batch(
                     [ResultRow(split, spec.key, i, name, int(y), int(p), int(t), *scores, attributions.shape[1])
                      for i, name, y, p, t, scores in zip(chunk, names, labels.tolist(), predictions.tolist(),
@@ -225,9 +226,10 @@ def evaluate_methods(
 
 def _evaluate_batch(
     model: nn.Module, method: Callable[[Tensor, Tensor, Tensor], Tensor], spec: MethodSpec, images: Tensor,
-    targets: Tensor, ids: Tensor, patch_size: int, config: EvalConfig,
+    logits: Tensor, targets: Tensor, ids: Tensor, patch_size: int, config: EvalConfig,
 ) -> tuple[list[tuple[float, float, float]], Tensor]:
-    """-> ((saco, fc, pf_auc) per image, (B, P) float32 attributions)."""
+    """``logits`` (B, C): the model's outputs on ``images``, computed once per batch.
+    -> ((saco, fc, pf_auc) per image, (B, P) float32 attributions)."""
     with torch.autocast(images.device.type, enabled=config.autocast):
         attributions = method(images, targets, ids).detach().float()
     if not torch.isfinite(attributions).all():
@@ -236,6 +238,6 @@ def _evaluate_batch(
     scores = evaluate_patch_metrics(
         model, images, attributions, targets, patch_size, saco_groups=m.saco_groups, fc_subset_size=m.fc_subset_size,
         fc_runs=m.fc_runs, fc_correlation=m.fc_correlation, pf_patches_per_step=m.pf_patches_per_step, seed=m.seed,
-        sample_ids=ids, max_batch=config.metric_batch, autocast=config.autocast)
+        sample_ids=ids, logits=logits, max_batch=config.metric_batch, autocast=config.autocast)
     columns = [scores[name].double().cpu().tolist() for name in ("saco", "fc", "pf_auc")]
     return list(zip(*columns)), attributions
