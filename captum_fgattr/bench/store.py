@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -130,13 +131,26 @@ class ResultStore:
         self.path = self.run_dir / STORE_NAME
         self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
         self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._enable_wal(timeout_s)
         self._conn.execute("PRAGMA synchronous = NORMAL")
         self._conn.execute("PRAGMA foreign_keys = ON")
         with self._write():
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
+
+    def _enable_wal(self, timeout_s: float) -> None:
+        """Switch to WAL. The switch needs an exclusive lock and SQLite answers "database is locked" at
+        once (no busy handler) while another rank opens the same new file, so retry until ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self._conn.close()
