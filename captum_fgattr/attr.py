@@ -5,8 +5,9 @@ gradient-weighted attention maps of every block, (optionally) gate them, and pro
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from captum._utils.common import _format_additional_forward_args
@@ -16,7 +17,10 @@ from torch import Tensor, nn
 
 from captum_fgattr.adapters import Captured, capture, get_adapter
 from captum_fgattr.adapters.tokens import grid_to_pixels, patches_to_grid
-from captum_fgattr.gates import VARIANTS, exp_tanh_gates, feature_gradient_scores, gate_columns, robust_z
+from captum_fgattr.gates import (
+    DECODER_PAIRED_VARIANTS, SAE_VARIANTS, VARIANTS, exp_tanh_gates, feature_gradient_scores, gate_columns,
+    patch_permutations, residual_scores, robust_z,
+)
 from captum_fgattr.sae import SparseAutoencoder
 from captum_fgattr.relevancy import class_token_row, gradient_weighted_attention, transmm_relevancy
 from captum_fgattr.targets import TargetLike, resolve_target
@@ -115,26 +119,39 @@ class GatedLayer:
 
 class FeatureGradientTransMM(TransMM):
     """Feature-Gradient TransMM (Šula 2026): TransMM whose attention columns are rescaled by SAE
-    feature-gradient gates at one or several layers (DESIGN §5).
+    feature-gradient gates at one or several layers (see ``docs/method.md``).
 
     At a gated block ℓ (0-based, as timm ``blocks[ℓ]``), for each patch token t with resid_post x_t
-    and gradient g_t = ∂y/∂x_t: f_t = SAE.encode(x_t), s_t = ⟨g_t, W_decᵀ f_t⟩ (``combined``),
-    Σ_k f_tk (``activation``) or Σ_k |⟨g_t, d_k⟩| (``gradient``); ŝ = (s − median)/(1.4826·MAD + 1e-8);
+    and gradient g_t = ∂y/∂x_t, a score s_t (``variant``), ŝ = (s − median)/(1.4826·MAD + 1e-8),
     w_t = exp(ln c_max · tanh(κ ŝ_t)); cam_ℓ's patch columns are multiplied by w_t.
+
+    Scores, with f_t = SAE.encode(x_t) and d_k the decoder rows:
+
+    * the method, ``combined``: Σ_k f_tk⟨g_t, d_k⟩ = ⟨g_t, W_decᵀ f_t⟩;
+    * ablations: ``activation`` Σ_k f_tk, ``gradient`` Σ_k |⟨g_t, d_k⟩|, ``gradient_signed`` Σ_k ⟨g_t, d_k⟩;
+    * controls without SAE codes: ``grad_input`` ⟨g_t, x_t⟩; ``grad_input_centered`` ⟨g_t, norm(x_t) − b_dec⟩
+      (norm = the SAE's input normalisation, so for a normalising SAE the control lives in the space the
+      decoder reconstructs, where ``combined`` = ⟨g_t, x̂_t − b_dec⟩); ``bias_projection`` −⟨g_t, b_dec⟩;
+      ``token_norm`` ‖x_t‖₂.
 
     Args:
         model: as for :class:`TransMM`.
         saes: block index -> :class:`SparseAutoencoder` of that block's resid_post; the gated layers are its keys.
         kappa: gate strength κ ≥ 0, one value or one per gated layer.
         c_max: gate range c_max ≥ 1, one value or one per gated layer.
-        variant: ``combined`` (default), ``activation`` or ``gradient``.
-        shuffle_decoder_seed: if given, the control: decoder rows permuted by a seeded permutation
-            (activations unchanged). Only ``combined`` pairs f_k with d_k; the ``activation`` and
-            ``gradient`` scores are invariant to the permutation, so their control equals the real map.
+        variant: one of :data:`captum_fgattr.gates.VARIANTS` (default ``combined``).
+        shuffle_decoder_seed: if given, the shuffled-decoder control: decoder rows permuted by a seeded
+            permutation (activations unchanged). Only ``combined`` pairs f_k with d_k, so the control is
+            refused for every other variant (it could not differ from the real map).
+        permute_gates_seed: if given, the permuted-gates control: the gates are computed as usual, then
+            permuted over the patch positions with a permutation per image (seeded by this seed and the
+            image's id, see :meth:`attribute`), the same for every gated layer.
         top_features: if > 0, record for each patch the ``top_features`` active features contributing
             most to its score (see :attr:`last_gated_layers`); costs a K-wide projection of the gradient.
+            Only for the SAE-code variants.
 
-    After each call, :attr:`last_gated_layers` maps each gated block to a :class:`GatedLayer`.
+    After each call, :attr:`last_gated_layers` maps each gated block to a :class:`GatedLayer` (the gates
+    as applied, i.e. permuted for the permuted-gates control).
     """
 
     def __init__(
@@ -145,6 +162,7 @@ class FeatureGradientTransMM(TransMM):
         c_max: float | Mapping[int, float] = 10.0,
         variant: str = "combined",
         shuffle_decoder_seed: int | None = None,
+        permute_gates_seed: int | None = None,
         top_features: int = 0,
     ) -> None:
         super().__init__(model)
@@ -152,8 +170,14 @@ class FeatureGradientTransMM(TransMM):
             raise ValueError("saes is empty: give at least one {block index: SAE}")
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")
+        if shuffle_decoder_seed is not None and variant not in DECODER_PAIRED_VARIANTS:
+            raise ValueError(f"the shuffled-decoder control is refused for variant={variant!r}: its score does not "
+                             f"pair activations f_k with decoder rows d_k, so a shuffled decoder cannot change it "
+                             f"(only {list(DECODER_PAIRED_VARIANTS)})")
         if top_features < 0:
             raise ValueError(f"top_features={top_features}; expected >= 0")
+        if top_features and variant not in SAE_VARIANTS:
+            raise ValueError(f"top_features needs SAE codes; variant={variant!r} does not use them")
         depth, width = self.adapter.depth, self.adapter.embed_dim
         for layer, sae in saes.items():
             if not 0 <= layer < depth:
@@ -164,11 +188,23 @@ class FeatureGradientTransMM(TransMM):
         self.c_max = self._per_layer("c_max", c_max, minimum=1.0)
         self.variant = variant
         self.top_features = top_features
+        self.permute_gates_seed = permute_gates_seed
         self.decoder_permutations: dict[int, Tensor] = {}
         if shuffle_decoder_seed is not None:
             generator = torch.Generator().manual_seed(shuffle_decoder_seed)
             self.decoder_permutations = {l: torch.randperm(sae.W_dec.shape[0], generator=generator) for l, sae in self.saes.items()}
         self.last_gated_layers: dict[int, GatedLayer] = {}
+        self._sample_ids: Tensor | None = None
+
+    def attribute(self, inputs: Tensor, *args: Any, sample_ids: Sequence[int] | Tensor | None = None,
+                  **kwargs: Any) -> Tensor:
+        """As :meth:`TransMM.attribute`; ``sample_ids`` (B,) seed the permuted-gates control per image
+        (default 0..B−1: pass stable dataset indices to make it independent of the batching)."""
+        self._sample_ids = None if sample_ids is None else torch.as_tensor(sample_ids).reshape(-1)
+        try:
+            return super().attribute(inputs, *args, **kwargs)
+        finally:
+            self._sample_ids = None
 
     def _per_layer(self, name: str, value: float | Mapping[int, float], minimum: float) -> dict[int, float]:
         values = dict(value) if isinstance(value, Mapping) else {layer: value for layer in self.saes}
@@ -191,17 +227,39 @@ class FeatureGradientTransMM(TransMM):
     def _gate(self, cams: list[Tensor], captured: Captured) -> list[Tensor]:
         prefix = self.adapter.num_prefix_tokens
         self.last_gated_layers = {}
+        permutations = None
         with torch.no_grad():
             for layer, sae in self.saes.items():
                 decoder = self.decoder(layer)
                 x = captured.resid[layer][:, prefix:].to(decoder)
                 grad = captured.resid_grad[layer][:, prefix:].to(decoder)
-                values, indices = sae.encode_sparse(x)
-                scores = feature_gradient_scores(values, indices, grad, decoder, self.variant)
+                codes = sae.encode_sparse(x) if self.variant in SAE_VARIANTS else None
+                scores = self._scores(sae, x, grad, decoder, codes)
                 gates = exp_tanh_gates(robust_z(scores), self.kappa[layer], self.c_max[layer])
+                if self.permute_gates_seed is not None:
+                    if permutations is None:
+                        permutations = self._gate_permutations(self.permute_gates_seed, *gates.shape).to(gates.device)
+                    gates = gates.gather(1, permutations)
                 cams[layer] = gate_columns(cams[layer], gates.to(cams[layer]), prefix)
-                self.last_gated_layers[layer] = GatedLayer(scores, gates, *self._top_features(values, indices, grad, decoder))
+                top = self._top_features(*codes, grad, decoder) if codes is not None else (None, None)
+                self.last_gated_layers[layer] = GatedLayer(scores, gates, *top)
         return cams
+
+    def _scores(self, sae: SparseAutoencoder, x: Tensor, grad: Tensor, decoder: Tensor,
+                codes: tuple[Tensor, Tensor] | None) -> Tensor:
+        """(B, T) scores of :attr:`variant` from the patch tokens x and gradients grad (B, T, D)."""
+        if codes is not None:
+            return feature_gradient_scores(*codes, grad, decoder, self.variant)
+        b_dec = sae.b_dec.detach().to(x)
+        centered = sae.normalize(x)[0].to(x) - b_dec if self.variant == "grad_input_centered" else x
+        return residual_scores(x, grad, centered, b_dec, self.variant)
+
+    def _gate_permutations(self, seed: int, batch: int, num_patches: int) -> Tensor:
+        """(B, T) patch permutations of the permuted-gates control, one per image."""
+        ids = torch.arange(batch) if self._sample_ids is None else self._sample_ids
+        if ids.numel() != batch:
+            raise ValueError(f"sample_ids has {ids.numel()} entries for a batch of {batch} images")
+        return patch_permutations(seed, ids, num_patches)
 
     def _top_features(self, values: Tensor, indices: Tensor, grad: Tensor, decoder: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """(B, T, n) indices and values of the largest |f_k·⟨g, d_k⟩| among each patch's active features

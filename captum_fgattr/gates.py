@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-VARIANTS = ("combined", "activation", "gradient")
+#: scores computed from the SAE's codes and decoder
+SAE_VARIANTS = ("combined", "activation", "gradient", "gradient_signed")
+#: controls computed from the residual stream alone (``b_dec`` is the only SAE quantity they read)
+RESIDUAL_VARIANTS = ("grad_input", "grad_input_centered", "bias_projection", "token_norm")
+VARIANTS = SAE_VARIANTS + RESIDUAL_VARIANTS
+#: the only score that pairs f_k with d_k, hence the only one a shuffled decoder can change
+DECODER_PAIRED_VARIANTS = ("combined",)
 MAD_SCALE = 1.4826
 MAD_EPS = 1e-8
 
@@ -34,7 +40,8 @@ def feature_gradient_scores(values: Tensor, indices: Tensor, grad: Tensor, decod
         grad: (B, T, D) gradient g_t of the target logit at the gated resid_post.
         decoder: (K, D) decoder directions d_k (rows), as stored (or row-permuted for the control).
         variant: ``combined``: Σ_k f_tk⟨g_t, d_k⟩ = ⟨g_t, Dᵀf_t⟩; ``activation``: Σ_k f_tk;
-            ``gradient``: Σ_k |⟨g_t, d_k⟩|.
+            ``gradient``: Σ_k |⟨g_t, d_k⟩|; ``gradient_signed``: Σ_k ⟨g_t, d_k⟩ = ⟨g_t, Σ_k d_k⟩
+            (sums over all K features).
 
     Returns:
         (B, T) scores.
@@ -45,7 +52,43 @@ def feature_gradient_scores(values: Tensor, indices: Tensor, grad: Tensor, decod
         return values.sum(dim=-1)
     if variant == "gradient":
         return (grad @ decoder.T).abs().sum(dim=-1)
-    raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")
+    if variant == "gradient_signed":
+        return grad @ decoder.sum(dim=0)
+    raise ValueError(f"variant={variant!r}; expected one of {list(SAE_VARIANTS)}")
+
+
+def residual_scores(x: Tensor, grad: Tensor, centered_x: Tensor, b_dec: Tensor, variant: str) -> Tensor:
+    """Per-patch scores of the no-SAE controls.
+
+    Args:
+        x: (B, T, D) resid_post patch tokens as captured.
+        grad: (B, T, D) gradient g_t of the target logit at x.
+        centered_x: (B, T, D) the tokens in the SAE's input space minus its decoder bias, norm(x_t) − b_dec
+            (norm = the SAE's input normalisation; the identity for most SAEs).
+        b_dec: (D,) the SAE's decoder bias.
+        variant: ``grad_input``: ⟨g_t, x_t⟩; ``grad_input_centered``: ⟨g_t, norm(x_t) − b_dec⟩;
+            ``bias_projection``: −⟨g_t, b_dec⟩; ``token_norm``: ‖x_t‖₂.
+
+    Returns:
+        (B, T) scores.
+    """
+    if variant == "grad_input":
+        return (grad * x).sum(dim=-1)
+    if variant == "grad_input_centered":
+        return (grad * centered_x).sum(dim=-1)
+    if variant == "bias_projection":
+        return -(grad @ b_dec)
+    if variant == "token_norm":
+        return x.norm(dim=-1)
+    raise ValueError(f"variant={variant!r}; expected one of {list(RESIDUAL_VARIANTS)}")
+
+
+def patch_permutations(seed: int, sample_ids: Tensor, num_patches: int) -> Tensor:
+    """(B,) sample ids -> (B, T) permutations of the patch positions, one per sample, reproducible per
+    (seed, sample id) whatever the batching."""
+    rows = [torch.randperm(num_patches, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i)))
+            for i in sample_ids.tolist()]
+    return torch.stack(rows)
 
 
 def robust_center_scale(scores: Tensor) -> tuple[Tensor, Tensor]:

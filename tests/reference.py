@@ -91,15 +91,19 @@ def assert_close_relative(actual, expected, tol=1e-5):
     assert err <= tol, f"relative max error {err:.3g} > {tol}"
 
 
-def sae_encode(sae, x):
-    """Explicit SAE encoder on one token x (d,) numpy, DESIGN §6 -> f (K,) float64."""
-    W_enc, b_enc, b_dec = (p.detach().double().numpy() for p in (sae.W_enc, sae.b_enc, sae.b_dec))
-    d = x.shape[0]
+def sae_normalize(sae, x):
+    """Explicit SAE input normalisation of one token x (d,) numpy -> norm(x) (d,) float64."""
     if sae.config.normalize == "layer_norm":
-        x = (x - x.mean()) / (x.std(ddof=1) + 1e-5)
-    elif sae.config.normalize == "constant_norm_rescale":
-        x = x * np.sqrt(d) / np.linalg.norm(x)
-    pre = (x - b_dec) @ W_enc + b_enc
+        return (x - x.mean()) / (x.std(ddof=1) + 1e-5)
+    if sae.config.normalize == "constant_norm_rescale":
+        return x * np.sqrt(x.shape[0]) / np.linalg.norm(x)
+    return x
+
+
+def sae_encode(sae, x):
+    """Explicit SAE encoder on one token x (d,) numpy -> f (K,) float64."""
+    W_enc, b_enc, b_dec = (p.detach().double().numpy() for p in (sae.W_enc, sae.b_enc, sae.b_dec))
+    pre = (sae_normalize(sae, x) - b_dec) @ W_enc + b_enc
     if sae.config.activation == "relu":
         return np.maximum(pre, 0.0)
     f = np.zeros_like(pre)
@@ -113,17 +117,38 @@ def lower_median(values):
     return ordered[(len(ordered) - 1) // 2]
 
 
-def feature_gradient_gates(f_rows, g_rows, decoder, variant, kappa, c_max):
-    """Per-token scores and gates for one image: f_rows (T, K), g_rows (T, D), decoder (K, D)."""
-    scores = []
-    for f, g in zip(f_rows, g_rows):
-        if variant == "combined":
-            scores.append(sum(f[k] * float(g @ decoder[k]) for k in np.flatnonzero(f)))
-        elif variant == "activation":
-            scores.append(float(f.sum()))
-        else:
-            scores.append(sum(abs(float(g @ decoder[k])) for k in range(decoder.shape[0])))
+def token_score(variant, f, g, x, decoder, sae):
+    """One token's score, written out: f (K,) codes, g (D,) gradient, x (D,) resid_post, decoder (K, D)."""
+    K = decoder.shape[0]
+    b_dec = sae.b_dec.detach().double().numpy()
+    if variant == "combined":
+        return sum(f[k] * float(g @ decoder[k]) for k in np.flatnonzero(f))
+    if variant == "activation":
+        return float(f.sum())
+    if variant == "gradient":
+        return sum(abs(float(g @ decoder[k])) for k in range(K))
+    if variant == "gradient_signed":
+        return sum(float(g @ decoder[k]) for k in range(K))
+    if variant == "grad_input":
+        return sum(g[i] * x[i] for i in range(len(x)))
+    if variant == "grad_input_centered":
+        centered = sae_normalize(sae, x) - b_dec
+        return sum(g[i] * centered[i] for i in range(len(x)))
+    if variant == "bias_projection":
+        return -sum(g[i] * b_dec[i] for i in range(len(x)))
+    if variant == "token_norm":
+        return float(np.sqrt(sum(v * v for v in x)))
+    raise AssertionError(variant)
+
+
+def gates_from_scores(scores, kappa, c_max):
+    """Robust z (lower median, 1.4826·MAD + 1e-8) then exp(ln c_max · tanh(κ z))."""
     med = lower_median(scores)
     mad = 1.4826 * lower_median([abs(s - med) for s in scores])
-    gates = [np.exp(np.log(c_max) * np.tanh(kappa * (s - med) / (mad + 1e-8))) for s in scores]
-    return np.array(scores), np.array(gates)
+    return np.array([np.exp(np.log(c_max) * np.tanh(kappa * (s - med) / (mad + 1e-8))) for s in scores])
+
+
+def feature_gradient_gates(f_rows, g_rows, decoder, variant, kappa, c_max, x_rows, sae):
+    """Per-token scores and gates for one image: f_rows (T, K), g_rows and x_rows (T, D), decoder (K, D)."""
+    scores = [token_score(variant, f, g, x, decoder, sae) for f, g, x in zip(f_rows, g_rows, x_rows)]
+    return np.array(scores), gates_from_scores(scores, kappa, c_max)
