@@ -69,3 +69,59 @@ def test_percent_improvement_sign_convention():
                                      (0.05, ""), (math.nan, "")])
 def test_stars(p, mark):
     assert stars(p) == mark
+
+
+# ---------------------------------------------------------------- paired comparisons, Holm, power
+from captum_fgattr.bench.stats import (  # noqa: E402
+    holm, holm_adjust, minimum_detectable_dz, paired_comparison, verdict,
+)
+
+
+def test_paired_comparison_against_hand_computation_and_scipy():
+    a = np.array([0.3, 0.5, np.nan, 0.9, 0.2, 0.7, 0.4])
+    b = np.array([0.1, 0.6, 0.3, 0.5, 0.1, np.nan, 0.2])
+    c = paired_comparison(a, b)
+    d = np.array([0.2, -0.1, 0.4, 0.1, 0.2])  # pairs without NaN, written out
+    assert (c.n, c.n_dropped) == (5, 2)
+    assert c.delta == pytest.approx(d.mean()) and c.sd == pytest.approx(d.std(ddof=1))
+    assert c.d_z == pytest.approx(d.mean() / d.std(ddof=1))
+    half = sps.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+    assert (c.ci_low, c.ci_high) == (pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
+    ref = sps.ttest_rel(a[[0, 1, 3, 4, 6]], b[[0, 1, 3, 4, 6]])
+    assert c.t == pytest.approx(ref.statistic) and c.p == pytest.approx(ref.pvalue)
+    assert c.oriented_d_z(False) == -c.d_z
+
+
+def test_minimum_detectable_effect_has_80_percent_power():
+    for n in (10, 64, 300):
+        dz = minimum_detectable_dz(n)
+        crit = sps.t.ppf(0.975, n - 1)
+        power = sps.nct.sf(crit, n - 1, dz * math.sqrt(n)) + sps.nct.cdf(-crit, n - 1, dz * math.sqrt(n))
+        assert power == pytest.approx(0.8, abs=1e-6)
+    # the textbook normal approximation (z_.975 + z_.8)/sqrt(n) = 2.80/sqrt(n) is close for large n
+    assert minimum_detectable_dz(300) == pytest.approx(2.8016 / math.sqrt(300), rel=0.01)
+    assert math.isnan(minimum_detectable_dz(1))
+    sim = np.random.default_rng(1)
+    c = paired_comparison(sim.normal(0, 1, 50), sim.normal(0, 1, 50))
+    assert c.mde == pytest.approx(minimum_detectable_dz(50) * c.sd)
+
+
+def test_holm_against_hand_computation():
+    p = [0.01, 0.04, np.nan, 0.03, 0.5]  # m = 4 finite: sorted 0.01, 0.03, 0.04, 0.5
+    expected = [0.04, max(0.09, 0.08), np.nan, 0.09, 0.5]  # 4·0.01, max(3·0.03, 2·0.04)=0.09 for both, 1·0.5
+    np.testing.assert_allclose(holm(p), expected)
+    assert holm([0.6, 0.5]).tolist() == [1.0, 1.0]  # capped at 1, monotone
+
+
+def test_holm_adjust_and_verdicts():
+    rng = np.random.default_rng(3)
+    base = rng.normal(0, 1, 100)
+    better = paired_comparison(base + 0.5 + rng.normal(0, 0.2, 100), base)
+    same = paired_comparison(base + rng.normal(0, 0.2, 100), base)
+    adjusted = holm_adjust([better, same])
+    assert better.p < same.p
+    assert adjusted[0].p_holm == pytest.approx(min(1.0, 2 * better.p))
+    assert adjusted[1].p_holm == pytest.approx(max(min(1.0, 2 * better.p), same.p))
+    assert verdict(adjusted[0], higher_is_better=True) == "better"
+    assert verdict(adjusted[0], higher_is_better=False) == "worse"
+    assert verdict(adjusted[1], higher_is_better=True) == "no detectable difference"
