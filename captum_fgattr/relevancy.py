@@ -54,6 +54,8 @@ def attention_rollout(attns: Sequence[Tensor]) -> Tensor:
     return R
 
 
-def class_token_row(R: Tensor, num_prefix_tokens: int) -> Tensor:
-    """(B, N, N) relevancy -> (B, P) relevance of the patch tokens for the class token (row 0)."""
-    return R[:, 0, num_prefix_tokens:]
+def class_token_row(R: Tensor, num_prefix_tokens: int, rows: Sequence[int] = (0,)) -> Tensor:
+    """(B, N, N) relevancy -> (B, P) relevance of the patch tokens for the class token (row 0), or the
+    mean of several readout ``rows`` (DeiT distilled: class and distillation token, whose heads the
+    model averages)."""
+    return R[:, list(rows), num_prefix_tokens:].mean(dim=1)

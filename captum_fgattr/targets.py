@@ -1,12 +1,44 @@
-"""Target classes as Captum users give them, resolved to one class index per sample."""
+"""Target classes as Captum users give them, resolved to one class index per sample.
+
+Captum's meaning for a (B, C) output: an int or a 1-tuple ``(c,)`` is class ``c`` for every sample; a
+list (of ints or 1-tuples) or a (B,) tensor gives one class per sample. numpy integers and integer
+arrays (what Quantus passes as ``y_batch``) are accepted like Python ints and tensors.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-TargetLike = int | Sequence[int] | Tensor | None
+TargetLike = int | tuple[int] | Sequence[int] | Tensor | np.ndarray | None
+
+
+def _as_index_tensor(target: object, device: torch.device) -> Tensor:
+    """int / 1-tuple / list / numpy / tensor -> integer tensor (0-d or 1-d as given)."""
+    if isinstance(target, tuple):
+        if len(target) != 1:
+            raise ValueError(
+                f"target={target!r}: a tuple indexes one output entry (Captum), i.e. one class (c,) for a "
+                "(B, num_classes) output; for one class per sample pass a list or a (B,) tensor"
+            )
+        target = target[0]
+    elif isinstance(target, list):
+        target = [t[0] if isinstance(t, tuple) and len(t) == 1 else t for t in target]
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer, np.ndarray, Sequence, Tensor)):
+        raise TypeError(
+            f"target must be an int, a list of ints, a 1-D tensor or numpy array; got {type(target).__name__}"
+        )
+    if isinstance(target, np.ndarray) and target.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class indices; got numpy dtype {target.dtype}")
+    try:
+        t = torch.as_tensor(np.asarray(target) if isinstance(target, (np.ndarray, np.integer)) else target, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"target {target!r} is not a list of int class indices ({err})") from err
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"target must hold integer class indices; got dtype {t.dtype}")
+    return t
 
 
 def resolve_target(target: TargetLike, logits: Tensor) -> Tensor:
@@ -16,11 +48,7 @@ def resolve_target(target: TargetLike, logits: Tensor) -> Tensor:
     B, C = logits.shape
     if target is None:
         return logits.detach().argmax(dim=1)
-    if isinstance(target, bool) or not isinstance(target, (int, Sequence, Tensor)):
-        raise TypeError(f"target must be an int, a list of ints or a 1-D tensor; got {type(target).__name__}")
-    t = torch.as_tensor(target, device=logits.device)
-    if t.is_floating_point() or t.is_complex():
-        raise TypeError(f"target must hold integer class indices; got dtype {t.dtype}")
+    t = _as_index_tensor(target, logits.device)
     if t.dim() == 0:
         t = t.expand(B)
     if t.shape != (B,):

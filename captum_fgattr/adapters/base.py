@@ -29,6 +29,10 @@ class ViTAdapter(ABC):
         img_size: (H, W) pixels the model expects.
         embed_dim: width D of the residual stream.
         num_heads: attention heads per block.
+        readout_rows: token rows whose relevance the output is read from (class token; DeiT distilled:
+            class and distillation tokens, whose heads the model averages).
+        dynamic_img_size: whether the model accepts image sizes other than ``img_size``.
+        dynamic_img_pad: whether the patch embedding pads a partial last patch (else it drops it).
     """
 
     model: nn.Module
@@ -40,31 +44,65 @@ class ViTAdapter(ABC):
     num_heads: int
     #: whether a block's output is laid out (N, B, D) instead of (B, N, D)
     sequence_first: bool = False
+    readout_rows: tuple[int, ...] = (0,)
+    dynamic_img_size: bool = False
+    dynamic_img_pad: bool = False
 
     @property
     def depth(self) -> int:
         return len(self.blocks)
 
     def grid_size(self, inputs: Tensor | None = None) -> tuple[int, int]:
-        """Patch grid (gh, gw) for ``inputs`` (B, C, H, W), or for the model's image size."""
+        """Patch grid (gh, gw) for ``inputs`` (B, C, H, W), or for the model's image size: a partial
+        last patch counts if the patch embedding pads it (``dynamic_img_pad``), else it is dropped."""
         H, W = self.img_size if inputs is None else inputs.shape[-2:]
-        return H // self.patch_size[0], W // self.patch_size[1]
+        (ph, pw), ceil = self.patch_size, self.dynamic_img_pad
+        return (-(-H // ph), -(-W // pw)) if ceil else (H // ph, W // pw)
 
     def check_input(self, inputs: Tensor) -> None:
-        """Raise a clear error for inputs the model cannot be explained on."""
+        """Raise a clear error for inputs the model cannot be explained on, or a model state in which
+        patch tokens do not map to fixed image patches (patch dropout active)."""
         if not isinstance(inputs, Tensor):
             raise TypeError(f"inputs must be a torch.Tensor of shape (B, C, H, W); got {type(inputs).__name__}")
         if inputs.dim() != 4:
             raise ValueError(f"inputs must have shape (B, C, H, W); got shape {tuple(inputs.shape)}")
         if inputs.shape[0] == 0:
             raise ValueError("inputs hold no images (batch size 0)")
-        if tuple(inputs.shape[-2:]) != tuple(self.img_size):
+        if not self.dynamic_img_size and tuple(inputs.shape[-2:]) != tuple(self.img_size):
             raise ValueError(
                 f"input image size {tuple(inputs.shape[-2:])} does not match the model's "
                 f"image size {tuple(self.img_size)}"
             )
+        H, W = inputs.shape[-2:]
+        if self.dynamic_img_size and not self.dynamic_img_pad and (H % self.patch_size[0] or W % self.patch_size[1]):
+            raise ValueError(
+                f"input image size {(H, W)} is not a multiple of the patch size {self.patch_size}; this model "
+                "neither pads nor crops other sizes (timm dynamic_img_pad=False): resize or pad the images"
+            )
+        if min(self.grid_size(inputs)) < 1:
+            raise ValueError(f"input image size {tuple(inputs.shape[-2:])} is smaller than one patch {self.patch_size}")
         if not torch.isfinite(inputs).all():
             raise ValueError("inputs contain NaN or Inf values")
+        dropout = self.active_patch_dropout()
+        if dropout:
+            raise ValueError(
+                f"patch dropout is active ({dropout}, model in train mode): tokens are dropped at random, so "
+                "relevance cannot be mapped to patches; call model.eval() or set the dropout rate to 0"
+            )
+
+    def active_patch_dropout(self) -> str:
+        """Describes the model's patch dropout if it drops tokens in the current mode, else ''."""
+        return ""
+
+    def check_tokens(self, num_tokens: int, inputs: Tensor) -> None:
+        """Raise if the model ran on ``num_tokens`` tokens other than prefix + patch grid of ``inputs``."""
+        gh, gw = self.grid_size(inputs)
+        if num_tokens != self.num_prefix_tokens + gh * gw:
+            raise ValueError(
+                f"the model ran on {num_tokens} tokens, but {self.num_prefix_tokens} prefix tokens + a {gh}x{gw} "
+                f"patch grid for input size {tuple(inputs.shape[-2:])} and patch size {self.patch_size} make "
+                f"{self.num_prefix_tokens + gh * gw}; token dropping or merging is not supported"
+            )
 
     @abstractmethod
     def expose_attention(self, layer: int, callback: AttentionCallback) -> Undo:

@@ -11,6 +11,20 @@ from torch import Tensor
 from captum_fgattr.adapters.base import ViTAdapter
 
 
+_LIKELY_CAUSES = (
+    "likely causes: the model (or part of it) runs under torch.no_grad() / torch.inference_mode() or detaches "
+    "its activations, uses reentrant activation checkpointing (set_grad_checkpointing; use use_reentrant=False "
+    "or turn it off), or is compiled (pass the uncompiled module, e.g. compiled._orig_mod)"
+)
+
+
+def _off_path(nodes: list[Tensor], names: list[str], output: Tensor) -> str:
+    """Name the first captured tensor without autograd history (or the output)."""
+    if not output.requires_grad:
+        return "model (its output does not require grad)"
+    return next(name for t, name in zip(nodes, names) if not t.requires_grad)
+
+
 @dataclass
 class Captured:
     """Tensors recorded during the forward pass inside :func:`capture`.
@@ -35,9 +49,16 @@ class Captured:
             raise RuntimeError("nothing was captured: call the model inside the capture() block first")
         layers = sorted(self.resid_raw)
         nodes = [*self.attn, *(self.resid_raw[i] for i in layers)]
+        names = [*(f"attention of block {i}" for i in range(len(self.attn))), *(f"output of block {i}" for i in layers)]
+        if not output.requires_grad or any(not t.requires_grad for t in nodes):
+            raise RuntimeError(f"the target logit is not connected by autograd to the {_off_path(nodes, names, output)}; "
+                               f"{_LIKELY_CAUSES}")
         grads = torch.autograd.grad(output, nodes, allow_unused=True)
-        grads = [torch.zeros_like(t) if g is None else g for t, g in zip(nodes, grads)]
-        self.attn_grad = grads[: len(self.attn)]
+        unused = [name for name, g in zip(names, grads) if g is None]
+        if unused:
+            raise RuntimeError(f"the target logit does not depend on the captured {unused[0]}"
+                               f"{f' (and {len(unused) - 1} more)' if len(unused) > 1 else ''}; {_LIKELY_CAUSES}")
+        self.attn_grad = list(grads[: len(self.attn)])
         self.resid_grad = {i: g.transpose(0, 1) if self.sequence_first else g for i, g in zip(layers, grads[len(self.attn):])}
 
     def clear(self) -> None:

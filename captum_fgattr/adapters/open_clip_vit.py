@@ -35,10 +35,16 @@ class OpenClipViTAdapter(ViTAdapter):
     """Adapter for ``open_clip.transformer.VisionTransformer`` with class-token pooling."""
 
     def __init__(self, vit: VisionTransformer, model: nn.Module | None = None) -> None:
-        if vit.attn_pool is not None or vit.pool_type != "tok":
+        if vit.attn_pool is not None:
+            raise ValueError(
+                "this open_clip tower pools its tokens with an attentional pooler (attn_pool, as in CoCa), so "
+                "the image embedding is not the class token's and TransMM's class-token readout does not "
+                "apply; supported: towers without attentional pooling and pool_type='tok' (e.g. ViT-B-32)"
+            )
+        if vit.pool_type != "tok":
             raise ValueError(
                 "TransMM reads relevance from the class-token row, so the open_clip tower must pool "
-                f"the class token (pool_type='tok', no attentional pooler); got pool_type={vit.pool_type!r}"
+                f"the class token (pool_type='tok'); got pool_type={vit.pool_type!r}"
             )
         for i, blk in enumerate(vit.transformer.resblocks):
             if not isinstance(blk, ResidualAttentionBlock) or not isinstance(blk.attn, nn.MultiheadAttention):
@@ -55,6 +61,11 @@ class OpenClipViTAdapter(ViTAdapter):
         self.embed_dim = vit.transformer.width
         self.num_heads = self.blocks[0].attn.num_heads if self.blocks else 0
         self.sequence_first = not vit.transformer.batch_first
+
+    def active_patch_dropout(self) -> str:
+        drop = self.vit.patch_dropout
+        prob = getattr(drop, "prob", 0.0)
+        return f"open_clip patch_dropout={prob}" if drop.training and prob > 0 else ""
 
     def expose_attention(self, layer: int, callback: AttentionCallback) -> Undo:
         mha = self.blocks[layer].attn

@@ -1,7 +1,8 @@
-"""timm ``VisionTransformer`` (ViT, DeiT, register tokens): probabilities at ``attn.attn_drop``."""
+"""timm ``VisionTransformer`` (ViT, DeiT, DeiT distilled, register tokens): probabilities at ``attn.attn_drop``."""
 from __future__ import annotations
 
-from timm.layers import Attention
+from timm.layers import Attention, PatchDropout
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -13,6 +14,9 @@ class TimmViTAdapter(ViTAdapter):
 
     While attention is exposed, ``blk.attn.fused_attn`` is switched off (the fused kernel never
     materialises the probabilities) and restored by the returned undo function.
+
+    DeiT distilled (``VisionTransformerDistilled``) averages the class-token and distillation-token
+    heads, so relevance is read from both token rows and averaged the same way.
     """
 
     def __init__(self, vit: VisionTransformer, model: nn.Module | None = None) -> None:
@@ -23,9 +27,13 @@ class TimmViTAdapter(ViTAdapter):
                 f"class token {'present' if vit.cls_token is not None else 'absent'}"
             )
         for i, blk in enumerate(vit.blocks):
-            if type(blk.attn) is not Attention:
+            attn = getattr(blk, "attn", None)
+            if type(attn) is not Attention:
+                found = "no .attn module" if attn is None else f".attn of type {type(attn).__name__}"
                 raise TypeError(
-                    f"block {i} uses attention {type(blk.attn).__name__}; supported: timm.layers.Attention"
+                    f"block {i} ({type(blk).__name__}) has {found}; supported: blocks whose .attn is a "
+                    "timm.layers.Attention (timm Block, ResPostBlock). Parallel blocks (ParallelThingsBlock, "
+                    "ParallelScalingBlock) and other attention types do not expose their probabilities"
                 )
         self.model = vit if model is None else model
         self.vit = vit
@@ -35,6 +43,15 @@ class TimmViTAdapter(ViTAdapter):
         self.img_size = tuple(vit.patch_embed.img_size)
         self.embed_dim = vit.embed_dim
         self.num_heads = vit.blocks[0].attn.num_heads if len(vit.blocks) else 0
+        self.readout_rows = (0, 1) if isinstance(vit, VisionTransformerDistilled) else (0,)
+        self.dynamic_img_size = bool(getattr(vit, "dynamic_img_size", False))
+        self.dynamic_img_pad = bool(getattr(vit.patch_embed, "dynamic_img_pad", False))
+
+    def active_patch_dropout(self) -> str:
+        drop = self.vit.patch_drop
+        if isinstance(drop, PatchDropout) and drop.training and drop.prob > 0:
+            return f"timm patch_drop_rate={drop.prob}"
+        return ""
 
     def expose_attention(self, layer: int, callback: AttentionCallback) -> Undo:
         attn = self.blocks[layer].attn
