@@ -16,7 +16,6 @@ from captum_fgattr.bench.evaluate import EvalConfig, MetricConfig, Shard, evalua
 from captum_fgattr.bench.experiments import SELECTION_RULE, Protocol, fg_spec, run_study, run_sweep, transmm_spec
 from captum_fgattr.bench.methods import MethodSpec, build_method
 from captum_fgattr.bench.runconfig import RunConfig
-from captum_fgattr.bench.stats import percent_improvement
 from captum_fgattr.bench.store import METRICS, ResultRow, ResultStore
 from quantus_saco import PatchFaithfulnessCorrelation, PatchPixelFlipping, SaCo
 from tests.conftest import make_vit
@@ -143,23 +142,31 @@ def test_sweep_selection_follows_the_stated_rule(tmp_path):
     with ResultStore(tmp_path) as store:
         selected = run_sweep(model, data, saes, store, protocol, CFG)
         ids = list(range(8))
-        base = {m: np.nanmean(store.scores("val", transmm_spec().key, ids)[m]) for m in METRICS}
+        base = store.scores("val", transmm_spec().key, ids)
 
-        def score(spec):
+        def score(spec):  # mean over metrics of mean(Δ)/SD(Δ), pairs with a NaN dropped, PF flipped
             cols = store.scores("val", spec.key, ids)
-            return np.mean([percent_improvement(np.nanmean(cols[m]), base[m], m != "pf_auc") for m in METRICS])
+            effects = []
+            for m in METRICS:
+                d = cols[m] - base[m]
+                d = d[~np.isnan(d)]
+                sd = d.std(ddof=1)
+                effects.append((1 if m != "pf_auc" else -1) * d.mean() / sd if sd > 0 else np.nan)
+            mean = np.mean(effects)
+            return mean if np.isfinite(mean) else -np.inf
 
-        singles = [fg_spec([layer], v, 0.5, 10.0) for layer in (0, 2) for v in ("combined", "gradient")]
+        singles = [fg_spec([layer], "combined", 0.5, 10.0) for layer in (0, 2)]  # the ablation is never selected
         best = max(singles, key=score)
         assert selected["single_layer"].method_key == best.key
+        assert set(selected["single_layer"].details["candidates"]) == {s.key for s in singles}
         assert store.selection("single_layer").rule == SELECTION_RULE
-        variant = best.params["variant"]
-        multis = [fg_spec(layers, variant, 0.5, 10.0) for layers in ((0, 1), (1, 2))]
+        multis = [fg_spec(layers, "combined", 0.5, 10.0) for layers in ((0, 1), (1, 2))]
         assert selected["multi_layer"].method_key == max(multis, key=score).key
-        grid = [fg_spec(selected["multi_layer"].details["chosen"]["params"]["layers"], variant, k, 10.0)
+        grid = [fg_spec(selected["multi_layer"].details["chosen"]["params"]["layers"], "combined", k, 10.0)
                 for k in (0.5, 2.0)]
         assert selected["kappa_cmax"].method_key == max(grid, key=score).key
         assert [e for e, _ in store.experiments()] == ["single_layer", "multi_layer", "kappa_cmax"]
+        assert len(store.experiment_methods("single_layer", "val")) == 1 + 4  # the ablation is evaluated
 
 
 def test_clear_errors(tmp_path):
@@ -190,14 +197,31 @@ def test_clear_errors(tmp_path):
 def test_run_study_python_api_on_tensors(tmp_path):
     model, data, saes = tiny_setup(8)
     images, labels = data.tensors
-    protocol = Protocol(layers=(1,), variants=("activation",), multi_layers=((0, 2),), kappas=(0.5,), c_maxes=(2.0,),
-                        baselines=("random",), val_images=None, test_images=3)
+    protocol = Protocol(layers=(1,), variants=("combined", "activation"), multi_layers=((0, 2),), kappas=(0.5,),
+                        c_maxes=(2.0,), baselines=("random",), shuffle_seeds=(0, 1), val_images=None, test_images=3)
     run_dir = run_study(model, (images, labels), (images[:6], labels[:6]), saes, tmp_path / "run", protocol, CFG)
     with ResultStore(run_dir) as store:
         assert store.experiment_ids("test", "test") == select_ids(6, 3, protocol.subset_seed)
         labels_in_test = [s.label for s in store.experiment_methods("test", "test")]
         assert store.invocations()[0][2]["protocol"]["test_images"] == 3
-    assert labels_in_test == ["TransMM", "FG L1 activation κ=0.5 c=10", "FG L1 activation κ=0.5 c=10 shuffled",
-                              "FG L[0,2] activation κ=0.5 c=2", "FG L[0,2] activation κ=0.5 c=2 shuffled", "random"]
+    controls = lambda cfg, layers: [  # noqa: E731
+        f"FG {cfg} combined κ=0.5 c={layers} shuffled decoder s0", f"FG {cfg} combined κ=0.5 c={layers} shuffled decoder s1",
+        f"FG {cfg} grad_input κ=0.5 c={layers}", f"FG {cfg} grad_input_centered κ=0.5 c={layers}",
+        f"FG {cfg} bias_projection κ=0.5 c={layers}", f"FG {cfg} combined κ=0.5 c={layers} permuted gates"]
+    assert labels_in_test == ["TransMM", "FG L1 combined κ=0.5 c=10", *controls("L1", 10),
+                              "FG L[0,2] combined κ=0.5 c=2", *controls("L[0,2]", 2), "random"]
     report = (run_dir / "report" / "report.md").read_text()
-    assert "## Selections on validation" in report and "FG L[0,2] activation κ=0.5 c=2" in report
+    assert "## Selections on validation" in report and "FG L[0,2] combined κ=0.5 c=2" in report
+    assert report.index("## Selections on validation") < report.index("### test (test")
+    assert "### Paired comparisons (test)" in report and "### Verdicts" in report
+    assert "FG L1 combined κ=0.5 c=10 vs shuffled decoder (mean of 2 seeds): SaCo" in report
+    assert (run_dir / "report" / "comparisons_test.png").is_file()
+    assert "FG L1 activation" in (run_dir / "report" / "single_layer.md").read_text()  # ablation reported
+
+
+def test_a_non_combined_method_variant_refuses_the_shuffled_control():
+    with pytest.raises(ValueError, match="shuffled-decoder control cannot differ"):
+        Protocol(variants=("combined", "gradient"), method_variant="gradient")
+    Protocol(variants=("combined", "gradient"), method_variant="gradient", controls=("grad_input",))
+    with pytest.raises(ValueError, match="method_variant"):
+        Protocol(variants=("combined",), method_variant="activation", controls=())

@@ -27,7 +27,9 @@ import torch
 
 from captum_fgattr.bench.data import LAYOUTS
 from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
-from captum_fgattr.bench.experiments import current_shard, final_specs, run_sweep, sync_ranks, transmm_spec
+from captum_fgattr.bench.experiments import (
+    CONTROLS, VARIANTS, current_shard, final_specs, run_sweep, sync_ranks, transmm_spec,
+)
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.report import write_report
 from captum_fgattr.bench.runconfig import RunConfig, load_inputs, load_saes, read_config_file
@@ -78,7 +80,12 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--saes", "saes", help="folder with layer_{L}/ SAEs (output of fgattr train-sae)")
     g = parser.add_argument_group("protocol (DESIGN §8; layers are 0-based block indices)")
     add(g, "--layers", "protocol.layers", type=int, nargs="+", help="single-layer sweep layers (default 2..10)")
-    add(g, "--variants", "protocol.variants", nargs="+", choices=("combined", "activation", "gradient"))
+    add(g, "--variants", "protocol.variants", nargs="+", choices=VARIANTS,
+        help="score variants of the single-layer sweep: the method and its ablations (default: combined activation "
+        "gradient gradient_signed)")
+    add(g, "--method-variant", "protocol.method_variant", choices=VARIANTS,
+        help="the score under test, selected and carried to the multi-layer, κ × c_max and test steps (default "
+        "combined; any other refuses the shuffled-decoder control, which cannot differ for it)")
     add(g, "--kappa", "protocol.kappa", type=float, help="κ of the layer sweeps (default 0.5)")
     add(g, "--c-max", "protocol.c_max", type=float, help="c_max of the layer sweeps (default 10)")
     add(g, "--multi-layers", "protocol.multi_layers", type=lambda s: [int(v) for v in s.split(",")], nargs="*",
@@ -88,7 +95,12 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--baselines", "protocol.baselines", nargs="*", help="baseline methods on the test set")
     add(g, "--val-images", "protocol.val_images", type=int, help="validation images (seeded subset; default 500)")
     add(g, "--test-images", "protocol.test_images", type=int, help="test images (seeded subset; default all)")
-    add(g, "--shuffle-seed", "protocol.shuffle_seed", type=int, help="seed of the shuffled-decoder control")
+    add(g, "--controls", "protocol.controls", nargs="*", choices=CONTROLS,
+        help="controls of each selected configuration on the test set (default: shuffled_decoder grad_input "
+        "grad_input_centered bias_projection permuted_gates)")
+    add(g, "--shuffle-seeds", "protocol.shuffle_seeds", type=int, nargs="+",
+        help="seeds of the shuffled-decoder control (default 0 1 2 3 4)")
+    add(g, "--permute-seed", "protocol.permute_seed", type=int, help="seed of the permuted-gates control (default 0)")
     g = parser.add_argument_group("evaluation")
     add(g, "--device", "evaluation.device", help="cpu, cuda, cuda:1 (under torchrun: cuda = one GPU per rank)")
     add(g, "--batch-size", "evaluation.batch_size", type=int, help="images per batch and per commit (default 16)")
@@ -209,14 +221,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     sweep = subparsers.add_parser(
         "sweep", formatter_class=fmt, help="validation sweeps: single layer, multi-layer, κ × c_max; selections",
         description="Experiments 1-3 of the protocol on the validation folder, each with its stored selection "
-        "(best mean %% improvement over TransMM across SaCo, FC and PF). Resumes an interrupted run.")
+        "(the combined score's configuration with the best mean standardised paired effect over TransMM across SaCo, "
+        "FC and PF; the other variants are ablations). Resumes an interrupted run.")
     _run_arguments(sweep)
     sweep.set_defaults(func=_command("sweep", _with_config(lambda config, args: _sweep(config))))
 
     evaluate = subparsers.add_parser(
         "evaluate", formatter_class=fmt, help="test evaluation of the selected configurations and the baselines",
-        description="TransMM vs FG-TransMM (selected single- and multi-layer configurations, real and shuffled "
-        "SAE decoders) and the baselines on the test folder; or --methods on any split. Resumes.")
+        description="TransMM vs FG-TransMM (selected single- and multi-layer configurations, each with its "
+        "controls: shuffled decoders, grad_input, grad_input_centered, bias_projection, permuted gates) and the "
+        "baselines on the test folder; or --methods on any split. Resumes.")
     _run_arguments(evaluate)
     evaluate.add_argument("--methods", help='JSON list (or file) of methods, e.g. [{"name": "fg", "params": '
                           '{"layers": [6], "variant": "combined"}}]; TransMM is added as the baseline')

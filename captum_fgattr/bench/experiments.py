@@ -1,20 +1,23 @@
-"""The study's protocol (DESIGN §8) on any model, data and SAEs: validation sweeps, selection, test.
+"""The study's protocol on any model, data and SAEs: validation sweeps, selection, test with controls.
 
-Experiments, in order (each also evaluates TransMM, the baseline every % and p-value refers to):
+The method under test is FG-TransMM with the ``combined`` score (:attr:`Protocol.method_variant`).
+Experiments, in order (each also evaluates TransMM, the baseline every effect refers to):
 
-1. ``single_layer`` (validation): FG-TransMM gated at one layer, ``layers × variants`` at (κ, c_max).
-2. ``multi_layer`` (validation): each of ``multi_layers``, gated with the selected variant, at (κ, c_max).
+1. ``single_layer`` (validation): FG-TransMM gated at one layer, ``layers × variants`` at (κ, c_max); the
+   variants other than the method's are ablations, reported per layer and never selected.
+2. ``multi_layer`` (validation): each of ``multi_layers`` with the method's variant, at (κ, c_max).
 3. ``kappa_cmax`` (validation): ``kappas × c_maxes`` on the selected multi-layer configuration.
-4. ``test``: TransMM; the selected single-layer and multi-layer (with the selected κ, c_max) configurations,
-   each with real SAE features and with a shuffled decoder; the baselines.
+4. ``test``: TransMM; FG (real SAE) at the selected single-layer and multi-layer configurations, each with
+   its controls (:data:`CONTROLS`: shuffled decoder over several seeds, grad_input, grad_input_centered,
+   bias_projection, permuted gates; same layers, κ, c_max and gate formula); the baselines.
 
 Selection rule (:data:`SELECTION_RULE`), stored in the run's ``selections`` table with every candidate's
-scores: highest mean over SaCo, FC and PF-AUC of the % improvement of the candidate's validation mean over
-TransMM's on the same images (100 · Δ / |baseline|, PF sign flipped so positive is better); ties go to the
-first candidate in protocol order.
+scores: highest mean over SaCo, FC and PF-AUC of the standardised paired effect vs TransMM on the same
+validation images (mean Δ / SD Δ, PF sign flipped so positive is better); ties go to the first candidate in
+protocol order. The thesis's % improvement is stored beside it.
 
 Python entry point: :func:`run_study` (what ``fgattr run`` and the demo call); the steps are
-:func:`run_sweep` and :func:`run_test`.
+:func:`run_sweep` and :func:`run_test`; :func:`control_groups` tells the report which rows are which control.
 """
 from __future__ import annotations
 
@@ -31,21 +34,27 @@ from torch.utils.data import Dataset, TensorDataset
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.evaluate import EvalConfig, Shard, evaluate_methods, select_ids
 from captum_fgattr.bench.methods import METHODS, MethodSpec
-from captum_fgattr.bench.stats import percent_improvement, summarize
+from captum_fgattr.bench.stats import paired_comparison, percent_improvement, summarize
 from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, ResultStore, Selection
+from captum_fgattr.gates import DECODER_PAIRED_VARIANTS, RESIDUAL_VARIANTS
+from captum_fgattr.gates import VARIANTS as ALL_VARIANTS
 from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = [
-    "Protocol", "SELECTION_RULE", "SINGLE", "MULTI", "GRID", "TEST", "VARIANTS", "DataSource",
-    "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep", "run_test", "run_study", "current_shard",
+    "Protocol", "SELECTION_RULE", "SINGLE", "MULTI", "GRID", "TEST", "VARIANTS", "CONTROLS", "DataSource",
+    "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep", "run_test", "run_study", "current_shard",
     "sync_ranks",
 ]
 
 SINGLE, MULTI, GRID, TEST = "single_layer", "multi_layer", "kappa_cmax", "test"
-VARIANTS = ("combined", "activation", "gradient")
+#: score variants of the single-layer sweep: the method (``combined``) and its ablations
+VARIANTS = ("combined", "activation", "gradient", "gradient_signed")
+#: controls of the test experiment; ``shuffled_decoder`` runs once per ``Protocol.shuffle_seeds`` seed
+CONTROLS = ("shuffled_decoder", "grad_input", "grad_input_centered", "bias_projection", "token_norm", "permuted_gates")
+DEFAULT_CONTROLS = ("shuffled_decoder", "grad_input", "grad_input_centered", "bias_projection", "permuted_gates")
 SELECTION_RULE = (
-    "highest mean over SaCo, FC and PF-AUC of the % improvement of the validation mean over TransMM on the same "
-    "images (100*delta/|TransMM|, PF sign flipped); ties: first candidate"
+    "highest mean over SaCo, FC and PF-AUC of the standardised paired effect vs TransMM on the same validation "
+    "images (mean delta / SD delta, PF sign flipped so positive is better); ties: first candidate"
 )
 #: a split: a dataset of (image (C, H, W), label) items, or (images (N, C, H, W), labels (N,)) tensors
 DataSource = Union[Dataset, tuple[Tensor, Tensor]]
@@ -70,14 +79,17 @@ class Protocol:
     """What the study evaluates (thesis defaults). Layers are 0-based block indices (timm ``blocks[i]``)."""
 
     layers: tuple[int, ...] = tuple(range(2, 11))  # single-layer sweep
-    variants: tuple[str, ...] = VARIANTS  # FG score variants swept at every layer
+    variants: tuple[str, ...] = VARIANTS  # score variants swept at every layer (the method + ablations)
+    method_variant: str = "combined"  # the score under test: selected, multi-layer, κ × c_max and test
     kappa: float = 0.5  # gate strength for the layer sweeps
     c_max: float = 10.0  # gate range for the layer sweeps
     multi_layers: tuple[tuple[int, ...], ...] = ((2, 3, 4), (4, 6, 7), (6, 9, 10))  # multi-layer configurations
     kappas: tuple[float, ...] = (0.1, 0.5, 1.0)  # κ grid on the selected multi-layer configuration
     c_maxes: tuple[float, ...] = (2.0, 10.0, 50.0)  # c_max grid
     baselines: tuple[str, ...] = ("gradcam", "integrated_gradients", "saliency", "rollout", "raw_attention", "random")
-    shuffle_seed: int = 0  # seed of the shuffled-decoder control on the test set
+    controls: tuple[str, ...] = DEFAULT_CONTROLS  # controls of every selected configuration on the test set
+    shuffle_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds of the shuffled-decoder control
+    permute_seed: int = 0  # seed of the permuted-gates control
     val_images: int | None = 500  # validation images (seeded subset; None = all)
     test_images: int | None = None  # test images (seeded subset; None = all)
     subset_seed: int = 42  # seed of the image subsets
@@ -87,9 +99,22 @@ class Protocol:
         if not self.layers or not self.variants:
             raise ValueError("the single-layer sweep needs at least one layer and one variant")
         object.__setattr__(self, "variants", tuple(self.variants))
-        bad = [v for v in self.variants if v not in VARIANTS]
+        bad = [v for v in self.variants if v not in ALL_VARIANTS]
         if bad:
-            raise ValueError(f"variants {bad}; expected a subset of {list(VARIANTS)}")
+            raise ValueError(f"variants {bad}; expected a subset of {list(ALL_VARIANTS)}")
+        if self.method_variant not in self.variants:
+            raise ValueError(f"method_variant={self.method_variant!r} is not among the swept variants {list(self.variants)}")
+        object.__setattr__(self, "controls", tuple(self.controls))
+        unknown_controls = [c for c in self.controls if c not in CONTROLS]
+        if unknown_controls:
+            raise ValueError(f"controls {unknown_controls}; expected a subset of {list(CONTROLS)}")
+        if "shuffled_decoder" in self.controls and self.method_variant not in DECODER_PAIRED_VARIANTS:
+            raise ValueError(f"the shuffled-decoder control cannot differ for method_variant={self.method_variant!r} "
+                             "(its score does not pair activations with decoder rows): remove 'shuffled_decoder' "
+                             "from controls or test 'combined'")
+        object.__setattr__(self, "shuffle_seeds", tuple(int(seed) for seed in self.shuffle_seeds))
+        if "shuffled_decoder" in self.controls and not self.shuffle_seeds:
+            raise ValueError("the shuffled-decoder control needs at least one seed (shuffle_seeds)")
         object.__setattr__(self, "multi_layers", tuple(_layer_tuple("multi_layers", m) for m in self.multi_layers))
         if any(not m for m in self.multi_layers):
             raise ValueError(f"multi_layers={self.multi_layers!r}; every configuration needs at least one layer")
@@ -130,15 +155,69 @@ def transmm_spec() -> MethodSpec:
     return MethodSpec("transmm", {}, "TransMM")
 
 
-def fg_spec(layers: Sequence[int], variant: str, kappa: float, c_max: float, shuffle_seed: int | None = None) -> MethodSpec:
+def fg_spec(layers: Sequence[int], variant: str, kappa: float, c_max: float, shuffle_seed: int | None = None,
+            permute_seed: int | None = None) -> MethodSpec:
     """FG-TransMM spec with every parameter explicit (so equal configurations share stored results)."""
     layers = sorted(int(layer) for layer in layers)
     where = f"L{layers[0]}" if len(layers) == 1 else "L[" + ",".join(map(str, layers)) + "]"
-    label = f"FG {where} {variant} κ={kappa:g} c={c_max:g}" + (" shuffled" if shuffle_seed is not None else "")
+    label = f"FG {where} {variant} κ={kappa:g} c={c_max:g}"
     params: dict[str, Any] = {"layers": layers, "variant": variant, "kappa": float(kappa), "c_max": float(c_max)}
     if shuffle_seed is not None:
         params["shuffle_seed"] = int(shuffle_seed)
+        label += f" shuffled decoder s{shuffle_seed}"
+    if permute_seed is not None:
+        params["permute_seed"] = int(permute_seed)
+        label += " permuted gates"
     return MethodSpec("fg", params, label)
+
+
+def control_specs(real: MethodSpec, protocol: Protocol) -> dict[str, list[MethodSpec]]:
+    """The controls of one FG configuration: control name -> specs (several for the shuffled decoder)."""
+    p = real.params
+    args = (p["layers"], p["variant"], p["kappa"], p["c_max"])
+    out: dict[str, list[MethodSpec]] = {}
+    for control in protocol.controls:
+        if control == "shuffled_decoder":
+            out[control] = [fg_spec(*args, shuffle_seed=seed) for seed in protocol.shuffle_seeds]
+        elif control == "permuted_gates":
+            out[control] = [fg_spec(*args, permute_seed=protocol.permute_seed)]
+        else:
+            out[control] = [fg_spec(p["layers"], control, p["kappa"], p["c_max"])]
+    return out
+
+
+@dataclass(frozen=True)
+class ControlGroup:
+    """One FG configuration of the test experiment and its controls (same layers, κ, c_max)."""
+
+    real: MethodSpec
+    controls: dict[str, list[MethodSpec]]  # control name (:data:`CONTROLS`) -> its method specs
+
+
+def _control_name(spec: MethodSpec) -> str | None:
+    """Which control a stored FG spec is (None for a real-feature method)."""
+    p = spec.params
+    if "shuffle_seed" in p:
+        return "shuffled_decoder"
+    if "permute_seed" in p:
+        return "permuted_gates"
+    return p["variant"] if p["variant"] in RESIDUAL_VARIANTS else None
+
+
+def control_groups(specs: Sequence[MethodSpec]) -> list[ControlGroup]:
+    """Group an experiment's FG specs into real configurations and their controls (in registration order)."""
+    configuration = lambda s: (tuple(s.params["layers"]), s.params["kappa"], s.params["c_max"])  # noqa: E731
+    fg = [s for s in specs if s.name == "fg"]
+    groups = []
+    for real in (s for s in fg if _control_name(s) is None):
+        controls: dict[str, list[MethodSpec]] = {}
+        for spec in fg:
+            name = _control_name(spec)
+            if name is not None and configuration(spec) == configuration(real) and (
+                    name in RESIDUAL_VARIANTS or spec.params["variant"] == real.params["variant"]):
+                controls.setdefault(name, []).append(spec)
+        groups.append(ControlGroup(real, controls))
+    return groups
 
 
 def current_shard() -> Shard:
@@ -162,25 +241,32 @@ def select_best(
     Raises:
         ValueError: a candidate or TransMM lacks results for some of the images (unfinished run).
     """
-    scores: dict[str, dict[str, float]] = {}
-    base = None
-    for spec in (transmm_spec(), *candidates):
-        columns = store.scores(split, spec.key, image_ids)
-        if len(columns["image_id"]) != len(image_ids):
-            raise ValueError(f"{spec.label} has results for {len(columns['image_id'])} of {len(image_ids)} "
+    def columns(spec: MethodSpec) -> dict[str, Any]:
+        found = store.scores(split, spec.key, image_ids)
+        if len(found["image_id"]) != len(image_ids):
+            raise ValueError(f"{spec.label} has results for {len(found['image_id'])} of {len(image_ids)} "
                              f"{split} images; finish the {experiment!r} evaluation before selecting")
-        means = {m: summarize(columns[m]).mean for m in METRICS}
-        if base is None:
-            base = means
-            continue
-        pct = {m: percent_improvement(means[m], base[m], HIGHER_IS_BETTER[m]) for m in METRICS}
-        scores[spec.key] = {**{f"{m}_mean": means[m] for m in METRICS}, **{f"{m}_pct": pct[m] for m in METRICS},
-                            "mean_pct": sum(pct.values()) / len(pct), "label": spec.label}  # type: ignore[dict-item]
-    ranked = [(s if math.isfinite(s) else -math.inf) for s in (scores[spec.key]["mean_pct"] for spec in candidates)]
+        return found  # rows ordered by image id, as the baseline's
+
+    base = columns(transmm_spec())
+    base_means = {m: summarize(base[m]).mean for m in METRICS}
+    scores: dict[str, dict[str, Any]] = {}
+    for spec in candidates:
+        mine = columns(spec)
+        record: dict[str, Any] = {"label": spec.label}
+        for m in METRICS:
+            mean = summarize(mine[m]).mean
+            comparison = paired_comparison(mine[m], base[m])
+            record.update({f"{m}_mean": mean, f"{m}_pct": percent_improvement(mean, base_means[m], HIGHER_IS_BETTER[m]),
+                           f"{m}_dz": comparison.oriented_d_z(HIGHER_IS_BETTER[m])})
+        record["mean_pct"] = sum(record[f"{m}_pct"] for m in METRICS) / len(METRICS)
+        record["mean_dz"] = sum(record[f"{m}_dz"] for m in METRICS) / len(METRICS)
+        scores[spec.key] = record
+    ranked = [(s if math.isfinite(s) else -math.inf) for s in (scores[spec.key]["mean_dz"] for spec in candidates)]
     best = candidates[ranked.index(max(ranked))]
     selection = Selection(name, experiment, best.key, SELECTION_RULE,
                           {"candidates": scores, "chosen": {"name": best.name, "params": dict(best.params)},
-                           "baseline": {f"{m}_mean": base[m] for m in METRICS}, "split": split,
+                           "baseline": {f"{m}_mean": base_means[m] for m in METRICS}, "split": split,
                            "n_images": len(image_ids)})
     store.set_selection(selection)
     return selection
@@ -226,8 +312,9 @@ def run_sweep(
     singles = [fg_spec([layer], variant, protocol.kappa, protocol.c_max)
                for layer in protocol.layers for variant in protocol.variants]
     run(SINGLE, singles)
-    selected = {SINGLE: select_best(store, SINGLE, SINGLE, "val", singles, ids)}
-    variant = selected[SINGLE].details["chosen"]["params"]["variant"]
+    variant = protocol.method_variant  # the other variants are ablations: reported, never selected
+    method_singles = [spec for spec in singles if spec.params["variant"] == variant]
+    selected = {SINGLE: select_best(store, SINGLE, SINGLE, "val", method_singles, ids)}
     if protocol.multi_layers:
         multis = [fg_spec(layers, variant, protocol.kappa, protocol.c_max) for layers in protocol.multi_layers]
         run(MULTI, multis)
@@ -241,7 +328,8 @@ def run_sweep(
 
 
 def final_specs(store: ResultStore, protocol: Protocol) -> list[MethodSpec]:
-    """Methods of the test experiment from the stored selections.
+    """Methods of the test experiment from the stored selections: TransMM, each selected FG configuration
+    followed by its controls (:func:`control_specs`), the baselines.
 
     Raises:
         ValueError: the run has no single-layer selection (run the sweep first).
@@ -256,8 +344,12 @@ def final_specs(store: ResultStore, protocol: Protocol) -> list[MethodSpec]:
         chosen.append(selection.details["chosen"]["params"])
     specs = [transmm_spec()]
     for params in chosen:
-        args = (params["layers"], params["variant"], params["kappa"], params["c_max"])
-        specs += [fg_spec(*args), fg_spec(*args, shuffle_seed=protocol.shuffle_seed)]
+        real = fg_spec(params["layers"], params["variant"], params["kappa"], params["c_max"])
+        if real in specs:  # the multi-layer choice can equal the single-layer one
+            continue
+        specs.append(real)
+        for controls in control_specs(real, protocol).values():
+            specs += controls
     return specs + [MethodSpec(name) for name in protocol.baselines]
 
 

@@ -82,13 +82,17 @@ def _transmm(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAut
 def _feature_gradient(
     model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder], layers: list[int],
     variant: str = "combined", kappa: float = 0.5, c_max: float = 10.0, shuffle_seed: int | None = None,
+    permute_seed: int | None = None,
 ) -> PatchMethod:
+    """FG-TransMM or one of its controls (a score variant, the shuffled decoder or permuted gates); the
+    permuted-gates control is seeded per sample id, so it does not depend on the batching."""
     missing = [layer for layer in layers if layer not in saes]
     if missing:
         raise ValueError(f"no SAE for gated layers {missing}; SAEs are available for layers {sorted(saes)}")
     method = FeatureGradientTransMM(model, {layer: saes[layer] for layer in layers}, kappa=kappa, c_max=c_max,
-                                    variant=variant, shuffle_decoder_seed=shuffle_seed)
-    return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True).flatten(1)
+                                    variant=variant, shuffle_decoder_seed=shuffle_seed, permute_gates_seed=permute_seed)
+    return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True,
+                                                         sample_ids=ids).flatten(1)
 
 
 @register_method("gradcam")

@@ -5,7 +5,11 @@ Per experiment: ``{experiment}.md`` / ``{experiment}.csv`` (method, layers, SaCo
 ``single_layer.png`` (per-layer curves per variant, TransMM line), ``multi_layer.png`` (bars),
 ``kappa_cmax.png`` (heatmaps of % improvement), ``overlays_{experiment}.png`` (image / TransMM / FG, for
 the test and any other non-sweep experiment).
-``report.md`` gathers the tables, the validation selections and the figures.
+Test experiment: ``comparisons.md`` / ``comparisons.csv`` (FG real vs TransMM and vs each control, per metric:
+mean paired Δ with 95 % CI, Cohen's d_z, paired p, Holm-adjusted p, n; the minimum detectable effect),
+``comparisons.png`` (paired Δ with 95 % CIs) and one verdict line per claim.
+``report.md`` gathers the run's header (data, model, SAEs, metric settings, definitions), the validation
+selections, the tables, the verdicts and the figures.
 """
 from __future__ import annotations
 
@@ -20,9 +24,12 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE
+from captum_fgattr.bench.comparisons import METRIC_NAMES, Comparison, claim_comparisons, format_p, verdict_lines
+from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups
 from captum_fgattr.bench.methods import MethodSpec
-from captum_fgattr.bench.stats import Summary, TTest, paired_ttest, percent_improvement, stars, summarize, welch_ttest
+from captum_fgattr.bench.stats import (
+    Summary, TTest, paired_comparison, paired_ttest, percent_improvement, summarize, welch_ttest,
+)
 from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, STORE_NAME, ResultStore
 
 __all__ = ["MetricCell", "TableRow", "experiment_table", "write_report", "PF_SCALES"]
@@ -98,7 +105,7 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 
 def _p(test: TTest) -> str:
-    return "–" if not math.isfinite(test.p) else f"{test.p:.2g}{stars(test.p)}"
+    return format_p(test.p)
 
 
 def _markdown(rows: Sequence[TableRow], title: str) -> str:
@@ -118,12 +125,6 @@ def _markdown(rows: Sequence[TableRow], title: str) -> str:
               "TransMM (*** p<0.001, ** p<0.01, * p<0.05)."]
     if nan:
         lines.append("Undefined SaCo (excluded): " + ", ".join(f"{label}: {n}" for label, n in nan) + ".")
-    invariant = [row.method.label for row in rows if row.method.name == "fg" and row.method.params.get("shuffle_seed")
-                 is not None and row.method.params.get("variant", "combined") != "combined"]
-    if invariant:
-        lines.append("The shuffled-decoder control cannot change the activation and gradient variants (their scores "
-                     "do not pair f_k with d_k), so these rows equal the real-SAE rows by construction: "
-                     + ", ".join(invariant) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -210,33 +211,148 @@ def _heatmaps(rows: Sequence[TableRow], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def _gallery_ids(store: ResultStore, split: str, ids: Sequence[int], real: MethodSpec | None, per_class: int = 2) -> list[int]:
+    """Up to ``per_class`` stored images per class, then the images FG improved and degraded most on SaCo."""
+    base = next((s for s in store.experiment_methods(TEST, split) if s.name == "transmm"), None)
+    columns = store.scores(split, base.key, ids) if base is not None else None
+    if columns is None or not len(columns["image_id"]):
+        return list(ids[:2 * per_class])
+    chosen: list[int] = []
+    for label in np.unique(columns["label"]):
+        chosen += [int(i) for i in columns["image_id"][columns["label"] == label][:per_class]]
+    if real is not None:
+        mine = store.scores(split, real.key, ids)
+        delta = mine["saco"] - columns["saco"] if len(mine["image_id"]) == len(columns["image_id"]) else None
+        if delta is not None and np.isfinite(delta).any():
+            order = np.argsort(np.where(np.isfinite(delta), delta, 0.0))
+            chosen += [int(columns["image_id"][order[-1]]), int(columns["image_id"][order[0]])]
+    return list(dict.fromkeys(chosen))
+
+
 def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bool:
-    """Image / TransMM / FG (real features) overlays of the stored gallery images; False if none stored."""
+    """Image / TransMM / FG (real features) / its controls for images of every class and the most improved and
+    degraded (SaCo) images among the stored gallery; False if none stored."""
     images = store.images(split)
-    specs = [s for s in store.experiment_methods(experiment, split)
-             if s.name == "transmm" or (s.name == "fg" and "shuffle_seed" not in s.params)]
-    ids = [i for i in store.experiment_ids(experiment, split) if i in images]
-    ids = [i for i in ids if all(store.attribution(split, s.key, i) is not None for s in specs)]
-    if not ids or not specs:
+    specs = store.experiment_methods(experiment, split)
+    groups = control_groups(specs)
+    shown = [s for s in specs if s.name == "transmm"]
+    for group in groups[-1:]:  # the last selected configuration (multi-layer) and one method per control
+        shown += [group.real] + [controls[0] for controls in group.controls.values()]
+    if not groups:
+        shown += [s for s in specs if s.name == "fg"]
+    stored = [i for i in store.experiment_ids(experiment, split) if i in images
+              and all(store.attribution(split, s.key, i) is not None for s in shown)]
+    ids = _gallery_ids(store, split, stored, groups[-1].real if groups else None)
+    if not ids or not shown:
         return False
-    fig = Figure(figsize=(2.4 * (1 + len(specs)), 2.4 * len(ids)))
-    axes = fig.subplots(len(ids), 1 + len(specs), squeeze=False)
+    info = store.scores(split, shown[0].key, ids)
+    label_of = dict(zip(info["image_id"].tolist(), zip(info["label"].tolist(), info["prediction"].tolist())))
+    fig = Figure(figsize=(2.3 * (1 + len(shown)) + 0.6, 2.4 * len(ids)))
+    axes = fig.subplots(len(ids), 1 + len(shown), squeeze=False)
     for r, image_id in enumerate(ids):
         image = images[image_id]
-        axes[r, 0].imshow(image)
-        axes[r, 0].set_title(f"image {image_id}", fontsize=8)
-        for c, spec in enumerate(specs, start=1):
+        label, prediction = label_of.get(image_id, (-1, -1))
+        axes[r, 0].imshow(image, cmap="gray")
+        axes[r, 0].set_title(f"image {image_id}\nclass {label}, predicted {prediction}", fontsize=7)
+        for c, spec in enumerate(shown, start=1):
             attr = store.attribution(split, spec.key, image_id)
             lo, hi = float(attr.min()), float(attr.max())
-            axes[r, c].imshow(image)
-            axes[r, c].imshow((attr - lo) / (hi - lo) if hi > lo else np.zeros_like(attr), cmap="jet", alpha=0.5,
-                              extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5), interpolation="nearest")
-            axes[r, c].set_title(spec.label, fontsize=7)
+            axes[r, c].imshow(image, cmap="gray")
+            heat = axes[r, c].imshow((attr - lo) / (hi - lo) if hi > lo else np.zeros_like(attr), cmap="jet",
+                                     alpha=0.5, vmin=0.0, vmax=1.0, interpolation="nearest",
+                                     extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
+            axes[r, c].set_title(spec.label, fontsize=6)
     for ax in axes.flat:
         ax.axis("off")
-    fig.tight_layout()
+    fig.colorbar(heat, ax=axes[:, -1].tolist(), shrink=0.6, label="attribution (min–max per map)")
     fig.savefig(path, dpi=100)
     return True
+
+
+def _comparisons_markdown(comparisons: Sequence[Comparison]) -> str:
+    header = ["FG configuration", "vs", "metric", "n", "mean Δ [95 % CI]", "d_z", "p paired", "p Holm", "MDE"]
+    lines = ["### Paired comparisons (test)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in comparisons:
+        r = c.result
+        lines.append("| " + " | ".join([
+            c.configuration.label, c.title, METRIC_NAMES[c.metric], str(r.n),
+            f"{_fmt(r.delta)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]", _fmt(r.d_z, 2), format_p(r.p), format_p(r.p_holm),
+            _fmt(r.mde)]) + " |")
+    lines += ["", "Δ = FG (real SAE) − reference on the same images (pairs with an undefined value dropped; n = pairs "
+              "used). SaCo and FC: positive Δ is better; PF: negative Δ is better. d_z = mean Δ / SD Δ. p Holm: "
+              f"Holm-adjusted over all {len(comparisons)} comparisons of this table (*** p<0.001, ** p<0.01, "
+              "* p<0.05). MDE: the smallest |mean Δ| this n detects with 80 % power at α = 0.05 (paired t-test)."]
+    return "\n".join(lines) + "\n"
+
+
+def _comparisons_csv(comparisons: Sequence[Comparison], path: Path) -> None:
+    fields = ["configuration", "configuration_key", "against", "n_references", "metric", "n", "n_dropped", "delta",
+              "ci_low", "ci_high", "sd", "d_z", "t", "p", "p_holm", "mde"]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for c in comparisons:
+            r = c.result
+            writer.writerow({"configuration": c.configuration.label, "configuration_key": c.configuration.key,
+                             "against": c.against, "n_references": c.n_references, "metric": c.metric, "n": r.n,
+                             "n_dropped": r.n_dropped, "delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                             "sd": r.sd, "d_z": r.d_z, "t": r.t, "p": r.p, "p_holm": r.p_holm, "mde": r.mde})
+
+
+def _comparisons_figure(comparisons: Sequence[Comparison], path: Path) -> None:
+    """Paired Δ (FG real − reference) with 95 % CIs, one panel per metric, a zero line."""
+    fig = Figure(figsize=(4.6 * len(METRICS), 0.5 + 0.32 * max(1, len(comparisons) // len(METRICS))))
+    axes = fig.subplots(1, len(METRICS), sharey=True)
+    for ax, metric in zip(axes, METRICS):
+        rows = [c for c in comparisons if c.metric == metric]
+        y = np.arange(len(rows))[::-1]
+        deltas = np.array([c.result.delta for c in rows])
+        err = np.array([[c.result.delta - c.result.ci_low for c in rows], [c.result.ci_high - c.result.delta for c in rows]])
+        ax.errorbar(deltas, y, xerr=err, fmt="o", capsize=3, color="tab:blue")
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_yticks(y, [f"{c.configuration.label.split(' ')[1]} vs {c.title}" for c in rows], fontsize=7)
+        better = "→ FG better" if HIGHER_IS_BETTER[metric] else "← FG better"
+        ax.set(title=f"{TITLES[metric]}: mean paired Δ, 95 % CI", xlabel=f"Δ (FG real − reference)  {better}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def _validation_summary(store: ResultStore) -> str | None:
+    """Thesis Table 7.2 form: per variant its best single layer, and the best multi-layer configuration, ranked
+    by the selection criterion (mean standardised paired effect vs TransMM on the validation images)."""
+    rows = []
+    for experiment in (SINGLE, MULTI):
+        if (experiment, "val") not in store.experiments():
+            continue
+        specs = store.experiment_methods(experiment, "val")
+        ids = store.experiment_ids(experiment, "val")
+        base = next((s for s in specs if s.name == "transmm"), None)
+        if base is None:
+            continue
+        best: dict[str, tuple[float, MethodSpec, dict[str, float]]] = {}
+        for spec in (s for s in specs if s.name == "fg"):
+            effects = {}
+            for metric in METRICS:
+                a, b = store.scores("val", spec.key, ids)[metric], store.scores("val", base.key, ids)[metric]
+                if len(a) != len(b):
+                    break
+                effects[metric] = paired_comparison(a, b).oriented_d_z(HIGHER_IS_BETTER[metric])
+            else:
+                key = spec.params["variant"] if experiment == SINGLE else "multi-layer"
+                score = float(np.mean(list(effects.values())))
+                score = score if math.isfinite(score) else -math.inf
+                if key not in best or score > best[key][0]:
+                    best[key] = (score, spec, effects)
+        for key, (score, spec, effects) in best.items():
+            rows.append("| " + " | ".join([key, spec.label] + [_fmt(effects[m], 2) for m in METRICS]
+                                          + [_fmt(score, 2)]) + " |")
+    if not rows:
+        return None
+    header = ["variant", "best configuration"] + [f"d_z {METRIC_NAMES[m]}" for m in METRICS] + ["mean d_z"]
+    return "\n".join(["### Validation summary (best per variant)", "", "| " + " | ".join(header) + " |",
+                      "|" + "---|" * len(header), *rows, "",
+                      "d_z: standardised paired effect vs TransMM (positive = better, PF sign flipped). The "
+                      "non-combined variants are ablations: reported, never carried to the test."]) + "\n"
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scale: str = "unit") -> Path:
@@ -254,11 +370,17 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
         raise FileNotFoundError(f"no {STORE_NAME} in {run_dir}; run `fgattr sweep` / `fgattr evaluate` first")
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    sections = [f"# Results of {run_dir}", "", f"PF AUC scale: {pf_scale}.", ""]
     with ResultStore(run_dir) as store:
         experiments = store.experiments()
         if not experiments:
             raise ValueError(f"the store in {run_dir} holds no experiment")
+        invocations = store.invocations()
+        config = invocations[-1][2] if invocations else {}
+        sections = [f"# Results of {run_dir}", "", *_header(config, pf_scale)]
+        sections += _selections(store)
+        summary = _validation_summary(store)
+        if summary:
+            sections += [summary, ""]
         names = [e for e, _ in experiments]
         for experiment, split in experiments:
             rows = experiment_table(store, experiment, split, pf_scale)
@@ -271,21 +393,64 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
             if figure is not None and any(row.method.name == "fg" for row in rows):
                 figure(rows, out / f"{name}.png")
                 sections += [f"![{experiment}]({name}.png)", ""]
+            comparisons = claim_comparisons(store, experiment, split) if figure is None else []
+            if comparisons:
+                text = _comparisons_markdown(comparisons)
+                verdicts = "\n".join(["### Verdicts", "", *[f"* {line}" for line in verdict_lines(comparisons)]]) + "\n"
+                (out / f"comparisons_{name}.md").write_text(text + "\n" + verdicts)
+                _comparisons_csv(comparisons, out / f"comparisons_{name}.csv")
+                _comparisons_figure(comparisons, out / f"comparisons_{name}.png")
+                sections += [text, f"CSV: `comparisons_{name}.csv`", "", verdicts,
+                             f"![paired differences](comparisons_{name}.png)", ""]
             if figure is None and _overlays(store, experiment, split, out / f"overlays_{name}.png"):
                 sections += [f"![overlays]({f'overlays_{name}.png'})", ""]
-        selections = [store.selection(n) for n in (SINGLE, MULTI, GRID)]
-        selections = [s for s in selections if s is not None]
-        if selections:
-            sections += ["## Selections on validation", "", f"Rule: {selections[0].rule}.", ""]
-            for s in selections:
-                chosen = s.details["candidates"][s.method_key]
-                sections.append(f"* {s.name}: **{chosen['label']}** (mean % improvement {_fmt(chosen['mean_pct'], 2)})")
-            sections.append("")
-        invocations = store.invocations()
         if invocations:
-            command, started, config = invocations[-1]
+            command, started, _ = invocations[-1]
             sections += ["## Configuration (last command)", "", f"`{command}` at {started}", "", "```json",
                          json.dumps(config, indent=2, sort_keys=True), "```", ""]
     path = out / "report.md"
     path.write_text("\n".join(sections))
     return path
+
+
+DEFINITIONS = [
+    "**SaCo** (Wu et al. 2024): patches ranked by attribution, cut into K groups; each group is replaced alone and "
+    "the drop in the target's probability should order like the groups' attribution sums. In [−1, 1], higher is better.",
+    "**FC**, Faithfulness Correlation (Bhatt et al. 2020): correlation, over random patch subsets, between the subset's "
+    "attribution sum and the logit drop when it is replaced. Higher is better.",
+    "**PF**, Pixel Flipping (Bach et al. 2015): patches replaced cumulatively, most relevant first; area under the "
+    "target-probability curve. Lower is better.",
+    "**FG (real SAE)**, the method: gates from s_t = Σ_k f_tk⟨g_t, d_k⟩ (SAE codes f, decoder rows d, gradient g of the "
+    "target logit at the gated block's output) rescale TransMM's attention columns.",
+    "**Controls** (same layers, κ, c_max and gate formula; only the score changes): *shuffled decoder* — decoder rows "
+    "permuted, codes kept; *grad_input* — ⟨g_t, x_t⟩, no SAE; *grad_input_centered* — ⟨g_t, x_t − b_dec⟩, what the "
+    "combined score equals for a perfect SAE; *bias_projection* — −⟨g_t, b_dec⟩, one direction for every token; "
+    "*permuted gates* — the real gates shuffled over patch positions. FG beating all of them is what credits the SAE's "
+    "features.",
+]
+
+
+def _header(config: dict, pf_scale: str) -> list[str]:
+    """The run's own description: data, model, SAEs (from the configuration's ``header`` if the caller stored one),
+    metric settings and definitions."""
+    lines = ["## Setup", ""]
+    for key, text in (config.get("header") or {}).items():
+        lines.append(f"* **{key}**: {text}")
+    metrics = (config.get("evaluation") or {}).get("metrics") or (config.get("plan") or {}).get("metrics")
+    if metrics:
+        lines.append("* **metric settings**: " + ", ".join(f"{k} = {v}" for k, v in sorted(metrics.items())))
+    lines.append(f"* **PF AUC scale**: {pf_scale} ({'× number of patches' if pf_scale == 'patches' else 'in [0, 1]'})")
+    return lines + ["", *[f"* {d}" for d in DEFINITIONS], ""]
+
+
+def _selections(store: ResultStore) -> list[str]:
+    selections = [s for s in (store.selection(n) for n in (SINGLE, MULTI, GRID)) if s is not None]
+    if not selections:
+        return []
+    lines = ["## Selections on validation", "", f"Rule: {selections[0].rule}.", ""]
+    for s in selections:
+        chosen = s.details["candidates"][s.method_key]
+        effect = (f"mean standardised effect {_fmt(chosen['mean_dz'], 2)}, " if "mean_dz" in chosen else "")
+        lines.append(f"* {s.name}: **{chosen['label']}** ({effect}mean % improvement {_fmt(chosen['mean_pct'], 2)}; "
+                     f"{s.details.get('n_images', '?')} images)")
+    return lines + [""]

@@ -1,0 +1,106 @@
+"""The test experiment's claims as paired comparisons: FG (real SAE) vs TransMM and vs each of its controls.
+
+For every selected FG configuration and every metric, the per-image scores of the real method are paired
+with those of TransMM and of each control on the same image ids (the shuffled decoder: the per-image mean
+over its seeds). One family: all comparisons of the experiment, Holm-adjusted together.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from captum_fgattr.bench.experiments import control_groups
+from captum_fgattr.bench.methods import MethodSpec
+from captum_fgattr.bench.stats import PairedComparison, holm_adjust, paired_comparison, stars, verdict
+from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, ResultStore
+
+__all__ = ["Comparison", "AGAINST_TITLES", "METRIC_NAMES", "claim_comparisons", "format_p", "verdict_lines"]
+
+METRIC_NAMES = {"saco": "SaCo", "fc": "FC", "pf_auc": "PF"}
+
+#: how each comparison reads in tables and verdicts
+AGAINST_TITLES = {
+    "transmm": "TransMM",
+    "shuffled_decoder": "shuffled decoder",
+    "grad_input": "grad_input ⟨g, x⟩",
+    "grad_input_centered": "grad_input_centered ⟨g, x − b_dec⟩",
+    "bias_projection": "bias_projection −⟨g, b_dec⟩",
+    "token_norm": "token_norm ‖x‖",
+    "permuted_gates": "permuted gates",
+}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """FG (real SAE) at one configuration vs one reference, on one metric."""
+
+    configuration: MethodSpec  # the real-feature FG method
+    against: str  # key of :data:`AGAINST_TITLES`
+    n_references: int  # methods averaged per image into the reference (the shuffled-decoder seeds), else 1
+    metric: str
+    result: PairedComparison  # real − reference, p_holm over the experiment's family
+
+    @property
+    def title(self) -> str:
+        title = AGAINST_TITLES[self.against]
+        return f"{title} (mean of {self.n_references} seeds)" if self.n_references > 1 else title
+
+
+def _aligned(store: ResultStore, split: str, specs: Sequence[MethodSpec], ids: Sequence[int], metric: str) -> np.ndarray:
+    """(len(ids),) per-image mean over ``specs`` of ``metric`` (NaN where undefined or missing)."""
+    index = {image_id: i for i, image_id in enumerate(ids)}
+    table = np.full((len(specs), len(ids)), math.nan)
+    for row, spec in enumerate(specs):
+        columns = store.scores(split, spec.key, ids)
+        for image_id, value in zip(columns["image_id"], columns[metric]):
+            table[row, index[int(image_id)]] = value
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(table, axis=0) if len(specs) > 1 else table[0]
+    return np.where(np.isnan(table).all(axis=0), math.nan, mean)
+
+
+def claim_comparisons(store: ResultStore, experiment: str, split: str) -> list[Comparison]:
+    """Every paired comparison of ``experiment`` (FG real vs TransMM and vs each control), Holm-adjusted."""
+    ids = store.experiment_ids(experiment, split)
+    specs = store.experiment_methods(experiment, split)
+    transmm = [s for s in specs if s.name == "transmm"]
+    raw: list[Comparison] = []
+    for group in control_groups(specs):
+        references = ([("transmm", transmm)] if transmm else []) + list(group.controls.items())
+        for metric in METRICS:
+            real = _aligned(store, split, [group.real], ids, metric)
+            for against, reference in references:
+                result = paired_comparison(real, _aligned(store, split, reference, ids, metric))
+                raw.append(Comparison(group.real, against, len(reference), metric, result))
+    adjusted = holm_adjust([c.result for c in raw])
+    return [Comparison(c.configuration, c.against, c.n_references, c.metric, r) for c, r in zip(raw, adjusted)]
+
+
+def format_p(p: float) -> str:
+    """A p-value for tables: two significant digits with stars (*** < 0.001, ** < 0.01, * < 0.05), – for NaN."""
+    return "–" if not math.isfinite(p) else f"{p:.2g}{stars(p)}"
+
+
+def _claim(comparisons: Sequence[Comparison]) -> str:
+    """'SaCo better (Δ +0.10 [0.05, 0.15], p_Holm 0.001), FC no detectable difference (…), …'."""
+    parts = []
+    for c in comparisons:
+        r = c.result
+        parts.append(f"{METRIC_NAMES[c.metric]} {verdict(r, HIGHER_IS_BETTER[c.metric])} "
+                     f"(Δ {r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], p_Holm {format_p(r.p_holm)}, n {r.n})")
+    return ", ".join(parts)
+
+
+def verdict_lines(comparisons: Sequence[Comparison]) -> list[str]:
+    """One plain-language line per claim: configuration × reference, every metric's verdict."""
+    lines = []
+    seen: dict[tuple[str, str], list[Comparison]] = {}
+    for c in comparisons:
+        seen.setdefault((c.configuration.key, c.against), []).append(c)
+    for group in seen.values():
+        first = group[0]
+        lines.append(f"{first.configuration.label} vs {first.title}: {_claim(group)}.")
+    return lines
