@@ -16,8 +16,13 @@ def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cach
     rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
     labels = [row.split("|")[1].strip() for row in rows]
     assert labels[0] == "TransMM"
-    assert any(lab.startswith("FG") and not lab.endswith("shuffled") for lab in labels)
-    assert any(lab.startswith("FG") and lab.endswith("shuffled") for lab in labels)
+    assert any(lab.startswith("FG") and lab.endswith("combined κ=0.5 c=10") for lab in labels)
+    for control in ("shuffled decoder s0", "permuted gates"):
+        assert any(lab.startswith("FG") and lab.endswith(control) for lab in labels)
+    for control in ("grad_input", "grad_input_centered", "bias_projection"):
+        assert any(lab.startswith("FG") and f" {control} " in lab for lab in labels)
+    assert "Selected on validation" in printed and "### Paired comparisons (test)" in printed
+    assert "### Verdicts" in printed and " vs TransMM: SaCo " in printed
     assert set(QUICK.protocol.baselines) <= set(labels)
     assert all(row.count("±") == 3 for row in rows)  # SaCo, FC, PF as mean ± SE
     header = table.splitlines()[2]

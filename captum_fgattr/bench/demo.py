@@ -6,9 +6,11 @@ SAEs: one TopK SAE per gated block, trained by :func:`captum_fgattr.sae.layers.t
 the training split's patch tokens. Model and SAEs are cached in the user cache folder
 (``$FGATTR_CACHE`` or ``~/.cache/captum-fgattr``), so a second run only evaluates (and an unchanged
 run folder resumes where it stopped). Then :func:`captum_fgattr.bench.experiments.run_study`:
-validation single-layer sweep, multi-layer and κ × c_max selection, and the test comparison of
-TransMM vs FG (real SAE) vs FG (shuffled decoder) vs the baselines with SaCo, Faithfulness
-Correlation and Pixel Flipping, ending in ``OUTPUT/report/report.md``.
+validation single-layer sweep (the combined score and its ablations), multi-layer and κ × c_max
+selection, and the test comparison of TransMM vs FG (real SAE) vs its controls (shuffled decoders,
+grad_input, grad_input_centered, bias_projection, permuted gates) vs the baselines with SaCo,
+Faithfulness Correlation and Pixel Flipping, with paired comparisons and verdicts, ending in
+``OUTPUT/report/report.md``.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import torch
 
 from captum_fgattr.bench.default import DEFAULT_TRAIN, TrainConfig, default_cache_dir, default_model, default_splits
 from captum_fgattr.bench.evaluate import EvalConfig, MetricConfig
-from captum_fgattr.bench.experiments import TEST, Protocol, run_study
+from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, Protocol, run_study
+from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.sae import SparseAutoencoder
 from captum_fgattr.sae.layers import layer_folder, train_layer_saes
 from captum_fgattr.sae.train import TrainConfig as SAETrainConfig
@@ -51,9 +54,11 @@ FULL = DemoPlan(
     sae_expansion=16,
     sae_k=32,
     sae_training=SAETrainConfig(lr=2e-3, epochs=4, batch_tokens=512, warmup_steps=50),
+    # sized to answer (see the README): 200 validation and 300 test images; 3 shuffled-decoder seeds (the
+    # protocol's default is 5) and FC 30 subsets / PF 2 patches per step keep ≈ 75 forwards per image and method
     protocol=Protocol(layers=(1, 2, 3, 4), multi_layers=((1, 2), (2, 3), (1, 2, 3)), kappas=(0.1, 0.5, 1.0),
-                      c_maxes=(2.0, 10.0, 50.0), val_images=32, test_images=64),
-    metrics=MetricConfig(saco_groups=10, fc_subset_size=6, fc_runs=50),
+                      c_maxes=(2.0, 10.0, 50.0), shuffle_seeds=(0, 1, 2), val_images=200, test_images=300),
+    metrics=MetricConfig(saco_groups=10, fc_subset_size=6, fc_runs=30, pf_patches_per_step=2),
 )
 QUICK = DemoPlan(
     model_training=dataclasses.replace(DEFAULT_TRAIN, epochs=4),
@@ -61,7 +66,8 @@ QUICK = DemoPlan(
     sae_k=16,
     sae_training=SAETrainConfig(lr=2e-3, epochs=1, batch_tokens=512, warmup_steps=20),
     protocol=Protocol(layers=(2, 3), variants=("combined", "activation"), multi_layers=((2, 3),), kappas=(0.5,),
-                      c_maxes=(10.0,), baselines=("gradcam", "rollout", "random"), val_images=8, test_images=16),
+                      c_maxes=(10.0,), baselines=("gradcam", "rollout", "random"), shuffle_seeds=(0,), val_images=8,
+                      test_images=16),
     metrics=MetricConfig(saco_groups=8, fc_subset_size=6, fc_runs=20),
 )
 
@@ -106,9 +112,19 @@ def run_demo(output: str | Path, quick: bool = False, device: str = "cpu", cache
     run_dir = run_study(model, splits["val"].tensors(), splits["test"].tensors(), saes, output, plan.protocol,
                         config, resolved_config=json.loads(json.dumps(resolved, default=str)))
     report = run_dir / "report" / "report.md"
+    print(_selections_text(run_dir))
     print((run_dir / "report" / f"{TEST}.md").read_text())
+    print((run_dir / "report" / f"comparisons_{TEST}.md").read_text())
     print(f"demo finished in {time.perf_counter() - start:.0f}s; report: {report}")
     return report
+
+
+def _selections_text(run_dir: Path) -> str:
+    """What validation selected, one line per step."""
+    with ResultStore(run_dir) as store:
+        selections = [s for s in (store.selection(n) for n in (SINGLE, MULTI, GRID)) if s is not None]
+    return "\n".join(["Selected on validation (mean standardised paired effect vs TransMM):"]
+                     + [f"  {s.name}: {s.details['candidates'][s.method_key]['label']}" for s in selections]) + "\n"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
