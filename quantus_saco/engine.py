@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .checks import check_patch_size, check_targets
 from .patches import indices_to_mask, patch_grid, rank_patches, replace_patches, sample_subsets, split_bounds
 from .scores import CORRELATIONS, correlation, pf_auc, removed_counts, saco
 
@@ -125,6 +126,7 @@ def evaluate_patch_metrics(
         raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, C, H, W)")
     B = x.shape[0]
     gh, gw = patch_grid(tuple(x.shape[-2:]), patch_size)
+    check_patch_size(model, patch_size)
     P = gh * gw
     if tuple(patch_attr.shape) != (B, P):
         raise ValueError(f"patch_attr has shape {tuple(patch_attr.shape)}; expected ({B}, {P}) for the {gh}x{gw} patch grid")
@@ -150,6 +152,8 @@ def evaluate_patch_metrics(
         raise ValueError(f"logits has shape {tuple(logits.shape)}; expected ({B}, n_classes) outputs on x")
     else:
         logits0 = logits.detach().to(x.device)
+    if target is not None:
+        check_targets(target.detach().cpu().numpy(), B, logits0.shape[1], name="target")
     target = logits0.argmax(dim=1) if target is None else target.to(x.device, torch.long).reshape(B)
     y0, p0 = _target_outputs(logits0, target)
 

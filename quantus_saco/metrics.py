@@ -20,6 +20,7 @@ from quantus.helpers.perturbation_utils import make_perturb_func
 from quantus.metrics.base import Metric
 from quantus.metrics.faithfulness import FaithfulnessCorrelation, PixelFlipping
 
+from .checks import check_patch_size, check_targets
 from .patches import patch_grid, patch_map, pool_patches, rank_patches, sample_subsets, split_bounds
 from .perturb import batch_patch_replacement_by_indices
 from .scores import CORRELATIONS, pf_auc, removed_counts, saco
@@ -77,7 +78,7 @@ class _PatchMetric:
 
         Args:
             x_batch: (B, C, H, W) images (Quantus requires channel-first for torch models).
-            y_batch: (B,) target classes or None.
+            y_batch: (B,) target classes (integers >= 0) or None.
             a_batch: (B, 1 or C, H, W) or (B, H, W) pixel maps (pooled by patch mean),
                 or (B, P) / (B, gh, gw) patch grids; None to call ``explain_func``
                 (which, as Quantus asserts, must return pixel maps).
@@ -90,6 +91,10 @@ class _PatchMetric:
             )
         for name in ("s_batch", "channel_first", "explain_func", "explain_func_kwargs", "model_predict_kwargs"):
             kwargs.setdefault(name, None)
+        patch_grid(tuple(np.shape(x_batch)[-2:]), self.patch_size)  # sizes divisible by the patch first
+        check_patch_size(model, self.patch_size)
+        if y_batch is not None:
+            y_batch = check_targets(y_batch, len(x_batch))
         if a_batch is not None:
             a_batch = self._pixel_attributions(np.asarray(a_batch), np.shape(x_batch))
         return super().__call__(  # type: ignore[misc]
@@ -138,7 +143,7 @@ class _PatchMetric:
     def _original_outputs(model: ModelInterface, x_batch: np.ndarray, y_batch: Optional[np.ndarray]):
         """-> ((B,) target classes, (B,) model output for them on the unperturbed images)."""
         out = _predict(model, x_batch)
-        target = out.argmax(axis=1) if y_batch is None else np.asarray(y_batch, dtype=np.int64).reshape(-1)
+        target = out.argmax(axis=1) if y_batch is None else check_targets(y_batch, len(out), out.shape[1])
         return target, out[np.arange(len(out)), target]
 
     def custom_postprocess(self, **kwargs: Any) -> None:

@@ -322,3 +322,56 @@ def test_clear_errors(vit, data, make, call, match):
             if call.pop("a_nan", False):
                 ab[2, 3] = np.nan
             metric(model=vit, x_batch=xb, y_batch=y, a_batch=ab, **call)
+
+
+# ---------------------------------------------------------------- issue 15: no silent wrong class or grid
+
+
+SMALL = {SaCo: dict(n_groups=4), PatchFaithfulnessCorrelation: dict(nr_runs=4, subset_size=3), PatchPixelFlipping: {}}
+
+
+@pytest.mark.parametrize("metric_cls", [SaCo, PatchFaithfulnessCorrelation, PatchPixelFlipping])
+def test_negative_or_out_of_range_targets_are_refused(vit, data, metric_cls):
+    x, y, a = data
+    metric = metric_cls(**SMALL[metric_cls], **kw())
+    with pytest.raises(ValueError, match=r"negative classes \[-1\]"):
+        metric(model=vit, x_batch=x, y_batch=np.array([0, -1, 2, 1]), a_batch=a)
+    with pytest.raises(ValueError, match=r"classes \[3\] but the model has 3 outputs"):
+        metric(model=vit, x_batch=x, y_batch=np.array([0, 3, 2, 1]), a_batch=a)
+    with pytest.raises(ValueError, match="integer class indices"):
+        metric(model=vit, x_batch=x, y_batch=np.array([0.5, 1, 2, 1]), a_batch=a)
+
+
+def test_integer_targets_of_any_numpy_kind_score_the_same(vit, data):
+    x, y, a = data
+    saco = SaCo(n_groups=4, **kw())
+    reference = saco(model=vit, x_batch=x, y_batch=y.astype(np.int64), a_batch=a)
+    assert saco(model=vit, x_batch=x, y_batch=y.astype(np.uint8), a_batch=a) == reference
+    assert saco(model=vit, x_batch=x, y_batch=y.astype(np.float32), a_batch=a) == reference
+
+
+@pytest.mark.parametrize("metric_cls", [SaCo, PatchFaithfulnessCorrelation, PatchPixelFlipping])
+def test_patch_size_other_than_the_vits_is_refused(vit, data, metric_cls):
+    x, y, a = data
+    metric = metric_cls(**{**kw(), "patch_size": 16})
+    with pytest.raises(ValueError, match="patch_size=16 but the model's patch embedding cuts 8x8 patches"):
+        metric(model=vit, x_batch=x, y_batch=y, a_batch=a[:, :4])
+
+
+def test_patch_size_is_not_checked_for_models_without_a_patch_embedding(data):
+    x, y, _ = data
+    model = PatchLinear(np.ones(N_PATCHES, dtype=np.float32)).eval()  # 8x8 pooling, no patch embedding
+    rng = np.random.default_rng(1)
+    scores = SaCo(n_groups=2, **{**kw(), "patch_size": 16})(model=model, x_batch=x, y_batch=y % 2,
+                                                            a_batch=rng.normal(size=(4, 4)))
+    assert np.isfinite(scores).all()
+
+
+def test_engine_refuses_negative_targets_and_a_wrong_patch_size(vit, data):
+    x, _, a = data
+    x, a = torch.from_numpy(x), torch.from_numpy(a)
+    with pytest.raises(ValueError, match=r"target holds negative classes \[-1\]"):
+        quantus_saco.evaluate_patch_metrics(vit, x, a, torch.tensor([0, 1, -1, 2]), P_SIZE, saco_groups=4,
+                                            fc_subset_size=4, fc_runs=4)
+    with pytest.raises(ValueError, match="patch_size=16"):
+        quantus_saco.evaluate_patch_metrics(vit, x, a[:, :4], None, 16, saco_groups=2, fc_subset_size=2, fc_runs=4)
