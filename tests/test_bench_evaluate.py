@@ -225,3 +225,32 @@ def test_a_non_combined_method_variant_refuses_the_shuffled_control():
     Protocol(variants=("combined", "gradient"), method_variant="gradient", controls=("grad_input",))
     with pytest.raises(ValueError, match="method_variant"):
         Protocol(variants=("combined",), method_variant="activation", controls=())
+
+
+def test_metric_presets_resolve_per_patch_count():
+    thesis = MetricConfig(preset="thesis-code", seed=5)
+    assert thesis.resolved(196) == MetricConfig(49, 39, 20, "spearman", 3, 1, "patches", 5, "thesis-code")
+    assert (thesis.resolved(49).saco_groups, thesis.resolved(49).fc_subset_size) == (13, 10)
+    assert MetricConfig(preset="paper").resolved(196) == MetricConfig(preset="paper")  # the field defaults
+    assert MetricConfig(preset="paper").resolved(16).fc_subset_size == 8
+    assert MetricConfig(saco_groups=3).resolved(196) == MetricConfig(saco_groups=3)  # no preset: as given
+    with pytest.raises(ValueError, match="metric preset 'thesis'"):
+        MetricConfig(preset="thesis")
+
+
+def test_fc_repeats_average_the_seeds(tmp_path):
+    from quantus_saco.engine import evaluate_patch_metrics
+
+    model, data, _ = tiny_setup(4)
+    metrics = MetricConfig(saco_groups=4, fc_subset_size=4, fc_runs=8, fc_repeats=3, seed=3)
+    with ResultStore(tmp_path) as store:
+        evaluate_methods(model, data, [transmm_spec()], store, experiment="e", split="val",
+                         config=EvalConfig(batch_size=4, progress=False, metrics=metrics))
+        stored = store.scores("val", transmm_spec().key)["fc"]
+    images, _ = data.tensors
+    targets = model(images).argmax(dim=1)
+    attr = build_method(transmm_spec(), model)(images, targets, torch.arange(4))
+    per_seed = [evaluate_patch_metrics(model, images, attr, targets, 8, metrics=("fc",), fc_subset_size=4, fc_runs=8,
+                                       seed=3 + r, sample_ids=torch.arange(4))["fc"] for r in range(3)]
+    np.testing.assert_allclose(stored, torch.stack(per_seed).mean(0).numpy(), rtol=1e-6)
+    assert not np.allclose(stored, per_seed[0].numpy())

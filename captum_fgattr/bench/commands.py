@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from captum_fgattr.bench.data import LAYOUTS
-from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
+from captum_fgattr.bench.evaluate import METRIC_PRESETS, PF_SCALES, evaluate_methods, select_ids
 from captum_fgattr.bench.experiments import (
     CONTROLS, VARIANTS, current_shard, final_specs, run_sweep, sync_ranks, transmm_spec,
 )
@@ -110,10 +110,14 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--gallery", "evaluation.gallery", type=int, help="images kept for the overlay figure (default 8)")
     add(g, "--quiet", "evaluation.progress", action="store_const", const=False, help="no progress bars")
     g = parser.add_argument_group("metrics (DESIGN §7)")
+    add(g, "--metric-preset", "evaluation.metrics.preset", choices=METRIC_PRESETS,
+        help="paper (the published definitions) or thesis-code (the thesis author's released code: SaCo K = P/4, FC "
+        "Spearman 20 subsets x 3 seeds of 0.2 P patches, PF x P); replaces the metric flags below")
     add(g, "--saco-groups", "evaluation.metrics.saco_groups", type=int, help="SaCo groups K (default 10)")
     add(g, "--fc-runs", "evaluation.metrics.fc_runs", type=int, help="FC random subsets per image (default 100)")
     add(g, "--fc-subset-size", "evaluation.metrics.fc_subset_size", type=int, help="patches per FC subset (default 20)")
     add(g, "--fc-correlation", "evaluation.metrics.fc_correlation", choices=("pearson", "spearman"))
+    add(g, "--fc-repeats", "evaluation.metrics.fc_repeats", type=int, help="FC averaged over this many seeds (default 1)")
     add(g, "--pf-step", "evaluation.metrics.pf_patches_per_step", type=int, help="patches per PF step (default 1)")
     add(g, "--metric-seed", "evaluation.metrics.seed", type=int, help="FC subset seed (default 0)")
     parser.set_defaults(**{_OVERRIDES: keys})
@@ -186,7 +190,7 @@ def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: st
     sync_ranks()
 
 
-def _report(run_dir: str, out: str | None, pf_scale: str) -> None:
+def _report(run_dir: str, out: str | None, pf_scale: str | None) -> None:
     print(f"wrote {write_report(run_dir, out, pf_scale)}")
 
 
@@ -245,13 +249,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "every experiment stored in RUN_DIR.")
     report.add_argument("--run-dir", required=True, help="run folder")
     report.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
-    report.add_argument("--pf-scale", choices=("unit", "patches"), default="unit",
+    report.add_argument("--pf-scale", choices=PF_SCALES, default=None,
                         help="PF AUC in [0, 1] or × number of patches (thesis tables)")
     report.set_defaults(func=_command("report", lambda args: _report(args.run_dir, args.out, args.pf_scale)))
 
     run = subparsers.add_parser("run", formatter_class=fmt, help="the whole protocol: sweep, evaluate, report",
                                 description="sweep + evaluate + report in one resumable command.")
     _run_arguments(run)
-    run.add_argument("--pf-scale", choices=("unit", "patches"), default="unit")
+    run.add_argument("--pf-scale", choices=PF_SCALES, default=None,
+                     help="PF column of the tables: unit (AUC in [0, 1]) or patches (× number of patches); default: "
+                     "the metric settings' (thesis-code preset: patches)")
     run.set_defaults(func=_command("run", _with_config(_run_all)))
     return run

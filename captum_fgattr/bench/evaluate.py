@@ -11,8 +11,9 @@ same numbers as one uninterrupted process (the batch size is therefore part of t
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from captum_fgattr.bench.store import ResultRow, ResultStore
 from captum_fgattr.sae import SparseAutoencoder
 from quantus_saco.engine import evaluate_patch_metrics
 
-__all__ = ["MetricConfig", "EvalConfig", "Shard", "select_ids", "display_image", "evaluate_methods", "TARGETS"]
+__all__ = ["MetricConfig", "METRIC_PRESETS", "PF_SCALES", "EvalConfig", "Shard", "select_ids", "display_image", "evaluate_methods", "TARGETS"]
 
 TARGETS = ("prediction", "label")
 
@@ -37,22 +38,52 @@ def _positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name}={value!r}; expected an int >= 1")
 
 
+METRIC_PRESETS = ("paper", "thesis-code")
+PF_SCALES = ("unit", "patches")
+
+
 @dataclass(frozen=True)
 class MetricConfig:
-    """Settings of the three patch metrics (DESIGN §7); they change the numbers, so a run folder keeps them."""
+    """Settings of the three patch metrics; they change the numbers, so a run folder keeps them.
 
-    saco_groups: int = 10  # SaCo's K groups of the attribution ranking (thesis code: 49 of 196 patches)
+    ``preset`` (resolved by :meth:`resolved` once the patch count P is known) replaces every other field:
+
+    * ``paper``: SaCo K = 10, FC Pearson over 100 subsets of 20 patches (⌊P/2⌋ if P < 40), PF one patch per
+      step, AUC in [0, 1] — the definitions as published;
+    * ``thesis-code``: the thesis author's released code: SaCo K = ⌈P/4⌉ (49 of 196, 13 of 49 patches), FC
+      Spearman over 20 subsets × 3 seeds averaged, subsets of round(0.2·P) patches (10 of 49), PF one patch per
+      step reported × P.
+    """
+
+    saco_groups: int = 10  # SaCo's K groups of the attribution ranking
     fc_subset_size: int = 20  # patches per Faithfulness-Correlation subset (thesis: 20 for ViT-B/16)
     fc_runs: int = 100  # random subsets per image
     fc_correlation: str = "pearson"  # or "spearman"
+    fc_repeats: int = 1  # FC computed with seeds seed, seed+1, ... and averaged
     pf_patches_per_step: int = 1  # patches removed per Pixel-Flipping step
+    pf_scale: str = "unit"  # PF AUC as reported: "unit" ([0, 1]) or "patches" (× P, the thesis tables)
     seed: int = 0  # FC subset sampling
+    preset: str | None = None  # "paper" or "thesis-code": replaces the fields above (see :meth:`resolved`)
 
     def __post_init__(self) -> None:
-        for name in ("saco_groups", "fc_subset_size", "fc_runs", "pf_patches_per_step"):
+        for name in ("saco_groups", "fc_subset_size", "fc_runs", "fc_repeats", "pf_patches_per_step"):
             _positive_int(name, getattr(self, name))
         if self.fc_correlation not in ("pearson", "spearman"):
             raise ValueError(f"fc_correlation={self.fc_correlation!r}; expected 'pearson' or 'spearman'")
+        if self.pf_scale not in PF_SCALES:
+            raise ValueError(f"pf_scale={self.pf_scale!r}; expected one of {list(PF_SCALES)}")
+        if self.preset is not None and self.preset not in METRIC_PRESETS:
+            raise ValueError(f"metric preset {self.preset!r}; expected one of {list(METRIC_PRESETS)}")
+
+    def resolved(self, num_patches: int) -> MetricConfig:
+        """The concrete settings for a model with ``num_patches`` patches (self if no preset)."""
+        if self.preset == "paper":
+            subset = 20 if num_patches >= 40 else max(1, num_patches // 2)
+            return MetricConfig(10, subset, 100, "pearson", 1, 1, "unit", self.seed, self.preset)
+        if self.preset == "thesis-code":
+            return MetricConfig(math.ceil(num_patches / 4), max(1, round(0.2 * num_patches)), 20, "spearman", 3, 1,
+                                "patches", self.seed, self.preset)
+        return self
 
 
 @dataclass(frozen=True)
@@ -184,6 +215,8 @@ def evaluate_methods(
     adapter = get_adapter(model)
     if adapter.patch_size[0] != adapter.patch_size[1]:
         raise ValueError(f"patch size {adapter.patch_size} is not square; the patch metrics need square patches")
+    grid = adapter.grid_size()
+    config = replace(config, metrics=config.metrics.resolved(grid[0] * grid[1]))
     store.check_fingerprint(config.fingerprint())
     store.register_experiment(experiment, split, specs, ids)
 
@@ -235,9 +268,14 @@ def _evaluate_batch(
     if not torch.isfinite(attributions).all():
         raise ValueError(f"method {spec.label} produced NaN/Inf attributions")
     m = config.metrics
-    scores = evaluate_patch_metrics(
-        model, images, attributions, targets, patch_size, saco_groups=m.saco_groups, fc_subset_size=m.fc_subset_size,
-        fc_runs=m.fc_runs, fc_correlation=m.fc_correlation, pf_patches_per_step=m.pf_patches_per_step, seed=m.seed,
-        sample_ids=ids, logits=logits, max_batch=config.metric_batch, autocast=config.autocast)
+    settings = dict(saco_groups=m.saco_groups, fc_subset_size=m.fc_subset_size, fc_runs=m.fc_runs,
+                    fc_correlation=m.fc_correlation, pf_patches_per_step=m.pf_patches_per_step, sample_ids=ids,
+                    logits=logits, max_batch=config.metric_batch, autocast=config.autocast)
+    scores = evaluate_patch_metrics(model, images, attributions, targets, patch_size, seed=m.seed, **settings)
+    if m.fc_repeats > 1:  # FC averaged over seeds (the thesis code's 3 seeds); NaN if any repeat is undefined
+        repeats = [scores["fc"]] + [
+            evaluate_patch_metrics(model, images, attributions, targets, patch_size, metrics=("fc",), seed=m.seed + r,
+                                   **settings)["fc"] for r in range(1, m.fc_repeats)]
+        scores["fc"] = torch.stack(repeats).mean(dim=0)
     columns = [scores[name].double().cpu().tolist() for name in ("saco", "fc", "pf_auc")]
     return list(zip(*columns)), attributions

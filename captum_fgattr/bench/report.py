@@ -25,6 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from captum_fgattr.bench.comparisons import METRIC_NAMES, Comparison, claim_comparisons, format_p, verdict_lines
+from captum_fgattr.bench.evaluate import PF_SCALES
 from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.stats import (
@@ -35,7 +36,6 @@ from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, STORE_NAME, Res
 __all__ = ["MetricCell", "TableRow", "experiment_table", "write_report", "PF_SCALES"]
 
 TITLES = {"saco": "SaCo ↑", "fc": "FC ↑", "pf_auc": "PF ↓"}
-PF_SCALES = ("unit", "patches")
 
 
 @dataclass(frozen=True)
@@ -279,7 +279,7 @@ def _comparisons_markdown(comparisons: Sequence[Comparison]) -> str:
             f"{_fmt(r.delta)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]", _fmt(r.d_z, 2), format_p(r.p), format_p(r.p_holm),
             _fmt(r.mde)]) + " |")
     lines += ["", "Δ = FG (real SAE) − reference on the same images (pairs with an undefined value dropped; n = pairs "
-              "used). SaCo and FC: positive Δ is better; PF: negative Δ is better. d_z = mean Δ / SD Δ. p Holm: "
+              "used). SaCo and FC: positive Δ is better; PF (AUC in [0, 1]): negative Δ is better. d_z = mean Δ / SD Δ. p Holm: "
               f"Holm-adjusted over all {len(comparisons)} comparisons of this table (*** p<0.001, ** p<0.01, "
               "* p<0.05). MDE: the smallest |mean Δ| this n detects with 80 % power at α = 0.05 (paired t-test)."]
     return "\n".join(lines) + "\n"
@@ -355,8 +355,11 @@ def _validation_summary(store: ResultStore) -> str | None:
                       "non-combined variants are ablations: reported, never carried to the test."]) + "\n"
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scale: str = "unit") -> Path:
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scale: str | None = None) -> Path:
     """Write every table and figure of the run into ``out_dir`` (default ``run_dir/report``).
+
+    ``pf_scale``: "unit" or "patches" for the tables' PF column; default: the run's metric settings
+    (``thesis-code`` preset: patches).
 
     Returns:
         Path of ``report.md``.
@@ -376,6 +379,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
             raise ValueError(f"the store in {run_dir} holds no experiment")
         invocations = store.invocations()
         config = invocations[-1][2] if invocations else {}
+        pf_scale = pf_scale or _stored_pf_scale(config)
         sections = [f"# Results of {run_dir}", "", *_header(config, pf_scale)]
         sections += _selections(store)
         summary = _validation_summary(store)
@@ -428,6 +432,11 @@ DEFINITIONS = [
     "*permuted gates* — the real gates shuffled over patch positions. FG beating all of them is what credits the SAE's "
     "features.",
 ]
+
+
+def _stored_pf_scale(config: dict) -> str:
+    metrics = (config.get("evaluation") or {}).get("metrics") or (config.get("plan") or {}).get("metrics") or {}
+    return "patches" if metrics.get("preset") == "thesis-code" else metrics.get("pf_scale", "unit")
 
 
 def _header(config: dict, pf_scale: str) -> list[str]:
