@@ -8,12 +8,18 @@ Folder written by :func:`save_sae`::
 
 :func:`load_sae` reads those folders and published vision SAEs in the Prisma layout: ``config.json``
 plus a ``.pt`` state dict ``{W_enc, b_enc, W_dec, b_dec}``, or the older wrapped form
-``{"cfg": ..., "state_dict": {...}}``; ``.pt`` files are read with ``torch.load(weights_only=True)``.
+``{"cfg": ..., "state_dict": {...}}``; ``.pt`` files are read with ``torch.load(weights_only=True)``, and
+an old wrapped file whose ``cfg`` is a pickled config object with a restricted unpickler that rebuilds
+plain data only (:mod:`captum_fgattr.sae.safe_unpickle`): no code from a file is ever run.
+
+Written files get the permissions of the user's umask; a file that cannot be read because of its
+permissions raises ``PermissionError`` (never "corrupt").
 """
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -22,7 +28,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from captum_fgattr.files import new_file_mode
 from captum_fgattr.sae.model import SAEConfig, SparseAutoencoder
+from captum_fgattr.sae.safe_unpickle import RefusedGlobal, load_plain
 
 __all__ = ["save_sae", "load_sae", "read_sae_config", "CONFIG_NAME", "WEIGHTS_NAME"]
 
@@ -46,8 +54,11 @@ def _parse_dtype(value: Any) -> torch.dtype | None:
 
 
 def _write_atomic(path: Path, write) -> None:
+    """``write(tmp)`` then rename over ``path``; the file gets the umask's permissions (safetensors
+    creates its files 0o600)."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    os.chmod(tmp, new_file_mode())
     os.replace(tmp, path)
 
 
@@ -129,7 +140,14 @@ def read_sae_config(config: dict[str, Any], source: str = "config") -> SAEConfig
     )
 
 
+def _check_readable(path: Path) -> None:
+    """Raise ``PermissionError`` (naming the file) before a reader could mistake it for corruption."""
+    with open(path, "rb"):
+        pass
+
+
 def _read_json(path: Path) -> dict[str, Any]:
+    _check_readable(path)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -137,7 +155,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _read_weights(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """State dict (and the wrapped ``cfg`` if any) from a safetensors or weights-only torch file."""
+    """State dict (and the wrapped ``cfg`` if any) from a safetensors or weights-only torch file; an old
+    wrapped file whose ``cfg`` is a pickled object is read with the restricted unpickler."""
+    _check_readable(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -147,7 +167,9 @@ def _read_weights(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
             raise ValueError(f"corrupt SAE weights {path}: cannot read as safetensors ({err})") from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # garbage bytes surface as many error types (UnpicklingError, IndexError, ...)
+    except pickle.UnpicklingError:  # e.g. a pickled cfg object: plain data only, or a named refusal
+        obj = _read_plain(path)
+    except Exception as err:  # garbage bytes surface as many error types (RuntimeError, IndexError, ...)
         raise ValueError(
             f"cannot read SAE weights {path} with torch.load(weights_only=True): the file is corrupt or holds "
             f"objects other than tensors / plain containers ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
@@ -158,6 +180,22 @@ def _read_weights(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
         cfg = obj.get("cfg")
         return obj["state_dict"], cfg if isinstance(cfg, dict) else None
     return obj, None
+
+
+def _read_plain(path: Path) -> Any:
+    """An old wrapped file with a pickled ``cfg`` object, through the restricted unpickler."""
+    try:
+        return load_plain(path)
+    except RefusedGlobal as err:
+        raise ValueError(
+            f"refusing SAE weights {path}: the pickle asks to run {err.name}, which is not plain data "
+            "(tensors, containers, config objects); nothing from the file was executed"
+        ) from err
+    except Exception as err:  # garbage bytes surface as many error types
+        raise ValueError(
+            f"cannot read SAE weights {path} with torch.load(weights_only=True) nor as plain data: the file is "
+            f"corrupt ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from err
 
 
 def _find_weights(folder: Path, config: dict[str, Any] | None) -> Path:
