@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import platform
 import resource
 import statistics
@@ -51,9 +52,11 @@ class Sizes:
     pf_step: int = 1  # patches removed per Pixel-Flipping step
     n_gated: int = 3  # gated layers of FG-TransMM
     sae_expansion: int = SAE_EXPANSION  # SAE width / model width
+    bound_batch: int = 16  # largest batch of the plain forwards timed for the evaluation bound
 
     def __post_init__(self) -> None:
-        for name in ("attr_batch", "reps", "eval_images", "saco_groups", "fc_runs", "pf_step", "n_gated", "sae_expansion"):
+        for name in ("attr_batch", "reps", "eval_images", "saco_groups", "fc_runs", "pf_step", "n_gated", "sae_expansion",
+                     "bound_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}; expected >= 1")
         if self.eval_images > self.attr_batch:
@@ -74,14 +77,14 @@ PLANS: dict[tuple[str, bool], dict[str, Sizes]] = {
         "vit_b16": Sizes(attr_batch=4, reps=2, eval_images=1, quantus=True, fc_runs=10, pf_step=14),
     },
     ("cuda", True): {
-        "tiny": Sizes(attr_batch=64, reps=3, eval_images=32, quantus=True),
-        "clip_b32": Sizes(attr_batch=32, reps=3, eval_images=32, quantus=True),
-        "vit_b16": Sizes(attr_batch=32, reps=3, eval_images=16, quantus=True),
+        "tiny": Sizes(attr_batch=64, reps=3, eval_images=32, quantus=True, bound_batch=256),
+        "clip_b32": Sizes(attr_batch=32, reps=3, eval_images=32, quantus=True, bound_batch=256),
+        "vit_b16": Sizes(attr_batch=32, reps=3, eval_images=16, quantus=True, bound_batch=256),
     },
     ("cuda", False): {
-        "tiny": Sizes(attr_batch=128, reps=10, eval_images=128, quantus=True),
-        "clip_b32": Sizes(attr_batch=64, reps=5, eval_images=64, quantus=True),
-        "vit_b16": Sizes(attr_batch=32, reps=5, eval_images=32, quantus=True),
+        "tiny": Sizes(attr_batch=128, reps=10, eval_images=128, quantus=True, bound_batch=256),
+        "clip_b32": Sizes(attr_batch=64, reps=5, eval_images=64, quantus=True, bound_batch=256),
+        "vit_b16": Sizes(attr_batch=32, reps=5, eval_images=32, quantus=True, bound_batch=256),
     },
 }
 
@@ -277,6 +280,52 @@ def attribution_benchmark(
     return results, attr, loop_diff
 
 
+def fg_encode_share(fg: FeatureGradientTransMM, x: Tensor, target: Tensor) -> tuple[float, dict[str, int] | None]:
+    """One timed FG-TransMM call on (B, 3, S, S) images -> (share of its wall time spent in the SAE encodes,
+    the fast-encode counts of its first SAE: tokens, candidates, fallback rows; None if it took the plain path)."""
+    device = x.device
+    spent = [0.0]
+    saes = list(fg.saes.values())
+
+    def timed(encode: Callable[[Tensor], tuple[Tensor, Tensor]]) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        def wrapper(tokens: Tensor) -> tuple[Tensor, Tensor]:
+            _synchronize(device)
+            start = time.perf_counter()
+            out = encode(tokens)
+            _synchronize(device)
+            spent[0] += time.perf_counter() - start
+            return out
+        return wrapper
+
+    for sae in saes:
+        sae.last_fast_encode = None
+        sae.encode_sparse = timed(sae.encode_sparse)  # instance attribute shadows the method for this call
+    try:
+        seconds, _, _ = timed_call(lambda: fg.attribute(x, target, return_patches=True), device)
+    finally:
+        for sae in saes:
+            del sae.encode_sparse
+    return spent[0] / seconds, saes[0].last_fast_encode
+
+
+def forwards_per_image(settings: EvalSettings, patches: int) -> int:
+    """Model forwards the three metrics need per image: SaCo K + FC runs + PF steps + 1 unperturbed."""
+    return settings.saco_groups + settings.fc_runs + math.ceil(patches / settings.pf_step) + 1
+
+
+def best_forward_seconds_per_image(model: nn.Module, x: Tensor, batches: Sequence[int], reps: int) -> float:
+    """Fastest plain forward (no gradient) per image over batch sizes ``batches`` of copies of ``x[0]`` (1, 3, S, S)."""
+    best = math.inf
+    with torch.no_grad():
+        for batch in batches:
+            xb = x[:1].expand(batch, *x.shape[1:]).contiguous()
+            model(xb)  # warm-up
+            for _ in range(reps):
+                seconds, _, _ = timed_call(lambda: model(xb), x.device)
+                best = min(best, seconds / batch)
+    return best
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """The three-metric suite's settings, shared by the fast evaluator and the Quantus-hosted metrics."""
@@ -379,9 +428,13 @@ def run_model(bm: BenchModel, sizes: Sizes, autocast: bool = False, seed: int = 
     layers = gated_layers(bm.depth, sizes.n_gated)
     saes = make_saes(bm.width, layers, sizes.sae_expansion, device)
     attribution, attr, loop_diff = attribution_benchmark(bm, x, target, saes, sizes.reps)
+    encode_share, fast_encode = fg_encode_share(FeatureGradientTransMM(bm.model, saes), x, target)
     n = sizes.eval_images
     evaluation, eval_info = evaluation_benchmark(bm, x[:n], attr[:n], target[:n], sizes, autocast)
     timings = {**attribution, **evaluation}
+    forwards = forwards_per_image(EvalSettings.for_model(bm, sizes), bm.num_patches)
+    forward_s = best_forward_seconds_per_image(bm.model, x, sorted({1, sizes.bound_batch}), max(1, sizes.reps))
+    eval_s_per_image = timings["fast_eval"].seconds / timings["fast_eval"].images
     return {
         "model": bm.name,
         "weights": bm.weights,
@@ -393,6 +446,10 @@ def run_model(bm: BenchModel, sizes: Sizes, autocast: bool = False, seed: int = 
         "transmm_batched_over_loop": _ratio(timings["transmm_loop"], timings["transmm_batched"]),
         "fg_over_transmm": _ratio(timings["fg_transmm"], timings["transmm_batched"]),
         "fast_eval_over_quantus": _ratio(timings.get("quantus_eval"), timings["fast_eval"]),
+        "eval_fraction_of_forward_bound": forwards * forward_s / eval_s_per_image,
+        "fg_encode_share": encode_share,
+        "bound": {"forwards_per_image": forwards, "best_forward_s_per_image": forward_s, "bound_batch": sizes.bound_batch},
+        "sae_fast_encode": fast_encode,
         "max_abs_diff_transmm_batched_vs_loop": loop_diff,
         **eval_info,
     }

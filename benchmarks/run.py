@@ -25,6 +25,10 @@ DEFINITIONS = {
     "transmm_batched_over_loop": "speed-up: per-image-loop time / batched time of TransMM (> 1: batching is faster)",
     "fg_over_transmm": "cost ratio: FG-TransMM time / TransMM time, both batched (1 = no overhead)",
     "fast_eval_over_quantus": "speed-up: Quantus-hosted time / fast-evaluator time, same images and settings",
+    "eval_fraction_of_forward_bound": ("forwards needed per image (SaCo K + FC runs + PF steps + 1) x best per-image "
+                                       "plain forward time (batch 1 or bound_batch) / measured fast-evaluator time per image "
+                                       "(1 = at the bound)"),
+    "fg_encode_share": "share of one FG-TransMM call's wall time spent in the SAE encodes (encode_sparse)",
 }
 RATIOS = tuple(DEFINITIONS)
 
@@ -61,19 +65,20 @@ def _timing(result: dict, name: str, key: str) -> object:
 
 def attribution_table(results: Sequence[dict]) -> str:
     headers = ["model", "P", "B", "TransMM batched s", "img/s", "loop s", "img/s", "loop/batched",
-               "FG s", "FG/TransMM", "peak MiB batched/loop/FG"]
+               "FG s", "FG/TransMM", "FG encode share", "peak MiB batched/loop/FG"]
     rows = []
     for r in results:
         peaks = "/".join(_fmt(_timing(r, n, "peak_mib")) for n in ("transmm_batched", "transmm_loop", "fg_transmm"))
         rows.append([r["model"], r["patches"], r["sizes"]["attr_batch"],
                      _timing(r, "transmm_batched", "seconds"), _timing(r, "transmm_batched", "images_per_s"),
                      _timing(r, "transmm_loop", "seconds"), _timing(r, "transmm_loop", "images_per_s"),
-                     r["transmm_batched_over_loop"], _timing(r, "fg_transmm", "seconds"), r["fg_over_transmm"], peaks])
+                     r["transmm_batched_over_loop"], _timing(r, "fg_transmm", "seconds"), r["fg_over_transmm"],
+                     r["fg_encode_share"], peaks])
     return table(headers, rows)
 
 
 def evaluation_table(results: Sequence[dict]) -> str:
-    headers = ["model", "images", "SaCo K / FC runs / PF step", "fast s", "img/s", "Quantus s", "img/s",
+    headers = ["model", "images", "SaCo K / FC runs / PF step", "fast s", "img/s", "of forward bound", "Quantus s", "img/s",
                "Quantus/fast", "max |fast-Quantus|", "peak MiB fast/Quantus", "autocast s", "autocast mean |Δ| saco/fc/pf"]
     rows = []
     for r in results:
@@ -82,7 +87,7 @@ def evaluation_table(results: Sequence[dict]) -> str:
         ac = r.get("autocast_mean_abs_diff")
         rows.append([
             r["model"], r["sizes"]["eval_images"], f"{s['saco_groups']} / {s['fc_runs']} / {s['pf_step']}",
-            _timing(r, "fast_eval", "seconds"), _timing(r, "fast_eval", "images_per_s"),
+            _timing(r, "fast_eval", "seconds"), _timing(r, "fast_eval", "images_per_s"), r["eval_fraction_of_forward_bound"],
             _timing(r, "quantus_eval", "seconds") if quantus is not None else "skipped (--quick)",
             _timing(r, "quantus_eval", "images_per_s"), r["fast_eval_over_quantus"], quantus,
             "/".join(_fmt(_timing(r, n, "peak_mib")) for n in ("fast_eval", "quantus_eval")),

@@ -38,6 +38,13 @@ def test_run_model_and_report_fields(tiny):
     assert set(result["autocast_mean_abs_diff"]) == {"saco", "fc", "pf_auc"}
     assert result["gated_layers"] == [1, 2] and result["sae"] == {"n_features": 128, "k": 5}
     assert "| tiny" in run.attribution_table([result]) and "| tiny" in run.evaluation_table([result])
+    assert 0 < report["fg_encode_share"]["tiny"] < 1
+    assert report["eval_fraction_of_forward_bound"]["tiny"] > 0
+    settings = result["settings"]
+    bound = result["bound"]
+    assert bound["forwards_per_image"] == settings["saco_groups"] + settings["fc_runs"] + 16 // settings["pf_step"] + 1
+    fraction = bound["forwards_per_image"] * bound["best_forward_s_per_image"] / (timings["fast_eval"]["seconds"] / 2)
+    assert report["eval_fraction_of_forward_bound"]["tiny"] == pytest.approx(fraction)
 
 
 def test_quantus_skipped_is_reported(tiny):
