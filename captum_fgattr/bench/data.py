@@ -249,6 +249,8 @@ LAYOUTS: dict[str, Layout] = {
     ),
 }
 _SPLIT_ALIASES = {"validation": "val", "valid": "val"}
+#: folder names recognised as splits of a "folder" dataset, for the class-set check between splits
+_SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -325,6 +327,28 @@ def _locate(root: Path, layout: Layout, split_dir: str) -> dict[str, Path]:
         f"{layout.name} {str(root)!r}: {what}; expected {layout.expected(split_dir)} below it{where} "
         f"(e.g. {layout.example}){closest}; found sub-folders {sorted(below)[:16] or 'none'}"
     )
+
+
+def _check_sibling_splits(layout: Layout, folders: Mapping[str, Path], kind: str) -> None:
+    """Refuse a split whose class folders differ from a sibling split's: labels are indices into the sorted
+    class folders, so an extra (even empty) or missing class folder would silently shift them."""
+    split_folder = next(iter(folders.values())).parent
+    base = split_folder.parent
+    if kind == "folder":
+        siblings = [d for d in _subdirs(base) if d.name.lower() in _SPLIT_NAMES and d != split_folder]
+    else:
+        siblings = [d for name in layout.split_dirs.values() if (d := _find_dir(base, name)) not in (None, split_folder)]
+    pattern = re.compile(layout.class_pattern) if layout.class_pattern else None
+    for sibling in siblings:
+        other = {d.name for d in _subdirs(sibling) if pattern is None or pattern.fullmatch(d.name)}
+        if other and other != set(folders):
+            only_here, only_there = sorted(set(folders) - other), sorted(other - set(folders))
+            raise ValueError(
+                f"class folders differ between splits {str(split_folder)!r} and {str(sibling)!r}: only in the first "
+                f"{only_here}, only in the second {only_there}. Labels are indices into the sorted class folders, so "
+                "they would mean different classes in the two splits; give every split the same class folders "
+                "(remove or add the extra ones, an empty folder is enough)"
+            )
 
 
 def _images(folder: Path, image_dirs: Sequence[str], extensions: Sequence[str]) -> list[Path]:
@@ -463,7 +487,8 @@ def load_dataset(
         An :class:`ImageListDataset` of ``(image (3, H, W), label)`` items.
 
     Raises:
-        ValueError: unknown kind or split, no layout / no images under ``root``, bad subset or class names.
+        ValueError: unknown kind or split, no layout / no images under ``root``, bad subset or class names, or
+            class folders that differ from a sibling split's (labels would shift between splits).
         FileNotFoundError / NotADirectoryError: ``root`` is missing or not a folder.
     """
     if kind not in LAYOUTS:
@@ -475,6 +500,8 @@ def load_dataset(
     if split not in (layout.splits or [None]):
         raise ValueError(f"split={split!r} for {layout.name}; expected one of {layout.splits or [None]}")
     root, classes, per_class = _scan(root, layout, layout.split_dirs.get(split, "") if split else "")
+    if split is not None and layout.split_dirs and not layout.classes:  # discovered classes, one folder per split
+        _check_sibling_splits(layout, _locate(root, layout, layout.split_dirs[split]), kind)
     if layout.split_fractions:
         per_class = _split_by_fraction(dict(zip(classes, per_class)), layout.split_fractions, split, seed)
     samples = [(path, label) for label, paths in enumerate(per_class) for path in paths]
