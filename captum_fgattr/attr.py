@@ -10,43 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from captum._utils.common import _format_additional_forward_args
-from captum.attr import GradientAttribution
-from captum.log import log_usage
 from torch import Tensor, nn
 
-from captum_fgattr.adapters import Captured, capture, get_adapter
-from captum_fgattr.adapters.tokens import grid_to_pixels, patches_to_grid
+from captum_fgattr.adapters import Captured, capture
 from captum_fgattr.gates import (
     DECODER_PAIRED_VARIANTS, SAE_VARIANTS, VARIANTS, exp_tanh_gates, feature_gradient_scores, gate_columns,
     patch_permutations, residual_scores, robust_z,
 )
-from captum_fgattr.sae import SparseAutoencoder
+from captum_fgattr.patch_attribution import PatchAttribution, check_finite
 from captum_fgattr.relevancy import class_token_row, gradient_weighted_attention, transmm_relevancy
+from captum_fgattr.sae import SparseAutoencoder
 from captum_fgattr.targets import TargetLike, resolve_target
 
 
-def _single_input(inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, bool]:
-    """(images, whether they came as a 1-tuple): Captum's metrics pass inputs as a tuple of tensors."""
-    if isinstance(inputs, tuple):
-        if len(inputs) != 1 or not isinstance(inputs[0], Tensor):
-            raise TypeError(
-                f"inputs given as a tuple must hold exactly one (B, C, H, W) image tensor; got {len(inputs)} element(s)"
-            )
-        return inputs[0], True
-    return inputs, False
-
-
-def _check_finite(name: str, values: Tensor, inputs: Tensor) -> None:
-    """Raise if ``values`` (logits or relevance) hold NaN or Inf, naming the input range."""
-    if not torch.isfinite(values).all():
-        raise ValueError(
-            f"the {name} contain NaN or Inf (inputs range {inputs.min().item():.3g} .. {inputs.max().item():.3g}); "
-            "the attribution would be meaningless: check the input scale and the model's dtype"
-        )
-
-
-class TransMM(GradientAttribution):
+class TransMM(PatchAttribution):
     """TransMM (Chefer et al. 2021): gradient-weighted attention propagated through all blocks.
 
     For target logit y_t and every block ℓ: cam_ℓ = mean_heads(relu(∂y_t/∂A_ℓ ⊙ A_ℓ)),
@@ -67,77 +44,16 @@ class TransMM(GradientAttribution):
         torch.Size([2, 4, 4])
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        self.adapter = get_adapter(model)
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor],
-        target: TargetLike = None,
-        additional_forward_args: object = None,
-        return_patches: bool = False,
-        expand_channels: bool = False,
-    ) -> Tensor | tuple[Tensor]:
-        """Attribute the target logit to the input's patches.
-
-        Args:
-            inputs: (B, C, H, W) images, finite, at the model's input size (any size for timm
-                ``dynamic_img_size`` models); or a 1-tuple of them, as Captum's metrics pass inputs
-                (``captum.metrics.sensitivity_max``), and then the result is a 1-tuple too.
-            target: class per sample as in Captum — an int or a 1-tuple ``(c,)`` for all samples, a
-                list of B ints, a (B,) tensor or numpy array; ``None`` uses the predicted class.
-            additional_forward_args: extra positional arguments for the model after the images.
-            return_patches: return the raw patch grid instead of the pixel map.
-            expand_channels: repeat the pixel map over the C input channels, giving the input's
-                shape (what ``captum.metrics.infidelity`` needs).
-
-        Returns:
-            (B, 1, H, W) pixel map with each patch's relevance repeated over its pixels (0 on pixels of
-            a partial patch the model drops), (B, C, H, W) if ``expand_channels``, or (B, gh, gw)
-            patch relevance if ``return_patches``.
-
-        Example (Captum's metrics):
-            >>> import timm, torch
-            >>> from captum.metrics import infidelity, sensitivity_max
-            >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=3).eval()
-            >>> x, method = torch.randn(2, 3, 32, 32), TransMM(vit)
-            >>> sensitivity_max(method.attribute, x, target=1, n_perturb_samples=2).shape
-            torch.Size([2])
-            >>> noise = lambda x: (n := 0.01 * torch.randn_like(x), x - n)
-            >>> infidelity(vit, noise, x, method.attribute(x, target=1, expand_channels=True), target=1).shape
-            torch.Size([2])
-        """
-        images, as_tuple = _single_input(inputs)
-        if return_patches and expand_channels:
-            raise ValueError("return_patches and expand_channels exclude each other: choose the patch grid or the input-shaped map")
-        self.adapter.check_input(images)
-        extra = _format_additional_forward_args(additional_forward_args) or ()
+    def _patch_relevance(self, images: Tensor, target: TargetLike, extra: tuple) -> Tensor:
         with torch.enable_grad(), capture(self.adapter, resid_layers=self._resid_layers()) as captured:
             logits = self.adapter.model(images.detach().requires_grad_(True), *extra)
             target_idx = resolve_target(target, logits)
-            _check_finite("logits", logits.gather(1, target_idx[:, None]), images)
+            check_finite("logits", logits.gather(1, target_idx[:, None]), images)
             captured.backward(logits.gather(1, target_idx[:, None]).sum())
             self.adapter.check_tokens(captured.attn[0].shape[-1], images)
             cams = [gradient_weighted_attention(a, g) for a, g in zip(captured.attn, captured.attn_grad)]
             cams = self._gate(cams, captured)
-        relevance = class_token_row(transmm_relevancy(cams), self.adapter.num_prefix_tokens, self.adapter.readout_rows)
-        _check_finite("relevance values", relevance, images)
-        grid = patches_to_grid(relevance.detach(), self.adapter.grid_size(images))
-        if return_patches:
-            out = grid
-        else:
-            out = grid_to_pixels(grid, self.adapter.patch_size, tuple(images.shape[-2:]))
-            out = out.repeat(1, images.shape[1], 1, 1) if expand_channels else out
-        return (out,) if as_tuple else out
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
-
-    def has_convergence_delta(self) -> bool:
-        return False
+        return class_token_row(transmm_relevancy(cams), self.adapter.num_prefix_tokens, self.adapter.readout_rows)
 
     def _resid_layers(self) -> tuple[int, ...]:
         """Blocks whose resid_post (and its gradient) the method needs."""

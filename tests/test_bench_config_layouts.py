@@ -22,6 +22,7 @@ from tests.test_fg_transmm import make_sae
 
 MODEL = ["--model", "timm:test_vit", "--num-classes", "3", "--img-size", "64"]  # random weights, 16 patches
 TINY = ["--layers", "1", "--variants", "combined", "--multi-layers", "--baselines", "random", "--batch-size", "4",
+        "--controls", "shuffled_decoder", "--shuffle-seeds", "0",
         "--saco-groups", "4", "--fc-runs", "4", "--fc-subset-size", "4", "--gallery", "1", "--quiet"]
 
 
@@ -77,8 +78,8 @@ def test_hyperkvasir_layout_run_from_config_file(tmp_path, saes):
         "model": {"name": "test_vit", "num_classes": 6, "img_size": 64},  # a plain timm name: today's form
         "data": {"kind": "hyperkvasir", "root": str(tmp_path / "hyper-kvasir"), "seed": 7},
         "saes": str(saes),
-        "protocol": {"layers": [1], "variants": ["activation"], "multi_layers": [], "baselines": ["random"],
-                     "val_images": 3, "test_images": 2},
+        "protocol": {"layers": [1], "variants": ["combined"], "multi_layers": [], "baselines": ["random"],
+                     "controls": ["shuffled_decoder"], "shuffle_seeds": [0], "val_images": 3, "test_images": 2},
         "evaluation": {"batch_size": 4, "progress": False, "gallery": 1,
                        "metrics": {"saco_groups": 4, "fc_runs": 4, "fc_subset_size": 4}},
     }

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from captum.attr import Saliency
+from captum.attr import IntegratedGradients, Saliency
 
 from captum_fgattr.adapters.tokens import pixels_to_patches
+from captum_fgattr.baselines import TokenGradCAM
 from captum_fgattr.bench.methods import METHODS, MethodSpec, build_method, register_method
 from tests.reference import assert_close_relative, attention_and_grads, timm_forward
 from tests.test_fg_transmm import make_sae
@@ -18,19 +19,72 @@ IDS = torch.arange(3)
 def test_every_method_gives_finite_patch_maps(vit, name):
     params = {"layers": [1]} if name == "fg" else {}
     method = build_method(MethodSpec(name, params), vit, saes={1: make_sae(32)})
-    maps = method(torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]), IDS)
+    out = method(torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]), IDS)
+    maps, delta = out if name == "integrated_gradients" else (out, None)
     assert maps.shape == (3, 16) and torch.isfinite(maps).all()
+    assert delta is None or delta.shape == (3,)
 
 
-def test_gradcam_matches_formula_on_tokens_entering_the_last_block(vit):
+def norm1_output_and_grad(vit, image, target):
+    """Explicit forward with a hook on the last block's norm1: its (N, D) output and ∂y_target/∂output."""
+    saved = []
+    handle = vit.blocks[-1].norm1.register_forward_hook(lambda m, i, o: saved.append(o))
+    try:
+        logits = vit(image)
+        (grad,) = torch.autograd.grad(logits[0, target], saved[0])
+    finally:
+        handle.remove()
+    return saved[0][0].detach().double().numpy(), grad[0].double().numpy()
+
+
+def test_gradcam_matches_formula_on_the_last_norm1_output(vit):
     images, targets = torch.randn(2, 3, 32, 32), [3, 1]
     maps = build_method(MethodSpec("gradcam"), vit)(images, torch.tensor(targets), IDS[:2])
     for i, t in enumerate(targets):
-        _, _, acts, grads = attention_and_grads(timm_forward, vit, images[i:i + 1], t, layers=[1])
-        a, g = acts[1][1:], grads[1][1:]
+        acts, grads = norm1_output_and_grad(vit, images[i:i + 1], t)
+        a, g = acts[1:], grads[1:]  # patch tokens
         weights = g.mean(axis=0)
         expected = [max(float(sum(weights[d] * a[p, d] for d in range(a.shape[1]))), 0.0) for p in range(16)]
         assert_close_relative(maps[i], expected)
+
+
+def test_gradcam_agrees_with_the_pytorch_grad_cam_package(vit):
+    """pytorch-grad-cam's ViT recipe (target layer blocks[-1].norm1, tokens reshaped to the grid) equals
+    TokenGradCAM up to the package's min-max normalisation and bilinear resize."""
+    import cv2
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    def to_grid(tokens):  # (B, 1 + 16, D) -> (B, D, 4, 4)
+        return tokens[:, 1:].reshape(tokens.shape[0], 4, 4, tokens.shape[2]).permute(0, 3, 1, 2)
+
+    images, targets = torch.randn(3, 3, 32, 32), [0, 2, 4]
+    with GradCAM(model=vit, target_layers=[vit.blocks[-1].norm1], reshape_transform=to_grid) as cam:
+        package = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets])
+    ours = TokenGradCAM(vit).attribute(images, target=targets, return_patches=True).double().numpy()
+    for i in range(3):
+        grid = ours[i] - ours[i].min()
+        grid = grid / (1e-7 + grid.max())
+        resized = cv2.resize(np.float32(grid), (32, 32))
+        resized = resized - resized.min()
+        resized = resized / (1e-7 + resized.max())
+        assert np.abs(resized - package[i]).max() < 1e-4
+        assert package[i].max() > 0.99  # not a degenerate all-zero map
+
+
+def test_integrated_gradients_from_an_explicit_baseline_with_its_convergence_delta(vit):
+    images, targets = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
+    black = [-0.5, -1.0, -2.0]  # (0 − mean) / std per channel
+    maps, delta = build_method(MethodSpec("integrated_gradients", {"baseline": black, "n_steps": 50}), vit)(
+        images, targets, IDS[:2])
+    reference = torch.tensor(black).reshape(1, 3, 1, 1).expand_as(images)
+    pixel = IntegratedGradients(vit).attribute(images, baselines=reference, target=targets, n_steps=50).detach()
+    for i in range(2):
+        expected = [pixel[i, :, 8 * r:8 * r + 8, 8 * c:8 * c + 8].sum() for r in range(4) for c in range(4)]
+        assert_close_relative(maps[i], expected)
+        with torch.no_grad():  # completeness gap: Σ attributions − (y(x) − y(baseline)), written out
+            gap = pixel[i].sum() - (vit(images[i:i + 1])[0, targets[i]] - vit(reference[i:i + 1])[0, targets[i]])
+        assert float(delta[i]) == pytest.approx(float(gap), rel=1e-4, abs=1e-5)
 
 
 def test_rollout_and_raw_attention_match_formula(vit):

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -28,11 +28,11 @@ import torch
 from captum_fgattr.bench.data import LAYOUTS
 from captum_fgattr.bench.evaluate import METRIC_PRESETS, PF_SCALES, evaluate_methods, select_ids
 from captum_fgattr.bench.experiments import (
-    CONTROLS, VARIANTS, current_shard, final_specs, run_sweep, sync_ranks, transmm_spec,
+    CONTROLS, VARIANTS, Protocol, current_shard, final_specs, run_sweep, sync_ranks, transmm_spec,
 )
-from captum_fgattr.bench.methods import MethodSpec
+from captum_fgattr.bench.methods_json import parse_methods
 from captum_fgattr.bench.report import write_report
-from captum_fgattr.bench.runconfig import RunConfig, load_inputs, load_saes, read_config_file
+from captum_fgattr.bench.runconfig import RunConfig, load_inputs, load_saes, preprocessing, read_config_file
 from captum_fgattr.bench.store import ResultStore
 
 __all__ = ["add_parser", "resolve_config"]
@@ -172,15 +172,24 @@ def _sweep(config: RunConfig) -> None:
             print(f"selected ({name}): {selection.details['candidates'][selection.method_key]['label']}")
 
 
+def _black_input(config: RunConfig, model: torch.nn.Module) -> Protocol:
+    """The protocol with the IG baseline set to a black image in the model's input space, unless given."""
+    if config.protocol.black_input is not None:
+        return config.protocol
+    pre = preprocessing(config.data, model)
+    mean, std = (v if isinstance(v, tuple) else (v,) for v in (pre.mean, pre.std))
+    return replace(config.protocol, black_input=tuple(-m / s for m, s in zip(mean, std)))
+
+
 def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: str) -> None:
     model, data = load_inputs(config, split)
     with ResultStore(config.run_dir) as store:
         _record(store, "evaluate", config, split)
         if methods is None:
-            specs = final_specs(store, config.protocol)
+            specs = final_specs(store, _black_input(config, model))
         else:
             text = Path(methods).read_text() if Path(methods).is_file() else methods
-            given = [MethodSpec(m["name"], m.get("params", {}), m.get("label", "")) for m in json.loads(text)]
+            given = parse_methods(text)
             specs = given if any(s.name == "transmm" for s in given) else [transmm_spec(), *given]
         layers = sorted({layer for s in specs if s.name == "fg" for layer in s.params["layers"]})
         limit = config.protocol.test_images if split == "test" else config.protocol.val_images
@@ -245,7 +254,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     report = subparsers.add_parser(
         "report", formatter_class=fmt, help="Markdown/CSV tables and PNG figures from a run's store",
-        description="Tables (mean ± SE, %% improvement, Welch and paired t-tests vs TransMM) and figures of "
+        description="Tables (mean ± SE, % improvement, Welch and paired t-tests vs TransMM) and figures of "
         "every experiment stored in RUN_DIR.")
     report.add_argument("--run-dir", required=True, help="run folder")
     report.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")

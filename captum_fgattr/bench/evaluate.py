@@ -241,15 +241,16 @@ def evaluate_methods(
             names = [_image_name(dataset, i) for i in chunk]
             shown = [(split, i, display_image(img).cpu().numpy()) for i, img in zip(chunk, images) if i in gallery]
             for spec in todo:
-                rows, attributions = _evaluate_batch(model, methods[spec.key], spec, images, logits, targets,
-                                                     batch_ids, adapter.patch_size[0], config)
+                rows, attributions, deltas = _evaluate_batch(model, methods[spec.key], spec, images, logits, targets,
+                                                             batch_ids, adapter.patch_size[0], config)
                 added += store.add_batch(
                     [ResultRow(split, spec.key, i, name, int(y), int(p), int(t), *scores, attributions.shape[1])
                      for i, name, y, p, t, scores in zip(chunk, names, labels.tolist(), predictions.tolist(),
                                                          targets.tolist(), rows)],
                     attributions=[(split, spec.key, i, a.reshape(adapter.grid_size(images)).cpu().numpy())
                                   for i, a in zip(chunk, attributions) if i in gallery],
-                    images=shown)
+                    images=shown,
+                    deltas=[] if deltas is None else [(split, spec.key, i, d) for i, d in zip(chunk, deltas.tolist())])
                 committed += 1
                 bar.update(1)
                 if on_batch is not None:
@@ -260,11 +261,13 @@ def evaluate_methods(
 def _evaluate_batch(
     model: nn.Module, method: Callable[[Tensor, Tensor, Tensor], Tensor], spec: MethodSpec, images: Tensor,
     logits: Tensor, targets: Tensor, ids: Tensor, patch_size: int, config: EvalConfig,
-) -> tuple[list[tuple[float, float, float]], Tensor]:
+) -> tuple[list[tuple[float, float, float]], Tensor, Tensor | None]:
     """``logits`` (B, C): the model's outputs on ``images``, computed once per batch.
-    -> ((saco, fc, pf_auc) per image, (B, P) float32 attributions)."""
+    -> ((saco, fc, pf_auc) per image, (B, P) float32 attributions, (B,) convergence deltas or None)."""
     with torch.autocast(images.device.type, enabled=config.autocast):
-        attributions = method(images, targets, ids).detach().float()
+        output = method(images, targets, ids)
+    attributions, deltas = output if isinstance(output, tuple) else (output, None)
+    attributions = attributions.detach().float()
     if not torch.isfinite(attributions).all():
         raise ValueError(f"method {spec.label} produced NaN/Inf attributions")
     m = config.metrics
@@ -278,4 +281,4 @@ def _evaluate_batch(
                                    **settings)["fc"] for r in range(1, m.fc_repeats)]
         scores["fc"] = torch.stack(repeats).mean(dim=0)
     columns = [scores[name].double().cpu().tolist() for name in ("saco", "fc", "pf_auc")]
-    return list(zip(*columns)), attributions
+    return list(zip(*columns)), attributions, None if deltas is None else deltas.double().cpu()

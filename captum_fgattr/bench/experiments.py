@@ -90,6 +90,8 @@ class Protocol:
     controls: tuple[str, ...] = DEFAULT_CONTROLS  # controls of every selected configuration on the test set
     shuffle_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds of the shuffled-decoder control
     permute_seed: int = 0  # seed of the permuted-gates control
+    black_input: tuple[float, ...] | None = None  # model-input value of a black pixel per channel, (0 − mean)/std:
+    # the Integrated-Gradients baseline (None: 0, the normalisation mean; ``fgattr run`` fills it from the data)
     val_images: int | None = 500  # validation images (seeded subset; None = all)
     test_images: int | None = None  # test images (seeded subset; None = all)
     subset_seed: int = 42  # seed of the image subsets
@@ -115,6 +117,8 @@ class Protocol:
         object.__setattr__(self, "shuffle_seeds", tuple(int(seed) for seed in self.shuffle_seeds))
         if "shuffled_decoder" in self.controls and not self.shuffle_seeds:
             raise ValueError("the shuffled-decoder control needs at least one seed (shuffle_seeds)")
+        if self.black_input is not None:
+            object.__setattr__(self, "black_input", tuple(float(v) for v in self.black_input))
         object.__setattr__(self, "multi_layers", tuple(_layer_tuple("multi_layers", m) for m in self.multi_layers))
         if any(not m for m in self.multi_layers):
             raise ValueError(f"multi_layers={self.multi_layers!r}; every configuration needs at least one layer")
@@ -350,7 +354,15 @@ def final_specs(store: ResultStore, protocol: Protocol) -> list[MethodSpec]:
         specs.append(real)
         for controls in control_specs(real, protocol).values():
             specs += controls
-    return specs + [MethodSpec(name) for name in protocol.baselines]
+    return specs + [baseline_spec(name, protocol) for name in protocol.baselines]
+
+
+def baseline_spec(name: str, protocol: Protocol) -> MethodSpec:
+    """A baseline as the field runs it: Integrated Gradients from a black image (``protocol.black_input``)."""
+    if name == "integrated_gradients" and protocol.black_input is not None:
+        black = protocol.black_input
+        return MethodSpec(name, {"baseline": list(black) if len(set(black)) > 1 else black[0]}, "integrated_gradients")
+    return MethodSpec(name)
 
 
 def run_test(

@@ -1,7 +1,8 @@
 """Registry of attribution methods for the benchmark; every method yields raw patch maps (B, P).
 
 A method is described by a hashable :class:`MethodSpec` (name + parameters) and built by
-:func:`build_method` into a callable ``(images (B, C, H, W), targets (B,), sample_ids (B,)) -> (B, P)``.
+:func:`build_method` into a callable ``(images (B, C, H, W), targets (B,), sample_ids (B,)) -> (B, P)``
+(or ``((B, P), (B,) convergence delta)`` for a method that has one, e.g. Integrated Gradients).
 ``sample_ids`` lets stochastic baselines be reproducible per image, whatever the batching.
 """
 from __future__ import annotations
@@ -9,19 +10,19 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import torch
 from captum.attr import IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from captum_fgattr.adapters import ViTAdapter, capture, get_adapter
+from captum_fgattr.adapters import ViTAdapter, get_adapter
 from captum_fgattr.adapters.tokens import pixels_to_patches
 from captum_fgattr.attr import FeatureGradientTransMM, TransMM
-from captum_fgattr.relevancy import attention_rollout, class_token_row
+from captum_fgattr.baselines import AttentionRollout, RawAttention, TokenGradCAM
 from captum_fgattr.sae import SparseAutoencoder
 
-PatchMethod = Callable[[Tensor, Tensor, Tensor], Tensor]
+PatchMethod = Callable[[Tensor, Tensor, Tensor], Union[Tensor, tuple[Tensor, Tensor]]]
 Builder = Callable[..., PatchMethod]
 METHODS: dict[str, Builder] = {}
 
@@ -97,33 +98,28 @@ def _feature_gradient(
 
 @register_method("gradcam")
 def _gradcam(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
-    """Grad-CAM on the tokens entering the last block (timm ``blocks[-1].norm1`` input, the usual ViT
-    target layer; the last block's own output patch tokens get no gradient from a class-token head):
-    relu(Σ_d mean_t(∂y/∂a_td) · a_td) over patch tokens t."""
-    layer = adapter.depth - 2
-    if layer < 0:
-        raise ValueError("Grad-CAM needs a model with at least 2 blocks")
-
-    def attribute(images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
-        with torch.enable_grad(), capture(adapter, attention=False, resid_layers=[layer]) as captured:
-            logits = model(images.detach().requires_grad_(True))
-            captured.backward(logits.gather(1, targets[:, None]).sum())
-            acts = captured.resid[layer][:, adapter.num_prefix_tokens:].detach()
-            grads = captured.resid_grad[layer][:, adapter.num_prefix_tokens:]
-        return torch.relu((acts * grads.mean(dim=1, keepdim=True)).sum(dim=-1))
-    return attribute
+    """:class:`TokenGradCAM` on the output of the last block's norm1 (pytorch-grad-cam's ViT recipe)."""
+    method = TokenGradCAM(model)
+    return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True).flatten(1)
 
 
 @register_method("integrated_gradients")
 def _integrated_gradients(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder],
-                          n_steps: int = 16) -> PatchMethod:
-    """Captum Integrated Gradients from a black image, summed over channels and patch pixels."""
+                          baseline: float | list[float] = 0.0, n_steps: int = 50) -> PatchMethod:
+    """Captum Integrated Gradients from a constant ``baseline`` image (one model-input value per channel, or
+    one for all; a black image is (0 − mean) / std), ``n_steps`` Gauss-Legendre steps, summed over channels and
+    patch pixels. Returns the maps and Captum's convergence delta per image."""
     method = IntegratedGradients(model)
 
-    def attribute(images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
+    def attribute(images: Tensor, targets: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+        values = torch.as_tensor(baseline, dtype=images.dtype, device=images.device).reshape(-1)
+        if values.numel() not in (1, images.shape[1]):
+            raise ValueError(f"integrated_gradients baseline has {values.numel()} values for {images.shape[1]} channels")
+        reference = values.reshape(1, -1, 1, 1).expand_as(images)
         with torch.enable_grad():
-            attr = method.attribute(images, target=targets, n_steps=n_steps, internal_batch_size=images.shape[0] * n_steps)
-        return pixels_to_patches(attr.detach(), adapter.patch_size)
+            attr, delta = method.attribute(images, baselines=reference, target=targets, n_steps=n_steps,
+                                           internal_batch_size=images.shape[0] * n_steps, return_convergence_delta=True)
+        return pixels_to_patches(attr.detach(), adapter.patch_size), delta.detach()
     return attribute
 
 
@@ -139,24 +135,18 @@ def _saliency(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAu
     return attribute
 
 
-def _attention_maps(model: nn.Module, adapter: ViTAdapter, images: Tensor) -> list[Tensor]:
-    with torch.no_grad(), capture(adapter) as captured:
-        model(images)
-        return list(captured.attn)
-
-
 @register_method("rollout")
 def _rollout(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
-    """Attention rollout (class-agnostic)."""
-    return lambda images, targets, ids: class_token_row(
-        attention_rollout(_attention_maps(model, adapter, images)), adapter.num_prefix_tokens)
+    """:class:`AttentionRollout` (class-agnostic)."""
+    method = AttentionRollout(model)
+    return lambda images, targets, ids: method.attribute(images, return_patches=True).flatten(1)
 
 
 @register_method("raw_attention")
 def _raw_attention(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
-    """Last block's head-mean attention of the class token (class-agnostic)."""
-    return lambda images, targets, ids: class_token_row(
-        _attention_maps(model, adapter, images)[-1].mean(dim=1), adapter.num_prefix_tokens)
+    """:class:`RawAttention`: the last block's head-mean class-token attention (class-agnostic)."""
+    method = RawAttention(model)
+    return lambda images, targets, ids: method.attribute(images, return_patches=True).flatten(1)
 
 
 @register_method("random")

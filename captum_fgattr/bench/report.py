@@ -125,7 +125,18 @@ def _markdown(rows: Sequence[TableRow], title: str) -> str:
               "TransMM (*** p<0.001, ** p<0.01, * p<0.05)."]
     if nan:
         lines.append("Undefined SaCo (excluded): " + ", ".join(f"{label}: {n}" for label, n in nan) + ".")
+    at_mean = [row.method.label for row in rows if _integrates_from_zero(row.method)]
+    if at_mean:
+        lines.append("Note: " + ", ".join(at_mean) + " integrates from the normalisation mean (input 0), close to the "
+                     "metrics' replacement value (each image's mean): the metrics' perturbations then resemble its "
+                     "baseline, which favours it.")
     return "\n".join(lines) + "\n"
+
+
+def _integrates_from_zero(spec: MethodSpec) -> bool:
+    """Integrated Gradients whose baseline is the model-input 0 (the normalisation mean)."""
+    baseline = spec.params.get("baseline", 0.0)
+    return spec.name == "integrated_gradients" and not any(baseline if isinstance(baseline, list) else [baseline])
 
 
 def _csv(rows: Sequence[TableRow], experiment: str, split: str, path: Path) -> None:

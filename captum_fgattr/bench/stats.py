@@ -150,7 +150,7 @@ class PairedComparison:
 
 def minimum_detectable_dz(n: int, power: float = 0.8, alpha: float = 0.05) -> float:
     """Smallest |d_z| a two-sided paired t-test on n pairs detects with ``power`` at level ``alpha``
-    (exact, from the noncentral t distribution); NaN for n < 2."""
+    (exact, from the noncentral t distribution); NaN for n < 2 or where scipy cannot evaluate it (tiny n)."""
     if n < 2:
         return math.nan
     df = n - 1
@@ -163,6 +163,8 @@ def minimum_detectable_dz(n: int, power: float = 0.8, alpha: float = 0.05) -> fl
     high = 3.0 / math.sqrt(n)  # ≈ the normal approximation 2.8/√n; doubled until the power exceeds the target
     while shortfall(high) < 0:
         high *= 2.0
+    if not math.isfinite(shortfall(high)):  # scipy's noncentral t fails far in the tail (n of 2 or 3)
+        return math.nan
     return float(_brentq(shortfall, 1e-9, high))
 
 

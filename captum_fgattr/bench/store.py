@@ -39,9 +39,11 @@ import numpy as np
 
 from captum_fgattr.bench.methods import MethodSpec
 
-__all__ = ["STORE_NAME", "METRICS", "HIGHER_IS_BETTER", "ResultRow", "Selection", "ResultStore"]
+__all__ = ["STORE_NAME", "METRICS", "HIGHER_IS_BETTER", "ResultRow", "Selection", "ResultStore", "StoreError"]
 
 STORE_NAME = "results.sqlite"
+#: how long a writer waits for another process's transaction before the store is reported locked
+LOCK_TIMEOUT_S = 300.0
 METRICS: tuple[str, ...] = ("saco", "fc", "pf_auc")  # score columns, in table order
 HIGHER_IS_BETTER: dict[str, bool] = {"saco": True, "fc": True, "pf_auc": False}
 
@@ -66,6 +68,9 @@ CREATE TABLE IF NOT EXISTS attributions (
     split TEXT NOT NULL, method_key TEXT NOT NULL, image_id INTEGER NOT NULL,
     grid_h INTEGER NOT NULL, grid_w INTEGER NOT NULL, attr BLOB NOT NULL,
     PRIMARY KEY (split, method_key, image_id));
+CREATE TABLE IF NOT EXISTS convergence_deltas (
+    split TEXT NOT NULL, method_key TEXT NOT NULL, image_id INTEGER NOT NULL, delta REAL NOT NULL,
+    PRIMARY KEY (split, method_key, image_id));
 CREATE TABLE IF NOT EXISTS images (
     split TEXT NOT NULL, image_id INTEGER NOT NULL, height INTEGER NOT NULL, width INTEGER NOT NULL,
     channels INTEGER NOT NULL, pixels BLOB NOT NULL, PRIMARY KEY (split, image_id));
@@ -79,6 +84,39 @@ CREATE VIEW IF NOT EXISTS experiment_results AS
     JOIN experiment_images ei ON ei.experiment = em.experiment AND ei.split = em.split
     JOIN results r ON r.split = em.split AND r.method_key = em.method_key AND r.image_id = ei.image_id;
 """
+
+
+class StoreError(RuntimeError):
+    """The results file cannot be used (corrupt, locked, a folder in its place, not writable, no run folder);
+    the message names the path and the way out."""
+
+
+def _store_error(path: Path, err: sqlite3.Error) -> StoreError:
+    """Translate SQLite's error about ``path`` into a :class:`StoreError` saying what to do."""
+    text = str(err)
+    if "locked" in text or "busy" in text:
+        return StoreError(f"{path} is locked by another process (another fgattr command on this run folder?); "
+                          "wait for it to finish, or use another --run-dir")
+    if "not a database" in text or "malformed" in text:
+        return StoreError(f"{path} is not a readable SQLite results file ({text}): it is corrupt or another kind of "
+                          "file; move it away to start a new store, or use another --run-dir")
+    if "readonly" in text or "unable to open" in text:
+        return StoreError(f"cannot open {path} for writing ({text}); check that you may write to {path.parent}, "
+                          "or use another --run-dir")
+    return StoreError(f"{path}: {text}")
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` (and parents); a regular file or permissions in the way raise :class:`StoreError`."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), run_dir)
+        raise StoreError(f"cannot create run folder {run_dir}: {blocker} is a regular file, not a folder; "
+                         "choose another --run-dir") from err
+    except OSError as err:
+        raise StoreError(f"cannot create run folder {run_dir} ({err.strerror}: {err.filename}); choose a folder you "
+                         "may write to (--run-dir)") from err
 
 
 def _now() -> str:
@@ -122,22 +160,43 @@ class ResultStore:
 
     Args:
         run_dir: run folder; created if missing; the database is ``run_dir / STORE_NAME``.
-        timeout_s: how long a writer waits for another rank's transaction.
+        timeout_s: how long a writer waits for another rank's transaction (default :data:`LOCK_TIMEOUT_S`).
+
+    Raises:
+        StoreError: the run folder cannot be created, or the results file is corrupt, locked, a folder or
+            not writable (the message names the path and what to do).
     """
 
-    def __init__(self, run_dir: str | Path, timeout_s: float = 300.0) -> None:
+    def __init__(self, run_dir: str | Path, timeout_s: float | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / STORE_NAME
-        self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
-        self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        self._enable_wal(timeout_s)
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        with self._write():
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._conn.execute(statement)
+        timeout_s = LOCK_TIMEOUT_S if timeout_s is None else timeout_s
+        _make_run_dir(self.run_dir)
+        if self.path.is_dir():
+            raise StoreError(f"{self.path} is a folder, not the SQLite results file; move it away, or use another --run-dir")
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
+        except sqlite3.Error as err:
+            raise _store_error(self.path, err) from err
+        try:
+            self._setup(timeout_s)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _setup(self, timeout_s: float) -> None:
+        """Pragmas (busy timeout, WAL) and the schema; SQLite errors become :class:`StoreError`."""
+        try:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
+            self._enable_wal(timeout_s)
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            with self._write():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+        except sqlite3.Error as err:
+            raise _store_error(self.path, err) from err
 
     def _enable_wal(self, timeout_s: float) -> None:
         """Switch to WAL. The switch needs an exclusive lock and SQLite answers "database is locked" at
@@ -164,7 +223,10 @@ class ResultStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken with the write lock up front (no upgrade deadlocks between ranks)."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as err:
+            raise _store_error(self.path, err) from err
         try:
             yield self._conn
         except BaseException:
@@ -251,6 +313,7 @@ class ResultStore:
         rows: Iterable[ResultRow],
         attributions: Iterable[tuple[str, str, int, np.ndarray]] = (),
         images: Iterable[tuple[str, int, np.ndarray]] = (),
+        deltas: Iterable[tuple[str, str, int, float]] = (),
     ) -> int:
         """Commit one batch atomically; rows already stored are kept (no duplicates). Returns rows added.
 
@@ -258,6 +321,7 @@ class ResultStore:
             rows: per-image scores.
             attributions: (split, method_key, image_id, (gh, gw) patch map) to keep for figures.
             images: (split, image_id, (H, W, C) uint8 display image) to keep for figures.
+            deltas: (split, method_key, image_id, convergence delta) of methods that have one.
         """
         created = _now()
         with self._write() as conn:
@@ -267,6 +331,8 @@ class ResultStore:
                 [(r.split, r.method_key, r.image_id, r.image_name, r.label, r.prediction, r.target,
                   _nullable(r.saco), _nullable(r.fc), _nullable(r.pf_auc), r.n_patches, created) for r in rows])
             added = conn.total_changes - before
+            conn.executemany("INSERT OR IGNORE INTO convergence_deltas VALUES (?, ?, ?, ?)",
+                             [(split, key, image_id, float(delta)) for split, key, image_id, delta in deltas])
             conn.executemany(
                 "INSERT OR IGNORE INTO attributions VALUES (?, ?, ?, ?, ?, ?)",
                 [(split, key, image_id, *attr.shape, np.ascontiguousarray(attr, dtype=np.float32).tobytes())
@@ -294,6 +360,12 @@ class ResultStore:
         names = ("image_id", "label", "prediction", "target", *METRICS, "n_patches")
         return {name: np.array([math.nan if v is None else v for v in col], dtype=np.float64)
                 if name in METRICS else np.array(col, dtype=np.int64) for name, col in zip(names, columns)}
+
+    def convergence_deltas(self, split: str, method_key: str) -> np.ndarray:
+        """(n,) stored convergence deltas of one method (empty for methods without one), by image id."""
+        rows = self._conn.execute("SELECT delta FROM convergence_deltas WHERE split = ? AND method_key = ? "
+                                  "ORDER BY image_id", (split, method_key)).fetchall()
+        return np.array([row[0] for row in rows], dtype=np.float64)
 
     def count_rows(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
