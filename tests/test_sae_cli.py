@@ -42,16 +42,48 @@ def test_train_sae_cli_writes_one_folder_per_layer_and_metrics(tmp_path, capsys)
     for layer in ("1", "3"):
         runs = [r for r in rows if r["layer"] == layer]
         assert sum(r["selected"] == "True" for r in runs) == 1
-        assert all(int(r["num_tokens"]) == 8 * 4 for r in runs)  # 8 images x 2x2 patches, no CLS
+        # default --heldout-fraction 0.1: one of the 4 images per class held out (at least one per class)
+        assert all(int(r["num_tokens"]) == 6 * 4 for r in runs)  # 6 training images x 2x2 patches, no CLS
+        assert all(int(r["heldout_num_tokens"]) == 2 * 4 for r in runs)
+        assert all(float(r["heldout_explained_variance"]) < 1 and 0 <= float(r["heldout_dead_fraction"]) <= 1
+                   for r in runs)
         assert all(0 <= float(r["dead_fraction"]) <= 1 and float(r["mean_l0"]) <= 8 for r in runs)
         sae = load_sae(out / f"layer_{layer}")
         assert (sae.d_in, sae.n_features, sae.k, sae.config.hook_layer) == (192, 384, 8, int(layer))
         selected = next(r for r in runs if r["selected"] == "True")
         assert sae.config.extra["metrics"]["lr"] == float(selected["lr"])
+        saved = sae.config.extra["metrics"]["heldout_explained_variance"]
+        assert saved == pytest.approx(float(selected["heldout_explained_variance"]))
     assert not (out / "activation_cache").exists()  # cache removed after training
-    assert json.loads((out / "run.json").read_text())["classes"] == ["apple", "zebra"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["classes"] == ["apple", "zebra"] and len(run["heldout_images"]) == 2
+    assert {p.split("/")[0] for p in run["heldout_images"]} == {"apple", "zebra"}
     printed = capsys.readouterr().out
     assert "explained_variance" in printed and "selected" in printed
+
+
+def test_heldout_split_is_per_class_seeded_and_disjoint() -> None:
+    from captum_fgattr.sae.cli import heldout_split
+
+    labels = [0] * 20 + [1] * 10 + [2]
+    train, held = heldout_split(labels, 0.1, seed=0)
+    assert sorted(train + held) == list(range(31)) and not set(train) & set(held)
+    assert [sum(labels[i] == c for i in held) for c in (0, 1, 2)] == [2, 1, 0]  # a single image stays in training
+    assert heldout_split(labels, 0.1, seed=0) == (train, held) and heldout_split(labels, 0.1, seed=1)[1] != held
+    assert heldout_split(labels, 0.0, seed=0) == (list(range(31)), [])
+    with pytest.raises(ValueError, match="heldout-fraction"):
+        heldout_split(labels, 1.0, seed=0)
+
+
+def test_train_sae_cli_without_heldout_leaves_the_columns_empty(tmp_path) -> None:
+    make_image_folder(tmp_path / "images", per_class=2)
+    out = tmp_path / "out"
+    assert main(["train-sae", "--model", "vit_tiny_patch16_224", "--img-size", "32", "--data", str(tmp_path / "images"),
+                 "--layers", "0", "--expansion", "1", "--k", "4", "--epochs", "1", "--batch-tokens", "8",
+                 "--warmup-steps", "1", "--lr", "1e-3", "--heldout-fraction", "0", "--output", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    (row,) = csv.DictReader(open(out / "metrics.csv"))
+    assert int(row["num_tokens"]) == 4 * 4 and row["heldout_explained_variance"] == ""
 
 
 def test_train_sae_cli_clear_errors(tmp_path, capsys) -> None:

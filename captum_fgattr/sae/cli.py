@@ -5,8 +5,13 @@ on-disk cache (``numpy.memmap``), from which each layer's SAE is trained (one ru
 selected by the thesis rule). Output::
 
     OUTPUT/layer_{L}/config.json, sae.safetensors   the selected SAE of block L (0-based)
-    OUTPUT/metrics.csv                              one row per (layer, lr) run, ``selected`` marks the pick
-    OUTPUT/run.json                                 the command's settings
+    OUTPUT/metrics.csv                              one row per (layer, lr) run, ``selected`` marks the pick;
+                                                    heldout_* columns: explained variance, dead fraction
+                                                    and L0 on the held-out images' tokens
+    OUTPUT/run.json                                 the command's settings and the held-out images
+
+A seeded, per-class fraction of the images (--heldout-fraction, default 0.1) is held out of SAE
+training: the SAEs are judged on tokens they never saw, not only on their training tokens.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import torch
 
 from captum_fgattr.sae.layers import METRIC_FIELDS
 
-__all__ = ["add_parser", "run_train_sae"]
+__all__ = ["add_parser", "run_train_sae", "heldout_split"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -43,6 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     d.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std (default: model's pretrained cfg)")
     d.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     d.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    d.add_argument("--heldout-fraction", type=float, default=0.1,
+                   help="fraction of each class's images held out of training for the held-out metrics "
+                   "(default 0.1, at least one image per class with two or more; 0: none)")
     s = p.add_argument_group("SAE")
     s.add_argument("--layers", type=int, nargs="+", required=True, help="0-based block indices (timm blocks[i])")
     s.add_argument("--expansion", type=int, default=64, help="n_features = expansion * width (default 64)")
@@ -68,12 +76,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+def heldout_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """``(train indices, held-out indices)``: per class, a seeded ``round(fraction * n)`` of its images
+    (at least one when ``fraction > 0`` and the class has two or more) are held out; both sorted."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"--heldout-fraction={fraction}; expected a number in [0, 1)")
+    gen = torch.Generator().manual_seed(seed)
+    heldout: list[int] = []
+    for label in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == label]
+        n = max(1, round(fraction * len(members))) if fraction > 0 and len(members) >= 2 else 0
+        heldout += [members[j] for j in torch.randperm(len(members), generator=gen)[:n].tolist()]
+    held = set(heldout)
+    return [i for i in range(len(labels)) if i not in held], sorted(heldout)
+
+
 def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _print_table(rows: list[dict[str, object]], fields: tuple[str, ...]) -> None:
-    cells = [[_fmt(r[f]) for f in fields] for r in rows]
+    cells = [[_fmt(r.get(f, "")) for f in fields] for r in rows]
     widths = [max(len(f), *(len(c[i]) for c in cells)) for i, f in enumerate(fields)]
     print("  ".join(f.rjust(w) for f, w in zip(fields, widths)))
     for c in cells:
@@ -120,7 +143,12 @@ def _run(args: argparse.Namespace) -> int:
         std=tuple(args.std) if args.std else tuple(pretrained.get("std", IMAGENET_STD)),
     )
     dataset = ImageFolderDataset(args.data, transform=build_transform(preprocess))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
+    train_ids, heldout_ids = heldout_split(dataset.targets, args.heldout_fraction, args.seed)
+
+    def loader_of(ids: list[int]) -> torch.utils.data.DataLoader:
+        subset = torch.utils.data.Subset(dataset, ids)
+        return torch.utils.data.DataLoader(subset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
+
     sae_configs = {
         layer: sae_config_for(
             adapter.embed_dim, expansion=args.expansion, k=args.k, activation=args.activation,
@@ -136,13 +164,16 @@ def _run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     settings = {key: value for key, value in vars(args).items() if key != "func"}
-    settings.update(device=str(device), num_images=len(dataset), classes=dataset.classes, preprocess=repr(preprocess))
+    settings.update(device=str(device), num_images=len(dataset), classes=dataset.classes, preprocess=repr(preprocess),
+                    heldout_images=[dataset.ids[i] for i in heldout_ids])
+    print(f"training on {len(train_ids)} images, {len(heldout_ids)} held out for the held-out metrics", file=sys.stderr)
     (output / "run.json").write_text(json.dumps(settings, indent=2))
 
     start = time.perf_counter()
-    rows = train_layer_saes(model, loader, sae_configs, train_cfg, output, lrs=args.lr, ev_threshold=args.ev_threshold,
-                            cache_dir=args.cache_dir, cache_dtype=args.cache_dtype, keep_cache=args.keep_cache,
-                            device=device)
+    rows = train_layer_saes(model, loader_of(train_ids), sae_configs, train_cfg, output, lrs=args.lr,
+                            ev_threshold=args.ev_threshold, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
+                            keep_cache=args.keep_cache, device=device,
+                            heldout_loader=loader_of(heldout_ids) if heldout_ids else None)
     _print_table(rows, METRIC_FIELDS)
     print(f"wrote {len(layers)} SAE folder(s) and metrics.csv to {output} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
     return 0

@@ -3,7 +3,9 @@
 Used by ``fgattr train-sae`` and the demo. Output folder::
 
     OUTPUT/layer_{L}/config.json, sae.safetensors   the selected SAE of block L (0-based)
-    OUTPUT/metrics.csv                              one row per (layer, lr) run, ``selected`` marks the pick
+    OUTPUT/metrics.csv                              one row per (layer, lr) run, ``selected`` marks the pick;
+                                                    ``heldout_*``: quality on tokens of images the SAE
+                                                    never saw (empty without held-out images)
 
 Resumable: a layer whose folder already holds a saved SAE is kept, and its rows of an existing
 ``metrics.csv`` are carried over; only the missing layers are collected and trained.
@@ -24,11 +26,14 @@ from torch import nn
 from captum_fgattr.sae.collect import ActivationCache
 from captum_fgattr.sae.io import read_sae_config
 from captum_fgattr.sae.model import SAEConfig
-from captum_fgattr.sae.train import TrainConfig, sweep_lr
+from captum_fgattr.sae.train import TrainConfig, evaluate_sae, sweep_lr
 
-__all__ = ["METRIC_FIELDS", "train_layer_saes", "layer_folder"]
+__all__ = ["METRIC_FIELDS", "HELDOUT_FIELDS", "train_layer_saes", "layer_folder"]
 
-METRIC_FIELDS = ("layer", "lr", "explained_variance", "dead_fraction", "mean_l0", "mse", "num_tokens", "selected", "train_seconds")
+#: quality on held-out tokens (images not used for training), prefixed ``heldout_`` in rows and saved metrics
+HELDOUT_FIELDS = ("heldout_explained_variance", "heldout_dead_fraction", "heldout_mean_l0", "heldout_num_tokens")
+METRIC_FIELDS = ("layer", "lr", "explained_variance", "dead_fraction", "mean_l0", "mse", "num_tokens",
+                 *HELDOUT_FIELDS, "selected", "train_seconds")
 
 
 def layer_folder(output: str | Path, layer: int) -> Path:
@@ -77,6 +82,7 @@ def train_layer_saes(
     cache_dtype: str = "float32",
     keep_cache: bool = False,
     device: torch.device | str | None = None,
+    heldout_loader: Iterable[Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train and save the SAE of every layer in ``sae_configs`` (0-based block -> architecture).
 
@@ -88,9 +94,12 @@ def train_layer_saes(
         output: folder for ``layer_{L}/`` and ``metrics.csv``.
         cache_dir: activation cache (default ``OUTPUT/activation_cache``), deleted afterwards unless
             ``keep_cache``.
+        heldout_loader: batches of images not in ``loader``; every run is also evaluated on their
+            patch tokens (:data:`HELDOUT_FIELDS`; the selection still uses the training tokens).
 
     Returns:
-        The metrics rows of every layer (also in ``OUTPUT/metrics.csv``).
+        The metrics rows of every layer (also in ``OUTPUT/metrics.csv``); the selected SAE's
+        metrics, held-out ones included, are also saved with it (``SparseAutoencoder.config.extra["metrics"]``).
     """
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -108,18 +117,34 @@ def train_layer_saes(
     cache = ActivationCache.build(model, loader, todo, cache_dir, dtype=cache_dtype, device=device,
                                   progress=train_config.progress)
     print(f"cached {cache.num_tokens} patch tokens per layer (width {cache.d_model})", file=sys.stderr)
+    heldout = None
     try:
+        if heldout_loader is not None:
+            heldout = ActivationCache.build(model, heldout_loader, todo, cache_dir / "heldout", dtype=cache_dtype,
+                                            device=device, progress=train_config.progress)
+            print(f"cached {heldout.num_tokens} held-out patch tokens per layer", file=sys.stderr)
         for layer in todo:
             start = time.perf_counter()
             sweep = sweep_lr(cache.array(layer), lrs, sae_configs[layer], train_config, ev_threshold=ev_threshold, device=device)
             seconds = (time.perf_counter() - start) / len(lrs)
             for i, result in enumerate(sweep.results):
-                rows.append({"layer": layer, "lr": result.config.lr, **result.metrics.as_dict(),
+                held = {} if heldout is None else _heldout_metrics(result.sae, heldout.array(layer), train_config)
+                rows.append({"layer": layer, "lr": result.config.lr, **result.metrics.as_dict(), **held,
                              "selected": i == sweep.best_index, "train_seconds": round(seconds, 2)})
-            best = sweep.best
-            best.sae.save(layer_folder(output, layer), metrics={**best.metrics.as_dict(), "lr": best.config.lr})
+            best, row = sweep.best, rows[len(rows) - len(lrs) + sweep.best_index]
+            saved = {**best.metrics.as_dict(), **{f: row[f] for f in HELDOUT_FIELDS if f in row}, "lr": best.config.lr}
+            best.sae.save(layer_folder(output, layer), metrics=saved)
             _write_rows(metrics_path, rows)  # after each layer: finished layers survive a crash
     finally:
         if not keep_cache:
+            if heldout is not None:
+                heldout.delete()
             cache.delete()
     return rows
+
+
+def _heldout_metrics(sae: Any, tokens: Any, train_config: TrainConfig) -> dict[str, float]:
+    """:data:`HELDOUT_FIELDS` of ``sae`` on all ``tokens`` (num_tokens, d_in)."""
+    m = evaluate_sae(sae, tokens, batch_tokens=train_config.batch_tokens)
+    return {"heldout_explained_variance": m.explained_variance, "heldout_dead_fraction": m.dead_fraction,
+            "heldout_mean_l0": m.mean_l0, "heldout_num_tokens": m.num_tokens}
