@@ -1,6 +1,32 @@
-"""captum-fgattr: faithful attention attribution for Vision Transformers (Captum extension)."""
-from captum_fgattr.attr import FeatureGradientTransMM, GatedLayer, TransMM
-from captum_fgattr.clip import CLIPZeroShotClassifier
-from captum_fgattr.sae import SparseAutoencoder
+"""captum-fgattr: faithful attention attribution for Vision Transformers (Captum extension).
+
+The public classes are imported on first use (PEP 562), so ``import captum_fgattr`` and the
+``fgattr`` command line start without loading torch, Captum or timm.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["TransMM", "FeatureGradientTransMM", "GatedLayer", "CLIPZeroShotClassifier", "SparseAutoencoder"]
+
+_WHERE = {"TransMM": "captum_fgattr.attr", "FeatureGradientTransMM": "captum_fgattr.attr",
+          "GatedLayer": "captum_fgattr.attr", "CLIPZeroShotClassifier": "captum_fgattr.clip",
+          "SparseAutoencoder": "captum_fgattr.sae"}
+
+if TYPE_CHECKING:
+    from captum_fgattr.attr import FeatureGradientTransMM, GatedLayer, TransMM
+    from captum_fgattr.clip import CLIPZeroShotClassifier
+    from captum_fgattr.sae import SparseAutoencoder
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'captum_fgattr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,38 +1,107 @@
 """``fgattr`` console script: parsing only; each subcommand lives with its concept.
 
-Subcommands register through :func:`register_command`; a module adds its parser with
-``add_parser(subparsers)`` returning the parser with ``func`` set as a default.
+Each command's module adds its parser with ``add_parser(subparsers)``, setting ``func`` as a
+default; :data:`COMMANDS` maps command names to modules. Every command takes ``--threads``.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
+import sys
 from collections.abc import Sequence
 
-# module path -> exposes ``add_parser(subparsers) -> argparse.ArgumentParser``
-COMMAND_MODULES: tuple[str, ...] = (
-    "captum_fgattr.sae.cli",
-    "captum_fgattr.bench.commands",
-    "captum_fgattr.bench.demo",
-    "captum_fgattr.bench.features_cli",
-)
+# command -> (module exposing ``add_parser(subparsers)``, its one-line help). Only the module of the
+# command being run is imported, so ``fgattr --help`` starts without torch (tests check that these
+# lines equal the modules' own).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train-sae": ("captum_fgattr.sae.cli",
+                  "train sparse autoencoders on a ViT's residual stream (patch tokens) over an image folder"),
+    "sweep": ("captum_fgattr.bench.commands", "validation sweeps: single layer, multi-layer, κ × c_max; selections"),
+    "evaluate": ("captum_fgattr.bench.commands", "test evaluation of the selected configurations and the baselines"),
+    "report": ("captum_fgattr.bench.commands", "Markdown/CSV tables and PNG figures from a run's store"),
+    "run": ("captum_fgattr.bench.commands", "the whole protocol: sweep, evaluate, report"),
+    "demo": ("captum_fgattr.bench.demo",
+             "run the study's protocol on the embedded default (Br35H MRI) and write a report"),
+    "features": ("captum_fgattr.bench.features_cli",
+                 "SAE feature case studies: which features boost or suppress which patches, with prototypes"),
+}
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
+_SPHINX_ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|obj):`~?([^`]+)`")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def default_threads() -> int:
+    """torch CPU threads when ``--threads`` is not given: ``$OMP_NUM_THREADS`` if set, else 1.
+
+    One thread is the safe default on a CPU shared with other jobs, where more threads than free
+    cores can be many times slower; give ``--threads N`` on a machine of your own.
+    """
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def plain(text: str | None) -> str | None:
+    """Help text without Sphinx markup: ``:func:`x``` -> x, ````x```` -> x."""
+    if text is None:
+        return None
+    return _SPHINX_ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1),
+                            text).replace("``", "")
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}; expected a positive int")
+    return int(value)
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """Plain help texts and the common ``--threads`` option on one registered command parser."""
+    parser.description = plain(parser.description)
+    for action in parser._actions:
+        action.help = plain(action.help)
+    if "--threads" not in parser._option_string_actions:
+        parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                            help="torch CPU threads (default: $OMP_NUM_THREADS if set, else 1 — safe on a shared "
+                            "CPU; raise it on a machine of your own)")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``fgattr`` parser. Only the module of ``command`` is imported (``None``: none of them);
+    every other command is listed by name and help line only."""
     parser = argparse.ArgumentParser(
         prog="fgattr",
         description="Faithful attention attribution for Vision Transformers: TransMM, "
         "Feature-Gradient TransMM, SAEs and patch-level faithfulness benchmarks.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        importlib.import_module(module).add_parser(subparsers)
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command][0]).add_parser(subparsers)
+        for sub in subparsers.choices.values():
+            _finish(sub)
+    for name, (_, help_line) in COMMANDS.items():
+        if name not in subparsers.choices:
+            subparsers.add_parser(name, help=help_line)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads if args.threads is not None else default_threads())
+    try:
+        return int(args.func(args) or 0)
+    except Exception as err:  # one error path: environment failures as one line, bugs keep their traceback
+        from captum_fgattr.bench.errors import user_error  # imports torch: only once a command has run
+
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"fgattr: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
