@@ -20,6 +20,7 @@ from captum_fgattr.gates import (
 from captum_fgattr.patch_attribution import PatchAttribution, check_finite
 from captum_fgattr.relevancy import class_token_row, gradient_weighted_attention, transmm_relevancy
 from captum_fgattr.sae import SparseAutoencoder
+from captum_fgattr.sae.mapping import check_sae_mapping
 from captum_fgattr.targets import TargetLike, resolve_target
 
 
@@ -130,8 +131,6 @@ class FeatureGradientTransMM(TransMM):
         top_features: int = 0,
     ) -> None:
         super().__init__(model)
-        if not saes:
-            raise ValueError("saes is empty: give at least one {block index: SAE}")
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")
         if shuffle_decoder_seed is not None and variant not in DECODER_PAIRED_VARIANTS:
@@ -142,12 +141,7 @@ class FeatureGradientTransMM(TransMM):
             raise ValueError(f"top_features={top_features}; expected >= 0")
         if top_features and variant not in SAE_VARIANTS:
             raise ValueError(f"top_features needs SAE codes; variant={variant!r} does not use them")
-        depth, width = self.adapter.depth, self.adapter.embed_dim
-        for layer, sae in saes.items():
-            if not 0 <= layer < depth:
-                raise ValueError(f"gated layer {layer} is out of range for a model with {depth} blocks (0..{depth - 1})")
-            sae.check_width(width, where=f"block {layer}")
-        self.saes = dict(sorted(saes.items()))
+        self.saes = check_sae_mapping(saes, self.adapter.depth, self.adapter.embed_dim)
         self.kappa = self._per_layer("kappa", kappa, minimum=0.0)
         self.c_max = self._per_layer("c_max", c_max, minimum=1.0)
         self.variant = variant

@@ -205,3 +205,14 @@ def test_sparse_codes_scatter_back_to_the_dense_codes(activation):
     dense = torch.zeros(3, 7, 40).scatter_add(-1, indices, values)
     torch.testing.assert_close(dense, sae.encode(x))
     assert values.shape[-1] == (5 if activation == "topk" else int((sae.encode(x) > 0).sum(-1).max()))
+
+
+@pytest.mark.parametrize("saes, error", [
+    ({"1": "sae"}, r"saes key '1' \(str\) is not a block index.*did you mean 1\?"),
+    ({1.0: "sae"}, r"saes key 1.0 \(float\).*did you mean 1\?"),
+    ({1: torch.nn.Linear(32, 32)}, r"saes\[1\] is a Linear, not a SparseAutoencoder"),
+])
+def test_bad_sae_mapping_is_named(vit, saes, error):
+    saes = {key: make_sae(32) if value == "sae" else value for key, value in saes.items()}
+    with pytest.raises(TypeError, match=error):
+        FeatureGradientTransMM(vit, saes)
