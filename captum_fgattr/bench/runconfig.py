@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -334,7 +335,9 @@ def load_saes(saes: str | Mapping[str, str] | None, layers: list[int]) -> dict[i
     if isinstance(saes, Mapping):
         paths = {int(layer): Path(path) for layer, path in saes.items()}
     else:
-        paths = {layer: Path(saes) / f"layer_{layer}" for layer in layers if (Path(saes) / f"layer_{layer}").is_dir()}
+        if not Path(saes).is_dir():
+            raise ValueError(f"SAE folder {saes} does not exist or is not a folder; expected layer_<L>/ SAE folders in it")
+        paths = {int(d.name[6:]): d for d in Path(saes).iterdir() if d.is_dir() and re.fullmatch(r"layer_\d+", d.name)}
     missing = [layer for layer in layers if layer not in paths]
     if missing:
         raise ValueError(f"no SAE for layers {missing} in {saes}; found layers {sorted(paths)}")
