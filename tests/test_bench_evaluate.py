@@ -13,7 +13,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from captum_fgattr.bench.evaluate import EvalConfig, MetricConfig, Shard, evaluate_methods, select_ids
-from captum_fgattr.bench.experiments import SELECTION_RULE, Protocol, fg_spec, run_study, run_sweep, transmm_spec
+from captum_fgattr.bench.experiments import SELECTION_RULE, Protocol, fg_spec, run_sweep, transmm_spec
+from captum_fgattr.bench.study import run_study
 from captum_fgattr.bench.methods import MethodSpec, build_method
 from captum_fgattr.bench.runconfig import RunConfig
 from captum_fgattr.bench.store import METRICS, ResultRow, ResultStore

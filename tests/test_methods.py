@@ -9,7 +9,7 @@ from captum.attr import IntegratedGradients, Saliency
 from captum_fgattr.adapters.tokens import pixels_to_patches
 from captum_fgattr.baselines import TokenGradCAM
 from captum_fgattr.bench.methods import METHODS, MethodSpec, build_method, register_method
-from tests.reference import assert_close_relative, attention_and_grads, timm_forward
+from tests.reference import assert_close_relative, timm_forward
 from tests.test_fg_transmm import make_sae
 
 IDS = torch.arange(3)

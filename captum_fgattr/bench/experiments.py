@@ -16,15 +16,14 @@ scores: highest mean over SaCo, FC and PF-AUC of the standardised paired effect 
 validation images (mean Δ / SD Δ, PF sign flipped so positive is better); ties go to the first candidate in
 protocol order. The thesis's % improvement is stored beside it.
 
-Python entry point: :func:`run_study` (what ``fgattr run`` and the demo call); the steps are
-:func:`run_sweep` and :func:`run_test`; :func:`control_groups` tells the report which rows are which control.
+The steps are :func:`run_sweep` and :func:`run_test` (the whole study with its report:
+:func:`captum_fgattr.bench.study.run_study`); :func:`control_groups` tells the report which rows are which control.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Union
 
 import torch
@@ -42,8 +41,8 @@ from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = [
     "Protocol", "SELECTION_RULE", "SINGLE", "MULTI", "GRID", "TEST", "VARIANTS", "CONTROLS", "DataSource",
-    "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep", "run_test", "run_study", "current_shard",
-    "sync_ranks",
+    "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep", "run_test", "current_shard",
+    "sync_ranks", "control_specs", "baseline_spec",
 ]
 
 SINGLE, MULTI, GRID, TEST = "single_layer", "multi_layer", "kappa_cmax", "test"
@@ -377,46 +376,3 @@ def run_test(
     ids = select_ids(len(data), protocol.test_images, protocol.subset_seed)  # type: ignore[arg-type]
     _experiment(model, data, specs, store, TEST, "test", ids, saes, config)
     return specs
-
-
-def run_study(
-    model: nn.Module,
-    val: DataSource,
-    test: DataSource,
-    saes: Mapping[int, SparseAutoencoder],
-    run_dir: str | Path,
-    protocol: Protocol = Protocol(),
-    config: EvalConfig = EvalConfig(),
-    report: bool = True,
-    resolved_config: Mapping[str, Any] | None = None,
-) -> Path:
-    """The whole protocol: sweep on ``val``, test on ``test``, then (rank 0) the report. Resumable.
-
-    Args:
-        model: classifier in eval mode, (B, C, H, W) -> (B, classes) logits.
-        val, test: splits (datasets of (image, label) or (images, labels) tensors).
-        saes: {layer: SAE} for every layer of ``protocol.gated_layers()``.
-        run_dir: run folder (store, configuration, ``report/``).
-        resolved_config: configuration to store with the run (default: protocol + evaluation settings).
-
-    Returns:
-        ``run_dir``.
-
-    Example (tiny random ViT, 2 layers, a few images)::
-
-        run_study(vit, (x_val, y_val), (x_test, y_test), {1: sae1, 2: sae2}, "runs/demo",
-                  Protocol(layers=(1, 2), multi_layers=((1, 2),), kappas=(0.5,), c_maxes=(10.0,),
-                           baselines=("random",)), EvalConfig(batch_size=4, progress=False))
-    """
-    run_dir = Path(run_dir)
-    with ResultStore(run_dir) as store:
-        if current_shard().rank == 0:
-            store.log_invocation("run_study", resolved_config or {"protocol": asdict(protocol),
-                                                                  "evaluation": asdict(config)})
-        run_sweep(model, val, saes, store, protocol, config)
-        run_test(model, test, saes, store, protocol, config)
-    if report and current_shard().rank == 0:
-        from captum_fgattr.bench.report import write_report
-
-        write_report(run_dir)
-    return run_dir

@@ -25,9 +25,7 @@ Outputs (``out_dir``): ``features.md``, ``features.csv`` (one row per case patch
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +35,10 @@ from torch.utils.data import Dataset
 
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.attr import FeatureGradientTransMM, GatedLayer, TransMM
-from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, fg_spec
-from captum_fgattr.bench.features_prototypes import FeatureKey, Prototypes, feature_prototypes
+from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups, fg_spec
+from captum_fgattr.bench.feature_findings import Case, FeatureAnalysis, FeatureStats, PatchFinding
+from captum_fgattr.bench.features_prototypes import FeatureKey, feature_prototypes
+from captum_fgattr.bench.features_report import write_feature_report
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, ResultStore
 from captum_fgattr.gates import robust_center_scale
@@ -48,89 +48,6 @@ __all__ = ["Case", "PatchFinding", "FeatureStats", "FeatureAnalysis", "composite
            "attribution_shares", "patch_findings", "feature_cases", "select_fg_method", "analyze_features", "CACHE_FOLDER"]
 
 CACHE_FOLDER = "feature_cache"  # prototype cache inside the run folder
-GROUPS = ("improved", "degraded")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One analysed image."""
-
-    group: str  # "improved" or "degraded"
-    image_id: int
-    target: int  # class explained (as stored with the scores)
-    composite: float  # composite improvement (see the module docstring)
-    deltas: Mapping[str, float]  # metric -> FG − TransMM (PF sign flipped: positive = FG better), unscaled
-
-
-@dataclass(frozen=True)
-class PatchFinding:
-    """A patch with a large |Δ attribution| and the feature contributing most to its gate."""
-
-    image_id: int
-    patch: int  # row-major patch index
-    transmm: float  # TransMM share of the patch (attribution / sum over patches)
-    fg: float  # FG-TransMM share
-    layer: int  # gated block of the headline feature (-1: no feature contributes)
-    feature: int  # feature index (-1: none)
-    contribution: float  # f_k·⟨g, d_k⟩ (+ booster, − suppressor)
-    z: float  # contribution / (1.4826·MAD + 1e-8) of the layer's scores on this image
-    gate: float  # the patch's gate at ``layer``
-
-    @property
-    def delta(self) -> float:
-        return self.fg - self.transmm
-
-    @property
-    def sign(self) -> str:
-        return "booster" if self.contribution > 0 else "suppressor" if self.contribution < 0 else "none"
-
-
-@dataclass(frozen=True)
-class FeatureStats:
-    """How one feature acts across the analysed images."""
-
-    layer: int
-    feature: int
-    headlines: int  # case patches where it is the headline feature
-    boosts: int  # cases (image, patch among its layer's top contributors) with a positive contribution
-    suppressions: int  # cases with a negative contribution
-    images: int  # analysed images with at least one case
-    per_class: Mapping[str, tuple[int, int]]  # class name -> (boosts, suppressions)
-
-    @property
-    def cases(self) -> int:
-        return self.boosts + self.suppressions
-
-    @property
-    def role(self) -> str:
-        return "booster" if self.boosts > self.suppressions else "suppressor" if self.suppressions > self.boosts else "mixed"
-
-    @property
-    def share(self) -> float:
-        """Fraction of cases in its majority role."""
-        return max(self.boosts, self.suppressions) / self.cases if self.cases else math.nan
-
-
-@dataclass
-class FeatureAnalysis:
-    """Result of :func:`analyze_features`."""
-
-    method: MethodSpec  # the FG-TransMM configuration analysed
-    split: str
-    cases: list[Case]
-    findings: dict[int, list[PatchFinding]]  # image id -> its case patches, by decreasing |Δ|
-    features: list[FeatureStats]  # headline features, most headlines first
-    prototypes: dict[FeatureKey, Prototypes]
-    grid: tuple[int, int]
-    shares: dict[int, tuple[np.ndarray, np.ndarray]]  # image id -> (TransMM, FG) (P,) attribution shares
-    files: dict[str, Path] = field(default_factory=dict)  # name -> written file
-
-    def top(self, role: str, n: int = 5) -> list[FeatureStats]:
-        """The ``n`` features with ``role`` ("booster" / "suppressor"), most cases first."""
-        chosen = [s for s in self.features if s.role == role]
-        return sorted(chosen, key=lambda s: (-max(s.boosts, s.suppressions), -s.headlines, s.layer, s.feature))[:n]
-
-
 def composite_improvement(fg: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Per-image composite improvement of FG over TransMM.
 
@@ -244,7 +161,7 @@ def select_fg_method(store: ResultStore, split: str = "test", experiment: str = 
         ValueError: the experiment has no real-SAE FG method, or not the selected one.
     """
     specs = store.experiment_methods(experiment, split)
-    real = [s for s in specs if s.name == "fg" and s.params.get("shuffle_seed") is None]
+    real = [group.real for group in control_groups(specs)]
     if not real:
         raise ValueError(f"experiment {experiment!r} on split {split!r} of {store.run_dir} has no real-SAE FG-TransMM "
                          f"results (methods: {[s.label for s in specs]}); evaluate the run first")
@@ -379,8 +296,6 @@ def analyze_features(
         cache_dir=Path(store.run_dir) / CACHE_FOLDER, progress=progress)
     result = FeatureAnalysis(method, split, cases, findings, features, protos, get_adapter(model).grid_size(), shares)
     if out_dir is not None:
-        from captum_fgattr.bench.features_report import write_feature_report
-
         ref = reference if reference is not None else dataset
         result.files = write_feature_report(result, dataset, ref, out_dir, name_of, reference_split or split)
     return result

@@ -19,7 +19,7 @@ from matplotlib.patches import Rectangle
 from torch.utils.data import Dataset
 
 from captum_fgattr.bench.evaluate import display_image
-from captum_fgattr.bench.features import GROUPS, FeatureAnalysis, FeatureStats, PatchFinding
+from captum_fgattr.bench.feature_findings import GROUPS, FeatureAnalysis, FeatureStats, PatchFinding
 from captum_fgattr.bench.features_prototypes import Prototypes
 from captum_fgattr.bench.store import METRICS
 
