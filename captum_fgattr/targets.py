@@ -43,6 +43,11 @@ def _as_index_tensor(target: object, device: torch.device) -> Tensor:
 
 def resolve_target(target: TargetLike, logits: Tensor) -> Tensor:
     """Per-sample target indices (B,) for ``logits`` (B, C); ``None`` -> predicted class."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(
+            f"the model must return a logits tensor (B, num_classes); got {type(logits).__name__} (e.g. a DeiT "
+            "distilled model in train mode with distilled_training returns two heads: call model.eval())"
+        )
     if logits.dim() != 2:
         raise ValueError(f"the model must return logits of shape (B, num_classes); got shape {tuple(logits.shape)}")
     B, C = logits.shape

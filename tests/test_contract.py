@@ -113,6 +113,13 @@ def test_deit_distilled_reads_class_and_distillation_rows():
     assert np.abs(class_row_only - expected).max() > 1e-3 * np.abs(expected).max()  # the old readout differed
 
 
+def test_deit_distilled_training_heads_are_refused():
+    vit = VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=4, num_classes=4)
+    vit.set_distilled_training(True)
+    with pytest.raises(TypeError, match="got tuple .*call model.eval"):
+        TransMM(vit.train()).attribute(torch.randn(1, 3, 32, 32), target=0)
+
+
 # -- 3. / 9. image sizes: partial patches and dynamic_img_size ---------------------------------------------
 def test_partial_patches_dropped_by_the_model_get_zero_and_the_map_has_the_input_size():
     vit = make_vit(img_size=36)  # patch 8: the convolution drops the last 4 rows and columns
@@ -210,6 +217,13 @@ def test_parallel_blocks_are_refused_by_name(block_fn):
                             block_fn=block_fn)
     with pytest.raises(TypeError, match=f"block 0 \\({block_fn.__name__}\\)"):
         TransMM(vit)
+
+
+def test_hybrid_cnn_vit_is_refused_by_name():
+    import timm
+
+    with pytest.raises(TypeError, match="HybridEmbed, not timm's PatchEmbed"):
+        TransMM(timm.create_model("vit_small_r26_s32_224", pretrained=False, img_size=64, num_classes=3))
 
 
 def test_active_patch_dropout_is_refused():

@@ -1,7 +1,7 @@
 """timm ``VisionTransformer`` (ViT, DeiT, DeiT distilled, register tokens): probabilities at ``attn.attn_drop``."""
 from __future__ import annotations
 
-from timm.layers import Attention, PatchDropout
+from timm.layers import Attention, PatchDropout, PatchEmbed
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -25,6 +25,12 @@ class TimmViTAdapter(ViTAdapter):
                 "TransMM reads relevance from the class-token row, so the timm ViT must have a class "
                 f"token and global_pool='token'; got global_pool={vit.global_pool!r}, "
                 f"class token {'present' if vit.cls_token is not None else 'absent'}"
+            )
+        if not isinstance(vit.patch_embed, PatchEmbed):
+            raise TypeError(
+                f"the patch embedding is {type(vit.patch_embed).__name__}, not timm's PatchEmbed: in hybrid CNN-ViTs "
+                "(e.g. vit_small_r26_s32_224) tokens are CNN features with overlapping receptive fields, not image "
+                "patches, so relevance cannot be mapped to pixels; supported: ViTs with a timm.layers.PatchEmbed"
             )
         for i, blk in enumerate(vit.blocks):
             attn = getattr(blk, "attn", None)
