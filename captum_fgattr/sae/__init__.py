@@ -1,7 +1,7 @@
 """Sparse autoencoders on ViT residual streams: model, streamed training, storage (DESIGN §6)."""
 from captum_fgattr.sae.collect import ActivationCache, ActivationStream, iter_patch_activations
-from captum_fgattr.sae.io import load_sae, read_sae_config, save_sae
-from captum_fgattr.sae.model import NormStats, SAEConfig, SparseAutoencoder
+from captum_fgattr.sae.io import read_sae_config
+from captum_fgattr.sae.model import NormStats, SAEConfig, SparseAutoencoder, load_sae, save_sae
 from captum_fgattr.sae.train import (
     SAEMetrics,
     SweepResult,

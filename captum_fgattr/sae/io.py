@@ -1,12 +1,12 @@
 """SAE storage: safetensors + JSON config (never pickle), and published Prisma-layout folders.
 
-Folder written by :func:`save_sae`::
+Folder written by :func:`write_sae_files` (``SparseAutoencoder.save``)::
 
     config.json        Prisma-compatible keys (d_in, d_sae, activation_fn_str, activation_fn_kwargs,
                        normalize_activations, architecture, hook_point, hook_point_layer) + metrics
     sae.safetensors    W_enc (d_in, n), b_enc (n), W_dec (n, d_in), b_dec (d_in)
 
-:func:`load_sae` reads those folders and published vision SAEs in the Prisma layout: ``config.json``
+:func:`read_sae_files` (``SparseAutoencoder.load``) reads those folders and published vision SAEs in the Prisma layout: ``config.json``
 plus a ``.pt`` state dict ``{W_enc, b_enc, W_dec, b_dec}``, or the older wrapped form
 ``{"cfg": ..., "state_dict": {...}}``; ``.pt`` files are read with ``torch.load(weights_only=True)``, and
 an old wrapped file whose ``cfg`` is a pickled config object with a restricted unpickler that rebuilds
@@ -29,10 +29,10 @@ import torch
 from torch import Tensor
 
 from captum_fgattr.files import new_file_mode
-from captum_fgattr.sae.model import SAEConfig, SparseAutoencoder
+from captum_fgattr.sae.config import SAEConfig
 from captum_fgattr.sae.safe_unpickle import RefusedGlobal, load_plain
 
-__all__ = ["save_sae", "load_sae", "read_sae_config", "CONFIG_NAME", "WEIGHTS_NAME"]
+__all__ = ["write_sae_files", "read_sae_files", "read_sae_config", "CONFIG_NAME", "WEIGHTS_NAME", "PARAMS"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "sae.safetensors"
@@ -62,16 +62,14 @@ def _write_atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_sae(sae: SparseAutoencoder, directory: str | os.PathLike[str], metrics: dict[str, float] | None = None) -> Path:
-    """Write ``sae`` to ``directory`` as ``sae.safetensors`` + ``config.json``; returns the folder."""
+def write_sae_files(c: SAEConfig, tensors: dict[str, Tensor], dtype: torch.dtype, directory: str | os.PathLike[str],
+                    metrics: dict[str, float] | None = None) -> Path:
+    """Write an SAE's ``tensors`` ({W_enc, b_enc, W_dec, b_dec}, CPU) and config to ``directory`` as
+    ``sae.safetensors`` + ``config.json``; returns the folder."""
     from safetensors.torch import save_file
 
-    if not isinstance(sae, SparseAutoencoder):
-        raise TypeError(f"expected a SparseAutoencoder, got {type(sae).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    c = sae.config
-    tensors = {name: getattr(sae, name).detach().to("cpu").contiguous() for name in PARAMS}
     config: dict[str, Any] = {
         "format": FORMAT,
         "format_version": 1,
@@ -85,7 +83,7 @@ def save_sae(sae: SparseAutoencoder, directory: str | os.PathLike[str], metrics:
         "hook_point": None if c.hook_layer is None else f"blocks.{c.hook_layer}.hook_resid_post",
         "hook_point_layer": c.hook_layer,
         "model_name": c.model_name,
-        "dtype": _dtype_name(sae.dtype),
+        "dtype": _dtype_name(dtype),
         "weights": WEIGHTS_NAME,
         "metrics": dict(metrics) if metrics else {},
         "extra": c.extra,
@@ -96,7 +94,7 @@ def save_sae(sae: SparseAutoencoder, directory: str | os.PathLike[str], metrics:
 
 
 def read_sae_config(config: dict[str, Any], source: str = "config") -> SAEConfig:
-    """:class:`SAEConfig` from a Prisma / SAELens-style config dict (also what :func:`save_sae` writes)."""
+    """:class:`SAEConfig` from a Prisma / SAELens-style config dict (also what :func:`write_sae_files` writes)."""
     if not isinstance(config, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
     if "d_in" not in config:
@@ -229,24 +227,21 @@ def _download(repo_id: str, cache_dir: str | None) -> Path:
         ) from err
 
 
-def load_sae(
-    path: str | os.PathLike[str],
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    download: bool = False,
-    cache_dir: str | None = None,
-) -> SparseAutoencoder:
-    """Load an SAE folder (or one weights file inside it): this package's format or Prisma's.
+def read_sae_files(
+    path: str | os.PathLike[str], *, download: bool = False, cache_dir: str | None = None,
+) -> tuple[SAEConfig, dict[str, Tensor], torch.dtype]:
+    """Read an SAE folder (or one weights file inside it), this package's format or Prisma's, checked.
 
     Args:
         path: local folder with ``config.json`` + weights, or a weights file (its folder's
             ``config.json`` is used; an old wrapped ``.pt`` may carry its config as ``cfg``).
             With ``download=True`` and no such local path: a Hugging Face Hub repo id, e.g.
             ``prisma-multimodal/sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-9-hook_resid_post-l1-1e-05``.
-        device, dtype: of the returned SAE (default CPU; dtype from the config, else the weights).
         download: fetch from the Hub when ``path`` is not local (needs network).
         cache_dir: Hub cache folder for ``download``.
+
+    Returns:
+        (config, {W_enc, b_enc, W_dec, b_dec} tensors of the config's shapes, the stored dtype).
 
     Raises:
         FileNotFoundError: no such local path (and ``download=False``) or no weights in it.
@@ -293,10 +288,4 @@ def load_sae(
         if not value.is_floating_point() or not torch.isfinite(value).all():
             raise ValueError(f"SAE weights {weights_path}: {name} is not a finite floating-point tensor")
 
-    dtype = dtype or _parse_dtype(config.get("dtype")) or state["W_dec"].dtype
-    sae = SparseAutoencoder(sae_config, dtype=dtype, device=device)
-    with torch.no_grad():
-        for name in PARAMS:
-            getattr(sae, name).copy_(state[name])
-    sae.requires_grad_(False)
-    return sae.eval()
+    return sae_config, {name: state[name] for name in PARAMS}, _parse_dtype(config.get("dtype")) or state["W_dec"].dtype

@@ -29,18 +29,20 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SAEConfig", "NormStats", "SparseAutoencoder", "ACTIVATIONS", "NORMALIZATIONS"]
+from captum_fgattr.sae.config import ACTIVATIONS, NORMALIZATIONS, SAEConfig
+from captum_fgattr.sae.io import PARAMS, read_sae_files, write_sae_files
 
-ACTIVATIONS: tuple[str, ...] = ("topk", "relu")
-NORMALIZATIONS: tuple[str, ...] = ("none", "layer_norm", "constant_norm_rescale")
+__all__ = ["SAEConfig", "NormStats", "SparseAutoencoder", "ACTIVATIONS", "NORMALIZATIONS", "save_sae", "load_sae"]
+
 LAYER_NORM_EPS = 1e-5  # added to the unbiased per-token std (published vision SAEs)
 FAST_ENCODE_MIN_WORK = 1 << 26  # tokens * d_in * n_features below which fast_encode=None keeps the fp32 product
 
@@ -91,48 +93,6 @@ class _Bf16Encoder:
     w_norm: float  # max_j ||W_enc[:, j]||
     w_err_norm: float  # max_j ||W_enc[:, j] - bf16(W_enc[:, j])||
     b_max: float  # max_j |b_enc[j]|
-
-
-@dataclass(frozen=True)
-class SAEConfig:
-    """Architecture of one sparse autoencoder (training settings live in ``TrainConfig``)."""
-
-    d_in: int  # width of the residual stream the SAE reads (e.g. 768 for ViT-B)
-    n_features: int  # dictionary size (``d_sae``); expansion factor = n_features / d_in
-    activation: str = "topk"  # "topk" (keep k largest, ReLU them) or "relu" (L1-penalised)
-    k: int | None = 128  # number of active features for "topk"; ignored (None) for "relu"
-    normalize: str = "none"  # "none" | "layer_norm" | "constant_norm_rescale"
-    hook_layer: int | None = None  # 0-based block index (timm ``blocks[i]``) the SAE was trained on
-    model_name: str | None = None  # free-text provenance, e.g. "vit_base_patch16_224"
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # provenance, not used
-
-    def __post_init__(self) -> None:
-        for name in ("d_in", "n_features"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}={value!r}; expected a positive int")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation={self.activation!r}; expected one of {list(ACTIVATIONS)}")
-        if self.normalize not in NORMALIZATIONS:
-            raise ValueError(f"normalize={self.normalize!r}; expected one of {list(NORMALIZATIONS)}")
-        if self.activation == "topk":
-            if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k <= 0:
-                raise ValueError(f"k={self.k!r}; TopK needs a positive int k")
-            if self.k > self.n_features:
-                raise ValueError(f"k={self.k} > n_features={self.n_features}; expected 1 <= k <= n_features")
-        elif self.k is not None:
-            raise ValueError(f"k={self.k!r} given with activation='relu'; pass k=None (L1 sparsity is set in training)")
-        if self.normalize == "layer_norm" and self.d_in < 2:
-            raise ValueError(f"normalize='layer_norm' needs d_in >= 2 (unbiased std), got d_in={self.d_in}")
-        if self.hook_layer is not None and (not isinstance(self.hook_layer, int) or self.hook_layer < 0):
-            raise ValueError(f"hook_layer={self.hook_layer!r}; expected a non-negative int or None")
-
-    @property
-    def expansion(self) -> float:
-        return self.n_features / self.d_in
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -514,22 +474,44 @@ class SparseAutoencoder(nn.Module):
         return self.denormalize(self.decode_normalized(f), stats), f
 
     # ------------------------------------------------------------------ storage
-    def save(self, directory: str, metrics: dict[str, float] | None = None) -> None:
-        """Write ``sae.safetensors`` + ``config.json`` (Prisma-compatible keys) into ``directory``."""
-        from captum_fgattr.sae.io import save_sae
-
-        save_sae(self, directory, metrics=metrics)
+    def save(self, directory: str | os.PathLike[str], metrics: dict[str, float] | None = None) -> Path:
+        """Write ``sae.safetensors`` + ``config.json`` (Prisma-compatible keys) into ``directory``; returns it."""
+        tensors = {name: getattr(self, name).detach().to("cpu").contiguous() for name in PARAMS}
+        return write_sae_files(self.config, tensors, self.dtype, directory, metrics)
 
     @classmethod
     def load(
         cls,
-        path: str,
+        path: str | os.PathLike[str],
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         download: bool = False,
+        cache_dir: str | None = None,
     ) -> SparseAutoencoder:
-        """Load a folder written by :meth:`save` or a published Prisma-layout folder."""
-        from captum_fgattr.sae.io import load_sae
+        """Load a folder written by :meth:`save` or a published Prisma-layout folder (see
+        :func:`captum_fgattr.sae.io.read_sae_files` for the formats, ``download`` and the errors).
 
-        return load_sae(path, device=device, dtype=dtype, download=download)
+        Args:
+            device, dtype: of the returned SAE (default CPU; dtype from the config, else the weights).
+        """
+        config, state, stored_dtype = read_sae_files(path, download=download, cache_dir=cache_dir)
+        sae = cls(config, dtype=dtype or stored_dtype, device=device)
+        with torch.no_grad():
+            for name in PARAMS:
+                getattr(sae, name).copy_(state[name])
+        sae.requires_grad_(False)
+        return sae.eval()
+
+
+def save_sae(sae: SparseAutoencoder, directory: str | os.PathLike[str], metrics: dict[str, float] | None = None) -> Path:
+    """Write ``sae`` to ``directory`` as ``sae.safetensors`` + ``config.json``; returns the folder."""
+    if not isinstance(sae, SparseAutoencoder):
+        raise TypeError(f"expected a SparseAutoencoder, got {type(sae).__name__}")
+    return sae.save(directory, metrics)
+
+
+def load_sae(path: str | os.PathLike[str], *, device: torch.device | str | None = None,
+             dtype: torch.dtype | None = None, download: bool = False, cache_dir: str | None = None) -> SparseAutoencoder:
+    """:meth:`SparseAutoencoder.load`: this package's SAE folders and published Prisma-layout ones."""
+    return SparseAutoencoder.load(path, device=device, dtype=dtype, download=download, cache_dir=cache_dir)
