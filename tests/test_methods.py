@@ -132,3 +132,21 @@ def test_spec_identity_and_errors(vit):
         register_method("transmm")(lambda *a: None)
     with pytest.raises(ValueError, match=r"no SAE for gated layers \[2\]"):
         build_method(MethodSpec("fg", {"layers": [1, 2]}), vit, saes={1: make_sae(32)})
+
+
+@pytest.mark.parametrize("cls", ["TokenGradCAM", "AttentionRollout", "RawAttention"])
+def test_baseline_classes_follow_the_captum_contract(vit, cls):
+    from captum.attr import NoiseTunnel
+
+    import captum_fgattr
+
+    method = getattr(captum_fgattr, cls)(vit)
+    images = torch.randn(2, 3, 32, 32)
+    pixels = method.attribute(images, target=1)
+    patches = method.attribute(images, target=1, return_patches=True)
+    assert pixels.shape == (2, 1, 32, 32) and patches.shape == (2, 4, 4)
+    assert torch.equal(pixels[:, 0, ::8, ::8], patches)  # each patch's value repeated over its pixels
+    (as_tuple,) = method.attribute((images,), target=1)
+    assert torch.equal(as_tuple, pixels)
+    smooth = NoiseTunnel(method).attribute(images, nt_type="smoothgrad", nt_samples=2, target=1, stdevs=0.1)
+    assert smooth.shape == (2, 1, 32, 32) and torch.isfinite(smooth).all()
