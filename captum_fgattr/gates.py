@@ -1,4 +1,4 @@
-"""Feature-gradient gates (DESIGN §5), as pure tensor functions.
+"""Feature-gradient gates (docs/method.md §2), as pure tensor functions.
 
 Shapes: B images, T patch tokens, D residual width, K SAE features.
 """

@@ -87,7 +87,7 @@ def evaluate_patch_metrics(
     max_batch: int = 256,
     autocast: bool = False,
 ) -> dict[str, Tensor]:
-    """SaCo, patch Faithfulness Correlation and patch Pixel-Flipping of a batch (DESIGN §7).
+    """SaCo, patch Faithfulness Correlation and patch Pixel-Flipping of a batch (docs/method.md §4).
 
     Args:
         model: classifier in eval mode on the device of ``x``, (N, C, H, W) -> (N, n_classes) logits.

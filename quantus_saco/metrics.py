@@ -1,7 +1,7 @@
 """Quantus metrics at ViT patch granularity: SaCo, patch Faithfulness Correlation, patch Pixel-Flipping.
 
 Thin Quantus subclasses (numpy at the edge); the math lives in ``patches`` and ``scores``.
-Definitions: DESIGN §7. Each metric's ``evaluate_batch`` runs one batched forward of the
+Definitions: docs/method.md §4. Each metric's ``evaluate_batch`` runs one batched forward of the
 ``B`` images per perturbation (group, run or step); ``quantus_saco.engine`` gives the same
 numbers with far fewer, larger forwards.
 """
@@ -206,7 +206,7 @@ class SaCo(_PatchMetric, Metric[List[float]]):
             n_groups: K >= 2 groups (at most the number of patches); the thesis used 49 for 196 patches.
             perturb_func: Quantus batched perturbation with patch indices
                 (default ``batch_patch_replacement_by_indices``).
-            perturb_baseline: replacement value, default the per-sample mean (DESIGN §7).
+            perturb_baseline: replacement value, default the per-sample mean (docs/method.md §4).
             aggregate_func: default ``np.nanmean`` (undefined samples excluded).
             Other arguments as in ``quantus.Metric``; normalise defaults to False (raw attributions).
         """

@@ -17,7 +17,7 @@ def patch_baseline(arr: np.ndarray, perturb_baseline: str | float | np.ndarray) 
 
     Args:
         arr: (N, F) flattened original images.
-        perturb_baseline: "mean" (per-sample mean, DESIGN §7), "black" (minimum),
+        perturb_baseline: "mean" (per-sample mean, docs/method.md §4), "black" (minimum),
             "white" (maximum), a number, or an (N,) array.
     Returns:
         (N,) float64 replacement values (cast to the image dtype when applied).

@@ -1,6 +1,6 @@
 """Scores from model outputs (pure torch, batched): SaCo, Pixel-Flipping AUC, correlations.
 
-Formulas: DESIGN §7. Computed in float64; rows whose score is undefined are NaN.
+Formulas: docs/method.md §4. Computed in float64; rows whose score is undefined are NaN.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Independent, explicit per-image computations of the formulas in DESIGN.md, written without the
+"""Independent, explicit per-image computations of the formulas in docs/method.md, written without the
 library's hooks or helpers: manual forwards that expose attention, and relevancy in float64 loops."""
 from __future__ import annotations
 

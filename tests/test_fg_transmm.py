@@ -1,4 +1,4 @@
-"""Feature-Gradient TransMM against an explicit per-image, per-token computation of DESIGN §5."""
+"""Feature-Gradient TransMM against an explicit per-image, per-token computation of docs/method.md §2."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Quantus-hosted patch metrics (SaCo, patch FC, patch PF) against explicit per-image loops of DESIGN §7."""
+"""Quantus-hosted patch metrics (SaCo, patch FC, patch PF) against explicit per-image loops of docs/method.md §4."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Pure patch / score functions of quantus_saco against explicit formulas (DESIGN §7)."""
+"""Pure patch / score functions of quantus_saco against explicit formulas (docs/method.md §4)."""
 
 import warnings
 

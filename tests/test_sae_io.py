@@ -48,7 +48,7 @@ def test_save_load_round_trip_identical_outputs(tmp_path, activation: str, norma
 
 
 def reference_prisma_encode(state: dict, x: torch.Tensor, k: int | None) -> torch.Tensor:
-    """DESIGN §6 with layer_norm written out: (x - mean) / (unbiased std + 1e-5), then TopK/ReLU."""
+    """docs/method.md §3 with layer_norm written out: (x - mean) / (unbiased std + 1e-5), then TopK/ReLU."""
     mean = x.mean(-1, keepdim=True)
     std = ((x - mean) ** 2).sum(-1, keepdim=True).div(x.shape[-1] - 1).sqrt()
     pre = ((x - mean) / (std + 1e-5) - state["b_dec"]) @ state["W_enc"] + state["b_enc"]

@@ -1,4 +1,4 @@
-"""SparseAutoencoder encode/decode against DESIGN §6 written out explicitly, per activation and norm."""
+"""SparseAutoencoder encode/decode against docs/method.md §3 written out explicitly, per activation and norm."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ D, N, K = 16, 48, 5
 
 
 def reference_norm(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns (norm(x), shift, scale) computed token by token from the DESIGN text, in float64."""
+    """Returns (norm(x), shift, scale) computed token by token from docs/method.md, in float64."""
     x = x.double()
     flat = x.reshape(-1, x.shape[-1])
     out, shifts, scales = [], [], []

@@ -1,4 +1,4 @@
-"""TransMM against an explicit per-image computation of DESIGN §4, model hygiene, Captum contract."""
+"""TransMM against an explicit per-image computation of docs/method.md §1, model hygiene, Captum contract."""
 from __future__ import annotations
 
 import numpy as np

@@ -59,7 +59,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "open_clip pretrained tag (downloads); none: random weights")
     add(g, "--num-classes", "model.num_classes", type=int, help="classes of the checkpoint's head")
     add(g, "--img-size", "model.img_size", type=int, help="model input size")
-    g = parser.add_argument_group("data (DESIGN §8 layouts; preprocessing defaults follow the kind)")
+    g = parser.add_argument_group("data (docs/method.md §5 layouts; preprocessing defaults follow the kind)")
     add(g, "--data-kind", "data.kind", choices=sorted(LAYOUTS),
         help="folder (default: --val-data / --test-data are <class>/<image> folders), covid-qu-ex, hyperkvasir "
         "or imagenet (published layouts below --data-root)")
@@ -78,7 +78,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--std", "data.std", type=float, nargs="+", help="normalisation std (default: the kind's; folder: the "
         "model's)")
     add(g, "--saes", "saes", help="folder with layer_{L}/ SAEs (output of fgattr train-sae)")
-    g = parser.add_argument_group("protocol (DESIGN §8; layers are 0-based block indices)")
+    g = parser.add_argument_group("protocol (docs/method.md §5; layers are 0-based block indices)")
     add(g, "--layers", "protocol.layers", type=int, nargs="+", help="single-layer sweep layers (default 2..10)")
     add(g, "--variants", "protocol.variants", nargs="+", choices=VARIANTS,
         help="score variants of the single-layer sweep: the method and its ablations (default: combined activation "
@@ -109,7 +109,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--workers", "evaluation.num_workers", type=int, help="DataLoader workers")
     add(g, "--gallery", "evaluation.gallery", type=int, help="images kept for the overlay figure (default 8)")
     add(g, "--quiet", "evaluation.progress", action="store_const", const=False, help="no progress bars")
-    g = parser.add_argument_group("metrics (DESIGN §7)")
+    g = parser.add_argument_group("metrics (docs/method.md §4)")
     add(g, "--metric-preset", "evaluation.metrics.preset", choices=METRIC_PRESETS,
         help="paper (the published definitions) or thesis-code (the thesis author's released code: SaCo K = P/4, FC "
         "Spearman 20 subsets x 3 seeds of 0.2 P patches, PF x P); replaces the metric flags below")

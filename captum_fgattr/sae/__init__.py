@@ -1,4 +1,4 @@
-"""Sparse autoencoders on ViT residual streams: model, streamed training, storage (DESIGN §6)."""
+"""Sparse autoencoders on ViT residual streams: model, streamed training, storage (docs/method.md §3)."""
 from captum_fgattr.sae.collect import ActivationCache, ActivationStream, iter_patch_activations
 from captum_fgattr.sae.io import read_sae_config
 from captum_fgattr.sae.model import NormStats, SAEConfig, SparseAutoencoder, load_sae, save_sae

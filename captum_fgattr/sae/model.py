@@ -1,4 +1,4 @@
-"""Sparse autoencoder on a ViT block's residual stream (DESIGN §6).
+"""Sparse autoencoder on a ViT block's residual stream (docs/method.md §3).
 
     f = act((norm(x) - b_dec) @ W_enc + b_enc)          # (..., n_features)
     x_hat = denorm(f @ W_dec + b_dec)                   # (..., d_in)

@@ -1,4 +1,4 @@
-"""Training, quality metrics and learning-rate selection for sparse autoencoders (DESIGN §6).
+"""Training, quality metrics and learning-rate selection for sparse autoencoders (docs/method.md §3).
 
 Thesis defaults (:class:`TrainConfig`, :meth:`SAEConfig` via :func:`sae_config_for`): expansion 64,
 TopK k=128, Adam, linear warm-up (500 steps) then cosine annealing, 4,096-token batches, 3 epochs,
