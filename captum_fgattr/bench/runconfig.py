@@ -15,7 +15,7 @@ File format (JSON; YAML with the same keys when PyYAML is installed; every secti
 
 ``model.name`` is ``"timm:<name>"``, ``"clip:<open_clip name>"`` (zero-shot over the dataset's class names;
 ``checkpoint``: a local file, an open_clip pretrained tag, or none for random weights) or a plain timm name.
-``data`` (:class:`DataConfig`) per dataset of the study (DESIGN §8)::
+``data`` (:class:`DataConfig`) per dataset of the study (docs/method.md §5)::
 
     {"val": "images/val", "test": "images/test"}                   # "folder" (default): <class>/<image> folders
     {"kind": "covid-qu-ex", "root": "COVID-QU-Ex"}                  # official Val / Test folders
@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -47,14 +48,14 @@ from captum_fgattr.sae import SparseAutoencoder, load_sae
 
 __all__ = [
     "ModelConfig", "DataConfig", "RunConfig", "SPLITS", "DEFAULT_SPLITS", "DEFAULT_SUBSETS", "read_config_file",
-    "load_model", "load_split", "preprocessing", "load_inputs", "load_saes",
+    "load_model", "load_split", "preprocessing", "load_inputs", "load_saes", "RandomWeightsWarning",
 ]
 
 SPLITS: tuple[str, ...] = ("val", "test")
 #: split names below ``data.root`` when ``data.val`` / ``data.test`` are not given (else the split's own name):
 #: ImageNet's labelled class-folder set is its validation set, so the test images come from it too
 DEFAULT_SPLITS: Mapping[str, Mapping[str, str]] = {"imagenet": {"val": "val", "test": "val"}}
-#: ``data.subset`` when not given: the study's ImageNet test subset (DESIGN §8, seed 42)
+#: ``data.subset`` when not given: the study's ImageNet test subset (docs/method.md §5, seed 42)
 DEFAULT_SUBSETS: Mapping[str, int] = {"imagenet": IMAGENET_SUBSET}
 
 
@@ -89,7 +90,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The validation and test images (DESIGN §8) and their preprocessing.
+    """The validation and test images (docs/method.md §5) and their preprocessing.
 
     * ``kind="folder"`` (default): ``val`` / ``test`` are image folders ``<class>/<image>``; or, with ``root``,
       sub-folder names of ``root`` (default "val" / "test").
@@ -240,8 +241,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
+class RandomWeightsWarning(UserWarning):
+    """The model has no checkpoint: its attributions and scores describe random weights."""
+
+
+RANDOM_WEIGHTS_WARNING = (
+    "\n" + "!" * 78 + "\nWARNING: model {name!r} has NO checkpoint (--checkpoint / model.checkpoint): it is RANDOMLY "
+    "INITIALISED (seed {seed}).\nEvery attribution, metric and comparison of this run describes random weights, "
+    "not a trained model.\n" + "!" * 78)
+
+
 def load_model(config: ModelConfig, class_names: Sequence[str] | None = None) -> nn.Module:
     """The configured model in eval mode on the CPU; ``class_names`` (the dataset's) are CLIP's classes.
+
+    Warns loudly (:class:`RandomWeightsWarning`, on stderr) when there is no checkpoint.
 
     Raises:
         ValueError: no or unknown model name, bad checkpoint, CLIP without ``class_names``.
@@ -253,6 +266,8 @@ def load_model(config: ModelConfig, class_names: Sequence[str] | None = None) ->
 
     if not config.name:
         raise ValueError("no model: set model.name (e.g. --model timm:vit_base_patch16_224 or clip:ViT-B-32)")
+    if config.checkpoint is None:
+        warnings.warn(RANDOM_WEIGHTS_WARNING.format(name=config.name, seed=config.seed), RandomWeightsWarning, stacklevel=2)
     torch.manual_seed(config.seed)
     return models.load_model(config.spec, checkpoint=config.checkpoint, num_classes=config.num_classes,
                              class_names=class_names, img_size=config.img_size, rename=dict(config.rename) or None,
