@@ -73,6 +73,13 @@ def test_capture_off_the_gradient_path_is_named(vit, wrapper, what):
     assert "no_grad" in str(info.value) and "checkpointing" in str(info.value)
 
 
+def test_timm_non_reentrant_checkpointing_gives_the_same_attribution(vit):
+    images = torch.randn(2, 3, 32, 32)
+    expected = TransMM(vit).attribute(images, target=[0, 2])
+    vit.set_grad_checkpointing(True)  # recomputes the blocks (and re-fires the hooks) during backward
+    torch.testing.assert_close(TransMM(vit).attribute(images, target=[0, 2]), expected)
+
+
 def test_non_finite_logits_or_relevance_raise(vit):
     with pytest.raises(ValueError, match="NaN or Inf.*inputs range"):
         TransMM(vit).attribute(torch.full((1, 3, 32, 32), 1e30), target=0)
