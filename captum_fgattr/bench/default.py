@@ -34,6 +34,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -42,13 +43,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from captum_fgattr.determinism import deterministic
+
 __all__ = [
     "CLASS_NAMES", "IMG_SIZE", "PATCH_SIZE", "EMBED_DIM", "DEPTH", "NUM_HEADS", "MEAN", "STD",
     "SPLIT_SEED", "SPLIT_FRACTIONS", "DUPLICATE_RMS", "DUPLICATE_SIZE", "ViTConfig", "TrainConfig", "DEFAULT_VIT", "DEFAULT_TRAIN",
     "Br35HSplit", "default_cache_dir", "br35h_root", "br35h_files", "near_duplicate_groups",
     "duplicate_summary", "split_br35h", "load_image",
     "load_images", "normalize", "default_splits", "build_vit", "evaluate_accuracy",
-    "train_default_model", "default_model",
+    "train_default_model", "default_model", "SHIPPED_DIR", "shipped_model", "save_model", "sha256_file",
 ]
 
 CLASS_NAMES: tuple[str, ...] = ("no", "yes")  # label 0 = no tumour, 1 = tumour
@@ -77,6 +80,8 @@ _WEIGHTS_NAME = "model.safetensors"
 _DEFAULT_SPLIT_INFO = {"split_seed": SPLIT_SEED, "split_fractions": list(SPLIT_FRACTIONS),
                        "duplicate_rms": DUPLICATE_RMS, "duplicate_size": DUPLICATE_SIZE}
 _INFO_NAME = "info.json"
+#: the default ViT and demo SAEs shipped as package data (see :mod:`captum_fgattr.bench.assets`)
+SHIPPED_DIR = Path(__file__).with_name("default_assets")
 
 
 @dataclass(frozen=True)
@@ -489,9 +494,7 @@ def train_default_model(
     data = splits["train"]
     if data.images.shape[-1] != vit.img_size:
         raise ValueError(f"images are {data.images.shape[-1]} px but vit.img_size={vit.img_size}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(train.num_threads)
-    try:
+    with deterministic(train.num_threads):
         torch.manual_seed(train.seed)
         model = build_vit(vit).train()
         gen = torch.Generator().manual_seed(train.seed)
@@ -530,12 +533,11 @@ def train_default_model(
             "test_accuracy": evaluate_accuracy(model, splits["test"]),
             "train_seconds": round(train_seconds, 1), "torch": torch.__version__,
         }
-    finally:
-        torch.set_num_threads(threads)
     return model, info
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -544,23 +546,58 @@ def _sha256_file(path: Path) -> str:
 
 
 def _load_cached_model(folder: Path, vit: ViTConfig, device: str | torch.device) -> tuple[nn.Module, dict]:
+    info_path = folder / _INFO_NAME
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"corrupt cached model info {info_path} ({err}); delete {folder} to retrain") from err
+    return _load_weights(folder / _WEIGHTS_NAME, vit, info, device, f"delete {folder} to retrain"), info
+
+
+def _load_weights(path: Path, vit: ViTConfig, info: dict, device: str | torch.device, remedy: str) -> nn.Module:
+    """A ViT of shape ``vit`` with the weights at ``path``, checked against ``info["weights_sha256"]``."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    info_path, weights_path = folder / _INFO_NAME, folder / _WEIGHTS_NAME
-    try:
-        info = json.loads(info_path.read_text())
-        expected = info["weights_sha256"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"corrupt cached model info {info_path} ({err}); delete {folder} to retrain") from err
-    if not weights_path.is_file() or _sha256_file(weights_path) != expected:
-        raise ValueError(f"cached weights {weights_path} are missing or fail their sha256 check; delete {folder} to retrain")
+    expected = info.get("weights_sha256") if isinstance(info, dict) else None
+    if not isinstance(expected, str):
+        raise ValueError(f"the model info next to {path} records no weights_sha256; {remedy}")
+    if not path.is_file() or sha256_file(path) != expected:
+        raise ValueError(f"weights {path} are missing or fail their sha256 check; {remedy}")
     try:
         model = build_vit(vit)
-        model.load_state_dict(load_file(weights_path))
+        model.load_state_dict(load_file(path))
     except (SafetensorError, RuntimeError) as err:
-        raise ValueError(f"corrupt cached weights {weights_path} ({err}); delete {folder} to retrain") from err
-    return model.to(device).eval(), info
+        raise ValueError(f"corrupt weights {path} ({err}); {remedy}") from err
+    return model.to(device).eval()
+
+
+def save_model(model: nn.Module, info: dict, folder: str | os.PathLike[str]) -> dict:
+    """Write ``model.safetensors`` and ``info.json`` (with ``weights_sha256``) to ``folder``; returns that info."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _write_atomic(folder / _WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": _MODEL_FORMAT}))
+    info = {**info, "weights_sha256": sha256_file(folder / _WEIGHTS_NAME)}
+    _write_atomic(folder / _INFO_NAME, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    return info
+
+
+def shipped_model(device: str | torch.device = "cpu", folder: str | os.PathLike[str] = SHIPPED_DIR) -> tuple[nn.Module, dict]:
+    """The default ViT shipped with the package (sha256 checked): ``(model in eval mode, info)``.
+
+    ``info`` is the model's training record (configs, split, ``test_accuracy``, ``weights_sha256``),
+    the ``model`` section of the ``info.json`` written by ``python -m captum_fgattr.bench.assets``.
+    """
+    folder = Path(folder)
+    remedy = "reinstall captum-fgattr or run `fgattr demo --retrain`"
+    try:
+        info = json.loads((folder / _INFO_NAME).read_text())["model"]
+        vit = ViTConfig(**info["vit"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot read the shipped model's record in {folder / _INFO_NAME} ({err}); {remedy}") from err
+    return _load_weights(folder / _WEIGHTS_NAME, vit, info, device, remedy), info
 
 
 def default_model(
@@ -570,10 +607,14 @@ def default_model(
     train: TrainConfig = DEFAULT_TRAIN,
     splits: dict[str, Br35HSplit] | None = None,
     progress: bool = True,
+    retrain: bool = False,
 ) -> tuple[nn.Module, dict]:
-    """The default Br35H ViT: loaded from the cache, or trained with :func:`train_default_model` and cached.
+    """The default Br35H ViT: the shipped weights, or loaded from the cache, or trained and cached.
 
-    The cache entry ``models/br35h_vit_<key>/`` is keyed by ``vit``, ``train`` and the split (its
+    With the default ``vit``, ``train`` and split and ``retrain=False`` this is :func:`shipped_model`
+    (no training). Otherwise the model is trained with :func:`train_default_model` once and cached;
+    ``retrain=True`` with the defaults trains exactly what was shipped (bit-identical on the CPU type
+    that produced the shipped files; see ``info.json``'s ``platform``). The cache entry ``models/br35h_vit_<key>/`` is keyed by ``vit``, ``train`` and the split (its
     seed, or the image paths when ``splits`` is given), so other settings train their own entry.
 
     Returns:
@@ -583,8 +624,11 @@ def default_model(
     Raises:
         ValueError: a cache file is corrupt (the message names it; delete the folder to retrain).
     """
-    from safetensors.torch import save_file
-
+    if not retrain and vit == DEFAULT_VIT and train == DEFAULT_TRAIN and splits is None:
+        if (SHIPPED_DIR / _WEIGHTS_NAME).is_file():
+            return shipped_model(device)
+        warnings.warn(f"the shipped default model is missing ({SHIPPED_DIR / _WEIGHTS_NAME}); training it instead",
+                      stacklevel=2)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     data_key = SPLIT_SEED if splits is None else [str(p) for s in ("train", "val", "test") for p in splits[s].paths]
     key = _digest([_MODEL_FORMAT, dataclasses.asdict(vit), dataclasses.asdict(train), data_key, list(SPLIT_FRACTIONS)])
@@ -597,8 +641,5 @@ def default_model(
     model, info = train_default_model(splits, vit, train, progress)
     if default_split:
         info.update(_DEFAULT_SPLIT_INFO)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    _write_atomic(folder / _WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": _MODEL_FORMAT}))
-    info["weights_sha256"] = _sha256_file(folder / _WEIGHTS_NAME)
-    _write_atomic(folder / _INFO_NAME, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    info = save_model(model, info, folder)
     return model.to(device), info

@@ -1,0 +1,205 @@
+"""The default ViT and the demo SAEs shipped as package data, and the command that produces them.
+
+``fgattr demo`` loads these files (no training on the first run). They were written by::
+
+    python -m captum_fgattr.bench.assets --output captum_fgattr/bench/default_assets
+
+which trains the default ViT (:func:`captum_fgattr.bench.default.train_default_model` with
+:data:`~captum_fgattr.bench.default.DEFAULT_TRAIN`, through ``default_model(retrain=True)``) and one
+TopK SAE per block of :data:`SAE_LAYERS` (:func:`train_demo_saes`), each on one CPU thread with
+deterministic algorithms. ``fgattr demo --retrain`` runs the same training code and reports whether
+its weights are bit-identical to the shipped ones. Layout (``<folder>`` = :data:`~captum_fgattr.bench.default.SHIPPED_DIR`)::
+
+    <folder>/model.safetensors                    ViT state dict (float32)
+    <folder>/saes/layer_{L}/sae.safetensors, config.json   SAE of block L (0-based); config.json holds
+                                                  its metrics, held-out ones included (:func:`sae_quality`)
+    <folder>/info.json                            the command, recipe, platform, model info (accuracies),
+                                                  sha256 of every weights file, SAE metrics per layer
+
+Example::
+
+    >>> SAE_K <= SAE_LAYERS_WIDTH // 4
+    True
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from captum_fgattr.bench.default import (
+    DEFAULT_TRAIN, DEFAULT_VIT, SHIPPED_DIR, Br35HSplit, TrainConfig, ViTConfig, default_model, default_splits,
+    save_model, sha256_file,
+)
+from captum_fgattr.determinism import deterministic
+from captum_fgattr.sae.layers import HELDOUT_FIELDS, layer_folder, train_layer_saes
+from captum_fgattr.sae.model import SparseAutoencoder
+from captum_fgattr.sae.train import TrainConfig as SAETrainConfig
+from captum_fgattr.sae.train import sae_config_for
+
+__all__ = [
+    "SAE_LAYERS", "SAE_EXPANSION", "SAE_K", "SAE_TRAINING", "SAE_THREADS", "ASSETS_FORMAT",
+    "train_demo_saes", "build_assets", "shipped_info", "load_shipped_saes", "sae_quality", "sae_recipe",
+]
+
+ASSETS_FORMAT = "captum_fgattr.default_assets.v1"
+COMMAND = "python -m captum_fgattr.bench.assets --output captum_fgattr/bench/default_assets"
+SAE_LAYERS: tuple[int, ...] = (1, 2, 3, 4)  # 0-based blocks of the 6-block default ViT
+SAE_LAYERS_WIDTH = DEFAULT_VIT.embed_dim  # d_in of the SAEs (96)
+SAE_EXPANSION = 16  # n_features = 16 × 96 = 1,536
+SAE_K = 16  # TopK active features: sparse, k ≤ d_in / 4
+SAE_TRAINING = SAETrainConfig(lr=2e-3, epochs=8, batch_tokens=512, warmup_steps=100, progress=False)
+SAE_THREADS = 1  # torch threads while collecting tokens and training (fixed: reproducible weights)
+
+
+def sae_recipe(expansion: int = SAE_EXPANSION, k: int = SAE_K, training: SAETrainConfig = SAE_TRAINING) -> dict[str, Any]:
+    """The SAE settings that determine the weights, as recorded in ``info.json`` (progress excluded)."""
+    return {"expansion": expansion, "k": k, "threads": SAE_THREADS,
+            "training": {**dataclasses.asdict(dataclasses.replace(training, progress=False)), "betas": list(training.betas)}}
+
+
+def train_demo_saes(
+    model: nn.Module,
+    train_split: Br35HSplit,
+    layers: Sequence[int],
+    output: str | Path,
+    expansion: int = SAE_EXPANSION,
+    k: int = SAE_K,
+    training: SAETrainConfig = SAE_TRAINING,
+    heldout_split: Br35HSplit | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train one TopK SAE per block of ``layers`` on ``train_split``'s patch tokens into ``output``.
+
+    Tokens of ``heldout_split`` (images the SAE never sees; the demo uses the validation split) give
+    the held-out metrics. Runs on :data:`SAE_THREADS` threads with deterministic algorithms; each
+    layer's SAE depends only on its own tokens and the seed. Resumable (layers already in ``output``
+    are kept). Returns the ``metrics.csv`` rows.
+    """
+    width = model.embed_dim
+    configs = {layer: sae_config_for(width, expansion=expansion, k=k, hook_layer=layer, model_name="br35h_vit")
+               for layer in layers}
+    heldout = None
+    if heldout_split is not None:
+        heldout = torch.utils.data.DataLoader(heldout_split.tensors()[0], batch_size=256)
+    with deterministic(SAE_THREADS):
+        return train_layer_saes(
+            model, torch.utils.data.DataLoader(train_split.tensors()[0], batch_size=256), configs,
+            dataclasses.replace(training, progress=progress), output, device=device, heldout_loader=heldout)
+
+
+def sae_quality(sae: SparseAutoencoder) -> dict[str, float]:
+    """Quality saved with ``sae``: ``explained_variance``, ``dead_fraction``, ``mean_l0`` (training
+    tokens) and ``heldout_explained_variance``, ``heldout_dead_fraction``, ``heldout_mean_l0``,
+    ``heldout_num_tokens`` (validation images' tokens); keys missing when not measured."""
+    metrics = sae.config.extra.get("metrics", {})
+    keys = ("explained_variance", "dead_fraction", "mean_l0", *HELDOUT_FIELDS)
+    return {key: metrics[key] for key in keys if key in metrics}
+
+
+def build_assets(
+    output: str | Path,
+    vit: ViTConfig = DEFAULT_VIT,
+    train: TrainConfig = DEFAULT_TRAIN,
+    layers: Sequence[int] = SAE_LAYERS,
+    sae_training: SAETrainConfig = SAE_TRAINING,
+    splits: dict[str, Br35HSplit] | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    command: str = COMMAND,
+) -> dict[str, Any]:
+    """Train the ViT and the SAEs and write them to ``output``; returns ``info``.
+
+    The ViT comes from :func:`captum_fgattr.bench.default.default_model` with ``retrain=True``, the
+    path ``fgattr demo --retrain`` takes: trained from scratch, or taken from ``cache_dir`` (default:
+    the user cache) where that path already trained this exact recipe. The SAEs are always trained.
+    The defaults are the shipped recipe (default split, ViT and training; SAEs of :data:`SAE_LAYERS`
+    with :func:`sae_recipe`); other values are for tests.
+    """
+    output = Path(output)
+    start = time.perf_counter()
+    model, model_info = default_model(cache_dir, vit=vit, train=train, splits=splits, progress=progress, retrain=True)
+    splits = splits if splits is not None else default_splits(cache_dir, img_size=vit.img_size, progress=progress)
+    model_info = save_model(model, {k: v for k, v in model_info.items() if k != "weights_sha256"}, output)
+    model = model.to(device)
+    rows = train_demo_saes(model, splits["train"], layers, output / "saes", training=sae_training,
+                           heldout_split=splits["val"], device=device, progress=progress)
+    saes = {}
+    for layer in layers:
+        folder = layer_folder(output / "saes", layer)
+        selected = next(row for row in rows if row["layer"] == layer and row["selected"])
+        saes[str(layer)] = {"weights_sha256": sha256_file(folder / "sae.safetensors"),
+                            "metrics": {key: value for key, value in selected.items() if key not in ("layer", "selected")}}
+    (output / "saes" / "metrics.csv").unlink(missing_ok=True)  # the same numbers are in info.json
+    info = {
+        "format": ASSETS_FORMAT, "command": command, "model": model_info,
+        "sae_layers": list(layers), "sae_recipe": sae_recipe(training=sae_training), "saes": saes,
+        "platform": {"machine": platform.machine(), "processor": platform.processor(), "system": platform.system(),
+                     "python": platform.python_version(), "torch": torch.__version__},
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (output / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def shipped_info(folder: str | Path = SHIPPED_DIR) -> dict[str, Any]:
+    """``info.json`` of the shipped files (``ValueError`` naming the file if it is missing or corrupt)."""
+    path = Path(folder) / "info.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read the shipped default assets {path} ({err}); reinstall captum-fgattr "
+                         "or run `fgattr demo --retrain`") from err
+    if info.get("format") != ASSETS_FORMAT:
+        raise ValueError(f"{path}: format {info.get('format')!r}; expected {ASSETS_FORMAT!r}")
+    return info
+
+
+def load_shipped_saes(layers: Sequence[int], device: str | torch.device = "cpu",
+                      folder: str | Path = SHIPPED_DIR) -> dict[int, SparseAutoencoder]:
+    """The shipped SAEs of ``layers`` (each checked against its recorded sha256)."""
+    info = shipped_info(folder)
+    missing = sorted(set(layers) - set(info["sae_layers"]))
+    if missing:
+        raise ValueError(f"no shipped SAE for blocks {missing}; shipped: {info['sae_layers']}")
+    out = {}
+    for layer in layers:
+        sae_dir = layer_folder(Path(folder) / "saes", layer)
+        if sha256_file(sae_dir / "sae.safetensors") != info["saes"][str(layer)]["weights_sha256"]:
+            raise ValueError(f"{sae_dir / 'sae.safetensors'} fails its sha256 check; reinstall captum-fgattr")
+        out[layer] = SparseAutoencoder.load(str(sae_dir), device=device)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m captum_fgattr.bench.assets --output DIR``: train and write the default assets."""
+    parser = argparse.ArgumentParser(prog="python -m captum_fgattr.bench.assets", description=main.__doc__)
+    parser.add_argument("--output", required=True, help="folder to write (the package's is captum_fgattr/bench/default_assets)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="model/data cache (default: $FGATTR_CACHE or ~/.cache/captum-fgattr); a default model "
+                        "that `fgattr demo --retrain` already trained there is reused")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    info = build_assets(args.output, cache_dir=args.cache_dir, progress=not args.quiet,
+                        command=shlex.join(["python", "-m", "captum_fgattr.bench.assets", *argv]))
+    print(json.dumps({"test_accuracy": info["model"]["test_accuracy"],
+                      "saes": {layer: s["metrics"] for layer, s in info["saes"].items()}}, indent=2))
+    print(f"wrote {args.output} in {info['seconds']:.0f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
