@@ -165,3 +165,44 @@ def test_load_timm_model_checkpoints(tmp_path) -> None:
         load_state_dict(tmp_path / "none.pt")
     with pytest.raises(ValueError, match="unknown timm model 'vit_nonexistent'"):
         load_timm_model("vit_nonexistent")
+
+
+def test_train_sae_takes_the_run_model_spec_with_architecture_arguments(tmp_path) -> None:
+    """An own small ViT (patch 8, width 64, 3 blocks): the same spec via flags or via fgattr run's config file."""
+    from safetensors.torch import save_file
+
+    from captum_fgattr.bench.runconfig import ModelConfig, load_model
+
+    arch = {"patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 4}
+    spec = ModelConfig(name="timm:vit_tiny_patch16_224", num_classes=2, img_size=32, kwargs=arch)
+    with pytest.warns(UserWarning, match="NO checkpoint"):
+        own = load_model(spec)
+    save_file({k: v.contiguous() for k, v in own.state_dict().items()}, str(tmp_path / "own.safetensors"))
+    make_image_folder(tmp_path / "images", per_class=2)
+    common = ["--data", str(tmp_path / "images"), "--layers", "2", "--expansion", "1", "--k", "4", "--epochs", "1",
+              "--batch-tokens", "16", "--warmup-steps", "1", "--lr", "1e-3", "--quiet", "--device", "cpu"]
+    flags = ["train-sae", "--model", "timm:vit_tiny_patch16_224", "--checkpoint", str(tmp_path / "own.safetensors"),
+             "--img-size", "32", "--model-kwargs", json.dumps(arch), "--output", str(tmp_path / "a"), *common]
+    assert main(flags) == 0
+    config = {"model": {"name": "timm:vit_tiny_patch16_224", "checkpoint": str(tmp_path / "own.safetensors"),
+                        "img_size": 32, "kwargs": arch}}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    assert main(["train-sae", "--config", str(tmp_path / "run.json"), "--output", str(tmp_path / "b"), *common]) == 0
+    a, b = load_sae(tmp_path / "a" / "layer_2"), load_sae(tmp_path / "b" / "layer_2")
+    assert a.d_in == 64 and torch.equal(a.W_dec, b.W_dec)  # same model, same tokens, same SAE
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["model"]["kwargs"] == arch
+
+
+def test_a_checkpoint_of_another_architecture_names_the_arguments_to_give(tmp_path, capsys) -> None:
+    from safetensors.torch import save_file
+
+    own = load_timm_model("vit_tiny_patch16_224", num_classes=2, img_size=32, patch_size=8, embed_dim=64, depth=3,
+                          num_heads=4)
+    save_file({k: v.contiguous() for k, v in own.state_dict().items()}, str(tmp_path / "own.safetensors"))
+    make_image_folder(tmp_path / "images", per_class=1)
+    code = main(["train-sae", "--model", "vit_tiny_patch16_224", "--checkpoint", str(tmp_path / "own.safetensors"),
+                 "--img-size", "32", "--data", str(tmp_path / "images"), "--layers", "0", "--output",
+                 str(tmp_path / "out"), "--quiet", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "depth 3 (model: 12)" in err and "embed_dim 64 (model: 192)" in err
+    assert '--model-kwargs \'{"depth": 3, "embed_dim": 64, "patch_size": 8}\'' in err

@@ -23,6 +23,7 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -112,6 +113,33 @@ def _strip_outer_prefix(state: dict[str, Tensor], own: set[str]) -> dict[str, Te
     return best
 
 
+def _vit_shape(state: Mapping[str, Tensor]) -> dict[str, int]:
+    """depth / embed_dim / patch_size / num_classes a ViT state dict implies (those it shows)."""
+    shape: dict[str, int] = {}
+    blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if blocks:
+        shape["depth"] = max(blocks) + 1
+    if "patch_embed.proj.weight" in state and state["patch_embed.proj.weight"].ndim == 4:
+        weight = state["patch_embed.proj.weight"]
+        shape["embed_dim"], shape["patch_size"] = int(weight.shape[0]), int(weight.shape[-1])
+    if _num_classes(state) is not None:
+        shape["num_classes"] = int(_num_classes(state))
+    return shape
+
+
+def _shape_hint(state: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> str:
+    """What to change: the architecture the checkpoint implies vs the model built."""
+    theirs, ours = _vit_shape(state), _vit_shape(own)
+    differ = {k: (theirs[k], ours[k]) for k in theirs if k in ours and theirs[k] != ours[k]}
+    if not differ:
+        return "check num_classes / img_size / rename and the architecture arguments (model.kwargs / --model-kwargs)"
+    described = ", ".join(f"{k} {a} (model: {b})" for k, (a, b) in differ.items())
+    arguments = {k: a for k, (a, _) in differ.items()}
+    return (f"the checkpoint implies {described}: build the model with these architecture arguments, e.g. "
+            f"--model-kwargs '{json.dumps(arguments)}' (model.kwargs in a configuration file; num_classes: "
+            "--num-classes), or check img_size / rename")
+
+
 def load_timm_model(
     name: str,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -159,13 +187,13 @@ def load_timm_model(
             raise ValueError(
                 f"checkpoint {checkpoint} does not match timm model {name!r}: missing keys {missing[:8]}"
                 f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
-                f"{' ...' if len(unexpected) > 8 else ''} (check num_classes / img_size / rename)"
+                f"{' ...' if len(unexpected) > 8 else ''}; {_shape_hint(state, own)}"
             )
         bad = [f"{k}: {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
         if bad:
             raise ValueError(
-                f"checkpoint {checkpoint} has shapes that do not match timm model {name!r} "
-                f"(check num_classes / img_size): {bad[:5]}"
+                f"checkpoint {checkpoint} has shapes that do not match timm model {name!r}: {bad[:5]}; "
+                f"{_shape_hint(state, own)}"
             )
         model.load_state_dict(state)
     return model.eval()

@@ -36,16 +36,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    m = p.add_argument_group("model")
-    m.add_argument("--model", required=True, help="timm model name, e.g. vit_base_patch16_224 (random init unless --checkpoint)")
+    p.add_argument("--config", default=None,
+                   help="the run configuration file of fgattr run (JSON / YAML): its model section and data "
+                   "preprocessing (kind, resize, mean, std) are used, so both commands see the same model; flags override")
+    m = p.add_argument_group("model (the same spec as fgattr run)")
+    m.add_argument("--model", default=None, help="timm:<name> (the prefix is optional, e.g. vit_base_patch16_224) or "
+                   "clip:<open_clip name>; random init unless --checkpoint")
     m.add_argument("--checkpoint", default=None, help="local state dict (.safetensors / .pt / .pth)")
     m.add_argument("--num-classes", type=int, default=None, help="classifier classes of the checkpoint")
     m.add_argument("--img-size", type=int, default=None, help="model input size (default: the model's)")
+    m.add_argument("--model-kwargs", type=json.loads, default=None, metavar="JSON",
+                   help='further timm.create_model arguments, e.g. \'{"patch_size": 4, "embed_dim": 64, "depth": 6, '
+                   '"num_heads": 4}\' (model.kwargs in a configuration file)')
     d = p.add_argument_group("data")
     d.add_argument("--data", required=True, help="image folder root/<class>/<image>")
     d.add_argument("--resize", type=int, default=None, help="resize shorter side before center-crop (default: img size)")
-    d.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean (default: model's pretrained cfg)")
-    d.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std (default: model's pretrained cfg)")
+    d.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean (default: as fgattr run: the model's)")
+    d.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std (default: as fgattr run: the model's)")
     d.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     d.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     d.add_argument("--heldout-fraction", type=float, default=0.1,
@@ -114,8 +121,8 @@ def run_train_sae(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from captum_fgattr.adapters import get_adapter
-    from captum_fgattr.bench.data import IMAGENET_MEAN, IMAGENET_STD, ImageFolderDataset, Preprocess, build_transform
-    from captum_fgattr.bench.models import load_timm_model
+    from captum_fgattr.bench.data import ImageFolderDataset, build_transform
+    from captum_fgattr.bench.runconfig import RunConfig, load_model, preprocessing, read_config_file
     from captum_fgattr.sae.layers import train_layer_saes
     from captum_fgattr.sae.train import TrainConfig, sae_config_for
 
@@ -129,20 +136,23 @@ def _run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     progress = not args.quiet
 
-    model = load_timm_model(args.model, args.checkpoint, num_classes=args.num_classes, img_size=args.img_size).to(device)
+    config = RunConfig.from_dict(read_config_file(args.config)) if args.config else RunConfig()
+    config = config.merged({"model.name": args.model, "model.checkpoint": args.checkpoint,
+                            "model.num_classes": args.num_classes, "model.img_size": args.img_size,
+                            "model.kwargs": args.model_kwargs, "data.resize": args.resize,
+                            "data.mean": args.mean, "data.std": args.std})
+    if not config.model.name:
+        raise ValueError("no model: give --model (e.g. timm:vit_base_patch16_224) or a --config file with model.name")
+    dataset = ImageFolderDataset(args.data)
+    model = load_model(config.model, class_names=dataset.classes).to(device)
     adapter = get_adapter(model)
     bad = [layer for layer in args.layers if not 0 <= layer < adapter.depth]
     if bad:
-        raise ValueError(f"--layers {bad} out of range for {args.model} with {adapter.depth} blocks (0..{adapter.depth - 1})")
+        raise ValueError(f"--layers {bad} out of range for {config.model.name} with {adapter.depth} blocks "
+                         f"(0..{adapter.depth - 1})")
     layers = sorted(set(args.layers))
-    pretrained = getattr(model, "pretrained_cfg", None) or {}
-    preprocess = Preprocess(
-        img_size=tuple(adapter.img_size),
-        resize=args.resize,
-        mean=tuple(args.mean) if args.mean else tuple(pretrained.get("mean", IMAGENET_MEAN)),
-        std=tuple(args.std) if args.std else tuple(pretrained.get("std", IMAGENET_STD)),
-    )
-    dataset = ImageFolderDataset(args.data, transform=build_transform(preprocess))
+    preprocess = preprocessing(config.data, model)
+    dataset.transform = build_transform(preprocess)
     train_ids, heldout_ids = heldout_split(dataset.targets, args.heldout_fraction, args.seed)
 
     def loader_of(ids: list[int]) -> torch.utils.data.DataLoader:
@@ -152,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     sae_configs = {
         layer: sae_config_for(
             adapter.embed_dim, expansion=args.expansion, k=args.k, activation=args.activation,
-            normalize=args.normalize, hook_layer=layer, model_name=args.model,
+            normalize=args.normalize, hook_layer=layer, model_name=config.model.name,
         )
         for layer in layers
     }  # bad --k / --expansion fail here, before the model runs
@@ -164,7 +174,7 @@ def _run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     settings = {key: value for key, value in vars(args).items() if key != "func"}
-    settings.update(device=str(device), num_images=len(dataset), classes=dataset.classes, preprocess=repr(preprocess),
+    settings.update(model=config.to_dict()["model"], device=str(device), num_images=len(dataset), classes=dataset.classes, preprocess=repr(preprocess),
                     heldout_images=[dataset.ids[i] for i in heldout_ids])
     print(f"training on {len(train_ids)} images, {len(heldout_ids)} held out for the held-out metrics", file=sys.stderr)
     (output / "run.json").write_text(json.dumps(settings, indent=2))
