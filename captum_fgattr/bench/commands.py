@@ -59,6 +59,9 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "open_clip pretrained tag (downloads); none: random weights")
     add(g, "--num-classes", "model.num_classes", type=int, help="classes of the checkpoint's head")
     add(g, "--img-size", "model.img_size", type=int, help="model input size")
+    add(g, "--model-kwargs", "model.kwargs", type=json.loads, metavar="JSON",
+        help='further timm.create_model arguments, e.g. \'{"patch_size": 4, "embed_dim": 64, "depth": 6}\' (the '
+        'same spec as fgattr train-sae --model-kwargs)')
     g = parser.add_argument_group("data (docs/method.md §5 layouts; preprocessing defaults follow the kind)")
     add(g, "--data-kind", "data.kind", choices=sorted(LAYOUTS),
         help="folder (default: --val-data / --test-data are <class>/<image> folders), covid-qu-ex, hyperkvasir "
