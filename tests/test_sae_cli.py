@@ -206,3 +206,21 @@ def test_a_checkpoint_of_another_architecture_names_the_arguments_to_give(tmp_pa
     err = capsys.readouterr().err
     assert code == 2 and "depth 3 (model: 12)" in err and "embed_dim 64 (model: 192)" in err
     assert '--model-kwargs \'{"depth": 3, "embed_dim": 64, "patch_size": 8}\'' in err
+
+
+def test_train_sae_defaults_follow_the_model_and_are_printed(tmp_path, capsys) -> None:
+    from captum_fgattr.sae.cli import sized_defaults
+
+    make_image_folder(tmp_path / "images", per_class=3)
+    out = tmp_path / "out"
+    assert main(["train-sae", "--model", "vit_tiny_patch16_224", "--img-size", "32", "--model-kwargs", '{"depth": 3}',
+                 "--data", str(tmp_path / "images"), "--epochs", "1", "--lr", "1e-3", "--output", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    expected = sized_defaults(3, 192, 4 * 4)  # 4 training images (one per class held out) x 2x2 patches
+    assert expected["layers"] == [0, 1] and expected["expansion"] == 16 and expected["k"] == 32
+    err = capsys.readouterr().err
+    assert f"layers {expected['layers']}, expansion 16, k 32, batch {expected['batch_tokens']} tokens" in err
+    assert "sized from the model and data: layers, expansion, k, batch_tokens, warmup_steps" in err
+    sae = load_sae(out / "layer_1")
+    assert (sae.n_features, sae.k) == (16 * 192, 32)
+    assert json.loads((out / "run.json").read_text())["resolved"]["layers"] == [0, 1]

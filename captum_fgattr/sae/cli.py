@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from captum_fgattr.sae.layers import METRIC_FIELDS
 
-__all__ = ["add_parser", "run_train_sae", "heldout_split"]
+__all__ = ["add_parser", "run_train_sae", "heldout_split", "sized_defaults"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,17 +61,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="fraction of each class's images held out of training for the held-out metrics "
                    "(default 0.1, at least one image per class with two or more; 0: none)")
     s = p.add_argument_group("SAE")
-    s.add_argument("--layers", type=int, nargs="+", required=True, help="0-based block indices (timm blocks[i])")
-    s.add_argument("--expansion", type=int, default=64, help="n_features = expansion * width (default 64)")
+    s.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="0-based block indices (timm blocks[i]); default: the thesis's positions scaled to the "
+                   "model's depth, blocks round(depth/6) .. depth-2 (2..10 of 12; 1..4 of 6)")
+    s.add_argument("--expansion", type=int, default=None,
+                   help="n_features = expansion * width (default from the width: 64 from 512 up, 32 from 256, else 16)")
     s.add_argument("--activation", choices=("topk", "relu"), default="topk")
-    s.add_argument("--k", type=int, default=128, help="TopK active features (default 128)")
+    s.add_argument("--k", type=int, default=None, help="TopK active features (default width / 6: 128 for 768, 16 for 96)")
     s.add_argument("--normalize", choices=("none", "layer_norm", "constant_norm_rescale"), default="none")
     s.add_argument("--l1", type=float, default=1e-5, help="L1 coefficient for --activation relu")
     t = p.add_argument_group("training")
     t.add_argument("--lr", type=float, nargs="+", default=[5e-4, 1e-3], help="one or several (sweep) learning rates")
     t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--batch-tokens", type=int, default=4096)
-    t.add_argument("--warmup-steps", type=int, default=500)
+    t.add_argument("--batch-tokens", type=int, default=None,
+                   help="tokens per step (default from the training tokens: a power of two near tokens/256, 64..4096)")
+    t.add_argument("--warmup-steps", type=int, default=None,
+                   help="linear warm-up steps (default 5%% of all steps, at most 500 as in the thesis)")
     t.add_argument("--ev-threshold", type=float, default=0.95, help="selection rule: EV above this, then fewest dead")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -81,6 +88,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train_sae)
     return p
+
+
+def sized_defaults(depth: int, width: int, tokens: int) -> dict[str, Any]:
+    """SAE defaults sized by the model and the data (the thesis's values for ViT-B/16 on a large set).
+
+    layers: the thesis's positions 2..10 of 12 blocks scaled to ``depth``: round(depth / 6) .. depth − 2
+    (the last block's patch tokens get no gradient with a class-token head); expansion: 64 from width
+    512 up, 32 from 256, else 16; k: width / 6 (128 for 768); batch_tokens: the power of two nearest
+    tokens / 256, within 64..4096 (a few hundred steps per epoch). The warm-up (5 % of all steps, at
+    most 500) follows once the batch size is known.
+
+    Example::
+
+        >>> sized_defaults(12, 768, 2_000_000) == {"layers": list(range(2, 11)), "expansion": 64, "k": 128,
+        ...                                        "batch_tokens": 4096}
+        True
+        >>> sized_defaults(6, 96, 134_464)
+        {'layers': [1, 2, 3, 4], 'expansion': 16, 'k': 16, 'batch_tokens': 512}
+    """
+    first, last = max(0, round(depth / 6)), max(0, depth - 2)
+    batch = 2 ** round(math.log2(max(tokens / 256, 1)))
+    return {"layers": list(range(min(first, last), last + 1)), "expansion": 64 if width >= 512 else 32 if width >= 256 else 16,
+            "k": max(1, round(width / 6)), "batch_tokens": int(min(4096, max(64, batch)))}
 
 
 def heldout_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -126,8 +156,8 @@ def _run(args: argparse.Namespace) -> int:
     from captum_fgattr.sae.layers import train_layer_saes
     from captum_fgattr.sae.train import TrainConfig, sae_config_for
 
-    for name in ("batch_size", "epochs", "batch_tokens", "expansion"):
-        if getattr(args, name) <= 0:
+    for name in ("batch_size", "epochs", "batch_tokens", "expansion", "k"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}; expected a positive int")
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -146,11 +176,11 @@ def _run(args: argparse.Namespace) -> int:
     dataset = ImageFolderDataset(args.data)
     model = load_model(config.model, class_names=dataset.classes).to(device)
     adapter = get_adapter(model)
-    bad = [layer for layer in args.layers if not 0 <= layer < adapter.depth]
-    if bad:
-        raise ValueError(f"--layers {bad} out of range for {config.model.name} with {adapter.depth} blocks "
-                         f"(0..{adapter.depth - 1})")
-    layers = sorted(set(args.layers))
+    if args.layers is not None:
+        bad = [layer for layer in args.layers if not 0 <= layer < adapter.depth]
+        if bad:
+            raise ValueError(f"--layers {bad} out of range for {config.model.name} with {adapter.depth} blocks "
+                             f"(0..{adapter.depth - 1})")
     preprocess = preprocessing(config.data, model)
     dataset.transform = build_transform(preprocess)
     train_ids, heldout_ids = heldout_split(dataset.targets, args.heldout_fraction, args.seed)
@@ -159,21 +189,36 @@ def _run(args: argparse.Namespace) -> int:
         subset = torch.utils.data.Subset(dataset, ids)
         return torch.utils.data.DataLoader(subset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
 
+    grid = adapter.grid_size()
+    patches = grid[0] * grid[1]
+    tokens = len(train_ids) * patches
+    sized = sized_defaults(adapter.depth, adapter.embed_dim, tokens)
+    given = {"layers": args.layers, "expansion": args.expansion, "k": args.k, "batch_tokens": args.batch_tokens}
+    resolved = {name: value if value is not None else sized[name] for name, value in given.items()}
+    steps = math.ceil(tokens / resolved["batch_tokens"]) * args.epochs
+    resolved["warmup_steps"] = args.warmup_steps if args.warmup_steps is not None else min(500, max(1, steps // 20))
+    layers = sorted(set(resolved["layers"]))
+    sized_names = [name for name in (*given, "warmup_steps") if getattr(args, name) is None]
+    print(f"{config.model.name}: {adapter.depth} blocks of width {adapter.embed_dim}, {patches} patches; "
+          f"{tokens} training tokens -> layers {layers}, expansion {resolved['expansion']}, k {resolved['k']}, "
+          f"batch {resolved['batch_tokens']} tokens, {steps} steps, warm-up {resolved['warmup_steps']} steps "
+          f"(sized from the model and data: {', '.join(sized_names) or 'none'})", file=sys.stderr)
     sae_configs = {
         layer: sae_config_for(
-            adapter.embed_dim, expansion=args.expansion, k=args.k, activation=args.activation,
+            adapter.embed_dim, expansion=resolved["expansion"], k=resolved["k"], activation=args.activation,
             normalize=args.normalize, hook_layer=layer, model_name=config.model.name,
         )
         for layer in layers
     }  # bad --k / --expansion fail here, before the model runs
     train_cfg = TrainConfig(
-        lr=args.lr[0], epochs=args.epochs, batch_tokens=args.batch_tokens, warmup_steps=args.warmup_steps,
+        lr=args.lr[0], epochs=args.epochs, batch_tokens=resolved["batch_tokens"], warmup_steps=resolved["warmup_steps"],
         l1_coefficient=args.l1, seed=args.seed, progress=progress,
     )
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     settings = {key: value for key, value in vars(args).items() if key != "func"}
+    settings["resolved"] = resolved
     settings.update(model=config.to_dict()["model"], device=str(device), num_images=len(dataset), classes=dataset.classes, preprocess=repr(preprocess),
                     heldout_images=[dataset.ids[i] for i in heldout_ids])
     print(f"training on {len(train_ids)} images, {len(heldout_ids)} held out for the held-out metrics", file=sys.stderr)
