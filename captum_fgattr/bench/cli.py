@@ -16,7 +16,7 @@ from collections.abc import Sequence
 # command being run is imported, so ``fgattr --help`` starts without torch (tests check that these
 # lines equal the modules' own).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train-sae": ("captum_fgattr.sae.cli",
+    "train-sae": ("captum_fgattr.bench.sae_cli",
                   "train sparse autoencoders on a ViT's residual stream (patch tokens) over an image folder"),
     "sweep": ("captum_fgattr.bench.commands", "validation sweeps: single layer, multi-layer, κ × c_max; selections"),
     "evaluate": ("captum_fgattr.bench.commands", "test evaluation of the selected configurations and the baselines"),
