@@ -15,7 +15,7 @@ def _subparsers(parser):
 
 
 def test_top_level_help_imports_no_command_module_and_no_torch():
-    code = ("import sys; from captum_fgattr.bench.cli import build_parser; build_parser().format_help(); "
+    code = ("import sys; from captum_fgattr.bench.cli import build_parser; build_parser([]).format_help(); "
             "print(sorted(m for m in ('torch', 'timm', 'captum', *__import__('captum_fgattr.bench.cli').bench.cli"
             ".COMMAND_MODULES) if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -27,7 +27,7 @@ def test_top_level_help_imports_no_command_module_and_no_torch():
 
 @pytest.mark.parametrize("command", list(cli.COMMANDS))
 def test_every_command_lists_its_own_help_line_takes_threads_and_has_plain_help(command):
-    parser = cli.build_parser(command)
+    parser = cli.build_parser([command])
     sub = _subparsers(parser)
     listed = {a.dest: a.help for a in sub._choices_actions}
     assert listed[command] == cli.COMMANDS[command][1]  # the lazy list says what the module says

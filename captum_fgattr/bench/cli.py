@@ -10,7 +10,7 @@ import importlib
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 # command -> (module exposing ``add_parser(subparsers)``, its one-line help). Only the module of the
 # command being run is imported, so ``fgattr --help`` starts without torch (tests check that these
@@ -66,19 +66,20 @@ def _finish(parser: argparse.ArgumentParser) -> None:
                             "CPU; raise it on a machine of your own)")
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The ``fgattr`` parser. Only the module of ``command`` is imported (``None``: none of them);
-    every other command is listed by name and help line only."""
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The ``fgattr`` parser with the full parsers of ``commands`` (None: all). Only their modules are
+    imported; every other command is listed by name and help line only."""
     parser = argparse.ArgumentParser(
         prog="fgattr",
         description="Faithful attention attribution for Vision Transformers: TransMM, "
         "Feature-Gradient TransMM, SAEs and patch-level faithfulness benchmarks.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    if command in COMMANDS:
-        importlib.import_module(COMMANDS[command][0]).add_parser(subparsers)
-        for sub in subparsers.choices.values():
-            _finish(sub)
+    wanted = COMMANDS if commands is None else [c for c in commands if c in COMMANDS]
+    for module in dict.fromkeys(COMMANDS[c][0] for c in wanted):
+        importlib.import_module(module).add_parser(subparsers)
+    for sub in subparsers.choices.values():
+        _finish(sub)
     for name, (_, help_line) in COMMANDS.items():
         if name not in subparsers.choices:
             subparsers.add_parser(name, help=help_line)
@@ -88,7 +89,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    args = build_parser([command] if command else []).parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads if args.threads is not None else default_threads())
