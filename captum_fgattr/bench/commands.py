@@ -32,7 +32,9 @@ from captum_fgattr.bench.experiments import (
 )
 from captum_fgattr.bench.methods_json import parse_methods
 from captum_fgattr.bench.report import write_report
-from captum_fgattr.bench.runconfig import RunConfig, load_inputs, load_saes, preprocessing, read_config_file
+from captum_fgattr.bench.runconfig import (
+    RunConfig, dotted_keys, load_inputs, load_saes, preprocessing, read_config_file, size_to_model,
+)
 from captum_fgattr.bench.store import ResultStore
 
 __all__ = ["add_parser", "resolve_config"]
@@ -127,9 +129,16 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
-    """Defaults < ``--config`` file < flags."""
-    base = RunConfig.from_dict(read_config_file(args.config)) if args.config else RunConfig()
-    return base.merged({key: getattr(args, key) for key in getattr(args, _OVERRIDES)})
+    """Defaults < ``--config`` file < flags; the layers, multi-layer configurations and FC subset size that
+    neither sets are sized by the model (:func:`~captum_fgattr.bench.runconfig.size_to_model`) and printed."""
+    values = read_config_file(args.config) if args.config else {}
+    overrides = {key: getattr(args, key) for key in getattr(args, _OVERRIDES)}
+    config = (RunConfig.from_dict(values) if args.config else RunConfig()).merged(overrides)
+    given = dotted_keys(values) | {key for key, value in overrides.items() if value is not None}
+    config, sized = size_to_model(config, given)
+    if sized:
+        print("sized by the model: " + ", ".join(f"{key} = {value}" for key, value in sized.items()), file=sys.stderr)
+    return config
 
 
 @contextmanager

@@ -31,7 +31,7 @@ import dataclasses
 import json
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -48,7 +48,8 @@ from captum_fgattr.sae import SparseAutoencoder, load_sae
 
 __all__ = [
     "ModelConfig", "DataConfig", "RunConfig", "SPLITS", "DEFAULT_SPLITS", "DEFAULT_SUBSETS", "read_config_file",
-    "load_model", "load_split", "preprocessing", "load_inputs", "load_saes", "RandomWeightsWarning",
+    "load_model", "load_split", "preprocessing", "load_inputs", "load_saes", "RandomWeightsWarning", "SIZED_KEYS",
+    "thesis_layers", "sized_settings", "model_shape", "size_to_model", "dotted_keys",
 ]
 
 SPLITS: tuple[str, ...] = ("val", "test")
@@ -272,6 +273,87 @@ def load_model(config: ModelConfig, class_names: Sequence[str] | None = None) ->
     return models.load_model(config.spec, checkpoint=config.checkpoint, num_classes=config.num_classes,
                              class_names=class_names, img_size=config.img_size, rename=dict(config.rename) or None,
                              **dict(config.kwargs))
+
+
+#: run settings that default to values sized by the model when neither the file nor a flag sets them
+SIZED_KEYS: tuple[str, ...] = ("protocol.layers", "protocol.multi_layers", "evaluation.metrics.fc_subset_size")
+#: the thesis's multi-layer configurations, as positions in a 12-block ViT
+_THESIS_MULTI = ((2, 3, 4), (4, 6, 7), (6, 9, 10))
+
+
+def thesis_layers(depth: int) -> list[int]:
+    """The thesis's sweep layers 2..10 of 12 blocks scaled to ``depth``: round(depth / 6) .. depth − 2 (the
+    last block's patch tokens get no gradient with a class-token head), e.g. 1..4 of 6."""
+    last = max(0, depth - 2)
+    return list(range(min(max(0, round(depth / 6)), last), last + 1))
+
+
+def sized_settings(depth: int, patches: int) -> dict[str, Any]:
+    """:data:`SIZED_KEYS` for a ViT of ``depth`` blocks and ``patches`` patch tokens: the thesis's layers and
+    multi-layer configurations scaled by depth / 12, and its FC subset of 20 of 196 patches scaled by
+    patches / 196.
+
+    Example::
+
+        >>> sized_settings(12, 196)["protocol.multi_layers"], sized_settings(12, 196)["evaluation.metrics.fc_subset_size"]
+        ([[2, 3, 4], [4, 6, 7], [6, 9, 10]], 20)
+        >>> sized_settings(6, 64)
+        {'protocol.layers': [1, 2, 3, 4], 'protocol.multi_layers': [[1, 2], [2, 3, 4], [3, 4]], 'evaluation.metrics.fc_subset_size': 7}
+    """
+    last = max(0, depth - 2)
+    multi = []
+    for positions in _THESIS_MULTI:
+        layers = sorted({min(round(p * depth / 12), last) for p in positions})
+        if len(layers) > 1 and layers not in multi:
+            multi.append(layers)
+    return {"protocol.layers": thesis_layers(depth), "protocol.multi_layers": multi or [thesis_layers(depth)],
+            "evaluation.metrics.fc_subset_size": max(1, round(patches * 20 / 196))}
+
+
+def model_shape(config: ModelConfig) -> tuple[int, int] | None:
+    """``(depth, patch tokens)`` of the configured model, from a weightless build on the meta device
+    (no checkpoint read); None when that build is not possible (then nothing is sized)."""
+    import torch
+
+    kind, _, name = config.spec.partition(":")
+    try:
+        with torch.device("meta"):
+            if kind == "timm":
+                import timm
+
+                extra = {k: v for k, v in (("num_classes", config.num_classes), ("img_size", config.img_size)) if v}
+                model = timm.create_model(name, pretrained=False, **extra, **dict(config.kwargs))
+                blocks, grid = model.blocks, model.patch_embed.grid_size
+            else:
+                import open_clip
+
+                visual = open_clip.create_model(name, pretrained=None, device="meta", **dict(config.kwargs)).visual
+                blocks, grid = visual.transformer.resblocks, visual.grid_size
+    except Exception:  # unknown names and exotic models: their errors surface when the model is loaded
+        return None
+    return len(blocks), int(grid[0]) * int(grid[1])
+
+
+def dotted_keys(values: Mapping[str, Any], prefix: str = "") -> set[str]:
+    """Every key of a nested configuration mapping in dotted form, sections included (``{"a": {"b": 1}}``
+    -> ``{"a", "a.b"}``)."""
+    keys = set()
+    for key, value in values.items():
+        keys.add(prefix + key)
+        if isinstance(value, Mapping):
+            keys |= dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def size_to_model(config: RunConfig, given: Collection[str]) -> tuple[RunConfig, dict[str, Any]]:
+    """``config`` with the :data:`SIZED_KEYS` not in ``given`` (keys the file or flags set) sized by the model
+    (:func:`sized_settings`); returns it and the sized values (empty when nothing was sized)."""
+    missing = [key for key in SIZED_KEYS if key not in given]
+    shape = model_shape(config.model) if config.model.name and missing else None
+    if shape is None:
+        return config, {}
+    sized = {key: value for key, value in sized_settings(*shape).items() if key in missing}
+    return config.merged(sized), sized
 
 
 def load_split(config: DataConfig, split: str) -> ImageListDataset:

@@ -93,8 +93,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def sized_defaults(depth: int, width: int, tokens: int) -> dict[str, Any]:
     """SAE defaults sized by the model and the data (the thesis's values for ViT-B/16 on a large set).
 
-    layers: the thesis's positions 2..10 of 12 blocks scaled to ``depth``: round(depth / 6) .. depth − 2
-    (the last block's patch tokens get no gradient with a class-token head); expansion: 64 from width
+    layers: the thesis's positions 2..10 of 12 blocks scaled to ``depth``, as ``fgattr run`` sizes them
+    (:func:`captum_fgattr.bench.runconfig.thesis_layers`); expansion: 64 from width
     512 up, 32 from 256, else 16; k: width / 6 (128 for 768); batch_tokens: the power of two nearest
     tokens / 256, within 64..4096 (a few hundred steps per epoch). The warm-up (5 % of all steps, at
     most 500) follows once the batch size is known.
@@ -107,9 +107,10 @@ def sized_defaults(depth: int, width: int, tokens: int) -> dict[str, Any]:
         >>> sized_defaults(6, 96, 134_464)
         {'layers': [1, 2, 3, 4], 'expansion': 16, 'k': 16, 'batch_tokens': 512}
     """
-    first, last = max(0, round(depth / 6)), max(0, depth - 2)
+    from captum_fgattr.bench.runconfig import thesis_layers
+
     batch = 2 ** round(math.log2(max(tokens / 256, 1)))
-    return {"layers": list(range(min(first, last), last + 1)), "expansion": 64 if width >= 512 else 32 if width >= 256 else 16,
+    return {"layers": thesis_layers(depth), "expansion": 64 if width >= 512 else 32 if width >= 256 else 16,
             "k": max(1, round(width / 6)), "batch_tokens": int(min(4096, max(64, batch)))}
 
 
