@@ -143,3 +143,16 @@ def test_token_norm_gates_from_explicit_norms(vit):
 def test_top_features_refused_without_sae_codes(vit):
     with pytest.raises(ValueError, match="top_features"):
         FeatureGradientTransMM(vit, {1: make_sae(32)}, variant="grad_input", top_features=3)
+
+
+def test_noise_tunnel_runs_feature_gradient_transmm_and_its_controls(vit):
+    from captum.attr import NoiseTunnel
+
+    images = torch.randn(2, 3, 32, 32)
+    for kwargs in ({}, {"variant": "grad_input"}, {"permute_gates_seed": 0}):
+        fg = FeatureGradientTransMM(vit, {1: make_sae(32)}, **kwargs)
+        smooth = NoiseTunnel(fg).attribute(images, nt_type="smoothgrad", nt_samples=2, stdevs=0.1, target=1)
+        assert smooth.shape == (2, 1, 32, 32) and torch.isfinite(smooth).all()
+    torch.manual_seed(0)
+    noisy = NoiseTunnel(fg).attribute(images, nt_type="smoothgrad", nt_samples=1, stdevs=0.0, target=1)
+    torch.testing.assert_close(noisy, fg.attribute(images, target=1))  # zero noise: the plain map

@@ -19,10 +19,10 @@ IDS = torch.arange(3)
 def test_every_method_gives_finite_patch_maps(vit, name):
     params = {"layers": [1]} if name == "fg" else {}
     method = build_method(MethodSpec(name, params), vit, saes={1: make_sae(32)})
-    out = method(torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]), IDS)
-    maps, delta = out if name == "integrated_gradients" else (out, None)
+    maps = method(torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2]), IDS)
     assert maps.shape == (3, 16) and torch.isfinite(maps).all()
-    assert delta is None or delta.shape == (3,)
+    delta = getattr(method, "convergence_delta", None)
+    assert (delta is None) == (name != "integrated_gradients") and (delta is None or delta.shape == (3,))
 
 
 def norm1_output_and_grad(vit, image, target):
@@ -75,8 +75,9 @@ def test_gradcam_agrees_with_the_pytorch_grad_cam_package(vit):
 def test_integrated_gradients_from_an_explicit_baseline_with_its_convergence_delta(vit):
     images, targets = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
     black = [-0.5, -1.0, -2.0]  # (0 − mean) / std per channel
-    maps, delta = build_method(MethodSpec("integrated_gradients", {"baseline": black, "n_steps": 50}), vit)(
-        images, targets, IDS[:2])
+    method = build_method(MethodSpec("integrated_gradients", {"baseline": black, "n_steps": 50}), vit)
+    maps = method(images, targets, IDS[:2])
+    delta = method.convergence_delta
     reference = torch.tensor(black).reshape(1, 3, 1, 1).expand_as(images)
     pixel = IntegratedGradients(vit).attribute(images, baselines=reference, target=targets, n_steps=50).detach()
     for i in range(2):

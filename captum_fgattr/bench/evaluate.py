@@ -265,9 +265,8 @@ def _evaluate_batch(
     """``logits`` (B, C): the model's outputs on ``images``, computed once per batch.
     -> ((saco, fc, pf_auc) per image, (B, P) float32 attributions, (B,) convergence deltas or None)."""
     with torch.autocast(images.device.type, enabled=config.autocast):
-        output = method(images, targets, ids)
-    attributions, deltas = output if isinstance(output, tuple) else (output, None)
-    attributions = attributions.detach().float()
+        attributions = method(images, targets, ids).detach().float()
+    deltas = getattr(method, "convergence_delta", None)
     if not torch.isfinite(attributions).all():
         raise ValueError(f"method {spec.label} produced NaN/Inf attributions")
     m = config.metrics

@@ -1,8 +1,8 @@
 """Registry of attribution methods for the benchmark; every method yields raw patch maps (B, P).
 
 A method is described by a hashable :class:`MethodSpec` (name + parameters) and built by
-:func:`build_method` into a callable ``(images (B, C, H, W), targets (B,), sample_ids (B,)) -> (B, P)``
-(or ``((B, P), (B,) convergence delta)`` for a method that has one, e.g. Integrated Gradients).
+:func:`build_method` into a callable ``(images (B, C, H, W), targets (B,), sample_ids (B,)) -> (B, P)``;
+a method with a convergence delta (Integrated Gradients) keeps its last (B,) deltas as ``convergence_delta``.
 ``sample_ids`` lets stochastic baselines be reproducible per image, whatever the batching.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from captum.attr import IntegratedGradients, Saliency
@@ -22,7 +22,7 @@ from captum_fgattr.attr import FeatureGradientTransMM, TransMM
 from captum_fgattr.baselines import AttentionRollout, RawAttention, TokenGradCAM
 from captum_fgattr.sae import SparseAutoencoder
 
-PatchMethod = Callable[[Tensor, Tensor, Tensor], Union[Tensor, tuple[Tensor, Tensor]]]
+PatchMethod = Callable[[Tensor, Tensor, Tensor], Tensor]
 Builder = Callable[..., PatchMethod]
 METHODS: dict[str, Builder] = {}
 
@@ -103,24 +103,35 @@ def _gradcam(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAut
     return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True).flatten(1)
 
 
-@register_method("integrated_gradients")
-def _integrated_gradients(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder],
-                          baseline: float | list[float] = 0.0, n_steps: int = 50) -> PatchMethod:
-    """Captum Integrated Gradients from a constant ``baseline`` image (one model-input value per channel, or
-    one for all; a black image is (0 − mean) / std), ``n_steps`` Gauss-Legendre steps, summed over channels and
-    patch pixels. Returns the maps and Captum's convergence delta per image."""
-    method = IntegratedGradients(model)
+class _IntegratedGradientsPatches:
+    """Captum Integrated Gradients from a constant baseline image, summed over channels and patch pixels;
+    :attr:`convergence_delta` holds the last call's (B,) completeness gaps."""
 
-    def attribute(images: Tensor, targets: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
-        values = torch.as_tensor(baseline, dtype=images.dtype, device=images.device).reshape(-1)
+    def __init__(self, model: nn.Module, adapter: ViTAdapter, baseline: float | list[float], n_steps: int) -> None:
+        self.method, self.adapter = IntegratedGradients(model), adapter
+        self.baseline, self.n_steps = baseline, n_steps
+        self.convergence_delta: Tensor | None = None
+
+    def __call__(self, images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
+        values = torch.as_tensor(self.baseline, dtype=images.dtype, device=images.device).reshape(-1)
         if values.numel() not in (1, images.shape[1]):
             raise ValueError(f"integrated_gradients baseline has {values.numel()} values for {images.shape[1]} channels")
         reference = values.reshape(1, -1, 1, 1).expand_as(images)
         with torch.enable_grad():
-            attr, delta = method.attribute(images, baselines=reference, target=targets, n_steps=n_steps,
-                                           internal_batch_size=images.shape[0] * n_steps, return_convergence_delta=True)
-        return pixels_to_patches(attr.detach(), adapter.patch_size), delta.detach()
-    return attribute
+            attr, delta = self.method.attribute(images, baselines=reference, target=targets, n_steps=self.n_steps,
+                                                internal_batch_size=images.shape[0] * self.n_steps,
+                                                return_convergence_delta=True)
+        self.convergence_delta = delta.detach()
+        return pixels_to_patches(attr.detach(), self.adapter.patch_size)
+
+
+@register_method("integrated_gradients")
+def _integrated_gradients(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder],
+                          baseline: float | list[float] = 0.0, n_steps: int = 50) -> PatchMethod:
+    """Integrated Gradients from a constant ``baseline`` image (one model-input value per channel, or one for
+    all; a black image is (0 − mean) / std), ``n_steps`` Gauss-Legendre steps, summed over channels and patch
+    pixels; the convergence delta of each call is kept (``convergence_delta``)."""
+    return _IntegratedGradientsPatches(model, adapter, baseline, n_steps)
 
 
 @register_method("saliency")
