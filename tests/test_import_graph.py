@@ -1,0 +1,76 @@
+"""The package's import graph, read from the source files (function-level imports included): no circles, and
+nothing outside ``captum_fgattr.bench`` imports the benchmark (the library does not depend on its CLI)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("captum_fgattr", "quantus_saco")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """Project modules imported anywhere in ``path`` (relative imports resolved; ``from pkg import mod`` counts
+    as importing ``pkg.mod`` when that is a module)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[:len(anchor) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def graph() -> dict[str, set[str]]:
+    files = [p for package in PACKAGES for p in (ROOT / package).rglob("*.py")]
+    modules = {module_name(p) for p in files}
+    return {module_name(p): imports_of(p, modules) for p in files}
+
+
+def test_the_import_graph_is_read():
+    edges = graph()
+    assert "captum_fgattr.attr" in edges["captum_fgattr.bench.methods"]
+    assert "captum_fgattr.gates" in edges["captum_fgattr.attr"]
+
+
+def test_no_import_circles():
+    edges = graph()
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for target in sorted(edges.get(node, ())):
+            # a package's __init__ importing its own submodules is not a circle of concepts
+            if node == target.rpartition(".")[0] or target == node.rpartition(".")[0]:
+                continue
+            if state.get(target) == 1:
+                cycles.append(path[path.index(target):] + [target] if target in path else [node, target])
+            elif target not in state:
+                visit(target, path + [target])
+        state[node] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import circles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_only_the_benchmark_imports_the_benchmark():
+    upward = sorted(f"{module} imports {target}" for module, targets in graph().items()
+                    if not module.startswith("captum_fgattr.bench")
+                    for target in targets if target.startswith("captum_fgattr.bench"))
+    assert not upward, "; ".join(upward)
