@@ -195,7 +195,7 @@ def test_clear_errors(tmp_path):
         Protocol(variants=("combined", "mixed"))
 
 
-def test_run_study_python_api_on_tensors(tmp_path):
+def test_run_study_python_api_on_tensors(tmp_path, capsys):
     model, data, saes = tiny_setup(8)
     images, labels = data.tensors
     protocol = Protocol(layers=(1,), variants=("combined", "activation"), multi_layers=((0, 2),), kappas=(0.5,),
@@ -218,6 +218,15 @@ def test_run_study_python_api_on_tensors(tmp_path):
     assert "FG L1 combined κ=0.5 c=10 vs shuffled decoder (mean of 2 seeds): SaCo" in report
     assert (run_dir / "report" / "comparisons_test.png").is_file()
     assert "FG L1 activation" in (run_dir / "report" / "single_layer.md").read_text()  # ablation reported
+    progress = capsys.readouterr().err.splitlines()
+    lines = [line for line in progress if line.startswith("fgattr: ") and " finished (" in line]
+    assert [line.split()[1] for line in lines] == ["single_layer", "multi_layer", "kappa_cmax", "test"]
+    with ResultStore(run_dir) as store:
+        rows = store.count_rows()
+    assert f"({rows:,} of ~{rows:,} evaluations)" in lines[-1] and lines[-1].endswith("ETA 0s")
+    run_study(model, (images, labels), (images[:6], labels[:6]), saes, tmp_path / "run", protocol, CFG)
+    again = [line for line in capsys.readouterr().err.splitlines() if " finished (" in line]
+    assert "(0 of ~" in again[0]  # resumed: nothing left to compute
 
 
 def test_a_non_combined_method_variant_refuses_the_shuffled_control():

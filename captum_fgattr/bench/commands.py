@@ -28,12 +28,12 @@ import torch
 from captum_fgattr.bench.data import LAYOUTS
 from captum_fgattr.bench.evaluate import METRIC_PRESETS, PF_SCALES, evaluate_methods, select_ids
 from captum_fgattr.bench.experiments import (
-    CONTROLS, VARIANTS, Protocol, current_shard, final_specs, run_sweep, sync_ranks, transmm_spec,
+    CONTROLS, VARIANTS, Protocol, StudyClock, current_shard, final_specs, run_sweep, run_test, sync_ranks, transmm_spec,
 )
 from captum_fgattr.bench.methods_json import parse_methods
-from captum_fgattr.bench.report import write_report
+from captum_fgattr.bench.report import summary_text, write_report
 from captum_fgattr.bench.runconfig import (
-    RunConfig, dotted_keys, load_inputs, load_saes, preprocessing, read_config_file, size_to_model,
+    RunConfig, dotted_keys, load_inputs, load_saes, load_split, preprocessing, read_config_file, size_to_model,
 )
 from captum_fgattr.bench.store import ResultStore
 
@@ -173,12 +173,12 @@ def _record(store: ResultStore, command: str, config: RunConfig, split: str) -> 
         (Path(config.run_dir) / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
 
-def _sweep(config: RunConfig) -> None:
+def _sweep(config: RunConfig, clock: StudyClock | None = None) -> None:
     model, val = load_inputs(config, "val")
     saes = load_saes(config.saes, config.protocol.gated_layers())
     with ResultStore(config.run_dir) as store:
         _record(store, "sweep", config, "val")
-        selections = run_sweep(model, val, saes, store, config.protocol, config.evaluation)
+        selections = run_sweep(model, val, saes, store, config.protocol, config.evaluation, clock)
     if _rank() == 0:
         for name, selection in selections.items():
             print(f"selected ({name}): {selection.details['candidates'][selection.method_key]['label']}")
@@ -193,16 +193,19 @@ def _black_input(config: RunConfig, model: torch.nn.Module) -> Protocol:
     return replace(config.protocol, black_input=tuple(-m / s for m, s in zip(mean, std)))
 
 
-def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: str) -> None:
+def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: str,
+              clock: StudyClock | None = None) -> None:
     model, data = load_inputs(config, split)
     with ResultStore(config.run_dir) as store:
         _record(store, "evaluate", config, split)
-        if methods is None:
-            specs = final_specs(store, _black_input(config, model))
-        else:
-            text = Path(methods).read_text() if Path(methods).is_file() else methods
-            given = parse_methods(text)
-            specs = given if any(s.name == "transmm" for s in given) else [transmm_spec(), *given]
+        if methods is None:  # the protocol's test experiment
+            protocol = _black_input(config, model)
+            layers = sorted({layer for s in final_specs(store, protocol) if s.name == "fg" for layer in s.params["layers"]})
+            run_test(model, data, load_saes(config.saes, layers), store, protocol, config.evaluation, clock)
+            return
+        text = Path(methods).read_text() if Path(methods).is_file() else methods
+        given = parse_methods(text)
+        specs = given if any(s.name == "transmm" for s in given) else [transmm_spec(), *given]
         layers = sorted({layer for s in specs if s.name == "fg" for layer in s.params["layers"]})
         limit = config.protocol.test_images if split == "test" else config.protocol.val_images
         evaluate_methods(model, data, specs, store, experiment=experiment, split=split,
@@ -234,10 +237,13 @@ def _with_config(body: Callable[[RunConfig, argparse.Namespace], None]) -> Calla
 
 
 def _run_all(config: RunConfig, args: argparse.Namespace) -> None:
-    _sweep(config)
-    _evaluate(config, None, "test", "test")
+    sizes = {split: len(load_split(config.data, split)) for split in ("val", "test")}
+    clock = StudyClock.for_study(config.protocol, sizes["val"], sizes["test"])
+    _sweep(config, clock)
+    _evaluate(config, None, "test", "test", clock)
     if _rank() == 0:
         _report(config.run_dir, None, args.pf_scale)
+        print(summary_text(config.run_dir))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -34,9 +34,9 @@ from captum_fgattr.bench.default import (
     default_model, default_splits, sha256_file,
 )
 from captum_fgattr.bench.evaluate import EvalConfig, MetricConfig
-from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, Protocol
+from captum_fgattr.bench.experiments import Protocol
+from captum_fgattr.bench.report import summary_text
 from captum_fgattr.bench.study import run_study
-from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.sae import SparseAutoencoder
 from captum_fgattr.sae.layers import layer_folder
 from captum_fgattr.sae.train import TrainConfig as SAETrainConfig
@@ -156,9 +156,7 @@ def run_demo(output: str | Path, quick: bool = False, device: str = "cpu", cache
     run_dir = run_study(model, splits["val"].tensors(), splits["test"].tensors(), saes, output, plan.protocol,
                         config, resolved_config=json.loads(json.dumps(resolved, default=str)))
     report = run_dir / "report" / "report.md"
-    print(_selections_text(run_dir))
-    print((run_dir / "report" / f"{TEST}.md").read_text())
-    print((run_dir / "report" / f"comparisons_{TEST}.md").read_text())
+    print(summary_text(run_dir))
     print(f"demo finished in {time.perf_counter() - start:.0f}s; report: {report}")
     return report
 
@@ -179,14 +177,6 @@ def _header(splits: dict[str, Br35HSplit], info: dict, saes: dict[int, SparseAut
         "SAEs": f"TopK, {first.n_features} features (k = {first.k}) per gated block; held-out tokens (validation "
                 f"images): {quality}",
     }
-
-
-def _selections_text(run_dir: Path) -> str:
-    """What validation selected, one line per step."""
-    with ResultStore(run_dir) as store:
-        selections = [s for s in (store.selection(n) for n in (SINGLE, MULTI, GRID)) if s is not None]
-    return "\n".join(["Selected on validation (mean standardised paired effect vs TransMM):"]
-                     + [f"  {s.name}: {s.details['candidates'][s.method_key]['label']}" for s in selections]) + "\n"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

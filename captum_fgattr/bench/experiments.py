@@ -22,9 +22,11 @@ The steps are :func:`run_sweep` and :func:`run_test` (the whole study with its r
 from __future__ import annotations
 
 import math
+import sys
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Union
+from dataclasses import dataclass, field
+from typing import Any, TextIO, Union
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +44,7 @@ from captum_fgattr.sae import SparseAutoencoder
 __all__ = [
     "Protocol", "SELECTION_RULE", "SINGLE", "MULTI", "GRID", "TEST", "VARIANTS", "CONTROLS", "DataSource",
     "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep", "run_test", "current_shard",
-    "sync_ranks", "control_specs", "baseline_spec",
+    "sync_ranks", "control_specs", "baseline_spec", "StudyClock",
 ]
 
 SINGLE, MULTI, GRID, TEST = "single_layer", "multi_layer", "kappa_cmax", "test"
@@ -284,16 +286,61 @@ def _check_saes(layers: Sequence[int], saes: Mapping[int, SparseAutoencoder], de
         raise ValueError(f"no SAE for layers {missing}; SAEs were given for layers {sorted(saes)}")
 
 
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+@dataclass
+class StudyClock:
+    """One progress line per finished experiment: evaluations done of those planned, elapsed time, and an
+    ETA from this process's rate (rows already stored by an earlier, interrupted run cost nothing)."""
+
+    planned: int  # method × image evaluations of the whole study (TransMM once per split)
+    stream: TextIO | None = None  # None: sys.stderr at the time of printing
+    start: float = field(default_factory=time.perf_counter)
+    done: int = 0
+    computed: int = 0
+
+    @classmethod
+    def for_study(cls, protocol: Protocol, n_val: int, n_test: int) -> StudyClock:
+        """Planned evaluations of ``protocol`` on splits of ``n_val`` and ``n_test`` images."""
+        val = min(n_val, protocol.val_images or n_val)
+        test = min(n_test, protocol.test_images or n_test)
+        configurations = 1 + bool(protocol.multi_layers)
+        controls = sum(len(protocol.shuffle_seeds) if c == "shuffled_decoder" else 1 for c in protocol.controls)
+        sweep = 1 + len(protocol.layers) * len(protocol.variants)
+        if protocol.multi_layers:
+            sweep += len(protocol.multi_layers) + len(protocol.kappas) * len(protocol.c_maxes)
+        return cls(val * sweep + test * (1 + configurations * (1 + controls) + len(protocol.baselines)))
+
+    def finished(self, experiment: str, evaluations: int, computed: int) -> None:
+        """Record a finished experiment of ``evaluations`` (method × image), ``computed`` of them now; print."""
+        self.done, self.computed = self.done + evaluations, self.computed + computed
+        elapsed = time.perf_counter() - self.start
+        left = max(self.planned - self.done, 0)
+        eta = 0.0 if not left else elapsed / self.computed * left if self.computed else math.nan
+        print(f"fgattr: {experiment} finished ({self.done:,} of ~{self.planned:,} evaluations); elapsed "
+              f"{_duration(elapsed)}, ETA {_duration(eta)}", file=self.stream or sys.stderr, flush=True)
+
+
 def _experiment(model: nn.Module, data: Dataset, specs: Sequence[MethodSpec], store: ResultStore, experiment: str,
-                split: str, ids: Sequence[int], saes: Mapping[int, SparseAutoencoder], config: EvalConfig) -> None:
-    evaluate_methods(model, data, specs, store, experiment=experiment, split=split, image_ids=ids, saes=saes,
-                     config=config, shard=current_shard())
+                split: str, ids: Sequence[int], saes: Mapping[int, SparseAutoencoder], config: EvalConfig,
+                clock: StudyClock | None) -> None:
+    done_before = sum(len(store.done_ids(split, spec.key) & set(ids)) for spec in specs)
+    added = evaluate_methods(model, data, specs, store, experiment=experiment, split=split, image_ids=ids, saes=saes,
+                             config=config, shard=current_shard())
     sync_ranks()
+    if clock is not None and current_shard().rank == 0:
+        fresh = len(specs) * len(ids) - done_before
+        clock.finished(experiment, fresh, added)
 
 
 def run_sweep(
     model: nn.Module, val: DataSource, saes: Mapping[int, SparseAutoencoder], store: ResultStore,
-    protocol: Protocol = Protocol(), config: EvalConfig = EvalConfig(),
+    protocol: Protocol = Protocol(), config: EvalConfig = EvalConfig(), clock: StudyClock | None = None,
 ) -> dict[str, Selection]:
     """Validation experiments 1–3 with their selections (stored); resumes from the store.
 
@@ -310,7 +357,7 @@ def run_sweep(
     ids = select_ids(len(data), protocol.val_images, protocol.subset_seed)  # type: ignore[arg-type]
 
     def run(experiment: str, candidates: list[MethodSpec]) -> None:
-        _experiment(model, data, [transmm_spec(), *candidates], store, experiment, "val", ids, saes, config)
+        _experiment(model, data, [transmm_spec(), *candidates], store, experiment, "val", ids, saes, config, clock)
 
     singles = [fg_spec([layer], variant, protocol.kappa, protocol.c_max)
                for layer in protocol.layers for variant in protocol.variants]
@@ -366,7 +413,7 @@ def baseline_spec(name: str, protocol: Protocol) -> MethodSpec:
 
 def run_test(
     model: nn.Module, test: DataSource, saes: Mapping[int, SparseAutoencoder], store: ResultStore,
-    protocol: Protocol = Protocol(), config: EvalConfig = EvalConfig(),
+    protocol: Protocol = Protocol(), config: EvalConfig = EvalConfig(), clock: StudyClock | None = None,
 ) -> list[MethodSpec]:
     """Experiment 4 on the test split with the stored selections; resumes from the store. Returns its methods."""
     data = as_dataset(test, "test data")
@@ -374,5 +421,5 @@ def run_test(
     layers = sorted({layer for spec in specs if spec.name == "fg" for layer in spec.params["layers"]})
     _check_saes(layers, saes, get_adapter(model).depth)
     ids = select_ids(len(data), protocol.test_images, protocol.subset_seed)  # type: ignore[arg-type]
-    _experiment(model, data, specs, store, TEST, "test", ids, saes, config)
+    _experiment(model, data, specs, store, TEST, "test", ids, saes, config, clock)
     return specs

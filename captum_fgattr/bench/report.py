@@ -33,7 +33,7 @@ from captum_fgattr.bench.stats import (
 )
 from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, STORE_NAME, ResultStore
 
-__all__ = ["MetricCell", "TableRow", "experiment_table", "write_report", "PF_SCALES"]
+__all__ = ["MetricCell", "TableRow", "experiment_table", "write_report", "summary_text", "PF_SCALES"]
 
 TITLES = {"saco": "SaCo ↑", "fc": "FC ↑", "pf_auc": "PF ↓"}
 
@@ -474,3 +474,18 @@ def _selections(store: ResultStore) -> list[str]:
         lines.append(f"* {s.name}: **{chosen['label']}** ({effect}mean % improvement {_fmt(chosen['mean_pct'], 2)}; "
                      f"{s.details.get('n_images', '?')} images)")
     return lines + [""]
+
+
+def summary_text(run_dir: str | Path) -> str:
+    """What a run found, as printed at its end: the validation selections, the test table, the paired comparisons
+    and the verdicts (from the files :func:`write_report` wrote)."""
+    run_dir = Path(run_dir)
+    with ResultStore(run_dir) as store:
+        selections = [s for s in (store.selection(n) for n in (SINGLE, MULTI, GRID)) if s is not None]
+    parts = ["Selected on validation (mean standardised paired effect vs TransMM):"]
+    parts += [f"  {s.name}: {s.details['candidates'][s.method_key]['label']}" for s in selections]
+    for name in (TEST, f"comparisons_{TEST}"):
+        path = run_dir / "report" / f"{name}.md"
+        if path.is_file():
+            parts += ["", path.read_text()]
+    return "\n".join(parts)

@@ -9,7 +9,9 @@ from typing import Any
 from torch import nn
 
 from captum_fgattr.bench.evaluate import EvalConfig
-from captum_fgattr.bench.experiments import DataSource, Protocol, current_shard, run_sweep, run_test
+from captum_fgattr.bench.experiments import (
+    DataSource, Protocol, StudyClock, as_dataset, current_shard, run_sweep, run_test,
+)
 from captum_fgattr.bench.report import write_report
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.sae import SparseAutoencoder
@@ -28,7 +30,8 @@ def run_study(
     report: bool = True,
     resolved_config: Mapping[str, Any] | None = None,
 ) -> Path:
-    """The whole protocol: sweep on ``val``, test on ``test``, then (rank 0) the report. Resumable.
+    """The whole protocol: sweep on ``val``, test on ``test``, then (rank 0) the report. Resumable; prints one
+    progress line per finished experiment (elapsed time and an ETA) to stderr.
 
     Args:
         model: classifier in eval mode, (B, C, H, W) -> (B, classes) logits.
@@ -51,8 +54,10 @@ def run_study(
         if current_shard().rank == 0:
             store.log_invocation("run_study", resolved_config or {"protocol": asdict(protocol),
                                                                   "evaluation": asdict(config)})
-        run_sweep(model, val, saes, store, protocol, config)
-        run_test(model, test, saes, store, protocol, config)
+        val, test = as_dataset(val, "validation data"), as_dataset(test, "test data")
+        clock = StudyClock.for_study(protocol, len(val), len(test))  # type: ignore[arg-type]
+        run_sweep(model, val, saes, store, protocol, config, clock)
+        run_test(model, test, saes, store, protocol, config, clock)
     if report and current_shard().rank == 0:
         write_report(run_dir)
     return run_dir
