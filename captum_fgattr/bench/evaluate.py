@@ -226,7 +226,7 @@ def evaluate_methods(
     work = [(chunk, todo) for chunk, todo in work if todo]
     gallery = set(ids[:config.gallery])
     loader = DataLoader(dataset, batch_sampler=[chunk for chunk, _ in work], num_workers=config.num_workers)
-    bar = tqdm(total=sum(len(todo) for _, todo in work), disable=not config.progress, unit="batch",
+    bar = tqdm(total=sum(len(todo) for _, todo in work), disable=not (config.progress and work), unit="batch",
                desc=f"{experiment}/{split}" + (f" rank {shard.rank}" if shard.world > 1 else ""))
     added = committed = 0
     with bar:
