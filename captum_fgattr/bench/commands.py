@@ -160,15 +160,11 @@ def _distributed(config: RunConfig) -> Iterator[RunConfig]:
         torch.distributed.destroy_process_group()
 
 
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-
-
 def _record(store: ResultStore, command: str, config: RunConfig, split: str) -> None:
     """Refuse a run folder filled from another model / data; store the resolved configuration."""
     store.check_fingerprint(asdict(config.model), "model")
     store.check_fingerprint(config.data.fingerprint(split), f"data.{split}")
-    if _rank() == 0:
+    if current_shard().rank == 0:
         store.log_invocation(command, config.to_dict())
         (Path(config.run_dir) / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
@@ -179,7 +175,7 @@ def _sweep(config: RunConfig, clock: StudyClock | None = None) -> None:
     with ResultStore(config.run_dir) as store:
         _record(store, "sweep", config, "val")
         selections = run_sweep(model, val, saes, store, config.protocol, config.evaluation, clock)
-    if _rank() == 0:
+    if current_shard().rank == 0:
         for name, selection in selections.items():
             print(f"selected ({name}): {selection.details['candidates'][selection.method_key]['label']}")
 
@@ -241,7 +237,7 @@ def _run_all(config: RunConfig, args: argparse.Namespace) -> None:
     clock = StudyClock.for_study(config.protocol, sizes["val"], sizes["test"])
     _sweep(config, clock)
     _evaluate(config, None, "test", "test", clock)
-    if _rank() == 0:
+    if current_shard().rank == 0:
         _report(config.run_dir, None, args.pf_scale)
         print(summary_text(config.run_dir))
 
