@@ -226,7 +226,7 @@ def test_run_study_python_api_on_tensors(tmp_path, capsys):
     assert f"({rows:,} of ~{rows:,} evaluations)" in lines[-1] and lines[-1].endswith("ETA 0s")
     run_study(model, (images, labels), (images[:6], labels[:6]), saes, tmp_path / "run", protocol, CFG)
     again = [line for line in capsys.readouterr().err.splitlines() if " finished (" in line]
-    assert "(0 of ~" in again[0]  # resumed: nothing left to compute
+    assert again[-1].endswith("ETA 0s") and f"({rows:,} of ~{rows:,}" in again[-1]  # resumed: all stored
 
 
 def test_a_non_combined_method_variant_refuses_the_shuffled_control():

@@ -101,3 +101,26 @@ def test_real_feature_gate_differs_from_its_controls_on_a_planted_sae(vit):
         gates[name] = fg.last_gated_layers[1].gates
     for name in ("shuffled", "grad_input", "grad_input_centered", "bias_projection", "permuted"):
         assert (gates[name] - gates["combined"]).abs().max() > 0.1, name
+
+
+def test_conclusions_credit_the_features_only_when_every_control_falls_short(tmp_path):
+    rng = np.random.default_rng(2)
+    protocol = Protocol(layers=(1,), multi_layers=(), controls=("shuffled_decoder", "bias_projection"),
+                        shuffle_seeds=(0,))
+    real = fg_spec([1], "combined", 0.5, 10.0)
+    controls = control_specs(real, protocol)
+    noise = lambda scale: rng.normal(0, scale, N)  # noqa: E731
+    base = (rng.normal(0.1, 0.2, N), rng.normal(0.2, 0.1, N), rng.normal(0.6, 0.1, N))
+    fg = (base[0] + 0.2 + noise(0.05), base[1] + noise(0.05), base[2] + noise(0.02))  # better on SaCo only
+    lines = {}
+    for case, projection in (("matched", fg), ("beaten", base)):
+        columns = {transmm_spec(): base, real: fg, controls["shuffled_decoder"][0]: base,
+                   controls["bias_projection"][0]: tuple(p + noise(0.02) for p in projection)}
+        with ResultStore(tmp_path / case) as store:
+            store_scores(store, "test", "test", columns)
+            lines[case] = verdict_lines(claim_comparisons(store, "test", "test"))[-1]
+    assert lines["matched"] == (f"Conclusion for {real.label}: better than TransMM on SaCo; matched by bias_projection "
+                                "−⟨g, b_dec⟩ (not better than it on any of those metrics): the gain is not attributable "
+                                "to the SAE's features.")
+    assert lines["beaten"].endswith("better than every control on at least one of those metrics: consistent with a gain "
+                                    "due to the SAE's features.")

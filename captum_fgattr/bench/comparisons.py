@@ -94,13 +94,37 @@ def _claim(comparisons: Sequence[Comparison]) -> str:
     return ", ".join(parts)
 
 
+def _conclusion(configuration: MethodSpec, comparisons: Sequence[Comparison]) -> str:
+    """Whether the configuration improves on TransMM, and whether every control falls short of that gain."""
+    said = {(c.against, c.metric): verdict(c.result, HIGHER_IS_BETTER[c.metric]) for c in comparisons}
+    gains = [m for m in METRICS if said.get(("transmm", m)) == "better"]
+    losses = [m for m in METRICS if said.get(("transmm", m)) == "worse"]
+    head = f"Conclusion for {configuration.label}: "
+    names = lambda metrics: ", ".join(METRIC_NAMES[m] for m in metrics)  # noqa: E731
+    if not gains:
+        return head + "no detectable improvement over TransMM" + (f" (worse on {names(losses)})" if losses else "") + "."
+    controls = list(dict.fromkeys(c.against for c in comparisons if c.against != "transmm"))
+    matched = [a for a in controls if not any(said.get((a, m)) == "better" for m in gains)]
+    head += f"better than TransMM on {names(gains)}" + (f", worse on {names(losses)}" if losses else "")
+    if not controls:
+        return head + "; no controls were run, so nothing credits the SAE's features."
+    if matched:
+        return head + ("; matched by " + ", ".join(AGAINST_TITLES[a] for a in matched)
+                       + " (not better than it on any of those metrics): the gain is not attributable to the SAE's features.")
+    return head + "; better than every control on at least one of those metrics: consistent with a gain due to the SAE's features."
+
+
 def verdict_lines(comparisons: Sequence[Comparison]) -> list[str]:
-    """One plain-language line per claim: configuration × reference, every metric's verdict."""
+    """One plain-language line per claim (configuration × reference, every metric's verdict), then one conclusion
+    per configuration (Holm-adjusted p < 0.05 throughout)."""
     lines = []
-    seen: dict[tuple[str, str], list[Comparison]] = {}
+    claims: dict[tuple[str, str], list[Comparison]] = {}
     for c in comparisons:
-        seen.setdefault((c.configuration.key, c.against), []).append(c)
-    for group in seen.values():
+        claims.setdefault((c.configuration.key, c.against), []).append(c)
+    for group in claims.values():
         first = group[0]
         lines.append(f"{first.configuration.label} vs {first.title}: {_claim(group)}.")
+    configurations = {c.configuration.key: c.configuration for c in comparisons}
+    for key, configuration in configurations.items():
+        lines.append(_conclusion(configuration, [c for c in comparisons if c.configuration.key == key]))
     return lines

@@ -303,6 +303,7 @@ class StudyClock:
     start: float = field(default_factory=time.perf_counter)
     done: int = 0
     computed: int = 0
+    counted: set[tuple[str, str]] = field(default_factory=set)  # (split, method key) already in ``done``
 
     @classmethod
     def for_study(cls, protocol: Protocol, n_val: int, n_test: int) -> StudyClock:
@@ -316,9 +317,12 @@ class StudyClock:
             sweep += len(protocol.multi_layers) + len(protocol.kappas) * len(protocol.c_maxes)
         return cls(val * sweep + test * (1 + configurations * (1 + controls) + len(protocol.baselines)))
 
-    def finished(self, experiment: str, evaluations: int, computed: int) -> None:
-        """Record a finished experiment of ``evaluations`` (method × image), ``computed`` of them now; print."""
-        self.done, self.computed = self.done + evaluations, self.computed + computed
+    def finished(self, experiment: str, split: str, specs: Sequence[MethodSpec], n_images: int, computed: int) -> None:
+        """Record a finished experiment (``specs`` on ``n_images`` of ``split``, ``computed`` of those evaluations
+        by this process, the others stored before); print the line."""
+        new = [spec.key for spec in specs if (split, spec.key) not in self.counted]
+        self.counted.update((split, key) for key in new)
+        self.done, self.computed = self.done + len(new) * n_images, self.computed + computed
         elapsed = time.perf_counter() - self.start
         left = max(self.planned - self.done, 0)
         eta = 0.0 if not left else elapsed / self.computed * left if self.computed else math.nan
@@ -329,13 +333,11 @@ class StudyClock:
 def _experiment(model: nn.Module, data: Dataset, specs: Sequence[MethodSpec], store: ResultStore, experiment: str,
                 split: str, ids: Sequence[int], saes: Mapping[int, SparseAutoencoder], config: EvalConfig,
                 clock: StudyClock | None) -> None:
-    done_before = sum(len(store.done_ids(split, spec.key) & set(ids)) for spec in specs)
     added = evaluate_methods(model, data, specs, store, experiment=experiment, split=split, image_ids=ids, saes=saes,
                              config=config, shard=current_shard())
     sync_ranks()
     if clock is not None and current_shard().rank == 0:
-        fresh = len(specs) * len(ids) - done_before
-        clock.finished(experiment, fresh, added)
+        clock.finished(experiment, split, specs, len(ids), added)
 
 
 def run_sweep(
