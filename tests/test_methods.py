@@ -151,3 +151,18 @@ def test_baseline_classes_follow_the_captum_contract(vit, cls):
     assert torch.equal(as_tuple, pixels)
     smooth = NoiseTunnel(method).attribute(images, nt_type="smoothgrad", nt_samples=2, target=1, stdevs=0.1)
     assert smooth.shape == (2, 1, 32, 32) and torch.isfinite(smooth).all()
+
+
+def test_fg_params_are_typed_and_keep_the_stored_keys():
+    from captum_fgattr.bench.experiments import fg_spec
+    from captum_fgattr.bench.methods import FGParams
+
+    spec = fg_spec([3, 1], "combined", 0.5, 10, shuffle_seed=2)
+    # the stored identity of runs written before the typed parameters, pinned
+    assert spec.key == ('{"name": "fg", "params": {"c_max": 10.0, "kappa": 0.5, "layers": [1, 3], "shuffle_seed": 2, '
+                        '"variant": "combined"}}')
+    assert spec.fg == FGParams((1, 3), "combined", 0.5, 10.0, shuffle_seed=2)
+    assert spec.fg.configuration == ((1, 3), 0.5, 10.0)
+    assert FGParams.from_params(spec.fg.to_params()) == spec.fg
+    with pytest.raises(ValueError, match="not an FG-TransMM spec"):
+        MethodSpec("random").fg

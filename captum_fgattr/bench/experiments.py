@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.evaluate import EvalConfig, Shard, evaluate_methods, select_ids
-from captum_fgattr.bench.methods import METHODS, MethodSpec
+from captum_fgattr.bench.methods import METHODS, FGParams, MethodSpec
 from captum_fgattr.bench.stats import paired_comparison, percent_improvement, summarize
 from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, ResultStore, Selection
 from captum_fgattr.gates import DECODER_PAIRED_VARIANTS, RESIDUAL_VARIANTS
@@ -44,7 +44,7 @@ from captum_fgattr.sae import SparseAutoencoder
 __all__ = [
     "Protocol", "SELECTION_RULE", "SINGLE", "MULTI", "GRID", "TEST", "VARIANTS", "CONTROLS", "DataSource",
     "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep", "run_test", "current_shard",
-    "sync_ranks", "control_specs", "baseline_spec", "StudyClock",
+    "sync_ranks", "control_specs", "control_name", "baseline_spec", "StudyClock",
 ]
 
 SINGLE, MULTI, GRID, TEST = "single_layer", "multi_layer", "kappa_cmax", "test"
@@ -163,31 +163,28 @@ def transmm_spec() -> MethodSpec:
 def fg_spec(layers: Sequence[int], variant: str, kappa: float, c_max: float, shuffle_seed: int | None = None,
             permute_seed: int | None = None) -> MethodSpec:
     """FG-TransMM spec with every parameter explicit (so equal configurations share stored results)."""
-    layers = sorted(int(layer) for layer in layers)
-    where = f"L{layers[0]}" if len(layers) == 1 else "L[" + ",".join(map(str, layers)) + "]"
-    label = f"FG {where} {variant} κ={kappa:g} c={c_max:g}"
-    params: dict[str, Any] = {"layers": layers, "variant": variant, "kappa": float(kappa), "c_max": float(c_max)}
+    params = FGParams(tuple(layers), variant, kappa, c_max, shuffle_seed, permute_seed)
+    where = f"L{params.layers[0]}" if len(params.layers) == 1 else "L[" + ",".join(map(str, params.layers)) + "]"
+    label = f"FG {where} {variant} κ={params.kappa:g} c={params.c_max:g}"
     if shuffle_seed is not None:
-        params["shuffle_seed"] = int(shuffle_seed)
         label += f" shuffled decoder s{shuffle_seed}"
     if permute_seed is not None:
-        params["permute_seed"] = int(permute_seed)
         label += " permuted gates"
-    return MethodSpec("fg", params, label)
+    return MethodSpec("fg", params.to_params(), label)
 
 
 def control_specs(real: MethodSpec, protocol: Protocol) -> dict[str, list[MethodSpec]]:
     """The controls of one FG configuration: control name -> specs (several for the shuffled decoder)."""
-    p = real.params
-    args = (p["layers"], p["variant"], p["kappa"], p["c_max"])
+    p = real.fg
     out: dict[str, list[MethodSpec]] = {}
     for control in protocol.controls:
         if control == "shuffled_decoder":
-            out[control] = [fg_spec(*args, shuffle_seed=seed) for seed in protocol.shuffle_seeds]
+            out[control] = [fg_spec(p.layers, p.variant, p.kappa, p.c_max, shuffle_seed=seed)
+                            for seed in protocol.shuffle_seeds]
         elif control == "permuted_gates":
-            out[control] = [fg_spec(*args, permute_seed=protocol.permute_seed)]
+            out[control] = [fg_spec(p.layers, p.variant, p.kappa, p.c_max, permute_seed=protocol.permute_seed)]
         else:
-            out[control] = [fg_spec(p["layers"], control, p["kappa"], p["c_max"])]
+            out[control] = [fg_spec(p.layers, control, p.kappa, p.c_max)]
     return out
 
 
@@ -199,27 +196,26 @@ class ControlGroup:
     controls: dict[str, list[MethodSpec]]  # control name (:data:`CONTROLS`) -> its method specs
 
 
-def _control_name(spec: MethodSpec) -> str | None:
-    """Which control a stored FG spec is (None for a real-feature method)."""
-    p = spec.params
-    if "shuffle_seed" in p:
+def control_name(spec: MethodSpec) -> str | None:
+    """Which control an FG spec is (a key of :data:`CONTROLS`), or None for a real-feature method."""
+    p = spec.fg
+    if p.shuffle_seed is not None:
         return "shuffled_decoder"
-    if "permute_seed" in p:
+    if p.permute_seed is not None:
         return "permuted_gates"
-    return p["variant"] if p["variant"] in RESIDUAL_VARIANTS else None
+    return p.variant if p.variant in RESIDUAL_VARIANTS else None
 
 
 def control_groups(specs: Sequence[MethodSpec]) -> list[ControlGroup]:
     """Group an experiment's FG specs into real configurations and their controls (in registration order)."""
-    configuration = lambda s: (tuple(s.params["layers"]), s.params["kappa"], s.params["c_max"])  # noqa: E731
     fg = [s for s in specs if s.name == "fg"]
     groups = []
-    for real in (s for s in fg if _control_name(s) is None):
+    for real in (s for s in fg if control_name(s) is None):
         controls: dict[str, list[MethodSpec]] = {}
         for spec in fg:
-            name = _control_name(spec)
-            if name is not None and configuration(spec) == configuration(real) and (
-                    name in RESIDUAL_VARIANTS or spec.params["variant"] == real.params["variant"]):
+            name = control_name(spec)
+            if name is not None and spec.fg.configuration == real.fg.configuration and (
+                    name in RESIDUAL_VARIANTS or spec.fg.variant == real.fg.variant):
                 controls.setdefault(name, []).append(spec)
         groups.append(ControlGroup(real, controls))
     return groups
@@ -367,14 +363,14 @@ def run_sweep(
                for layer in protocol.layers for variant in protocol.variants]
     run(SINGLE, singles)
     variant = protocol.method_variant  # the other variants are ablations: reported, never selected
-    method_singles = [spec for spec in singles if spec.params["variant"] == variant]
+    method_singles = [spec for spec in singles if spec.fg.variant == variant]
     selected = {SINGLE: select_best(store, SINGLE, SINGLE, "val", method_singles, ids)}
     if protocol.multi_layers:
         multis = [fg_spec(layers, variant, protocol.kappa, protocol.c_max) for layers in protocol.multi_layers]
         run(MULTI, multis)
         selected[MULTI] = select_best(store, MULTI, MULTI, "val", multis, ids)
         if protocol.kappas and protocol.c_maxes:
-            layers = selected[MULTI].details["chosen"]["params"]["layers"]
+            layers = selected[MULTI].chosen.layers
             grid = [fg_spec(layers, variant, k, c) for k in protocol.kappas for c in protocol.c_maxes]
             run(GRID, grid)
             selected[GRID] = select_best(store, GRID, GRID, "val", grid, ids)
@@ -388,17 +384,17 @@ def final_specs(store: ResultStore, protocol: Protocol) -> list[MethodSpec]:
     Raises:
         ValueError: the run has no single-layer selection (run the sweep first).
     """
-    chosen = []
+    chosen: list[FGParams] = []
     for name in (SINGLE, GRID if store.selection(GRID) else MULTI):
         selection = store.selection(name)
         if selection is None:
             if name == SINGLE:
                 raise ValueError(f"run folder {store.run_dir} has no {name!r} selection; run the sweep first")
             continue
-        chosen.append(selection.details["chosen"]["params"])
+        chosen.append(selection.chosen)
     specs = [transmm_spec()]
     for params in chosen:
-        real = fg_spec(params["layers"], params["variant"], params["kappa"], params["c_max"])
+        real = fg_spec(params.layers, params.variant, params.kappa, params.c_max)
         if real in specs:  # the multi-layer choice can equal the single-layer one
             continue
         specs.append(real)
@@ -422,7 +418,7 @@ def run_test(
     """Experiment 4 on the test split with the stored selections; resumes from the store. Returns its methods."""
     data = as_dataset(test, "test data")
     specs = final_specs(store, protocol)
-    layers = sorted({layer for spec in specs if spec.name == "fg" for layer in spec.params["layers"]})
+    layers = sorted({layer for spec in specs if spec.name == "fg" for layer in spec.fg.layers})
     _check_saes(layers, saes, get_adapter(model).depth)
     ids = select_ids(len(data), protocol.test_images, protocol.subset_seed)  # type: ignore[arg-type]
     _experiment(model, data, specs, store, TEST, "test", ids, saes, config, clock)

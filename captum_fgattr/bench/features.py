@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.attr import FeatureGradientTransMM, GatedLayer, TransMM
-from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups, fg_spec
+from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups, control_name, fg_spec
 from captum_fgattr.bench.feature_findings import Case, FeatureAnalysis, FeatureStats, PatchFinding
 from captum_fgattr.bench.features_prototypes import FeatureKey, feature_prototypes
 from captum_fgattr.bench.features_report import write_feature_report
@@ -172,8 +172,8 @@ def select_fg_method(store: ResultStore, split: str = "test", experiment: str = 
     stored = store.selection(selection)
     if stored is None:
         raise ValueError(f"run {store.run_dir} has no {selection!r} selection")
-    p = stored.details["chosen"]["params"]
-    key = fg_spec(p["layers"], p["variant"], p["kappa"], p["c_max"]).key
+    p = stored.chosen
+    key = fg_spec(p.layers, p.variant, p.kappa, p.c_max).key
     match = [s for s in real if s.key == key]
     if not match:
         raise ValueError(f"the {selection!r} selection was not evaluated in experiment {experiment!r}")
@@ -232,9 +232,9 @@ def analyze_features(
     if model.training:
         raise ValueError("model is in training mode; call model.eval() first")
     method = method if method is not None else select_fg_method(store, split, experiment)
-    if method.name != "fg" or method.params.get("shuffle_seed") is not None:
+    if method.name != "fg" or control_name(method) is not None:
         raise ValueError(f"method {method.label!r} is not a real-SAE FG-TransMM configuration")
-    layers = list(method.params["layers"])
+    layers = list(method.fg.layers)
     missing = [layer for layer in layers if layer not in saes]
     if missing:
         raise ValueError(f"no SAE for gated layers {missing}; SAEs are available for layers {sorted(saes)}")
@@ -256,8 +256,8 @@ def analyze_features(
     device_t = torch.device(device)
     model.to(device_t)
     saes_used = {layer: saes[layer].to(device_t) for layer in layers}
-    fg = FeatureGradientTransMM(model, saes_used, kappa=method.params["kappa"], c_max=method.params["c_max"],
-                                variant=method.params["variant"], top_features=top_features)
+    fg = FeatureGradientTransMM(model, saes_used, kappa=method.fg.kappa, c_max=method.fg.c_max,
+                                variant=method.fg.variant, top_features=top_features)
     findings: dict[int, list[PatchFinding]] = {}
     shares: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     counts: dict[FeatureKey, list] = {}

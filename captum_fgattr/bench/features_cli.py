@@ -86,7 +86,7 @@ def run_features(args: argparse.Namespace) -> Path:
     with ResultStore(run_dir) as store:
         method = select_fg_method(store, args.split, args.experiment, args.selection)
         reference = args.reference
-        parts = load_run_components(store, method.params["layers"], sorted({args.split, reference}), args.device,
+        parts = load_run_components(store, list(method.fg.layers), sorted({args.split, reference}), args.device,
                                     not args.quiet)
         result = analyze_features(
             parts.model, parts.splits[args.split], parts.saes, method, store, args.split, experiment=args.experiment,

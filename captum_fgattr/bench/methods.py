@@ -67,6 +67,52 @@ class MethodSpec:
     def __hash__(self) -> int:
         return hash(self.key)
 
+    @property
+    def fg(self) -> FGParams:
+        """The typed parameters of an ``fg`` spec.
+
+        Raises:
+            ValueError: the spec is not FG-TransMM.
+        """
+        if self.name != "fg":
+            raise ValueError(f"{self.label} is not an FG-TransMM spec")
+        return FGParams.from_params(self.params)
+
+
+@dataclass(frozen=True)
+class FGParams:
+    """Parameters of an FG-TransMM method (the method or one of its controls); :meth:`to_params` gives the stored
+    keys (``None`` seeds omitted, so specs written before the permuted-gates control keep their keys)."""
+
+    layers: tuple[int, ...]  # gated blocks (0-based), sorted
+    variant: str = "combined"  # the score (the method, an ablation or a residual control)
+    kappa: float = 0.5
+    c_max: float = 10.0
+    shuffle_seed: int | None = None  # shuffled-decoder control
+    permute_seed: int | None = None  # permuted-gates control
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(sorted(int(layer) for layer in self.layers)))
+        object.__setattr__(self, "kappa", float(self.kappa))
+        object.__setattr__(self, "c_max", float(self.c_max))
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> FGParams:
+        return cls(**params)
+
+    def to_params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"layers": list(self.layers), "variant": self.variant, "kappa": self.kappa,
+                               "c_max": self.c_max}
+        for name in ("shuffle_seed", "permute_seed"):
+            if getattr(self, name) is not None:
+                out[name] = int(getattr(self, name))
+        return out
+
+    @property
+    def configuration(self) -> tuple[tuple[int, ...], float, float]:
+        """What a method and its controls share: (layers, κ, c_max)."""
+        return self.layers, self.kappa, self.c_max
+
 
 def build_method(spec: MethodSpec, model: nn.Module, saes: Mapping[int, SparseAutoencoder] | None = None) -> PatchMethod:
     """Instantiate ``spec`` for ``model`` (and the SAEs of the gated layers, for ``fg``)."""

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from captum_fgattr.bench.comparisons import METRIC_NAMES, Comparison, claim_comparisons, format_p, verdict_lines
 from captum_fgattr.bench.evaluate import PF_SCALES
-from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups
+from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups, control_name
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.stats import (
     Summary, TTest, paired_comparison, paired_ttest, percent_improvement, summarize, welch_ttest,
@@ -57,7 +57,7 @@ class TableRow:
 
 
 def _layers(spec: MethodSpec) -> str:
-    return ",".join(map(str, spec.params["layers"])) if spec.name == "fg" else "–"
+    return ",".join(map(str, spec.fg.layers)) if spec.name == "fg" else "–"
 
 
 def _columns(store: ResultStore, split: str, spec: MethodSpec, ids: Sequence[int], pf_scale: str) -> dict[str, np.ndarray]:
@@ -166,17 +166,17 @@ def _baseline_line(ax: Axes, base: TableRow | None, metric: str) -> None:
 
 
 def _layer_curves(rows: Sequence[TableRow], path: Path) -> None:
-    fg = [row for row in rows if row.method.name == "fg" and len(row.method.params["layers"]) == 1]
+    fg = [row for row in rows if row.method.name == "fg" and len(row.method.fg.layers) == 1]
     fig = Figure(figsize=(5 * len(METRICS), 3.6))
     axes = fig.subplots(1, len(METRICS))
     for ax, metric in zip(axes, METRICS):
-        for variant in dict.fromkeys(row.method.params["variant"] for row in fg):
-            series = sorted((row.method.params["layers"][0], row.cells[metric].summary) for row in fg
-                            if row.method.params["variant"] == variant)
+        for variant in dict.fromkeys(row.method.fg.variant for row in fg):
+            series = sorted((row.method.fg.layers[0], row.cells[metric].summary) for row in fg
+                            if row.method.fg.variant == variant)
             ax.errorbar([x for x, _ in series], [s.mean for _, s in series], yerr=[s.se for _, s in series],
                         marker="o", capsize=3, label=variant)
         _baseline_line(ax, _baseline(rows), metric)
-        ax.set_xticks(sorted({row.method.params["layers"][0] for row in fg}))
+        ax.set_xticks(sorted({row.method.fg.layers[0] for row in fg}))
         ax.set(title=TITLES[metric], xlabel="gated layer (0-based block)")
     axes[0].legend()
     fig.tight_layout()
@@ -201,9 +201,9 @@ def _bars(rows: Sequence[TableRow], path: Path) -> None:
 
 def _heatmaps(rows: Sequence[TableRow], path: Path) -> None:
     fg = [row for row in rows if row.method.name == "fg"]
-    kappas = sorted({row.method.params["kappa"] for row in fg})
-    c_maxes = sorted({row.method.params["c_max"] for row in fg})
-    panels = {TITLES[m]: {(r.method.params["kappa"], r.method.params["c_max"]): r.cells[m].pct for r in fg}
+    kappas = sorted({row.method.fg.kappa for row in fg})
+    c_maxes = sorted({row.method.fg.c_max for row in fg})
+    panels = {TITLES[m]: {(r.method.fg.kappa, r.method.fg.c_max): r.cells[m].pct for r in fg}
               for m in METRICS}
     panels["mean of the three"] = {k: float(np.mean([panels[TITLES[m]][k] for m in METRICS])) for k in panels[TITLES["saco"]]}
     fig = Figure(figsize=(4.2 * len(panels), 3.6))
@@ -244,10 +244,8 @@ def _short_label(spec: MethodSpec, real: MethodSpec | None) -> str:
     """A control's name beside its real method (the configuration is in the real method's title)."""
     if real is None or spec.name != "fg" or spec == real:
         return spec.label.replace(" combined ", "\n") if spec.name == "fg" else spec.label
-    p = spec.params
-    if "shuffle_seed" in p:
-        return f"shuffled decoder s{p['shuffle_seed']}"
-    return "permuted gates" if "permute_seed" in p else p["variant"]
+    control = control_name(spec)
+    return f"shuffled decoder s{spec.fg.shuffle_seed}" if control == "shuffled_decoder" else control or spec.label
 
 
 def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bool:
@@ -360,7 +358,7 @@ def _validation_summary(store: ResultStore) -> str | None:
                     break
                 effects[metric] = paired_comparison(a, b).oriented_d_z(HIGHER_IS_BETTER[metric])
             else:
-                key = spec.params["variant"] if experiment == SINGLE else "multi-layer"
+                key = spec.fg.variant if experiment == SINGLE else "multi-layer"
                 score = float(np.mean(list(effects.values())))
                 score = score if math.isfinite(score) else -math.inf
                 if key not in best or score > best[key][0]:

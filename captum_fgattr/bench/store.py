@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from captum_fgattr.bench.methods import MethodSpec
+from captum_fgattr.bench.methods import FGParams, MethodSpec
 
 __all__ = ["STORE_NAME", "METRICS", "HIGHER_IS_BETTER", "ResultRow", "Selection", "ResultStore", "StoreError"]
 
@@ -153,6 +153,11 @@ class Selection:
     method_key: str  # MethodSpec.key of the chosen configuration
     rule: str  # human-readable selection rule
     details: Mapping[str, Any]  # scores of every candidate, the chosen spec, ...
+
+    @property
+    def chosen(self) -> FGParams:
+        """The chosen FG-TransMM configuration, typed."""
+        return FGParams.from_params(self.details["chosen"]["params"])
 
 
 class ResultStore:
