@@ -17,7 +17,8 @@ from captum_fgattr.bench.experiments import SELECTION_RULE, Protocol, fg_spec, r
 from captum_fgattr.bench.study import run_study
 from captum_fgattr.bench.methods import MethodSpec, build_method
 from captum_fgattr.bench.runconfig import RunConfig
-from captum_fgattr.bench.store import METRICS, ResultRow, ResultStore
+from captum_fgattr.bench.metric_specs import METRICS
+from captum_fgattr.bench.store import ResultRow, ResultStore
 from quantus_saco import PatchFaithfulnessCorrelation, PatchPixelFlipping, SaCo
 from tests.conftest import make_vit
 from tests.test_fg_transmm import make_sae

@@ -12,7 +12,8 @@ from captum_fgattr.bench.experiments import (
     Protocol, control_groups, control_specs, fg_spec, select_best, transmm_spec,
 )
 from captum_fgattr.bench.stats import percent_improvement
-from captum_fgattr.bench.store import METRICS, ResultRow, ResultStore
+from captum_fgattr.bench.metric_specs import METRICS
+from captum_fgattr.bench.store import ResultRow, ResultStore
 from tests.test_fg_transmm import make_sae
 
 N = 60

@@ -15,11 +15,11 @@ import numpy as np
 from captum_fgattr.bench.experiments import control_groups
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.stats import PairedComparison, holm_adjust, paired_comparison, stars, verdict
-from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, ResultStore
+from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRICS, SPEC_OF
+from captum_fgattr.bench.store import ResultStore
 
-__all__ = ["Comparison", "AGAINST_TITLES", "METRIC_NAMES", "claim_comparisons", "format_p", "verdict_lines"]
+__all__ = ["Comparison", "AGAINST_TITLES", "claim_comparisons", "format_p", "verdict_lines"]
 
-METRIC_NAMES = {"saco": "SaCo", "fc": "FC", "pf_auc": "PF"}
 
 #: how each comparison reads in tables and verdicts
 AGAINST_TITLES = {
@@ -89,7 +89,7 @@ def _claim(comparisons: Sequence[Comparison]) -> str:
     parts = []
     for c in comparisons:
         r = c.result
-        parts.append(f"{METRIC_NAMES[c.metric]} {verdict(r, HIGHER_IS_BETTER[c.metric])} "
+        parts.append(f"{SPEC_OF[c.metric].short} {verdict(r, HIGHER_IS_BETTER[c.metric])} "
                      f"(Δ {r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], p_Holm {format_p(r.p_holm)}, n {r.n})")
     return ", ".join(parts)
 
@@ -100,7 +100,7 @@ def _conclusion(configuration: MethodSpec, comparisons: Sequence[Comparison]) ->
     gains = [m for m in METRICS if said.get(("transmm", m)) == "better"]
     losses = [m for m in METRICS if said.get(("transmm", m)) == "worse"]
     head = f"Conclusion for {configuration.label}: "
-    names = lambda metrics: ", ".join(METRIC_NAMES[m] for m in metrics)  # noqa: E731
+    names = lambda metrics: ", ".join(SPEC_OF[m].short for m in metrics)  # noqa: E731
     if not gains:
         return head + "no detectable improvement over TransMM" + (f" (worse on {names(losses)})" if losses else "") + "."
     controls = list(dict.fromkeys(c.against for c in comparisons if c.against != "transmm"))

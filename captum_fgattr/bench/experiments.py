@@ -36,7 +36,8 @@ from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.evaluate import EvalConfig, Shard, evaluate_methods, select_ids
 from captum_fgattr.bench.methods import METHODS, FGParams, MethodSpec
 from captum_fgattr.bench.stats import paired_comparison, percent_improvement, summarize
-from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, ResultStore, Selection
+from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRICS
+from captum_fgattr.bench.store import ResultStore, Selection
 from captum_fgattr.gates import DECODER_PAIRED_VARIANTS, RESIDUAL_VARIANTS
 from captum_fgattr.gates import VARIANTS as ALL_VARIANTS
 from captum_fgattr.sae import SparseAutoencoder

@@ -40,7 +40,8 @@ from captum_fgattr.bench.feature_findings import Case, FeatureAnalysis, FeatureS
 from captum_fgattr.bench.features_prototypes import FeatureKey, feature_prototypes
 from captum_fgattr.bench.features_report import write_feature_report
 from captum_fgattr.bench.methods import MethodSpec
-from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, ResultStore
+from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRICS
+from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.gates import robust_center_scale
 from captum_fgattr.sae import SparseAutoencoder
 

@@ -21,12 +21,12 @@ from torch.utils.data import Dataset
 from captum_fgattr.bench.evaluate import display_image
 from captum_fgattr.bench.feature_findings import GROUPS, FeatureAnalysis, FeatureStats, PatchFinding
 from captum_fgattr.bench.features_prototypes import Prototypes
-from captum_fgattr.bench.store import METRICS
+from captum_fgattr.bench.metric_specs import METRICS, SPEC_OF
 
 __all__ = ["write_feature_report"]
 
 _COLORS = {"booster": "lime", "suppressor": "red", "none": "white"}
-_TITLES = {"saco": "ΔSaCo", "fc": "ΔFC", "pf_auc": "ΔPF (−)"}
+_TITLES = {m: f"Δ{SPEC_OF[m].short}" + ("" if SPEC_OF[m].higher_is_better else " (−)") for m in METRICS}
 
 
 def _image(dataset: Dataset, image_id: int) -> np.ndarray:

@@ -24,18 +24,19 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from captum_fgattr.bench.comparisons import METRIC_NAMES, Comparison, claim_comparisons, format_p, verdict_lines
+from captum_fgattr.bench.comparisons import Comparison, claim_comparisons, format_p, verdict_lines
 from captum_fgattr.bench.evaluate import PF_SCALES
 from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups, control_name
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.stats import (
     Summary, TTest, paired_comparison, paired_ttest, percent_improvement, summarize, welch_ttest,
 )
-from captum_fgattr.bench.store import HIGHER_IS_BETTER, METRICS, STORE_NAME, ResultStore
+from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRIC_SPECS, METRICS, SPEC_OF
+from captum_fgattr.bench.store import STORE_NAME, ResultStore
 
 __all__ = ["MetricCell", "TableRow", "experiment_table", "write_report", "summary_text", "PF_SCALES"]
 
-TITLES = {"saco": "SaCo ↑", "fc": "FC ↑", "pf_auc": "PF ↓"}
+TITLES = {m.name: m.title for m in METRIC_SPECS}
 
 
 @dataclass(frozen=True)
@@ -295,7 +296,7 @@ def _comparisons_markdown(comparisons: Sequence[Comparison]) -> str:
     for c in comparisons:
         r = c.result
         lines.append("| " + " | ".join([
-            c.configuration.label, c.title, METRIC_NAMES[c.metric], str(r.n),
+            c.configuration.label, c.title, SPEC_OF[c.metric].short, str(r.n),
             f"{_fmt(r.delta)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]", _fmt(r.d_z, 2), format_p(r.p), format_p(r.p_holm),
             _fmt(r.mde)]) + " |")
     lines += ["", "Δ = FG (real SAE) − reference on the same images (pairs with an undefined value dropped; n = pairs "
@@ -368,7 +369,7 @@ def _validation_summary(store: ResultStore) -> str | None:
                                           + [_fmt(score, 2)]) + " |")
     if not rows:
         return None
-    header = ["variant", "best configuration"] + [f"d_z {METRIC_NAMES[m]}" for m in METRICS] + ["mean d_z"]
+    header = ["variant", "best configuration"] + [f"d_z {SPEC_OF[m].short}" for m in METRICS] + ["mean d_z"]
     return "\n".join(["### Validation summary (best per variant)", "", "| " + " | ".join(header) + " |",
                       "|" + "---|" * len(header), *rows, "",
                       "d_z: standardised paired effect vs TransMM (positive = better, PF sign flipped). The "

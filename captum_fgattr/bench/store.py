@@ -38,14 +38,13 @@ from typing import Any
 import numpy as np
 
 from captum_fgattr.bench.methods import FGParams, MethodSpec
+from captum_fgattr.bench.metric_specs import METRICS
 
-__all__ = ["STORE_NAME", "METRICS", "HIGHER_IS_BETTER", "ResultRow", "Selection", "ResultStore", "StoreError"]
+__all__ = ["STORE_NAME", "ResultRow", "Selection", "ResultStore", "StoreError"]
 
 STORE_NAME = "results.sqlite"
 #: how long a writer waits for another process's transaction before the store is reported locked
 LOCK_TIMEOUT_S = 300.0
-METRICS: tuple[str, ...] = ("saco", "fc", "pf_auc")  # score columns, in table order
-HIGHER_IS_BETTER: dict[str, bool] = {"saco": True, "fc": True, "pf_auc": False}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
