@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from captum_fgattr import FeatureGradientTransMM, SparseAutoencoder, TransMM
 from captum_fgattr.bench.default import DEFAULT_VIT, ViTConfig, build_vit
+from captum_fgattr.bench.metric_specs import METRICS
 from captum_fgattr.sae import SAEConfig
 from quantus_saco import PatchFaithfulnessCorrelation, PatchPixelFlipping, SaCo, evaluate_patch_metrics
 
@@ -36,7 +37,7 @@ SAE_EXPANSION = 64  # n_features = 64 * width, as in the thesis
 SAE_K = 128  # TopK k at width 768; scaled in proportion for narrower models
 REFERENCE_WIDTH = 768
 FC_SUBSET_FRACTION = 20 / 196  # thesis: subsets of 20 of ViT-B/16's 196 patches
-EVAL_METRICS: tuple[str, ...] = ("saco", "fc", "pf_auc")  # the per-image scores compared
+EVAL_METRICS: tuple[str, ...] = METRICS  # the per-image scores compared
 
 
 @dataclass(frozen=True)
