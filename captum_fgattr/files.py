@@ -1,7 +1,9 @@
-"""File-system conventions for files the library writes: permissions follow the user's umask."""
+"""File-system conventions for files the library writes: all-or-nothing writes, permissions from the umask."""
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -20,3 +22,21 @@ def new_file_mode() -> int:
     mask = os.umask(0o077)  # elsewhere: briefly the strictest mask (never a looser one), then restore
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Write ``path`` all or nothing: ``write(tmp)`` fills a private temporary file in the same folder, which
+    then gets the umask's permissions and is renamed over ``path`` (atomic on one file system). A failed
+    ``write`` leaves ``path`` as it was and no temporary file behind. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -36,10 +36,15 @@ def evaluate_args(folders, run_dir, methods='[{"name": "random"}]', *extra):
             "--fc-subset-size", "2", "--fc-runs", "2", "--methods", methods, "--run-dir", str(run_dir), *extra]
 
 
+def error_lines(err: str) -> list[str]:
+    """stderr without the informational line of the model-sized defaults, printed before any error."""
+    return [line for line in err.strip().splitlines() if not line.startswith("sized by the model: ")]
+
+
 def one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
-    lines = err.splitlines()
+    lines = error_lines(err)
     assert len(lines) == 1, err
     assert lines[0].startswith("fgattr: error: ")
     return lines[0]
@@ -116,7 +121,7 @@ def test_bugs_keep_their_traceback():
 def test_methods_json_missing_field_through_the_cli(folders, tmp_path, capsys):
     assert main(evaluate_args(folders, tmp_path, '[{"name": "fg"}]')) == 2
     err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err and len(error_lines(err)) == 1
     assert "--methods[0] (fg): missing required parameter 'layers' (list[int])" in err
 
 
@@ -150,3 +155,20 @@ def test_missing_sae_layers_list_the_present_ones(tmp_path):
         load_saes(str(tmp_path), [1, 9])
     with pytest.raises(ValueError, match="SAE folder .*missing does not exist"):
         load_saes(str(tmp_path / "missing"), [1])
+
+
+def test_library_files_follow_the_umask_and_are_written_atomically(tmp_path):
+    import os
+    import stat
+
+    from captum_fgattr.files import atomic_write, new_file_mode
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "sub" / "x.bin", lambda tmp: tmp.write_bytes(b"abc"))
+        assert path.read_bytes() == b"abc" and stat.S_IMODE(path.stat().st_mode) == 0o644 == new_file_mode()
+        with pytest.raises(RuntimeError):
+            atomic_write(path, lambda tmp: (tmp.write_bytes(b"partial"), (_ for _ in ()).throw(RuntimeError("x"))))
+        assert path.read_bytes() == b"abc" and sorted(p.name for p in path.parent.iterdir()) == ["x.bin"]
+    finally:
+        os.umask(old)

@@ -32,18 +32,17 @@ import importlib.util
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from captum_fgattr.determinism import deterministic
+from captum_fgattr.files import atomic_write
 
 __all__ = [
     "CLASS_NAMES", "IMG_SIZE", "PATCH_SIZE", "EMBED_DIM", "DEPTH", "NUM_HEADS", "MEAN", "STD",
@@ -351,19 +350,6 @@ class Br35HSplit(torch.utils.data.Dataset):
         return cls(load_images(list(paths), img_size, progress), labels, paths)
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then rename ``tmp`` to ``path`` (same folder, so the rename is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -381,6 +367,8 @@ def _load_all_images(cache_dir: Path, img_size: int, progress: bool) -> tuple[li
         try:
             tensors = load_file(path)
             images, labels = tensors["images"], tensors["labels"]
+        except PermissionError:  # unreadable, not corrupt: the error names the file and the cause
+            raise
         except (SafetensorError, KeyError, OSError) as err:
             raise ValueError(f"corrupt image cache {path} ({err}); delete it to rebuild") from err
         if images.shape != (len(rels), 1, img_size, img_size) or labels.shape != (len(rels),):
@@ -390,7 +378,7 @@ def _load_all_images(cache_dir: Path, img_size: int, progress: bool) -> tuple[li
     images = load_images([p for p, _ in files], img_size, progress)
     labels = torch.tensor([label for _, label in files], dtype=torch.int64)
     meta = {"format": _DATA_FORMAT, "img_size": str(img_size), "paths": json.dumps(rels)}
-    _write_atomic(path, lambda tmp: save_file({"images": images, "labels": labels}, str(tmp), metadata=meta))
+    atomic_write(path, lambda tmp: save_file({"images": images, "labels": labels}, str(tmp), metadata=meta))
     return rels, images, labels
 
 
@@ -549,6 +537,8 @@ def _load_cached_model(folder: Path, vit: ViTConfig, device: str | torch.device)
     info_path = folder / _INFO_NAME
     try:
         info = json.loads(info_path.read_text())
+    except PermissionError:
+        raise
     except (OSError, ValueError) as err:
         raise ValueError(f"corrupt cached model info {info_path} ({err}); delete {folder} to retrain") from err
     return _load_weights(folder / _WEIGHTS_NAME, vit, info, device, f"delete {folder} to retrain"), info
@@ -578,9 +568,9 @@ def save_model(model: nn.Module, info: dict, folder: str | os.PathLike[str]) -> 
 
     folder = Path(folder)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write_atomic(folder / _WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": _MODEL_FORMAT}))
+    atomic_write(folder / _WEIGHTS_NAME, lambda tmp: save_file(state, str(tmp), metadata={"format": _MODEL_FORMAT}))
     info = {**info, "weights_sha256": sha256_file(folder / _WEIGHTS_NAME)}
-    _write_atomic(folder / _INFO_NAME, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    atomic_write(folder / _INFO_NAME, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
     return info
 
 

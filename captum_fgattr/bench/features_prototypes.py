@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from captum_fgattr.adapters import get_adapter
+from captum_fgattr.files import atomic_write
 from captum_fgattr.sae import SparseAutoencoder
 from captum_fgattr.sae.collect import iter_patch_activations
 
@@ -79,15 +78,7 @@ def _merge(values: Tensor, ids: Tensor, maps: Tensor, batch_maps: Tensor, batch_
 def _save(path: Path, tensors: dict[str, Tensor]) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
 def _unpack(tensors: Mapping[str, Tensor], features: Sequence[FeatureKey], grid: tuple[int, int]) -> dict[FeatureKey, Prototypes]:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from captum_fgattr.files import new_file_mode
+from captum_fgattr.files import atomic_write
 from captum_fgattr.sae.config import SAEConfig
 from captum_fgattr.sae.safe_unpickle import RefusedGlobal, load_plain
 
@@ -51,15 +51,6 @@ def _parse_dtype(value: Any) -> torch.dtype | None:
         return None
     dtype = getattr(torch, value.removeprefix("torch."), None)
     return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(tmp)`` then rename over ``path``; the file gets the umask's permissions (safetensors
-    creates its files 0o600)."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.chmod(tmp, new_file_mode())
-    os.replace(tmp, path)
 
 
 def write_sae_files(c: SAEConfig, tensors: dict[str, Tensor], dtype: torch.dtype, directory: str | os.PathLike[str],
@@ -88,8 +79,8 @@ def write_sae_files(c: SAEConfig, tensors: dict[str, Tensor], dtype: torch.dtype
         "metrics": dict(metrics) if metrics else {},
         "extra": c.extra,
     }
-    _write_atomic(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
-    _write_atomic(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2, default=str)))
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    atomic_write(directory / CONFIG_NAME, lambda p: p.write_text(json.dumps(config, indent=2, default=str)))
     return directory
 
 
