@@ -134,6 +134,17 @@ def _markdown(rows: Sequence[TableRow], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _convergence_lines(store: ResultStore, rows: Sequence[TableRow], split: str) -> str:
+    """The stored convergence deltas (Integrated Gradients' completeness gap), one line per method."""
+    lines = []
+    for row in rows:
+        deltas = np.abs(store.convergence_deltas(split, row.method.key))
+        if len(deltas):
+            lines.append(f"Convergence delta of {row.method.label} (Σ attributions − (f(x) − f(baseline)), target "
+                         f"logit): median |δ| {np.median(deltas):.3g}, max {deltas.max():.3g} over {len(deltas)} images.")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 def _integrates_from_zero(spec: MethodSpec) -> bool:
     """Integrated Gradients whose baseline is the model-input 0 (the normalisation mean)."""
     baseline = spec.params.get("baseline", 0.0)
@@ -411,6 +422,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
             rows = experiment_table(store, experiment, split, pf_scale)
             name = experiment if names.count(experiment) == 1 else f"{experiment}_{split}"
             table = _markdown(rows, f"{experiment} ({split}, {len(store.experiment_ids(experiment, split))} images)")
+            table += _convergence_lines(store, rows, split)
             (out / f"{name}.md").write_text(table)
             _csv(rows, experiment, split, out / f"{name}.csv")
             sections += [table, f"CSV: `{name}.csv`", ""]
@@ -464,7 +476,8 @@ def _header(config: dict, pf_scale: str) -> list[str]:
     """The run's own description: data, model, SAEs (from the configuration's ``header``, [name, text] pairs, if
     the caller stored one), metric settings and definitions."""
     lines = ["## Setup", ""]
-    for key, text in config.get("header") or []:
+    header = config.get("header") or []
+    for key, text in header.items() if isinstance(header, dict) else header:
         lines.append(f"* **{key}**: {text}")
     metrics = (config.get("evaluation") or {}).get("metrics") or (config.get("plan") or {}).get("metrics")
     if metrics:
