@@ -246,22 +246,25 @@ def _heatmaps(rows: Sequence[TableRow], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _gallery_ids(store: ResultStore, split: str, ids: Sequence[int], real: MethodSpec | None, per_class: int = 2) -> list[int]:
-    """Up to ``per_class`` stored images per class, then the images FG improved and degraded most on SaCo."""
+def _gallery_ids(store: ResultStore, split: str, ids: Sequence[int], real: MethodSpec | None,
+                 per_class: int = 2) -> dict[int, str]:
+    """Image id -> caption: up to ``per_class`` stored images per class, then the images FG improved and degraded
+    most on SaCo (by its paired difference to TransMM)."""
     base = next((s for s in store.experiment_methods(TEST, split) if s.name == "transmm"), None)
     columns = store.scores(split, base.key, ids) if base is not None else None
     if columns is None or not len(columns["image_id"]):
-        return list(ids[:2 * per_class])
-    chosen: list[int] = []
+        return {int(i): "" for i in ids[:2 * per_class]}
+    chosen: dict[int, str] = {}
     for label in np.unique(columns["label"]):
-        chosen += [int(i) for i in columns["image_id"][columns["label"] == label][:per_class]]
+        chosen.update({int(i): "" for i in columns["image_id"][columns["label"] == label][:per_class]})
     if real is not None:
         mine = store.scores(split, real.key, ids)
         delta = mine["saco"] - columns["saco"] if len(mine["image_id"]) == len(columns["image_id"]) else None
         if delta is not None and np.isfinite(delta).any():
             order = np.argsort(np.where(np.isfinite(delta), delta, 0.0))
-            chosen += [int(columns["image_id"][order[-1]]), int(columns["image_id"][order[0]])]
-    return list(dict.fromkeys(chosen))
+            for what, index in (("most improved", order[-1]), ("most degraded", order[0])):
+                chosen[int(columns["image_id"][index])] = f"{what} by FG (ΔSaCo {delta[index]:+.2f})"
+    return chosen
 
 
 def _short_label(spec: MethodSpec, real: MethodSpec | None) -> str:
@@ -269,7 +272,9 @@ def _short_label(spec: MethodSpec, real: MethodSpec | None) -> str:
     if real is None or spec.name != "fg" or spec == real:
         return spec.label.replace(" combined ", "\n") if spec.name == "fg" else spec.label
     control = control_name(spec)
-    return f"shuffled decoder s{spec.fg.shuffle_seed}" if control == "shuffled_decoder" else control or spec.label
+    if control == "shuffled_decoder":
+        return f"shuffled decoder s{spec.fg.shuffle_seed}"
+    return "permuted gates" if control == "permuted_gates" else control or spec.label
 
 
 def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bool:
@@ -285,7 +290,8 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
         shown += [s for s in specs if s.name == "fg"]
     stored = [i for i in store.experiment_ids(experiment, split) if i in images
               and all(store.attribution(split, s.key, i) is not None for s in shown)]
-    ids = _gallery_ids(store, split, stored, groups[-1].real if groups else None)
+    captions = _gallery_ids(store, split, stored, groups[-1].real if groups else None)
+    ids = list(captions)
     if not ids or not shown:
         return False
     info = store.scores(split, shown[0].key, ids)
@@ -297,7 +303,8 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
         image = images[image_id]
         label, prediction = label_of.get(image_id, (-1, -1))
         axes[r, 0].imshow(image, cmap="gray")
-        axes[r, 0].set_title(f"image {image_id}\nclass {label}, predicted {prediction}", fontsize=7)
+        caption = f"\n{captions[image_id]}" if captions[image_id] else ""
+        axes[r, 0].set_title(f"image {image_id}\nclass {label}, predicted {prediction}{caption}", fontsize=7)
         for c, spec in enumerate(shown, start=1):
             attr = store.attribution(split, spec.key, image_id)
             lo, hi = float(attr.min()), float(attr.max())
