@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from captum_fgattr.bench.evaluate import EvalConfig, MetricConfig, Shard, evaluate_methods, select_ids
-from captum_fgattr.bench.experiments import SELECTION_RULE, Protocol, fg_spec, run_sweep, transmm_spec
+from captum_fgattr.bench.config import EvalConfig, MetricConfig, Protocol, RunConfig
+from captum_fgattr.bench.evaluate import Shard, evaluate_methods, select_ids
+from captum_fgattr.bench.experiments import SELECTION_RULE, fg_spec, run_sweep, transmm_spec
 from captum_fgattr.bench.study import run_study
 from captum_fgattr.bench.methods import MethodSpec, build_method
-from captum_fgattr.bench.runconfig import RunConfig
 from captum_fgattr.bench.metric_specs import METRICS
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from quantus_saco import PatchFaithfulnessCorrelation, PatchPixelFlipping, SaCo

@@ -18,7 +18,7 @@ from captum_fgattr.bench.experiments import fg_spec, transmm_spec
 from captum_fgattr.bench.features import (
     CACHE_FOLDER, analyze_features, composite_improvement, rank_cases, select_fg_method,
 )
-from captum_fgattr.bench.runconfig import RunConfig
+from captum_fgattr.bench.config import RunConfig
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from captum_fgattr.sae import SAEConfig
 from tests.conftest import make_vit

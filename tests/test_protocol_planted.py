@@ -8,9 +8,8 @@ import torch
 
 from captum_fgattr import FeatureGradientTransMM
 from captum_fgattr.bench.comparisons import claim_comparisons, verdict_lines
-from captum_fgattr.bench.experiments import (
-    Protocol, control_groups, control_specs, fg_spec, select_best, transmm_spec,
-)
+from captum_fgattr.bench.config import Protocol
+from captum_fgattr.bench.experiments import control_groups, control_specs, fg_spec, select_best, transmm_spec
 from captum_fgattr.bench.stats import percent_improvement
 from captum_fgattr.bench.metric_specs import METRICS
 from captum_fgattr.bench.store import ResultRow, ResultStore

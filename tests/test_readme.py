@@ -5,7 +5,7 @@ import json
 import re
 from pathlib import Path
 
-from captum_fgattr.bench.runconfig import RunConfig
+from captum_fgattr.bench.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -171,7 +171,8 @@ def test_train_sae_takes_the_run_model_spec_with_architecture_arguments(tmp_path
     """An own small ViT (patch 8, width 64, 3 blocks): the same spec via flags or via fgattr run's config file."""
     from safetensors.torch import save_file
 
-    from captum_fgattr.bench.runconfig import ModelConfig, load_model
+    from captum_fgattr.bench.config import ModelConfig
+    from captum_fgattr.bench.runconfig import load_model
 
     arch = {"patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 4}
     spec = ModelConfig(name="timm:vit_tiny_patch16_224", num_classes=2, img_size=32, kwargs=arch)

@@ -26,14 +26,17 @@ from pathlib import Path
 import torch
 
 from captum_fgattr.bench.data import LAYOUTS
-from captum_fgattr.bench.evaluate import METRIC_PRESETS, PF_SCALES, evaluate_methods, select_ids
+from captum_fgattr.bench.config import (
+    CONTROLS, METRIC_PRESETS, PF_SCALES, VARIANTS, Protocol, RunConfig, read_config_file,
+)
+from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
 from captum_fgattr.bench.experiments import (
-    CONTROLS, VARIANTS, Protocol, StudyClock, current_shard, final_specs, run_sweep, run_test, sync_ranks, transmm_spec,
+    StudyClock, current_shard, final_specs, run_sweep, run_test, sync_ranks, transmm_spec,
 )
 from captum_fgattr.bench.methods_json import parse_methods
 from captum_fgattr.bench.report import summary_text, write_report
 from captum_fgattr.bench.runconfig import (
-    RunConfig, dotted_keys, load_inputs, load_saes, load_split, preprocessing, read_config_file, size_to_model,
+    dotted_keys, load_inputs, load_saes, load_split, preprocessing, size_to_model,
 )
 from captum_fgattr.bench.store import ResultStore
 

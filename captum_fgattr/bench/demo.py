@@ -33,8 +33,7 @@ from captum_fgattr.bench.default import (
     CLASS_NAMES, DEFAULT_TRAIN, DEPTH, EMBED_DIM, MEAN, SHIPPED_DIR, STD, Br35HSplit, TrainConfig, default_cache_dir,
     default_model, default_splits, sha256_file,
 )
-from captum_fgattr.bench.evaluate import EvalConfig, MetricConfig
-from captum_fgattr.bench.experiments import Protocol
+from captum_fgattr.bench.config import EvalConfig, MetricConfig, Protocol
 from captum_fgattr.bench.report import summary_text
 from captum_fgattr.bench.study import run_study
 from captum_fgattr.sae import SparseAutoencoder

@@ -11,11 +11,9 @@ same numbers as one uninterrupted process (the batch size is therefore part of t
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,100 +21,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from captum_fgattr.adapters import get_adapter
+from captum_fgattr.bench.config import EvalConfig
 from captum_fgattr.bench.methods import MethodSpec, build_method
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from captum_fgattr.sae import SparseAutoencoder
 from quantus_saco.engine import evaluate_patch_metrics
 
-__all__ = ["MetricConfig", "METRIC_PRESETS", "PF_SCALES", "EvalConfig", "Shard", "select_ids", "display_image", "evaluate_methods", "TARGETS"]
-
-TARGETS = ("prediction", "label")
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r}; expected an int >= 1")
-
-
-METRIC_PRESETS = ("paper", "thesis-code")
-PF_SCALES = ("unit", "patches")
-
-
-@dataclass(frozen=True)
-class MetricConfig:
-    """Settings of the three patch metrics; they change the numbers, so a run folder keeps them.
-
-    ``preset`` (resolved by :meth:`resolved` once the patch count P is known) replaces every other field:
-
-    * ``paper``: SaCo K = 10, FC Pearson over 100 subsets of 20 patches (⌊P/2⌋ if P < 40), PF one patch per
-      step, AUC in [0, 1] — the definitions as published;
-    * ``thesis-code``: the thesis author's released code: SaCo K = ⌈P/4⌉ (49 of 196, 13 of 49 patches), FC
-      Spearman over 20 subsets × 3 seeds averaged, subsets of round(0.2·P) patches (10 of 49), PF one patch per
-      step reported × P.
-    """
-
-    saco_groups: int = 10  # SaCo's K groups of the attribution ranking
-    fc_subset_size: int = 20  # patches per Faithfulness-Correlation subset (thesis: 20 for ViT-B/16)
-    fc_runs: int = 100  # random subsets per image
-    fc_correlation: str = "pearson"  # or "spearman"
-    fc_repeats: int = 1  # FC computed with seeds seed, seed+1, ... and averaged
-    pf_patches_per_step: int = 1  # patches removed per Pixel-Flipping step
-    pf_scale: str = "unit"  # PF AUC as reported: "unit" ([0, 1]) or "patches" (× P, the thesis tables)
-    seed: int = 0  # FC subset sampling
-    preset: str | None = None  # "paper" or "thesis-code": replaces the fields above (see :meth:`resolved`)
-
-    def __post_init__(self) -> None:
-        for name in ("saco_groups", "fc_subset_size", "fc_runs", "fc_repeats", "pf_patches_per_step"):
-            _positive_int(name, getattr(self, name))
-        if self.fc_correlation not in ("pearson", "spearman"):
-            raise ValueError(f"fc_correlation={self.fc_correlation!r}; expected 'pearson' or 'spearman'")
-        if self.pf_scale not in PF_SCALES:
-            raise ValueError(f"pf_scale={self.pf_scale!r}; expected one of {list(PF_SCALES)}")
-        if self.preset is not None and self.preset not in METRIC_PRESETS:
-            raise ValueError(f"metric preset {self.preset!r}; expected one of {list(METRIC_PRESETS)}")
-
-    def resolved(self, num_patches: int) -> MetricConfig:
-        """The concrete settings for a model with ``num_patches`` patches (self if no preset)."""
-        if self.preset == "paper":
-            subset = 20 if num_patches >= 40 else max(1, num_patches // 2)
-            return MetricConfig(10, subset, 100, "pearson", 1, 1, "unit", self.seed, self.preset)
-        if self.preset == "thesis-code":
-            return MetricConfig(math.ceil(num_patches / 4), max(1, round(0.2 * num_patches)), 20, "spearman", 3, 1,
-                                "patches", self.seed, self.preset)
-        return self
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How evaluation runs."""
-
-    batch_size: int = 16  # images per attribution batch (and per committed transaction)
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...; model and SAEs are moved there
-    autocast: bool = False  # torch.autocast for attribution and metric forwards (bf16 on CPU, fp16 on CUDA)
-    target: str = "prediction"  # class explained and scored: the model's "prediction" or the "label"
-    metric_batch: int = 256  # most perturbed images per metric forward
-    num_workers: int = 0  # DataLoader workers
-    gallery: int = 8  # image ids of a split, spread evenly over its sorted ids, whose images and attributions are kept
-    progress: bool = True  # tqdm progress bars
-    metrics: MetricConfig = field(default_factory=MetricConfig)
-
-    def __post_init__(self) -> None:
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("metric_batch", self.metric_batch)
-        if self.target not in TARGETS:
-            raise ValueError(f"target={self.target!r}; expected one of {list(TARGETS)}")
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            raise ValueError(f"num_workers={self.num_workers!r}; expected an int >= 0")
-        if isinstance(self.gallery, bool) or not isinstance(self.gallery, int) or self.gallery < 0:
-            raise ValueError(f"gallery={self.gallery!r}; expected an int >= 0")
-        torch.device(self.device)  # raises for a malformed device string
-        if isinstance(self.metrics, Mapping):
-            object.__setattr__(self, "metrics", MetricConfig(**self.metrics))
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings that determine the stored numbers (checked when a run folder is reused)."""
-        return {"metrics": asdict(self.metrics), "target": self.target, "batch_size": self.batch_size,
-                "autocast": self.autocast}
+__all__ = ["Shard", "select_ids", "display_image", "evaluate_methods"]
 
 
 @dataclass(frozen=True)
@@ -137,7 +48,8 @@ def select_ids(n: int, limit: int | None = None, seed: int = 42) -> list[int]:
         raise ValueError("the dataset is empty (0 images)")
     if limit is None or limit >= n:
         return list(range(n))
-    _positive_int("limit", limit)
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit={limit!r}; expected an int >= 1")
     return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
 
 

@@ -33,13 +33,14 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from captum_fgattr.adapters import get_adapter
-from captum_fgattr.bench.evaluate import EvalConfig, Shard, evaluate_methods, select_ids
-from captum_fgattr.bench.methods import METHODS, FGParams, MethodSpec
+from captum_fgattr.bench.config import EvalConfig
+from captum_fgattr.bench.evaluate import Shard, evaluate_methods, select_ids
+from captum_fgattr.bench.config import CONTROLS, VARIANTS, Protocol
+from captum_fgattr.bench.methods import FGParams, MethodSpec
 from captum_fgattr.bench.stats import paired_comparison, percent_improvement, summarize
 from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRICS
 from captum_fgattr.bench.store import ResultStore, Selection
-from captum_fgattr.gates import DECODER_PAIRED_VARIANTS, RESIDUAL_VARIANTS
-from captum_fgattr.gates import VARIANTS as ALL_VARIANTS
+from captum_fgattr.gates import RESIDUAL_VARIANTS
 from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = [
@@ -49,97 +50,12 @@ __all__ = [
 ]
 
 SINGLE, MULTI, GRID, TEST = "single_layer", "multi_layer", "kappa_cmax", "test"
-#: score variants of the single-layer sweep: the method (``combined``) and its ablations
-VARIANTS = ("combined", "activation", "gradient", "gradient_signed")
-#: controls of the test experiment; ``shuffled_decoder`` runs once per ``Protocol.shuffle_seeds`` seed
-CONTROLS = ("shuffled_decoder", "grad_input", "grad_input_centered", "bias_projection", "token_norm", "permuted_gates")
-DEFAULT_CONTROLS = ("shuffled_decoder", "grad_input", "grad_input_centered", "bias_projection", "permuted_gates")
 SELECTION_RULE = (
     "highest mean over SaCo, FC and PF-AUC of the standardised paired effect vs TransMM on the same validation "
     "images (mean delta / SD delta, PF sign flipped so positive is better); ties: first candidate"
 )
 #: a split: a dataset of (image (C, H, W), label) items, or (images (N, C, H, W), labels (N,)) tensors
 DataSource = Union[Dataset, tuple[Tensor, Tensor]]
-
-
-def _floats(name: str, values: Sequence[float], low: float) -> tuple[float, ...]:
-    out = tuple(float(v) for v in values)
-    if any(not math.isfinite(v) or v < low for v in out):
-        raise ValueError(f"{name}={list(values)!r}; expected finite numbers >= {low}")
-    return out
-
-
-def _layer_tuple(name: str, values: Sequence[int]) -> tuple[int, ...]:
-    out = tuple(values)
-    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in out):
-        raise ValueError(f"{name}={list(values)!r}; expected block indices (ints >= 0, 0-based)")
-    return out
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """What the study evaluates (thesis defaults). Layers are 0-based block indices (timm ``blocks[i]``)."""
-
-    layers: tuple[int, ...] = tuple(range(2, 11))  # single-layer sweep
-    variants: tuple[str, ...] = VARIANTS  # score variants swept at every layer (the method + ablations)
-    method_variant: str = "combined"  # the score under test: selected, multi-layer, κ × c_max and test
-    kappa: float = 0.5  # gate strength for the layer sweeps
-    c_max: float = 10.0  # gate range for the layer sweeps
-    multi_layers: tuple[tuple[int, ...], ...] = ((2, 3, 4), (4, 6, 7), (6, 9, 10))  # multi-layer configurations
-    kappas: tuple[float, ...] = (0.1, 0.5, 1.0)  # κ grid on the selected multi-layer configuration
-    c_maxes: tuple[float, ...] = (2.0, 10.0, 50.0)  # c_max grid
-    baselines: tuple[str, ...] = ("gradcam", "integrated_gradients", "saliency", "rollout", "raw_attention", "random")
-    controls: tuple[str, ...] = DEFAULT_CONTROLS  # controls of every selected configuration on the test set
-    shuffle_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds of the shuffled-decoder control
-    permute_seed: int = 0  # seed of the permuted-gates control
-    black_input: tuple[float, ...] | None = None  # model-input value of a black pixel per channel, (0 − mean)/std:
-    # the Integrated-Gradients baseline (None: 0, the normalisation mean; ``fgattr run`` fills it from the data)
-    val_images: int | None = 500  # validation images (seeded subset; None = all)
-    test_images: int | None = None  # test images (seeded subset; None = all)
-    subset_seed: int = 42  # seed of the image subsets
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", _layer_tuple("layers", self.layers))
-        if not self.layers or not self.variants:
-            raise ValueError("the single-layer sweep needs at least one layer and one variant")
-        object.__setattr__(self, "variants", tuple(self.variants))
-        bad = [v for v in self.variants if v not in ALL_VARIANTS]
-        if bad:
-            raise ValueError(f"variants {bad}; expected a subset of {list(ALL_VARIANTS)}")
-        if self.method_variant not in self.variants:
-            raise ValueError(f"method_variant={self.method_variant!r} is not among the swept variants {list(self.variants)}")
-        object.__setattr__(self, "controls", tuple(self.controls))
-        unknown_controls = [c for c in self.controls if c not in CONTROLS]
-        if unknown_controls:
-            raise ValueError(f"controls {unknown_controls}; expected a subset of {list(CONTROLS)}")
-        if "shuffled_decoder" in self.controls and self.method_variant not in DECODER_PAIRED_VARIANTS:
-            raise ValueError(f"the shuffled-decoder control cannot differ for method_variant={self.method_variant!r} "
-                             "(its score does not pair activations with decoder rows): remove 'shuffled_decoder' "
-                             "from controls or test 'combined'")
-        object.__setattr__(self, "shuffle_seeds", tuple(int(seed) for seed in self.shuffle_seeds))
-        if "shuffled_decoder" in self.controls and not self.shuffle_seeds:
-            raise ValueError("the shuffled-decoder control needs at least one seed (shuffle_seeds)")
-        if self.black_input is not None:
-            object.__setattr__(self, "black_input", tuple(float(v) for v in self.black_input))
-        object.__setattr__(self, "multi_layers", tuple(_layer_tuple("multi_layers", m) for m in self.multi_layers))
-        if any(not m for m in self.multi_layers):
-            raise ValueError(f"multi_layers={self.multi_layers!r}; every configuration needs at least one layer")
-        object.__setattr__(self, "kappas", _floats("kappas", self.kappas, 0.0))
-        object.__setattr__(self, "c_maxes", _floats("c_maxes", self.c_maxes, 1.0))
-        _floats("kappa", [self.kappa], 0.0)
-        _floats("c_max", [self.c_max], 1.0)
-        object.__setattr__(self, "baselines", tuple(self.baselines))
-        unknown = [b for b in self.baselines if b not in METHODS]
-        if unknown:
-            raise ValueError(f"unknown baseline methods {unknown}; expected names from {sorted(METHODS)}")
-        for name in ("val_images", "test_images"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}={value!r}; expected None (all images) or an int >= 1")
-
-    def gated_layers(self) -> list[int]:
-        """Every layer an SAE is needed for."""
-        return sorted(set(self.layers).union(*self.multi_layers))
 
 
 def as_dataset(data: DataSource, name: str = "data") -> Dataset:

@@ -62,7 +62,8 @@ def load_run_components(store: ResultStore, layers: Sequence[int], splits: Seque
     Raises:
         ValueError: the run stores no configuration it can be rebuilt from.
     """
-    from captum_fgattr.bench.runconfig import RunConfig, load_inputs, load_saes
+    from captum_fgattr.bench.config import RunConfig
+    from captum_fgattr.bench.runconfig import load_inputs, load_saes
 
     for command, _, config in reversed(store.invocations()):
         if "demo" in config:

@@ -25,7 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from captum_fgattr.bench.comparisons import Comparison, claim_comparisons, format_p, verdict_lines
-from captum_fgattr.bench.evaluate import PF_SCALES
+from captum_fgattr.bench.config import PF_SCALES
 from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups, control_name
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.stats import (

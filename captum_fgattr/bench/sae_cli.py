@@ -153,7 +153,8 @@ def run_train_sae(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from captum_fgattr.adapters import get_adapter
     from captum_fgattr.bench.data import ImageFolderDataset, build_transform
-    from captum_fgattr.bench.runconfig import RunConfig, load_model, preprocessing, read_config_file
+    from captum_fgattr.bench.config import RunConfig, read_config_file
+    from captum_fgattr.bench.runconfig import load_model, preprocessing
     from captum_fgattr.sae.layers import train_layer_saes
     from captum_fgattr.sae.train import TrainConfig, sae_config_for
 

@@ -8,10 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from captum_fgattr.bench.evaluate import EvalConfig
-from captum_fgattr.bench.experiments import (
-    DataSource, Protocol, StudyClock, as_dataset, current_shard, run_sweep, run_test,
-)
+from captum_fgattr.bench.config import EvalConfig, Protocol
+from captum_fgattr.bench.experiments import DataSource, StudyClock, as_dataset, current_shard, run_sweep, run_test
 from captum_fgattr.bench.report import write_report
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.sae import SparseAutoencoder

@@ -1,0 +1,418 @@
+"""The run description: every setting of a benchmark run as frozen dataclasses, in one place.
+
+:class:`RunConfig` holds a run's model (:class:`ModelConfig`), data (:class:`DataConfig`), SAEs, protocol
+(:class:`Protocol`: what is evaluated) and evaluation (:class:`EvalConfig` with :class:`MetricConfig`: how);
+:meth:`RunConfig.from_dict` / :meth:`RunConfig.to_dict` round-trip JSON/YAML files, rejecting unknown keys by
+name. The loaders it drives are in :mod:`captum_fgattr.bench.runconfig`.
+
+File format (JSON; YAML with the same keys when PyYAML is installed; every section and key optional)::
+
+    {
+      "run_dir": "runs/covid",
+      "model": {"name": "timm:vit_base_patch16_224", "checkpoint": "vit.pth", "num_classes": 3,
+                "img_size": 224, "rename": {"lin_head.": "head."}, "kwargs": {}},
+      "data": {"kind": "covid-qu-ex", "root": "data/COVID-QU-Ex"},
+      "saes": "saes/",                     # folder with layer_{L}/ (fgattr train-sae), or {"9": "path", ...}
+      "protocol": {"layers": [2, 3], "multi_layers": [[2, 3]], "val_images": 500, ...},   # Protocol fields
+      "evaluation": {"batch_size": 16, "device": "cuda", "metrics": {"saco_groups": 10}, ...}  # EvalConfig
+    }
+
+``model.name`` is ``"timm:<name>"``, ``"clip:<open_clip name>"`` (zero-shot over the dataset's class names;
+``checkpoint``: a local file, an open_clip pretrained tag, or none for random weights) or a plain timm name.
+``data`` (:class:`DataConfig`) per dataset of the study (docs/method.md §5)::
+
+    {"val": "images/val", "test": "images/test"}                   # "folder" (default): <class>/<image> folders
+    {"kind": "covid-qu-ex", "root": "COVID-QU-Ex"}                  # official Val / Test folders
+    {"kind": "hyperkvasir", "root": "hyper-kvasir", "seed": 42}     # seeded 80/10/10 split: val / test
+    {"kind": "imagenet", "root": "imagenet", "class_names": "LOC_synset_mapping.txt"}
+                                                                    # test: 10,000 of val/ (seed 42); val: the rest
+
+Unknown keys raise a ``ValueError`` naming them and the accepted ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from captum_fgattr.bench.data import IMAGENET_SUBSET, LAYOUTS
+from captum_fgattr.bench.methods import METHODS
+from captum_fgattr.gates import DECODER_PAIRED_VARIANTS
+from captum_fgattr.gates import VARIANTS as ALL_VARIANTS
+
+__all__ = [
+    "MetricConfig", "EvalConfig", "Protocol", "ModelConfig", "DataConfig", "RunConfig", "read_config_file",
+    "METRIC_PRESETS", "PF_SCALES", "TARGETS", "VARIANTS", "CONTROLS", "DEFAULT_CONTROLS", "SPLITS",
+    "DEFAULT_SPLITS", "DEFAULT_SUBSETS",
+]
+
+TARGETS = ("prediction", "label")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r}; expected an int >= 1")
+
+
+METRIC_PRESETS = ("paper", "thesis-code")
+PF_SCALES = ("unit", "patches")
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """Settings of the three patch metrics; they change the numbers, so a run folder keeps them.
+
+    ``preset`` (resolved by :meth:`resolved` once the patch count P is known) replaces every other field:
+
+    * ``paper``: SaCo K = 10, FC Pearson over 100 subsets of 20 patches (⌊P/2⌋ if P < 40), PF one patch per
+      step, AUC in [0, 1] — the definitions as published;
+    * ``thesis-code``: the thesis author's released code: SaCo K = ⌈P/4⌉ (49 of 196, 13 of 49 patches), FC
+      Spearman over 20 subsets × 3 seeds averaged, subsets of round(0.2·P) patches (10 of 49), PF one patch per
+      step reported × P.
+    """
+
+    saco_groups: int = 10  # SaCo's K groups of the attribution ranking
+    fc_subset_size: int = 20  # patches per Faithfulness-Correlation subset (thesis: 20 for ViT-B/16)
+    fc_runs: int = 100  # random subsets per image
+    fc_correlation: str = "pearson"  # or "spearman"
+    fc_repeats: int = 1  # FC computed with seeds seed, seed+1, ... and averaged
+    pf_patches_per_step: int = 1  # patches removed per Pixel-Flipping step
+    pf_scale: str = "unit"  # PF AUC as reported: "unit" ([0, 1]) or "patches" (× P, the thesis tables)
+    seed: int = 0  # FC subset sampling
+    preset: str | None = None  # "paper" or "thesis-code": replaces the fields above (see :meth:`resolved`)
+
+    def __post_init__(self) -> None:
+        for name in ("saco_groups", "fc_subset_size", "fc_runs", "fc_repeats", "pf_patches_per_step"):
+            _positive_int(name, getattr(self, name))
+        if self.fc_correlation not in ("pearson", "spearman"):
+            raise ValueError(f"fc_correlation={self.fc_correlation!r}; expected 'pearson' or 'spearman'")
+        if self.pf_scale not in PF_SCALES:
+            raise ValueError(f"pf_scale={self.pf_scale!r}; expected one of {list(PF_SCALES)}")
+        if self.preset is not None and self.preset not in METRIC_PRESETS:
+            raise ValueError(f"metric preset {self.preset!r}; expected one of {list(METRIC_PRESETS)}")
+
+    def resolved(self, num_patches: int) -> MetricConfig:
+        """The concrete settings for a model with ``num_patches`` patches (self if no preset)."""
+        if self.preset == "paper":
+            subset = 20 if num_patches >= 40 else max(1, num_patches // 2)
+            return MetricConfig(10, subset, 100, "pearson", 1, 1, "unit", self.seed, self.preset)
+        if self.preset == "thesis-code":
+            return MetricConfig(math.ceil(num_patches / 4), max(1, round(0.2 * num_patches)), 20, "spearman", 3, 1,
+                                "patches", self.seed, self.preset)
+        return self
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How evaluation runs."""
+
+    batch_size: int = 16  # images per attribution batch (and per committed transaction)
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...; model and SAEs are moved there
+    autocast: bool = False  # torch.autocast for attribution and metric forwards (bf16 on CPU, fp16 on CUDA)
+    target: str = "prediction"  # class explained and scored: the model's "prediction" or the "label"
+    metric_batch: int = 256  # most perturbed images per metric forward
+    num_workers: int = 0  # DataLoader workers
+    gallery: int = 8  # image ids of a split, spread evenly over its sorted ids, whose images and attributions are kept
+    progress: bool = True  # tqdm progress bars
+    metrics: MetricConfig = field(default_factory=MetricConfig)
+
+    def __post_init__(self) -> None:
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("metric_batch", self.metric_batch)
+        if self.target not in TARGETS:
+            raise ValueError(f"target={self.target!r}; expected one of {list(TARGETS)}")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"num_workers={self.num_workers!r}; expected an int >= 0")
+        if isinstance(self.gallery, bool) or not isinstance(self.gallery, int) or self.gallery < 0:
+            raise ValueError(f"gallery={self.gallery!r}; expected an int >= 0")
+        torch.device(self.device)  # raises for a malformed device string
+        if isinstance(self.metrics, Mapping):
+            object.__setattr__(self, "metrics", MetricConfig(**self.metrics))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings that determine the stored numbers (checked when a run folder is reused)."""
+        return {"metrics": asdict(self.metrics), "target": self.target, "batch_size": self.batch_size,
+                "autocast": self.autocast}
+
+
+#: score variants of the single-layer sweep: the method (``combined``) and its ablations
+VARIANTS = ("combined", "activation", "gradient", "gradient_signed")
+#: controls of the test experiment; ``shuffled_decoder`` runs once per ``Protocol.shuffle_seeds`` seed
+CONTROLS = ("shuffled_decoder", "grad_input", "grad_input_centered", "bias_projection", "token_norm", "permuted_gates")
+DEFAULT_CONTROLS = ("shuffled_decoder", "grad_input", "grad_input_centered", "bias_projection", "permuted_gates")
+def _floats(name: str, values: Sequence[float], low: float) -> tuple[float, ...]:
+    out = tuple(float(v) for v in values)
+    if any(not math.isfinite(v) or v < low for v in out):
+        raise ValueError(f"{name}={list(values)!r}; expected finite numbers >= {low}")
+    return out
+
+
+def _layer_tuple(name: str, values: Sequence[int]) -> tuple[int, ...]:
+    out = tuple(values)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in out):
+        raise ValueError(f"{name}={list(values)!r}; expected block indices (ints >= 0, 0-based)")
+    return out
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What the study evaluates (thesis defaults). Layers are 0-based block indices (timm ``blocks[i]``)."""
+
+    layers: tuple[int, ...] = tuple(range(2, 11))  # single-layer sweep
+    variants: tuple[str, ...] = VARIANTS  # score variants swept at every layer (the method + ablations)
+    method_variant: str = "combined"  # the score under test: selected, multi-layer, κ × c_max and test
+    kappa: float = 0.5  # gate strength for the layer sweeps
+    c_max: float = 10.0  # gate range for the layer sweeps
+    multi_layers: tuple[tuple[int, ...], ...] = ((2, 3, 4), (4, 6, 7), (6, 9, 10))  # multi-layer configurations
+    kappas: tuple[float, ...] = (0.1, 0.5, 1.0)  # κ grid on the selected multi-layer configuration
+    c_maxes: tuple[float, ...] = (2.0, 10.0, 50.0)  # c_max grid
+    baselines: tuple[str, ...] = ("gradcam", "integrated_gradients", "saliency", "rollout", "raw_attention", "random")
+    controls: tuple[str, ...] = DEFAULT_CONTROLS  # controls of every selected configuration on the test set
+    shuffle_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds of the shuffled-decoder control
+    permute_seed: int = 0  # seed of the permuted-gates control
+    black_input: tuple[float, ...] | None = None  # model-input value of a black pixel per channel, (0 − mean)/std:
+    # the Integrated-Gradients baseline (None: 0, the normalisation mean; ``fgattr run`` fills it from the data)
+    val_images: int | None = 500  # validation images (seeded subset; None = all)
+    test_images: int | None = None  # test images (seeded subset; None = all)
+    subset_seed: int = 42  # seed of the image subsets
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", _layer_tuple("layers", self.layers))
+        if not self.layers or not self.variants:
+            raise ValueError("the single-layer sweep needs at least one layer and one variant")
+        object.__setattr__(self, "variants", tuple(self.variants))
+        bad = [v for v in self.variants if v not in ALL_VARIANTS]
+        if bad:
+            raise ValueError(f"variants {bad}; expected a subset of {list(ALL_VARIANTS)}")
+        if self.method_variant not in self.variants:
+            raise ValueError(f"method_variant={self.method_variant!r} is not among the swept variants {list(self.variants)}")
+        object.__setattr__(self, "controls", tuple(self.controls))
+        unknown_controls = [c for c in self.controls if c not in CONTROLS]
+        if unknown_controls:
+            raise ValueError(f"controls {unknown_controls}; expected a subset of {list(CONTROLS)}")
+        if "shuffled_decoder" in self.controls and self.method_variant not in DECODER_PAIRED_VARIANTS:
+            raise ValueError(f"the shuffled-decoder control cannot differ for method_variant={self.method_variant!r} "
+                             "(its score does not pair activations with decoder rows): remove 'shuffled_decoder' "
+                             "from controls or test 'combined'")
+        object.__setattr__(self, "shuffle_seeds", tuple(int(seed) for seed in self.shuffle_seeds))
+        if "shuffled_decoder" in self.controls and not self.shuffle_seeds:
+            raise ValueError("the shuffled-decoder control needs at least one seed (shuffle_seeds)")
+        if self.black_input is not None:
+            object.__setattr__(self, "black_input", tuple(float(v) for v in self.black_input))
+        object.__setattr__(self, "multi_layers", tuple(_layer_tuple("multi_layers", m) for m in self.multi_layers))
+        if any(not m for m in self.multi_layers):
+            raise ValueError(f"multi_layers={self.multi_layers!r}; every configuration needs at least one layer")
+        object.__setattr__(self, "kappas", _floats("kappas", self.kappas, 0.0))
+        object.__setattr__(self, "c_maxes", _floats("c_maxes", self.c_maxes, 1.0))
+        _floats("kappa", [self.kappa], 0.0)
+        _floats("c_max", [self.c_max], 1.0)
+        object.__setattr__(self, "baselines", tuple(self.baselines))
+        unknown = [b for b in self.baselines if b not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown baseline methods {unknown}; expected names from {sorted(METHODS)}")
+        for name in ("val_images", "test_images"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r}; expected None (all images) or an int >= 1")
+
+    def gated_layers(self) -> list[int]:
+        """Every layer an SAE is needed for."""
+        return sorted(set(self.layers).union(*self.multi_layers))
+
+
+SPLITS: tuple[str, ...] = ("val", "test")
+#: split names below ``data.root`` when ``data.val`` / ``data.test`` are not given (else the split's own name):
+#: ImageNet's labelled class-folder set is its validation set, so the test images come from it too
+DEFAULT_SPLITS: Mapping[str, Mapping[str, str]] = {"imagenet": {"val": "val", "test": "val"}}
+#: ``data.subset`` when not given: the study's ImageNet test subset (docs/method.md §5, seed 42)
+DEFAULT_SUBSETS: Mapping[str, int] = {"imagenet": IMAGENET_SUBSET}
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    """``cls(**values)`` with unknown keys reported by name."""
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown keys {unknown} in {where}; expected some of {sorted(names)}")
+    return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A classifier built with :func:`captum_fgattr.bench.models.load_model` (timm ViT or CLIP zero-shot)."""
+
+    name: str = ""  # "timm:<name>", "clip:<open_clip name>" or a plain timm name, e.g. "vit_base_patch16_224"
+    checkpoint: str | None = None  # local file (CLIP: or an open_clip pretrained tag); None = random weights
+    num_classes: int | None = None  # timm head width (default: the checkpoint's); CLIP: the dataset's classes
+    img_size: int | None = None
+    rename: Mapping[str, str] = field(default_factory=dict)  # timm checkpoint key-prefix renames ({}: lin_head.->head.)
+    kwargs: Mapping[str, Any] = field(default_factory=dict)  # further timm / open_clip create_model arguments
+    seed: int = 0  # initialisation seed when there is no checkpoint
+
+    @property
+    def spec(self) -> str:
+        """``name`` as a :func:`~captum_fgattr.bench.models.load_model` spec (plain names are timm's)."""
+        return self.name if ":" in self.name else f"timm:{self.name}"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The validation and test images (docs/method.md §5) and their preprocessing.
+
+    * ``kind="folder"`` (default): ``val`` / ``test`` are image folders ``<class>/<image>``; or, with ``root``,
+      sub-folder names of ``root`` (default "val" / "test").
+    * a published layout (``"covid-qu-ex"``, ``"hyperkvasir"``, ``"imagenet"``; see
+      :mod:`captum_fgattr.bench.data`): ``root`` is the dataset folder and ``val`` / ``test`` are split names
+      (default: :data:`DEFAULT_SPLITS`, else "val" / "test"). COVID-QU-Ex: the official Val / Test folders;
+      HyperKvasir: the stratified 80/10/10 split seeded by ``seed``; ImageNet: only the class-folder
+      validation set exists, so both name it.
+
+    ``subset`` draws (with ``seed``) the images of the **test** split; the validation images are subsampled by
+    ``protocol.val_images`` instead. When ``val`` and ``test`` name the same images (ImageNet by default), the
+    validation split is the rest of them, disjoint from the test subset, so no configuration is selected on
+    test images: ImageNet's test set is the study's 10,000 images (seed 42) and the sweeps draw their
+    ``protocol.val_images`` from the other 40,000.
+
+    Preprocessing: the kind's (e.g. COVID-QU-Ex resize 256 -> crop 224, mean 0.56 / std 0.21), its resize scaled
+    when the model's input is not 224 pixels; "folder": resize to the model's input size and the model's own
+    normalisation. ``resize`` / ``mean`` / ``std`` override either.
+    """
+
+    kind: str = "folder"  # dataset layout, one of bench.data.LAYOUTS
+    root: str | None = None  # dataset folder (required for the published layouts)
+    val: str | None = None  # validation folder ("folder" without root) or split name (sweeps, selection)
+    test: str | None = None  # test folder ("folder" without root) or split name
+    subset: int | None = None  # test images drawn with ``seed`` (None: all; imagenet: DEFAULT_SUBSETS)
+    seed: int = 42  # seed of ``subset`` and of seeded splits (HyperKvasir)
+    class_names: str | None = None  # class-names file (formats: bench.data); default: folder names
+    resize: int | None = None  # shorter side before the center crop (default: the kind's, see above)
+    mean: tuple[float, ...] | None = None  # normalisation (default: the kind's, see above)
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in LAYOUTS:
+            raise ValueError(f"data.kind={self.kind!r}; expected one of {sorted(LAYOUTS)}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"data.seed={self.seed!r}; expected an int")
+        subset = self.subset
+        if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+            raise ValueError(f"data.subset={subset!r}; expected None (all test images) or an int >= 1")
+
+    def location(self, split: str) -> tuple[str, str | None]:
+        """``(folder, split name below it or None)`` of ``split`` ("val" / "test"), as :func:`load_dataset` takes.
+
+        Raises:
+            ValueError: unknown split; no ``root`` for a published layout; no folder for a "folder" split.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r}; expected one of {list(SPLITS)}")
+        given = getattr(self, split)
+        if self.root is not None:
+            return self.root, given or DEFAULT_SPLITS.get(self.kind, {}).get(split, split)
+        if self.kind != "folder":
+            raise ValueError(f"data.kind={self.kind!r} needs data.root, the dataset folder (--data-root DIR)")
+        if given is None:
+            raise ValueError(f"no {split} data: set data.{split} (e.g. --{split}-data FOLDER) or data.root")
+        return given, None
+
+    @property
+    def test_subset(self) -> int | None:
+        """``subset``, or the kind's default (:data:`DEFAULT_SUBSETS`)."""
+        return self.subset if self.subset is not None else DEFAULT_SUBSETS.get(self.kind)
+
+    def same_images(self) -> bool:
+        """Whether ``val`` and ``test`` name the same images (then validation = the rest of the test subset)."""
+        if self.root is None and (self.val is None or self.test is None):
+            return False
+        return self.location("val") == self.location("test")
+
+    def fingerprint(self, split: str) -> dict[str, Any]:
+        """The settings that decide the images of ``split`` and their preprocessing (checked by the run's store).
+
+        Settings at their defaults are left out, so run folders from before they existed still resume.
+        """
+        root, name = self.location(split)
+        subset = self.test_subset if split == "test" or self.same_images() else None
+        extra = {"kind": (self.kind, "folder"), "split": (name, None), "subset": (subset, None),
+                 "seed": (self.seed, 42), "class_names": (self.class_names, None)}
+        return {"root": root, "resize": self.resize, "mean": self.mean, "std": self.std,
+                **{key: value for key, (value, default) in extra.items() if value != default}}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a ``fgattr sweep / evaluate / run`` needs; stored with the run (``config.json``, and the store)."""
+
+    run_dir: str = "runs/fgattr"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    saes: str | Mapping[str, str] | None = None  # folder of layer_{L}/ SAEs, or {layer: SAE folder}
+    protocol: Protocol = field(default_factory=Protocol)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from nested plain values (a config file), checking every key."""
+        sections = {"model": ModelConfig, "data": DataConfig, "protocol": Protocol}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown} in the configuration; expected some of {sorted(names)}")
+        kwargs: dict[str, Any] = {k: v for k, v in values.items() if k not in sections and k != "evaluation"}
+        for name, section in sections.items():
+            if name in values:
+                kwargs[name] = _build(section, values[name], f"configuration section {name!r}")
+        if "evaluation" in values:
+            evaluation = dict(values["evaluation"])
+            evaluation["metrics"] = _build(MetricConfig, evaluation.get("metrics", {}), "section 'evaluation.metrics'")
+            kwargs["evaluation"] = _build(EvalConfig, evaluation, "configuration section 'evaluation'")
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable values (round-trips through :meth:`from_dict`)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def merged(self, overrides: Mapping[str, Any]) -> RunConfig:
+        """A copy with ``overrides`` ({"section.key": value} or {"key": value}) applied; None values skipped."""
+        values = self.to_dict()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            *path, key = dotted.split(".")
+            target = values
+            for part in path:
+                target = target[part]
+            target[key] = value
+        return RunConfig.from_dict(values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Plain values from a JSON (``.json``) or YAML (``.yaml`` / ``.yml``) configuration file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"configuration file {str(path)!r} does not exist")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as err:
+            raise ImportError("YAML configuration files need PyYAML (pip install pyyaml); or use JSON") from err
+        values = yaml.safe_load(text)
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"configuration file {path} is not valid JSON: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"configuration file {path} must hold a mapping of sections")
+    return values
+
+
