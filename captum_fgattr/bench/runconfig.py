@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from captum_fgattr.bench.data import (
-    IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, ImageListDataset, Preprocess, build_transform, load_dataset,
+    IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, ImageListDataset, Preprocess, load_dataset,
 )
 from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
 from captum_fgattr.sae import SparseAutoencoder, load_sae
@@ -141,8 +141,9 @@ def size_to_model(config: RunConfig, given: Collection[str]) -> tuple[RunConfig,
     return config.merged(sized), sized
 
 
-def load_split(config: DataConfig, split: str) -> ImageListDataset:
-    """The ``split`` ("val" / "test") images as ``config`` says, with the kind's standard preprocessing.
+def load_split(config: DataConfig, split: str, preprocess: Preprocess | None = None) -> ImageListDataset:
+    """The ``split`` ("val" / "test") images as ``config`` says, with ``preprocess`` (default: the kind's
+    standard preprocessing; :func:`preprocessing` gives the one for a model).
 
     Raises:
         ValueError: see :meth:`DataConfig.location` and :func:`captum_fgattr.bench.data.load_dataset`; or
@@ -150,7 +151,8 @@ def load_split(config: DataConfig, split: str) -> ImageListDataset:
         FileNotFoundError / NotADirectoryError: the dataset folder or class-names file is missing.
     """
     root, name = config.location(split)
-    load = partial(load_dataset, config.kind, root, name, seed=config.seed, class_names=config.class_names)
+    load = partial(load_dataset, config.kind, root, name, seed=config.seed, class_names=config.class_names,
+                   preprocess=preprocess)
     if split == "test":
         return load(subset=config.test_subset)
     if not config.same_images():
@@ -197,11 +199,12 @@ def preprocessing(config: DataConfig, model: nn.Module) -> Preprocess:
 
 
 def load_inputs(config: RunConfig, split: str) -> tuple[nn.Module, ImageListDataset]:
-    """The model and the ``split`` images preprocessed for it; CLIP classifies over the split's class names."""
-    data = load_split(config.data, split)
-    model = load_model(config.model, class_names=data.class_names)
-    data.transform = build_transform(preprocessing(config.data, model))
-    return model, data
+    """The model and the ``split`` images preprocessed for it, resolved in a fixed order: the layout's class
+    names (CLIP classifies over them) -> the model -> its preprocessing -> the dataset; nothing is changed
+    afterwards."""
+    class_names = load_split(config.data, split).class_names  # a file listing; images are read lazily
+    model = load_model(config.model, class_names=class_names)
+    return model, load_split(config.data, split, preprocessing(config.data, model))
 
 
 def load_saes(saes: str | Mapping[str, str] | None, layers: list[int]) -> dict[int, SparseAutoencoder]:

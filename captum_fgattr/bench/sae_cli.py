@@ -175,8 +175,8 @@ def _run(args: argparse.Namespace) -> int:
                             "data.mean": args.mean, "data.std": args.std})
     if not config.model.name:
         raise ValueError("no model: give --model (e.g. timm:vit_base_patch16_224) or a --config file with model.name")
-    dataset = ImageFolderDataset(args.data)
-    model = load_model(config.model, class_names=dataset.classes).to(device)
+    classes = ImageFolderDataset(args.data).classes  # a file listing: the class names CLIP classifies over
+    model = load_model(config.model, class_names=classes).to(device)
     adapter = get_adapter(model)
     if args.layers is not None:
         bad = [layer for layer in args.layers if not 0 <= layer < adapter.depth]
@@ -184,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(f"--layers {bad} out of range for {config.model.name} with {adapter.depth} blocks "
                              f"(0..{adapter.depth - 1})")
     preprocess = preprocessing(config.data, model)
-    dataset.transform = build_transform(preprocess)
+    dataset = ImageFolderDataset(args.data, build_transform(preprocess))
     train_ids, heldout_ids = heldout_split(dataset.targets, args.heldout_fraction, args.seed)
 
     def loader_of(ids: list[int]) -> torch.utils.data.DataLoader:
