@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from captum_fgattr.bench.experiments import control_groups
 from captum_fgattr.bench.methods import MethodSpec
-from captum_fgattr.bench.stats import PairedComparison, holm_adjust, paired_comparison, stars, verdict
 from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRICS, SPEC_OF
+from captum_fgattr.bench.stats import PairedComparison, holm_adjust, paired_comparison, stars, verdict
 from captum_fgattr.bench.store import ResultStore
 
 __all__ = ["Comparison", "AGAINST_TITLES", "claim_comparisons", "format_p", "verdict_lines"]
@@ -76,7 +76,7 @@ def claim_comparisons(store: ResultStore, experiment: str, split: str) -> list[C
                 result = paired_comparison(real, _aligned(store, split, reference, ids, metric))
                 raw.append(Comparison(group.real, against, len(reference), metric, result))
     adjusted = holm_adjust([c.result for c in raw])
-    return [Comparison(c.configuration, c.against, c.n_references, c.metric, r) for c, r in zip(raw, adjusted)]
+    return [replace(c, result=r) for c, r in zip(raw, adjusted)]
 
 
 def format_p(p: float) -> str:
