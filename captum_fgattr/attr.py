@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from captum_fgattr.adapters import Captured, capture
 from captum_fgattr.gates import (
-    DECODER_PAIRED_VARIANTS, SAE_VARIANTS, VARIANTS, exp_tanh_gates, feature_gradient_scores, gate_columns,
+    CODE_VARIANTS, DECODER_PAIRED_VARIANTS, SAE_VARIANTS, VARIANTS, exp_tanh_gates, feature_gradient_scores, gate_columns,
     patch_permutations, residual_scores, robust_z,
 )
 from captum_fgattr.patch_attribution import PatchAttribution, check_finite
@@ -193,7 +193,8 @@ class FeatureGradientTransMM(TransMM):
                 decoder = self.decoder(layer)
                 x = captured.resid[layer][:, prefix:].to(decoder)
                 grad = captured.resid_grad[layer][:, prefix:].to(decoder)
-                codes = sae.encode_sparse(x) if self.variant in SAE_VARIANTS else None
+                needs_codes = self.variant in CODE_VARIANTS or (self.top_features and self.variant in SAE_VARIANTS)
+                codes = sae.encode_sparse(x) if needs_codes else None
                 scores = self._scores(sae, x, grad, decoder, codes)
                 gates = exp_tanh_gates(robust_z(scores), self.kappa[layer], self.c_max[layer])
                 if self.permute_gates_seed is not None:
@@ -208,8 +209,8 @@ class FeatureGradientTransMM(TransMM):
     def _scores(self, sae: SparseAutoencoder, x: Tensor, grad: Tensor, decoder: Tensor,
                 codes: tuple[Tensor, Tensor] | None) -> Tensor:
         """(B, T) scores of :attr:`variant` from the patch tokens x and gradients grad (B, T, D)."""
-        if codes is not None:
-            return feature_gradient_scores(*codes, grad, decoder, self.variant)
+        if self.variant in SAE_VARIANTS:
+            return feature_gradient_scores(grad, decoder, self.variant, codes)
         b_dec = sae.b_dec.detach().to(x)
         centered = sae.normalize(x)[0].to(x) - b_dec if self.variant == "grad_input_centered" else x
         return residual_scores(x, grad, centered, b_dec, self.variant)

@@ -12,6 +12,8 @@ from torch import Tensor
 
 #: scores computed from the SAE's codes and decoder
 SAE_VARIANTS = ("combined", "activation", "gradient", "gradient_signed")
+#: the SAE scores that read the codes f_t (the gradient-only ones sum over every decoder row instead)
+CODE_VARIANTS = ("combined", "activation")
 #: controls computed from the residual stream alone (``b_dec`` is the only SAE quantity they read)
 RESIDUAL_VARIANTS = ("grad_input", "grad_input_centered", "bias_projection", "token_norm")
 VARIANTS = SAE_VARIANTS + RESIDUAL_VARIANTS
@@ -32,24 +34,28 @@ def decode_codes(values: Tensor, indices: Tensor, decoder: Tensor) -> Tensor:
     return flat.reshape(*values.shape[:-1], decoder.shape[1])
 
 
-def feature_gradient_scores(values: Tensor, indices: Tensor, grad: Tensor, decoder: Tensor, variant: str = "combined") -> Tensor:
+def feature_gradient_scores(grad: Tensor, decoder: Tensor, variant: str = "combined",
+                            codes: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Per-patch scores s_t.
 
     Args:
-        values, indices: (B, T, m) the SAE codes f_t in sparse form (``f_t[indices] = values``, others 0).
         grad: (B, T, D) gradient g_t of the target logit at the gated resid_post.
         decoder: (K, D) decoder directions d_k (rows), as stored (or row-permuted for the control).
         variant: ``combined``: Σ_k f_tk⟨g_t, d_k⟩ = ⟨g_t, Dᵀf_t⟩; ``activation``: Σ_k f_tk;
             ``gradient``: Σ_k |⟨g_t, d_k⟩|; ``gradient_signed``: Σ_k ⟨g_t, d_k⟩ = ⟨g_t, Σ_k d_k⟩
-            (sums over all K features).
+            (the last two sum over all K features and need no codes).
+        codes: (values, indices), each (B, T, m): the SAE codes f_t in sparse form (``f_t[indices] = values``,
+            others 0); needed for :data:`CODE_VARIANTS`.
 
     Returns:
         (B, T) scores.
     """
+    if variant in CODE_VARIANTS and codes is None:
+        raise ValueError(f"variant={variant!r} needs the SAE codes")
     if variant == "combined":
-        return (decode_codes(values, indices, decoder) * grad).sum(dim=-1)
+        return (decode_codes(*codes, decoder) * grad).sum(dim=-1)
     if variant == "activation":
-        return values.sum(dim=-1)
+        return codes[0].sum(dim=-1)
     if variant == "gradient":
         return (grad @ decoder.T).abs().sum(dim=-1)
     if variant == "gradient_signed":

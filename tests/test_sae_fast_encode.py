@@ -146,7 +146,7 @@ def test_fast_path_is_skipped_where_it_cannot_be_exact():
     assert sae.last_fast_encode is None
 
 
-@pytest.mark.parametrize("variant", ["combined", "activation", "gradient"])
+@pytest.mark.parametrize("variant", ["combined", "activation"])  # the scores that read the SAE codes
 def test_fg_maps_identical_with_and_without_the_fast_path(one_torch_thread, variant):
     vit = make_vit()
     saes = {layer: make(32, 256, k=8, normalize=norm, seed=layer) for layer, norm in zip((0, 1, 2), NORMS)}
@@ -162,3 +162,14 @@ def test_fg_maps_identical_with_and_without_the_fast_path(one_torch_thread, vari
         assert all((sae.last_fast_encode is not None) == fast for sae in saes.values())
     torch.testing.assert_close(gates[True], gates[False], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(maps[True], maps[False], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("variant", ["gradient", "gradient_signed"])
+def test_gradient_only_scores_do_not_encode(one_torch_thread, variant, monkeypatch):
+    """They sum over every decoder row: no SAE encode runs (unless top features are asked for)."""
+    vit = make_vit()
+    saes = {1: make(32, 256, k=8, normalize="none", seed=1)}
+    calls = []
+    monkeypatch.setattr(saes[1], "encode_sparse", lambda x: calls.append(x) or (_ for _ in ()).throw(AssertionError))
+    FeatureGradientTransMM(vit, saes, variant=variant).attribute(torch.randn(2, 3, 32, 32), target=0)
+    assert calls == []
