@@ -8,7 +8,7 @@ Experiments, in order (each also evaluates TransMM, the baseline every effect re
 2. ``multi_layer`` (validation): each of ``multi_layers`` with the method's variant, at (κ, c_max).
 3. ``kappa_cmax`` (validation): ``kappas × c_maxes`` on the selected multi-layer configuration.
 4. ``test``: TransMM; FG (real SAE) at the selected single-layer and multi-layer configurations, each with
-   its controls (:data:`CONTROLS`: shuffled decoder over several seeds, grad_input, grad_input_centered,
+   its controls (``Protocol.controls``: shuffled decoder over several seeds, grad_input, grad_input_centered,
    bias_projection, permuted gates; same layers, κ, c_max and gate formula); the baselines.
 
 Selection rule (:data:`SELECTION_RULE`), stored in the run's ``selections`` table with every candidate's
@@ -25,7 +25,7 @@ import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TextIO, Union
 
 import torch
@@ -33,18 +33,17 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from captum_fgattr.adapters import get_adapter
-from captum_fgattr.bench.config import EvalConfig
+from captum_fgattr.bench.config import EvalConfig, Protocol
 from captum_fgattr.bench.evaluate import Shard, evaluate_methods, select_ids
-from captum_fgattr.bench.config import CONTROLS, VARIANTS, Protocol
 from captum_fgattr.bench.methods import FGParams, MethodSpec
-from captum_fgattr.bench.stats import paired_comparison, percent_improvement, summarize
 from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRICS
+from captum_fgattr.bench.stats import paired_comparison, percent_improvement, summarize
 from captum_fgattr.bench.store import ResultStore, Selection
 from captum_fgattr.gates import RESIDUAL_VARIANTS
 from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = [
-    "Protocol", "SELECTION_RULE", "SINGLE", "MULTI", "GRID", "TEST", "VARIANTS", "CONTROLS", "DataSource",
+    "SELECTION_RULE", "SINGLE", "MULTI", "GRID", "TEST", "DataSource", "fg_spec_of", "standardised_effects",
     "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep", "run_test", "current_shard",
     "sync_ranks", "control_specs", "control_name", "baseline_spec", "StudyClock",
 ]
@@ -80,12 +79,16 @@ def transmm_spec() -> MethodSpec:
 def fg_spec(layers: Sequence[int], variant: str, kappa: float, c_max: float, shuffle_seed: int | None = None,
             permute_seed: int | None = None) -> MethodSpec:
     """FG-TransMM spec with every parameter explicit (so equal configurations share stored results)."""
-    params = FGParams(tuple(layers), variant, kappa, c_max, shuffle_seed, permute_seed)
+    return fg_spec_of(FGParams(tuple(layers), variant, kappa, c_max, shuffle_seed, permute_seed))
+
+
+def fg_spec_of(params: FGParams) -> MethodSpec:
+    """The spec of typed FG parameters, labelled for tables (e.g. ``FG L[1,2] combined κ=1 c=50``)."""
     where = f"L{params.layers[0]}" if len(params.layers) == 1 else "L[" + ",".join(map(str, params.layers)) + "]"
-    label = f"FG {where} {variant} κ={params.kappa:g} c={params.c_max:g}"
-    if shuffle_seed is not None:
-        label += f" shuffled decoder s{shuffle_seed}"
-    if permute_seed is not None:
+    label = f"FG {where} {params.variant} κ={params.kappa:g} c={params.c_max:g}"
+    if params.shuffle_seed is not None:
+        label += f" shuffled decoder s{params.shuffle_seed}"
+    if params.permute_seed is not None:
         label += " permuted gates"
     return MethodSpec("fg", params.to_params(), label)
 
@@ -96,12 +99,11 @@ def control_specs(real: MethodSpec, protocol: Protocol) -> dict[str, list[Method
     out: dict[str, list[MethodSpec]] = {}
     for control in protocol.controls:
         if control == "shuffled_decoder":
-            out[control] = [fg_spec(p.layers, p.variant, p.kappa, p.c_max, shuffle_seed=seed)
-                            for seed in protocol.shuffle_seeds]
+            out[control] = [fg_spec_of(replace(p, shuffle_seed=seed)) for seed in protocol.shuffle_seeds]
         elif control == "permuted_gates":
-            out[control] = [fg_spec(p.layers, p.variant, p.kappa, p.c_max, permute_seed=protocol.permute_seed)]
+            out[control] = [fg_spec_of(replace(p, permute_seed=protocol.permute_seed))]
         else:
-            out[control] = [fg_spec(p.layers, control, p.kappa, p.c_max)]
+            out[control] = [fg_spec_of(replace(p, variant=control))]
     return out
 
 
@@ -110,11 +112,11 @@ class ControlGroup:
     """One FG configuration of the test experiment and its controls (same layers, κ, c_max)."""
 
     real: MethodSpec
-    controls: dict[str, list[MethodSpec]]  # control name (:data:`CONTROLS`) -> its method specs
+    controls: dict[str, list[MethodSpec]]  # control name (``Protocol.controls``) -> its method specs
 
 
 def control_name(spec: MethodSpec) -> str | None:
-    """Which control an FG spec is (a key of :data:`CONTROLS`), or None for a real-feature method."""
+    """Which control an FG spec is (a name of ``Protocol.controls``), or None for a real-feature method."""
     p = spec.fg
     if p.shuffle_seed is not None:
         return "shuffled_decoder"
@@ -151,6 +153,12 @@ def sync_ranks() -> None:
         torch.distributed.barrier()
 
 
+def standardised_effects(candidate: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, float]:
+    """Metric -> d_z of ``candidate`` − ``base`` per-image scores (aligned columns of :meth:`ResultStore.scores`),
+    sign flipped for lower-is-better metrics so that positive is better."""
+    return {m: paired_comparison(candidate[m], base[m]).oriented_d_z(HIGHER_IS_BETTER[m]) for m in METRICS}
+
+
 def select_best(
     store: ResultStore, name: str, experiment: str, split: str, candidates: Sequence[MethodSpec], image_ids: Sequence[int],
 ) -> Selection:
@@ -171,14 +179,14 @@ def select_best(
     scores: dict[str, dict[str, Any]] = {}
     for spec in candidates:
         mine = columns(spec)
+        effects = standardised_effects(mine, base)
         record: dict[str, Any] = {"label": spec.label}
         for m in METRICS:
             mean = summarize(mine[m]).mean
-            comparison = paired_comparison(mine[m], base[m])
             record.update({f"{m}_mean": mean, f"{m}_pct": percent_improvement(mean, base_means[m], HIGHER_IS_BETTER[m]),
-                           f"{m}_dz": comparison.oriented_d_z(HIGHER_IS_BETTER[m])})
+                           f"{m}_dz": effects[m]})
         record["mean_pct"] = sum(record[f"{m}_pct"] for m in METRICS) / len(METRICS)
-        record["mean_dz"] = sum(record[f"{m}_dz"] for m in METRICS) / len(METRICS)
+        record["mean_dz"] = sum(effects.values()) / len(METRICS)
         scores[spec.key] = record
     ranked = [(s if math.isfinite(s) else -math.inf) for s in (scores[spec.key]["mean_dz"] for spec in candidates)]
     best = candidates[ranked.index(max(ranked))]
@@ -311,7 +319,7 @@ def final_specs(store: ResultStore, protocol: Protocol) -> list[MethodSpec]:
         chosen.append(selection.chosen)
     specs = [transmm_spec()]
     for params in chosen:
-        real = fg_spec(params.layers, params.variant, params.kappa, params.c_max)
+        real = fg_spec_of(params)
         if real in specs:  # the multi-layer choice can equal the single-layer one
             continue
         specs.append(real)

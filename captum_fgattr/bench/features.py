@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.attr import FeatureGradientTransMM, GatedLayer, TransMM
-from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups, control_name, fg_spec
+from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups, control_name, fg_spec_of
 from captum_fgattr.bench.feature_findings import Case, FeatureAnalysis, FeatureStats, PatchFinding
 from captum_fgattr.bench.features_prototypes import FeatureKey, feature_prototypes
 from captum_fgattr.bench.features_report import write_feature_report
@@ -173,8 +173,7 @@ def select_fg_method(store: ResultStore, split: str = "test", experiment: str = 
     stored = store.selection(selection)
     if stored is None:
         raise ValueError(f"run {store.run_dir} has no {selection!r} selection")
-    p = stored.chosen
-    key = fg_spec(p.layers, p.variant, p.kappa, p.c_max).key
+    key = fg_spec_of(stored.chosen).key
     match = [s for s in real if s.key == key]
     if not match:
         raise ValueError(f"the {selection!r} selection was not evaluated in experiment {experiment!r}")

@@ -26,10 +26,12 @@ from matplotlib.figure import Figure
 
 from captum_fgattr.bench.comparisons import Comparison, claim_comparisons, format_p, verdict_lines
 from captum_fgattr.bench.config import PF_SCALES
-from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups, control_name
+from captum_fgattr.bench.experiments import (
+    GRID, MULTI, SINGLE, TEST, control_groups, control_name, standardised_effects,
+)
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.stats import (
-    Summary, TTest, paired_comparison, paired_ttest, percent_improvement, summarize, welch_ttest,
+    Summary, TTest, paired_ttest, percent_improvement, summarize, welch_ttest,
 )
 from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRIC_SPECS, METRICS, SPEC_OF
 from captum_fgattr.bench.store import STORE_NAME, ResultStore
@@ -380,20 +382,18 @@ def _validation_summary(store: ResultStore) -> str | None:
         base = next((s for s in specs if s.name == "transmm"), None)
         if base is None:
             continue
+        base_columns = store.scores("val", base.key, ids)
         best: dict[str, tuple[float, MethodSpec, dict[str, float]]] = {}
         for spec in (s for s in specs if s.name == "fg"):
-            effects = {}
-            for metric in METRICS:
-                a, b = store.scores("val", spec.key, ids)[metric], store.scores("val", base.key, ids)[metric]
-                if len(a) != len(b):
-                    break
-                effects[metric] = paired_comparison(a, b).oriented_d_z(HIGHER_IS_BETTER[metric])
-            else:
-                key = spec.fg.variant if experiment == SINGLE else "multi-layer"
-                score = float(np.mean(list(effects.values())))
-                score = score if math.isfinite(score) else -math.inf
-                if key not in best or score > best[key][0]:
-                    best[key] = (score, spec, effects)
+            columns = store.scores("val", spec.key, ids)
+            if len(columns["image_id"]) != len(base_columns["image_id"]):
+                continue  # unfinished
+            effects = standardised_effects(columns, base_columns)
+            key = spec.fg.variant if experiment == SINGLE else "multi-layer"
+            score = float(np.mean(list(effects.values())))
+            score = score if math.isfinite(score) else -math.inf
+            if key not in best or score > best[key][0]:
+                best[key] = (score, spec, effects)
         for key, (score, spec, effects) in best.items():
             rows.append("| " + " | ".join([key, spec.label] + [_fmt(effects[m], 2) for m in METRICS]
                                           + [_fmt(score, 2)]) + " |")
