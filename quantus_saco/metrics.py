@@ -55,6 +55,24 @@ def _predict(model: ModelInterface, x: np.ndarray) -> np.ndarray:
 class _PatchMetric:
     """Shared glue of the three patch metrics.
 
+    * ``__init__``: each metric declares only its own parameters; its other keyword arguments
+      are the Quantus ones (``abs``, ``normalise``, ``normalise_func``, ``normalise_func_kwargs``,
+      ``perturb_func``, ``perturb_baseline``, ``perturb_func_kwargs``, ``return_aggregate``,
+      ``aggregate_func``, ``default_plot_func``, ``disable_warnings``, ``display_progressbar``),
+      passed on unchanged by ``_quantus_kwargs`` over the project defaults, which differ from
+      Quantus's where it matters here:
+
+      - ``normalise=False``: raw attributions;
+      - ``return_aggregate=False``: one score per image;
+      - ``aggregate_func=np.nanmean``: undefined (NaN) samples excluded;
+      - ``perturb_func=batch_patch_replacement_by_indices``: Quantus batched perturbation with
+        patch indices, called as ``perturb_func(arr=, indices=, image_shape=, patch_size=,
+        perturb_baseline=, **perturb_func_kwargs)``;
+      - ``perturb_baseline="mean"``: the per-sample image mean (docs/method.md §4).
+
+      ``perturb_func=None`` and ``aggregate_func=None`` also mean the project default; the
+      other arguments default to False or None, which Quantus resolves as usual (e.g.
+      ``normalise_func=None`` is ``normalise_by_max``).
     * ``__call__``: fixes the model output (logits or softmax) the definition uses and
       accepts patch-grid attributions, (B, P) or (B, gh, gw), by repeating them over pixels.
     * ``evaluate_batch`` helpers: numpy -> patch tensors, perturbed forwards via ``perturb_func``.
@@ -65,6 +83,31 @@ class _PatchMetric:
     patch_size: int
     perturb_func: Callable[..., np.ndarray]
     n_undefined: int = 0
+
+    _quantus_defaults: ClassVar[Dict[str, Any]] = dict(
+        abs=False,
+        normalise=False,
+        normalise_func=None,
+        normalise_func_kwargs=None,
+        perturb_func=batch_patch_replacement_by_indices,
+        perturb_baseline="mean",
+        perturb_func_kwargs=None,
+        return_aggregate=False,
+        aggregate_func=np.nanmean,
+        default_plot_func=None,
+        disable_warnings=False,
+        display_progressbar=False,
+    )
+
+    @classmethod
+    def _quantus_kwargs(cls, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        """A metric's Quantus keyword arguments over the project defaults (see the class docstring).
+        Names Quantus does not know are kept, for Quantus to refuse."""
+        merged = {**cls._quantus_defaults, **kwargs}
+        for name in ("perturb_func", "aggregate_func"):
+            if merged[name] is None:
+                merged[name] = cls._quantus_defaults[name]
+        return merged
 
     def __call__(
         self,
@@ -186,47 +229,24 @@ class SaCo(_PatchMetric, Metric[List[float]]):
         self,
         patch_size: int,
         n_groups: int = 10,
-        abs: bool = False,
-        normalise: bool = False,
-        normalise_func: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-        normalise_func_kwargs: Optional[Dict[str, Any]] = None,
-        perturb_func: Optional[Callable[..., np.ndarray]] = None,
-        perturb_baseline: Union[str, float] = "mean",
-        perturb_func_kwargs: Optional[Dict[str, Any]] = None,
-        return_aggregate: bool = False,
-        aggregate_func: Optional[Callable] = None,
-        default_plot_func: Optional[Callable] = None,
-        disable_warnings: bool = False,
-        display_progressbar: bool = False,
         **kwargs: Any,
     ):
         """
         Args:
             patch_size: side of the square ViT patch, in pixels.
             n_groups: K >= 2 groups (at most the number of patches); the thesis used 49 for 196 patches.
-            perturb_func: Quantus batched perturbation with patch indices
-                (default ``batch_patch_replacement_by_indices``).
-            perturb_baseline: replacement value, default the per-sample mean (docs/method.md §4).
-            aggregate_func: default ``np.nanmean`` (undefined samples excluded).
-            Other arguments as in ``quantus.Metric``; normalise defaults to False (raw attributions).
+            **kwargs: as in ``quantus.Metric``, plus ``perturb_func``, ``perturb_baseline`` and
+                ``perturb_func_kwargs`` as in the Quantus perturbation metrics (the groups are
+                replaced with them); project defaults as listed in ``_PatchMetric``.
         """
-        super().__init__(
-            abs=abs,
-            normalise=normalise,
-            normalise_func=normalise_func,
-            normalise_func_kwargs=normalise_func_kwargs,
-            return_aggregate=return_aggregate,
-            aggregate_func=aggregate_func or np.nanmean,
-            default_plot_func=default_plot_func,
-            disable_warnings=disable_warnings,
-            display_progressbar=display_progressbar,
-            **kwargs,
+        quantus_kwargs = self._quantus_kwargs(kwargs)
+        perturb_func, perturb_baseline, perturb_func_kwargs = (
+            quantus_kwargs.pop(name) for name in ("perturb_func", "perturb_baseline", "perturb_func_kwargs")
         )
+        super().__init__(**quantus_kwargs)
         self.patch_size = _check_int("patch_size", patch_size, 1)
         self.n_groups = _check_int("n_groups", n_groups, 2)
-        self.perturb_func = make_perturb_func(
-            perturb_func or batch_patch_replacement_by_indices, perturb_func_kwargs, perturb_baseline=perturb_baseline
-        )
+        self.perturb_func = make_perturb_func(perturb_func, perturb_func_kwargs, perturb_baseline=perturb_baseline)
         if not self.disable_warnings:
             warn.warn_parameterisation(
                 metric_name=self.__class__.__name__,
@@ -287,18 +307,6 @@ class PatchFaithfulnessCorrelation(_PatchMetric, FaithfulnessCorrelation):
         subset_size: int = 20,
         correlation: str = "pearson",
         seed: int = 0,
-        abs: bool = False,
-        normalise: bool = False,
-        normalise_func: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-        normalise_func_kwargs: Optional[Dict[str, Any]] = None,
-        perturb_func: Optional[Callable[..., np.ndarray]] = None,
-        perturb_baseline: Union[str, float] = "mean",
-        perturb_func_kwargs: Optional[Dict[str, Any]] = None,
-        return_aggregate: bool = False,
-        aggregate_func: Optional[Callable] = None,
-        default_plot_func: Optional[Callable] = None,
-        disable_warnings: bool = False,
-        display_progressbar: bool = False,
         **kwargs: Any,
     ):
         """
@@ -308,8 +316,8 @@ class PatchFaithfulnessCorrelation(_PatchMetric, FaithfulnessCorrelation):
             subset_size: patches per subset, 1 <= subset_size < number of patches (thesis: 20 of 196).
             correlation: "pearson" or "spearman".
             seed: seed of the subset sampling.
-            Other arguments as in ``quantus.FaithfulnessCorrelation``; ``return_aggregate`` and
-            ``normalise`` default to False, ``aggregate_func`` to ``np.nanmean``.
+            **kwargs: as in ``quantus.FaithfulnessCorrelation`` (but ``similarity_func``, set by
+                ``correlation``); project defaults as listed in ``_PatchMetric``.
         """
         if correlation not in CORRELATIONS:
             raise ValueError(f"correlation={correlation!r}; expected one of {sorted(CORRELATIONS)}")
@@ -317,19 +325,7 @@ class PatchFaithfulnessCorrelation(_PatchMetric, FaithfulnessCorrelation):
             similarity_func=CORRELATIONS[correlation],
             nr_runs=_check_int("nr_runs", nr_runs, 2),
             subset_size=_check_int("subset_size", subset_size, 1),
-            abs=abs,
-            normalise=normalise,
-            normalise_func=normalise_func,
-            normalise_func_kwargs=normalise_func_kwargs,
-            perturb_func=perturb_func or batch_patch_replacement_by_indices,
-            perturb_baseline=perturb_baseline,
-            perturb_func_kwargs=perturb_func_kwargs,
-            return_aggregate=return_aggregate,
-            aggregate_func=aggregate_func or np.nanmean,
-            default_plot_func=default_plot_func,
-            disable_warnings=disable_warnings,
-            display_progressbar=display_progressbar,
-            **kwargs,
+            **self._quantus_kwargs(kwargs),
         )
         self.patch_size = _check_int("patch_size", patch_size, 1)
         self.correlation = correlation
@@ -386,18 +382,6 @@ class PatchPixelFlipping(_PatchMetric, PixelFlipping):
         patches_in_step: int = 1,
         return_auc_per_sample: bool = True,
         auc_scale: str = "unit",
-        abs: bool = False,
-        normalise: bool = False,
-        normalise_func: Optional[Callable[[np.ndarray], np.ndarray]] = None,
-        normalise_func_kwargs: Optional[Dict[str, Any]] = None,
-        perturb_func: Optional[Callable[..., np.ndarray]] = None,
-        perturb_baseline: Union[str, float] = "mean",
-        perturb_func_kwargs: Optional[Dict[str, Any]] = None,
-        return_aggregate: bool = False,
-        aggregate_func: Optional[Callable] = None,
-        default_plot_func: Optional[Callable] = None,
-        disable_warnings: bool = False,
-        display_progressbar: bool = False,
         **kwargs: Any,
     ):
         """
@@ -406,27 +390,15 @@ class PatchPixelFlipping(_PatchMetric, PixelFlipping):
             patches_in_step: patches removed per step (>= 1, at most the number of patches).
             return_auc_per_sample: True: one AUC per image; False: the curves (S + 1 points each).
             auc_scale: "unit" (AUC in [0, 1]) or "patches" (AUC x number of patches).
-            Other arguments as in ``quantus.PixelFlipping``; ``normalise`` defaults to False,
-            ``aggregate_func`` to ``np.nanmean``.
+            **kwargs: as in ``quantus.PixelFlipping`` (but ``features_in_step``, set by
+                ``patches_in_step``); project defaults as listed in ``_PatchMetric``.
         """
         if auc_scale not in AUC_SCALES:
             raise ValueError(f"auc_scale={auc_scale!r}; expected one of {AUC_SCALES}")
         super().__init__(
             features_in_step=_check_int("patches_in_step", patches_in_step, 1),
-            abs=abs,
-            normalise=normalise,
-            normalise_func=normalise_func,
-            normalise_func_kwargs=normalise_func_kwargs,
-            perturb_func=perturb_func or batch_patch_replacement_by_indices,
-            perturb_baseline=perturb_baseline,
-            perturb_func_kwargs=perturb_func_kwargs,
-            return_aggregate=return_aggregate,
-            aggregate_func=aggregate_func or np.nanmean,
             return_auc_per_sample=return_auc_per_sample,
-            default_plot_func=default_plot_func,
-            disable_warnings=disable_warnings,
-            display_progressbar=display_progressbar,
-            **kwargs,
+            **self._quantus_kwargs(kwargs),
         )
         self.patch_size = _check_int("patch_size", patch_size, 1)
         self.auc_scale = auc_scale

@@ -12,6 +12,7 @@ from timm.models.vision_transformer import VisionTransformer
 import quantus_saco
 from quantus_saco import PatchFaithfulnessCorrelation, PatchPixelFlipping, SaCo
 from quantus_saco.patches import sample_subsets
+from quantus_saco.perturb import batch_patch_replacement_by_indices
 
 P_SIZE = 8  # 32x32 images -> 4x4 = 16 patches
 N_PATCHES = 16
@@ -34,32 +35,32 @@ def ref_output(model, img, t, prob):
     return float((torch.softmax(out, -1) if prob else out)[t])
 
 
-def ref_saco(model, img, attr, t, k):
+def ref_saco(model, img, attr, t, k, baseline=np.mean):
     order = np.argsort(-attr, kind="stable")
     groups = np.array_split(order, k)
     s = [attr[g].sum() for g in groups]
     p0 = ref_output(model, img, t, True)
-    d = [p0 - ref_output(model, ref_replace(img, g, img.mean()), t, True) for g in groups]
+    d = [p0 - ref_output(model, ref_replace(img, g, baseline(img)), t, True) for g in groups]
     w = [(s[i] - s[j]) * (1 if d[i] >= d[j] else -1) for i in range(k) for j in range(i + 1, k)]
     return sum(w) / sum(abs(v) for v in w)
 
 
-def ref_pf_curve(model, img, attr, t, step):
+def ref_pf_curve(model, img, attr, t, step, baseline=np.mean):
     order = np.argsort(-attr, kind="stable")
     counts = [min(n, N_PATCHES) for n in range(0, N_PATCHES + step, step)]
-    return counts, [ref_output(model, ref_replace(img, order[:n], img.mean()), t, True) for n in counts]
+    return counts, [ref_output(model, ref_replace(img, order[:n], baseline(img)), t, True) for n in counts]
 
 
-def ref_pf_auc(model, img, attr, t, step):
-    counts, curve = ref_pf_curve(model, img, attr, t, step)
+def ref_pf_auc(model, img, attr, t, step, baseline=np.mean):
+    counts, curve = ref_pf_curve(model, img, attr, t, step, baseline)
     xs = [n / N_PATCHES for n in counts]
     return sum((xs[i + 1] - xs[i]) * (curve[i] + curve[i + 1]) / 2 for i in range(len(xs) - 1))
 
 
-def ref_fc_terms(model, img, attr, t, subsets):
+def ref_fc_terms(model, img, attr, t, subsets, baseline=np.mean):
     y0 = ref_output(model, img, t, False)
     sums = [attr[s].sum() for s in subsets]
-    drops = [y0 - ref_output(model, ref_replace(img, s, img.mean()), t, False) for s in subsets]
+    drops = [y0 - ref_output(model, ref_replace(img, s, baseline(img)), t, False) for s in subsets]
     return np.array(sums), np.array(drops)
 
 
@@ -375,3 +376,83 @@ def test_engine_refuses_negative_targets_and_a_wrong_patch_size(vit, data):
                                             fc_subset_size=4, fc_runs=4)
     with pytest.raises(ValueError, match="patch_size=16"):
         quantus_saco.evaluate_patch_metrics(vit, x, a[:, :4], None, 16, saco_groups=2, fc_subset_size=2, fc_runs=4)
+
+
+# ---------------------------------------------------------------- shared Quantus arguments and project defaults
+
+
+SHARED_OWN = {SaCo: dict(n_groups=4), PatchFaithfulnessCorrelation: dict(nr_runs=5, subset_size=3, seed=2),
+              PatchPixelFlipping: dict(patches_in_step=3)}
+SHARED_TOL = {SaCo: 1e-6, PatchFaithfulnessCorrelation: 1e-4, PatchPixelFlipping: 1e-6}  # FC: fp32 noise in tiny drops
+
+
+def ref_scores(metric_cls, model, x, a, y, baseline=np.mean):
+    """Per-image explicit references for the ``SHARED_OWN`` metrics; ``baseline(img)`` is the replacement value."""
+    if metric_cls is SaCo:
+        return [ref_saco(model, x[b], a[b], y[b], 4, baseline) for b in range(len(x))]
+    if metric_cls is PatchPixelFlipping:
+        return [ref_pf_auc(model, x[b], a[b], y[b], 3, baseline) for b in range(len(x))]
+    subsets = sample_subsets(range(len(x)), 5, N_PATCHES, 3, seed=2).numpy()
+    return [scipy.stats.pearsonr(*ref_fc_terms(model, x[b], a[b], y[b], subsets[b], baseline))[0] for b in range(len(x))]
+
+
+def scaled(a, factor):
+    return factor * a
+
+
+@pytest.mark.parametrize("metric_cls", [SaCo, PatchFaithfulnessCorrelation, PatchPixelFlipping])
+def test_project_defaults_of_the_shared_quantus_arguments(vit, data, metric_cls):
+    x, y, a = data
+    for explicit in ({}, dict(aggregate_func=None, perturb_func=None)):  # None also means the project default
+        metric = metric_cls(**SHARED_OWN[metric_cls], **explicit, **kw())
+        assert metric.normalise is False and metric.abs is False and metric.return_aggregate is False
+        assert metric.aggregate_func is np.nanmean
+        assert metric.perturb_func.func is batch_patch_replacement_by_indices
+        assert metric.perturb_func.keywords == {"perturb_baseline": "mean"}
+        assert metric.display_progressbar is False
+    # in effect: raw signed attributions, per-sample image mean replaced, one score per image
+    scores = metric(model=vit, x_batch=x, y_batch=y, a_batch=a)
+    np.testing.assert_allclose(scores, ref_scores(metric_cls, vit, x, a, y), rtol=0, atol=SHARED_TOL[metric_cls])
+    # nanmean aggregation: a sample made undefined by hand is left out of the aggregate
+    aggregate = metric_cls(**SHARED_OWN[metric_cls], return_aggregate=True, **kw())
+    aggregate.evaluation_scores = [0.25, np.nan, 0.75]
+    assert aggregate.aggregate_func(aggregate.evaluation_scores) == pytest.approx(0.5)
+    (mean,) = aggregate(model=vit, x_batch=x, y_batch=y, a_batch=a)
+    assert mean == pytest.approx(np.mean(scores), abs=1e-9)
+
+
+@pytest.mark.parametrize("metric_cls", [SaCo, PatchFaithfulnessCorrelation, PatchPixelFlipping])
+def test_shared_quantus_arguments_are_applied(vit, data, metric_cls):
+    x, y, a = data
+    tol = SHARED_TOL[metric_cls]
+
+    def run(**quantus_kwargs):
+        metric = metric_cls(**SHARED_OWN[metric_cls], **quantus_kwargs, **kw())
+        return metric(model=vit, x_batch=x, y_batch=y, a_batch=a)
+
+    def check(scores, expected):
+        np.testing.assert_allclose(scores, expected, rtol=0, atol=tol)
+
+    reference = ref_scores(metric_cls, vit, x, a, y)
+    check(run(abs=True), ref_scores(metric_cls, vit, x, np.abs(a), y))
+    check(run(normalise=True, normalise_func=scaled, normalise_func_kwargs={"factor": -2.0}),
+          ref_scores(metric_cls, vit, x, -2.0 * a, y))
+    check(run(normalise=False, normalise_func=scaled, normalise_func_kwargs={"factor": -2.0}), reference)
+    check(run(normalise=True, normalise_func=scaled, normalise_func_kwargs={"factor": -2.0}, abs=True),
+          ref_scores(metric_cls, vit, x, 2.0 * np.abs(a), y))  # Quantus order: normalise, then abs
+    check(run(perturb_baseline="black"), ref_scores(metric_cls, vit, x, a, y, baseline=np.min))
+    check(run(perturb_baseline=0.25), ref_scores(metric_cls, vit, x, a, y, baseline=lambda img: 0.25))
+    check(run(perturb_func_kwargs={"perturb_baseline": "white"}), ref_scores(metric_cls, vit, x, a, y, baseline=np.max))
+    assert run(return_aggregate=True, aggregate_func=np.median) == pytest.approx([np.median(reference)], abs=tol)
+    assert run(return_aggregate=True) == pytest.approx([np.mean(reference)], abs=tol)
+
+    calls = []
+
+    def recording_perturb(**kwargs):
+        calls.append(kwargs["perturb_baseline"])
+        return batch_patch_replacement_by_indices(**kwargs)
+
+    check(run(perturb_func=recording_perturb), reference)
+    assert calls and set(calls) == {"mean"}
+    with pytest.raises(ValueError, match="Unexpected keyword arguments encountered: {'bogus': 1}"):
+        run(bogus=1)
