@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from captum_fgattr import FeatureGradientTransMM, SparseAutoencoder, TransMM
 from captum_fgattr.bench.default import DEFAULT_VIT, ViTConfig, build_vit
-from captum_fgattr.bench.metric_specs import METRICS
+from captum_fgattr.bench.metric_specs import metric_names
 from captum_fgattr.sae import SAEConfig
 from quantus_saco import PatchFaithfulnessCorrelation, PatchPixelFlipping, SaCo, evaluate_patch_metrics
 
@@ -37,7 +37,6 @@ SAE_EXPANSION = 64  # n_features = 64 * width, as in the thesis
 SAE_K = 128  # TopK k at width 768; scaled in proportion for narrower models
 REFERENCE_WIDTH = 768
 FC_SUBSET_FRACTION = 20 / 196  # thesis: subsets of 20 of ViT-B/16's 196 patches
-EVAL_METRICS: tuple[str, ...] = METRICS  # the per-image scores compared
 
 
 @dataclass(frozen=True)
@@ -369,11 +368,17 @@ def _as_numpy(scores: Mapping[str, Tensor | np.ndarray]) -> dict[str, np.ndarray
     return {k: np.asarray(v.cpu() if isinstance(v, Tensor) else v, dtype=np.float64) for k, v in scores.items()}
 
 
+def compared_metrics(a: Mapping[str, object], b: Mapping[str, object]) -> list[str]:
+    """The registered metrics (table order) that both ``a`` and ``b`` score: the engine's and Quantus's SaCo, FC and
+    PF (a metric registered beyond them has no engine or Quantus counterpart to compare)."""
+    return [k for k in metric_names() if k in a and k in b]
+
+
 def max_abs_difference(a: Mapping[str, Tensor | np.ndarray], b: Mapping[str, Tensor | np.ndarray]) -> float:
-    """Largest |a − b| over :data:`EVAL_METRICS`; NaN where both are NaN counts as equal, elsewhere as inf."""
+    """Largest |a − b| over :func:`compared_metrics`; NaN where both are NaN counts as equal, elsewhere as inf."""
     a, b = _as_numpy(a), _as_numpy(b)
     worst = 0.0
-    for k in EVAL_METRICS:
+    for k in compared_metrics(a, b):
         nan_a, nan_b = np.isnan(a[k]), np.isnan(b[k])
         if (nan_a != nan_b).any():
             return float("inf")
@@ -385,7 +390,7 @@ def max_abs_difference(a: Mapping[str, Tensor | np.ndarray], b: Mapping[str, Ten
 def mean_abs_difference(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> dict[str, float]:
     """Per metric, the mean |a − b| over the images where both are defined."""
     a, b = _as_numpy(a), _as_numpy(b)
-    return {k: float(np.nanmean(np.abs(a[k] - b[k]))) for k in EVAL_METRICS}
+    return {k: float(np.nanmean(np.abs(a[k] - b[k]))) for k in compared_metrics(a, b)}
 
 
 def evaluation_benchmark(

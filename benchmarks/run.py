@@ -92,7 +92,7 @@ def evaluation_table(results: Sequence[dict]) -> str:
             _timing(r, "quantus_eval", "images_per_s"), r["fast_eval_over_quantus"], quantus,
             "/".join(_fmt(_timing(r, n, "peak_mib")) for n in ("fast_eval", "quantus_eval")),
             _timing(r, "fast_eval_autocast", "seconds"),
-            "/".join(_fmt(ac[k]) for k in ("saco", "fc", "pf_auc")) if ac else None,
+            "/".join(_fmt(v) for v in ac.values()) if ac else None,
         ])
     return table(headers, rows)
 

@@ -84,8 +84,8 @@ def test_train_sweep_evaluate_report(study, tmp_path):
     assert len(test_keys) == 1 + 2 * (1 + 5 + 3 + 1) + 2 and selected["single_layer"] in test_keys  # FG real + controls
 
     def column(key: str, metric: str) -> np.ndarray:  # straight from SQLite, NULL = NaN
-        rows = conn.execute(f"SELECT {metric} FROM results WHERE split = 'test' AND method_key = ? "
-                            "ORDER BY image_id", (key,)).fetchall()
+        rows = conn.execute("SELECT value FROM scores WHERE split = 'test' AND method_key = ? AND metric = ? "
+                            "ORDER BY image_id", (key, metric)).fetchall()
         return np.array([np.nan if v is None else v for v, in rows], dtype=float)
 
     with (out / "test.csv").open() as f:

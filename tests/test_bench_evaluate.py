@@ -17,7 +17,7 @@ from captum_fgattr.bench.evaluate import Shard, evaluate_methods, select_ids
 from captum_fgattr.bench.experiments import SELECTION_RULE, fg_spec, run_sweep, transmm_spec
 from captum_fgattr.bench.study import run_study
 from captum_fgattr.bench.methods import MethodSpec, build_method
-from captum_fgattr.bench.metric_specs import METRICS
+from captum_fgattr.bench.metric_specs import metric_names
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from quantus_saco import PatchFaithfulnessCorrelation, PatchPixelFlipping, SaCo
 from tests.conftest import make_vit
@@ -40,8 +40,11 @@ def tiny_setup(n_images: int = 10):
 
 def stored_rows(run_dir: Path) -> list[tuple]:
     with sqlite3.connect(run_dir / "results.sqlite") as conn:
-        return conn.execute("SELECT split, method_key, image_id, label, prediction, target, saco, fc, pf_auc "
-                            "FROM results ORDER BY split, method_key, image_id").fetchall()
+        return conn.execute(
+            "SELECT r.split, r.method_key, r.image_id, r.label, r.prediction, r.target, "
+            + ", ".join(f"(SELECT value FROM scores s WHERE s.split = r.split AND s.method_key = r.method_key AND "
+                        f"s.image_id = r.image_id AND s.metric = '{m}')" for m in ("saco", "fc", "pf_auc"))
+            + " FROM results r ORDER BY r.split, r.method_key, r.image_id").fetchall()
 
 
 def assert_same_rows(a: list[tuple], b: list[tuple]) -> None:
@@ -51,7 +54,7 @@ def assert_same_rows(a: list[tuple], b: list[tuple]) -> None:
 
 
 def test_store_primary_key_nan_and_fingerprint(tmp_path):
-    row = ResultRow("val", transmm_spec().key, 3, "a.png", 1, 2, 2, float("nan"), 0.5, 0.25, 16)
+    row = ResultRow("val", transmm_spec().key, 3, "a.png", 1, 2, 2, {"saco": float("nan"), "fc": 0.5, "pf_auc": 0.25}, 16)
     with ResultStore(tmp_path) as store:
         store.register_experiment("e", "val", [transmm_spec()], [3])
         assert store.add_batch([row]) == 1
@@ -62,7 +65,7 @@ def test_store_primary_key_nan_and_fingerprint(tmp_path):
         store.check_fingerprint({"batch_size": 4})
         with pytest.raises(ValueError, match="batch_size"):
             store.check_fingerprint({"batch_size": 8})
-        view = store._conn.execute("SELECT experiment, method_label, image_id FROM experiment_results").fetchall()
+        view = store._conn.execute("SELECT DISTINCT experiment, method_label, image_id FROM experiment_results").fetchall()
         assert view == [("e", "TransMM", 3)]
 
 
@@ -149,7 +152,7 @@ def test_sweep_selection_follows_the_stated_rule(tmp_path):
         def score(spec):  # mean over metrics of mean(Δ)/SD(Δ), pairs with a NaN dropped, PF flipped
             cols = store.scores("val", spec.key, ids)
             effects = []
-            for m in METRICS:
+            for m in metric_names():
                 d = cols[m] - base[m]
                 d = d[~np.isnan(d)]
                 sd = d.std(ddof=1)

@@ -95,8 +95,9 @@ def fill_store(run_dir, targets, fg_delta):
     rows = []
     for i in ids:
         t = int(targets[i])
-        rows.append(ResultRow("test", transmm_spec().key, i, str(i), t, t, t, 0.2, 0.3, 0.5, 16))
-        rows.append(ResultRow("test", spec.key, i, str(i), t, t, t, 0.2 + fg_delta[i], 0.3, 0.5, 16))
+        rows.append(ResultRow("test", transmm_spec().key, i, str(i), t, t, t, {"saco": 0.2, "fc": 0.3, "pf_auc": 0.5}, 16))
+        rows.append(ResultRow("test", spec.key, i, str(i), t, t, t, {"saco": 0.2 + fg_delta[i], "fc": 0.3, "pf_auc": 0.5},
+                              16))
     store.add_batch(rows)
     return store, spec
 
@@ -200,7 +201,7 @@ def test_features_cli_on_a_configured_run(tmp_path):
     with ResultStore(tmp_path / "run") as store:
         store.log_invocation("evaluate", config.to_dict())
         store.register_experiment("test", "test", [transmm_spec(), spec], range(4))
-        store.add_batch([ResultRow("test", key, i, str(i), 0, 0, 0, 0.1 + d * i, 0.2, 0.5, 16)
+        store.add_batch([ResultRow("test", key, i, str(i), 0, 0, 0, {"saco": 0.1 + d * i, "fc": 0.2, "pf_auc": 0.5}, 16)
                          for i in range(4) for key, d in ((transmm_spec().key, 0.0), (spec.key, 0.1 * (i - 1.5)))])
     assert main(["features", "--run-dir", str(tmp_path / "run"), "--images", "1", "--patches", "2",
                  "--prototypes", "3", "--quiet"]) == 0

@@ -11,7 +11,7 @@ from captum_fgattr.bench.comparisons import claim_comparisons, verdict_lines
 from captum_fgattr.bench.config import Protocol
 from captum_fgattr.bench.experiments import control_groups, control_specs, fg_spec, select_best, transmm_spec
 from captum_fgattr.bench.stats import percent_improvement
-from captum_fgattr.bench.metric_specs import METRICS
+from captum_fgattr.bench.metric_specs import metric_names
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from tests.test_fg_transmm import make_sae
 
@@ -22,7 +22,8 @@ def store_scores(store: ResultStore, experiment: str, split: str, columns: dict)
     """Register ``columns`` {spec: (saco, fc, pf) arrays of N images} as one experiment."""
     store.register_experiment(experiment, split, list(columns), range(N))
     for spec, (saco, fc, pf) in columns.items():
-        store.add_batch([ResultRow(split, spec.key, i, str(i), 0, 0, 0, saco[i], fc[i], pf[i], 16) for i in range(N)])
+        store.add_batch([ResultRow(split, spec.key, i, str(i), 0, 0, 0, {"saco": saco[i], "fc": fc[i], "pf_auc": pf[i]}, 16)
+                         for i in range(N)])
 
 
 def test_selection_by_standardised_effect_picks_the_consistent_candidate(tmp_path):
@@ -77,9 +78,9 @@ def test_planted_comparisons_and_verdicts(tmp_path):
     assert by["shuffled_decoder", "saco"].n_references == 2
     assert by["shuffled_decoder", "saco"].result.delta == np.float64(np.mean(fg[0] - shuffled_mean)).item()
     for against in ("transmm", "shuffled_decoder"):
-        for metric in METRICS:
+        for metric in metric_names():
             assert by[against, metric].result.p_holm < 1e-6
-    assert all(by["grad_input", m].result.p_holm > 0.05 for m in METRICS)
+    assert all(by["grad_input", m].result.p_holm > 0.05 for m in metric_names())
     lines = verdict_lines(comparisons)
     assert lines[0].startswith(f"{real.label} vs TransMM: SaCo better") and "PF better" in lines[0]
     assert lines[1].startswith(f"{real.label} vs shuffled decoder (mean of 2 seeds): SaCo better")

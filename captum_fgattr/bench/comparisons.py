@@ -1,6 +1,6 @@
 """The test experiment's claims as paired comparisons: FG (real SAE) vs TransMM and vs each of its controls.
 
-For every selected FG configuration and every metric, the per-image scores of the real method are paired
+For every selected FG configuration and every registered metric, the per-image scores of the real method are paired
 with those of TransMM and of each control on the same image ids (the shuffled decoder: the per-image mean
 over its seeds). One family: all comparisons of the experiment, Holm-adjusted together.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from captum_fgattr.bench.experiments import control_groups
 from captum_fgattr.bench.methods import MethodSpec
-from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRICS, SPEC_OF
+from captum_fgattr.bench.metric_specs import metric_names, metric_spec
 from captum_fgattr.bench.stats import PairedComparison, holm_adjust, paired_comparison, stars, verdict
 from captum_fgattr.bench.store import ResultStore
 
@@ -40,7 +40,7 @@ class Comparison:
     configuration: MethodSpec  # the real-feature FG method
     against: str  # key of :data:`AGAINST_TITLES`
     n_references: int  # methods averaged per image into the reference (the shuffled-decoder seeds), else 1
-    metric: str
+    metric: str  # name of a registered metric
     result: PairedComparison  # real − reference, p_holm over the experiment's family
 
     @property
@@ -70,7 +70,7 @@ def claim_comparisons(store: ResultStore, experiment: str, split: str) -> list[C
     raw: list[Comparison] = []
     for group in control_groups(specs):
         references = ([("transmm", transmm)] if transmm else []) + list(group.controls.items())
-        for metric in METRICS:
+        for metric in metric_names():
             real = _aligned(store, split, [group.real], ids, metric)
             for against, reference in references:
                 result = paired_comparison(real, _aligned(store, split, reference, ids, metric))
@@ -89,18 +89,19 @@ def _claim(comparisons: Sequence[Comparison]) -> str:
     parts = []
     for c in comparisons:
         r = c.result
-        parts.append(f"{SPEC_OF[c.metric].short} {verdict(r, HIGHER_IS_BETTER[c.metric])} "
+        spec = metric_spec(c.metric)
+        parts.append(f"{spec.short} {verdict(r, spec.higher_is_better)} "
                      f"(Δ {r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], p_Holm {format_p(r.p_holm)}, n {r.n})")
     return ", ".join(parts)
 
 
 def _conclusion(configuration: MethodSpec, comparisons: Sequence[Comparison]) -> str:
     """Whether the configuration improves on TransMM, and whether every control falls short of that gain."""
-    said = {(c.against, c.metric): verdict(c.result, HIGHER_IS_BETTER[c.metric]) for c in comparisons}
-    gains = [m for m in METRICS if said.get(("transmm", m)) == "better"]
-    losses = [m for m in METRICS if said.get(("transmm", m)) == "worse"]
+    said = {(c.against, c.metric): verdict(c.result, metric_spec(c.metric).higher_is_better) for c in comparisons}
+    gains = [m for m in metric_names() if said.get(("transmm", m)) == "better"]
+    losses = [m for m in metric_names() if said.get(("transmm", m)) == "worse"]
     head = f"Conclusion for {configuration.label}: "
-    names = lambda metrics: ", ".join(SPEC_OF[m].short for m in metrics)  # noqa: E731
+    names = lambda metrics: ", ".join(metric_spec(m).short for m in metrics)  # noqa: E731
     if not gains:
         return head + "no detectable improvement over TransMM" + (f" (worse on {names(losses)})" if losses else "") + "."
     controls = list(dict.fromkeys(c.against for c in comparisons if c.against != "transmm"))

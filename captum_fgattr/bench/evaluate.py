@@ -1,8 +1,10 @@
-"""Batched, resumable, shardable evaluation: attribution + SaCo / FC / PF per image into the store.
+"""Batched, resumable, shardable evaluation: attribution + every registered metric per image into the store.
 
 For each batch of images: one no-grad forward for the predictions, then per pending method one
-attribution call (one forward + backward for TransMM / FG-TransMM) and one call of the batched metric
-engine (:func:`quantus_saco.engine.evaluate_patch_metrics`); the batch's rows are committed at once.
+attribution call (one forward + backward for TransMM / FG-TransMM) and each registered metric's
+``compute`` (:mod:`captum_fgattr.bench.metric_specs`; SaCo, FC and PF share one call of the batched metric
+engine :func:`quantus_saco.engine.evaluate_patch_metrics`); the batch's rows are committed at once. A
+method is pending on a batch while some image lacks a score of some registered metric.
 
 Batches are fixed chunks of the sorted image ids (``batch_size`` consecutive ids), whatever has already
 been done, and ``torchrun`` ranks take every ``world``-th chunk. Faithfulness Correlation draws its
@@ -23,9 +25,9 @@ from tqdm.auto import tqdm
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.config import EvalConfig
 from captum_fgattr.bench.methods import MethodSpec, build_method
+from captum_fgattr.bench.metric_specs import MetricBatch, metric_specs
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from captum_fgattr.sae import SparseAutoencoder
-from quantus_saco.engine import evaluate_patch_metrics
 
 __all__ = ["Shard", "select_ids", "display_image", "evaluate_methods"]
 
@@ -156,7 +158,7 @@ def evaluate_methods(
                 rows, attributions, deltas = _evaluate_batch(model, methods[spec.key], spec, images, logits, targets,
                                                              batch_ids, adapter.patch_size[0], config)
                 added += store.add_batch(
-                    [ResultRow(split, spec.key, i, name, int(y), int(p), int(t), *scores, attributions.shape[1])
+                    [ResultRow(split, spec.key, i, name, int(y), int(p), int(t), scores, attributions.shape[1])
                      for i, name, y, p, t, scores in zip(chunk, names, labels.tolist(), predictions.tolist(),
                                                          targets.tolist(), rows)],
                     attributions=[(split, spec.key, i, a.reshape(adapter.grid_size(images)).cpu().numpy())
@@ -173,23 +175,28 @@ def evaluate_methods(
 def _evaluate_batch(
     model: nn.Module, method: Callable[[Tensor, Tensor, Tensor], Tensor], spec: MethodSpec, images: Tensor,
     logits: Tensor, targets: Tensor, ids: Tensor, patch_size: int, config: EvalConfig,
-) -> tuple[list[tuple[float, float, float]], Tensor, Tensor | None]:
-    """``logits`` (B, C): the model's outputs on ``images``, computed once per batch.
-    -> ((saco, fc, pf_auc) per image, (B, P) float32 attributions, (B,) convergence deltas or None)."""
+) -> tuple[list[dict[str, float]], Tensor, Tensor | None]:
+    """``logits`` (B, C): the model's outputs on ``images``, computed once per batch; ``config.metrics`` resolved.
+    -> ({metric: score} per image for every registered metric, (B, P) float32 attributions, (B,) convergence
+    deltas or None)."""
     with torch.autocast(images.device.type, enabled=config.autocast):
         attributions = method(images, targets, ids).detach().float()
     deltas = getattr(method, "convergence_delta", None)
     if not torch.isfinite(attributions).all():
         raise ValueError(f"method {spec.label} produced NaN/Inf attributions")
-    m = config.metrics
-    settings = dict(saco_groups=m.saco_groups, fc_subset_size=m.fc_subset_size, fc_runs=m.fc_runs,
-                    fc_correlation=m.fc_correlation, pf_patches_per_step=m.pf_patches_per_step, sample_ids=ids,
-                    logits=logits, max_batch=config.metric_batch, autocast=config.autocast)
-    scores = evaluate_patch_metrics(model, images, attributions, targets, patch_size, seed=m.seed, **settings)
-    if m.fc_repeats > 1:  # FC averaged over seeds (the thesis code's 3 seeds); NaN if any repeat is undefined
-        repeats = [scores["fc"]] + [
-            evaluate_patch_metrics(model, images, attributions, targets, patch_size, metrics=("fc",), seed=m.seed + r,
-                                   **settings)["fc"] for r in range(1, m.fc_repeats)]
-        scores["fc"] = torch.stack(repeats).mean(dim=0)
-    columns = [scores[name].double().cpu().tolist() for name in ("saco", "fc", "pf_auc")]
-    return list(zip(*columns)), attributions, None if deltas is None else deltas.double().cpu()
+    batch = MetricBatch(model, images, attributions, targets, ids, logits, patch_size, config.metrics,
+                        max_batch=config.metric_batch, autocast=config.autocast)
+    columns = {metric.name: _per_image(metric.name, metric.compute(batch), len(images)) for metric in metric_specs()}
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    return rows, attributions, None if deltas is None else deltas.double().cpu()
+
+
+def _per_image(name: str, scores: Tensor, n: int) -> list[float]:
+    """(n,) scores of metric ``name`` -> n floats (float64).
+
+    Raises:
+        ValueError: the metric's ``compute`` returned another shape.
+    """
+    if tuple(scores.shape) != (n,):
+        raise ValueError(f"metric {name!r} returned scores of shape {tuple(scores.shape)}; expected ({n},)")
+    return scores.double().cpu().tolist()

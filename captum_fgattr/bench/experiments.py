@@ -36,7 +36,7 @@ from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.config import EvalConfig, Protocol
 from captum_fgattr.bench.evaluate import Shard, evaluate_methods, select_ids
 from captum_fgattr.bench.methods import FGParams, MethodSpec
-from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRICS
+from captum_fgattr.bench.metric_specs import metric_specs
 from captum_fgattr.bench.stats import paired_comparison, percent_improvement, summarize
 from captum_fgattr.bench.store import ResultStore, Selection
 from captum_fgattr.gates import RESIDUAL_VARIANTS
@@ -154,9 +154,10 @@ def sync_ranks() -> None:
 
 
 def standardised_effects(candidate: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, float]:
-    """Metric -> d_z of ``candidate`` − ``base`` per-image scores (aligned columns of :meth:`ResultStore.scores`),
-    sign flipped for lower-is-better metrics so that positive is better."""
-    return {m: paired_comparison(candidate[m], base[m]).oriented_d_z(HIGHER_IS_BETTER[m]) for m in METRICS}
+    """Registered metric -> d_z of ``candidate`` − ``base`` per-image scores (aligned columns of
+    :meth:`ResultStore.scores`), sign flipped for lower-is-better metrics so that positive is better."""
+    return {m.name: paired_comparison(candidate[m.name], base[m.name]).oriented_d_z(m.higher_is_better)
+            for m in metric_specs()}
 
 
 def select_best(
@@ -175,24 +176,26 @@ def select_best(
         return found  # rows ordered by image id, as the baseline's
 
     base = columns(transmm_spec())
-    base_means = {m: summarize(base[m]).mean for m in METRICS}
+    specs = metric_specs()
+    base_means = {m.name: summarize(base[m.name]).mean for m in specs}
     scores: dict[str, dict[str, Any]] = {}
     for spec in candidates:
         mine = columns(spec)
         effects = standardised_effects(mine, base)
         record: dict[str, Any] = {"label": spec.label}
-        for m in METRICS:
-            mean = summarize(mine[m]).mean
-            record.update({f"{m}_mean": mean, f"{m}_pct": percent_improvement(mean, base_means[m], HIGHER_IS_BETTER[m]),
-                           f"{m}_dz": effects[m]})
-        record["mean_pct"] = sum(record[f"{m}_pct"] for m in METRICS) / len(METRICS)
-        record["mean_dz"] = sum(effects.values()) / len(METRICS)
+        for m in specs:
+            mean = summarize(mine[m.name]).mean
+            record.update({f"{m.name}_mean": mean,
+                           f"{m.name}_pct": percent_improvement(mean, base_means[m.name], m.higher_is_better),
+                           f"{m.name}_dz": effects[m.name]})
+        record["mean_pct"] = sum(record[f"{m.name}_pct"] for m in specs) / len(specs)
+        record["mean_dz"] = sum(effects.values()) / len(specs)
         scores[spec.key] = record
     ranked = [(s if math.isfinite(s) else -math.inf) for s in (scores[spec.key]["mean_dz"] for spec in candidates)]
     best = candidates[ranked.index(max(ranked))]
     selection = Selection(name, experiment, best.key, SELECTION_RULE,
                           {"candidates": scores, "chosen": {"name": best.name, "params": dict(best.params)},
-                           "baseline": {f"{m}_mean": base_means[m] for m in METRICS}, "split": split,
+                           "baseline": {f"{m}_mean": mean for m, mean in base_means.items()}, "split": split,
                            "n_images": len(image_ids)})
     store.set_selection(selection)
     return selection

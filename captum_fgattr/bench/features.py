@@ -40,7 +40,7 @@ from captum_fgattr.bench.feature_findings import Case, FeatureAnalysis, FeatureS
 from captum_fgattr.bench.features_prototypes import FeatureKey, feature_prototypes
 from captum_fgattr.bench.features_report import write_feature_report
 from captum_fgattr.bench.methods import MethodSpec
-from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRICS
+from captum_fgattr.bench.metric_specs import metric_names, metric_specs
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.gates import robust_center_scale
 from captum_fgattr.sae import SparseAutoencoder
@@ -53,17 +53,19 @@ def composite_improvement(fg: Mapping[str, np.ndarray], base: Mapping[str, np.nd
     """Per-image composite improvement of FG over TransMM.
 
     Args:
-        fg, base: {metric: (n,) per-image values}, the same images in the same order.
+        fg, base: {metric: (n,) per-image values} of every registered metric, the same images in the same order.
 
     Returns:
-        ((n,) composite, NaN where every metric is NaN; {metric: (n,) FG − TransMM, PF sign flipped}).
+        ((n,) composite, NaN where every metric is NaN; {metric: (n,) FG − TransMM, sign flipped if lower is
+        better}).
     """
     deltas, scaled = {}, []
-    for metric in METRICS:
+    for spec in metric_specs():
+        metric = spec.name
         a, b = np.asarray(fg[metric], dtype=float), np.asarray(base[metric], dtype=float)
         if a.shape != b.shape:
             raise ValueError(f"{metric}: FG has {a.shape} values, TransMM {b.shape}; expected the same images")
-        delta = (a - b) if HIGHER_IS_BETTER[metric] else (b - a)
+        delta = (a - b) if spec.higher_is_better else (b - a)
         both = np.concatenate([a, b])
         spread = float(np.nanstd(both)) if np.isfinite(both).any() else 0.0
         deltas[metric] = delta
@@ -246,11 +248,14 @@ def analyze_features(
     common, fi, bi = np.intersect1d(fg_rows["image_id"], base_rows["image_id"], return_indices=True)
     if len(common) == 0:
         raise ValueError(f"no image of experiment {experiment!r} has both TransMM and {method.label} results")
-    composite, deltas = composite_improvement({m: fg_rows[m][fi] for m in METRICS}, {m: base_rows[m][bi] for m in METRICS})
+    metrics = metric_names()
+    composite, deltas = composite_improvement({m: fg_rows[m][fi] for m in metrics},
+                                              {m: base_rows[m][bi] for m in metrics})
     targets = fg_rows["target"][fi]
     names = list(class_names or getattr(dataset, "class_names", None) or getattr(dataset, "classes", None) or [])
     name_of = (lambda c: names[c] if 0 <= c < len(names) else str(c))
-    cases = [Case(group, int(common[i]), int(targets[i]), float(composite[i]), {m: float(deltas[m][i]) for m in METRICS})
+    cases = [Case(group, int(common[i]), int(targets[i]), float(composite[i]),
+                  {m: float(d[i]) for m, d in deltas.items()})
              for group, positions in rank_cases(common.tolist(), composite, n_images).items() for i in positions]
 
     device_t = torch.device(device)

@@ -21,12 +21,16 @@ from torch.utils.data import Dataset
 from captum_fgattr.bench.evaluate import display_image
 from captum_fgattr.bench.feature_findings import GROUPS, FeatureAnalysis, FeatureStats, PatchFinding
 from captum_fgattr.bench.features_prototypes import Prototypes
-from captum_fgattr.bench.metric_specs import METRICS, SPEC_OF
+from captum_fgattr.bench.metric_specs import MetricSpec, metric_specs
 
 __all__ = ["write_feature_report"]
 
 _COLORS = {"booster": "lime", "suppressor": "red", "none": "white"}
-_TITLES = {m: f"Δ{SPEC_OF[m].short}" + ("" if SPEC_OF[m].higher_is_better else " (−)") for m in METRICS}
+
+
+def _delta_title(spec: MetricSpec) -> str:
+    """"ΔSaCo", or "ΔPF (−)" for a lower-is-better metric (its delta is sign flipped)."""
+    return f"Δ{spec.short}" + ("" if spec.higher_is_better else " (−)")
 
 
 def _image(dataset: Dataset, image_id: int) -> np.ndarray:
@@ -82,7 +86,7 @@ def _case_figure(result: FeatureAnalysis, group: str, dataset: Dataset, shares: 
             _boxes(ax, rows, result.grid, image.shape[:2])
             ax.set_title(title if title != "image" else f"image {case.image_id} ({name_of(case.target)})", fontsize=8)
         text = [f"composite {case.composite:+.2f}",
-                ", ".join(f"{_TITLES[m]} {case.deltas[m]:+.3f}" for m in METRICS), ""]
+                ", ".join(f"{_delta_title(m)} {case.deltas[m.name]:+.3f}" for m in metric_specs()), ""]
         text += [f"{n}. {_label(row)}" for n, row in enumerate(rows, start=1)]
         axes[r, 4].axis("off")
         axes[r, 4].text(0, 0.5, "\n".join(text), fontsize=7, va="center", family="monospace")
@@ -140,22 +144,24 @@ def write_feature_report(result: FeatureAnalysis, dataset: Dataset, reference: D
         files[path.stem] = path
         proto_files[key] = path.name
 
+    names = [m.name for m in metric_specs()]
     with (out / "features.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["group", "image_id", "class", "composite", *(f"delta_{m}" for m in METRICS), "rank", "patch",
+        writer.writerow(["group", "image_id", "class", "composite", *(f"delta_{m}" for m in names), "rank", "patch",
                          "row", "col", "transmm_share", "fg_share", "delta_share", "layer", "feature", "sign",
                          "contribution", "z", "gate"])
         for case in result.cases:
             for rank, row in enumerate(result.findings[case.image_id], start=1):
                 r, c = divmod(row.patch, result.grid[1])
                 writer.writerow([case.group, case.image_id, name_of(case.target), case.composite,
-                                 *(case.deltas[m] for m in METRICS), rank, row.patch, r, c, row.transmm, row.fg,
+                                 *(case.deltas[m] for m in names), rank, row.patch, r, c, row.transmm, row.fg,
                                  row.delta, row.layer, row.feature, row.sign, row.contribution, row.z, row.gate])
     files["features_csv"] = out / "features.csv"
 
     lines = [f"# SAE feature case studies: {result.method.label}", "",
              f"Split `{result.split}`; prototypes from `{reference_split}`. Composite improvement per image: mean "
-             "over SaCo, FC and PF of FG − TransMM (PF sign flipped), each divided by the metric's spread (standard "
+             f"over {', '.join(m.short for m in metric_specs())} of FG − TransMM (sign flipped where lower is "
+             "better), each divided by the metric's spread (standard "
              "deviation of its per-image values over both methods); case patches: largest |Δ| between the maps as "
              "shares of their sums; headline feature: largest contribution f·⟨g, d⟩ in robust-z units of its layer; "
              "booster = positive contribution (raises the gate), suppressor = negative. A feature's cases are the "
@@ -166,12 +172,12 @@ def write_feature_report(result: FeatureAnalysis, dataset: Dataset, reference: D
         if not cases:
             lines += [f"No image is {group} by FG-TransMM.", ""]
             continue
-        lines += ["| image | class | composite | " + " | ".join(_TITLES[m] for m in METRICS) + " | case patches |",
-                  "|---|---|---|" + "---|" * len(METRICS) + "---|"]
+        lines += ["| image | class | composite | " + " | ".join(_delta_title(m) for m in metric_specs())
+                  + " | case patches |", "|---|---|---|" + "---|" * len(names) + "---|"]
         for c in cases:
             patches = "; ".join(_label(row) for row in result.findings[c.image_id])
             lines.append(f"| {c.image_id} | {name_of(c.target)} | {c.composite:+.2f} | "
-                         + " | ".join(f"{c.deltas[m]:+.3f}" for m in METRICS) + f" | {patches} |")
+                         + " | ".join(f"{c.deltas[m]:+.3f}" for m in names) + f" | {patches} |")
         lines += ["", f"![case_{group}](case_{group}.png)", ""]
     for role in ("suppressor", "booster"):
         top = result.top(role, 10)

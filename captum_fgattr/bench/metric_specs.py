@@ -1,22 +1,72 @@
-"""The benchmark's metrics, described once: the store's columns, the tables' titles, the direction of "better".
+"""The benchmark's metrics, registered once: how each is computed, its title, the direction of "better".
 
-Every part of the benchmark that lists metrics (store, statistics, selection, comparisons, report, feature study)
-iterates :data:`METRIC_SPECS`.
+A metric is one :class:`MetricSpec` in the registry: ``compute`` turns a :class:`MetricBatch` (a batch of
+images with their attributions) into (B,) per-image scores. Every part of the benchmark that lists metrics
+(evaluation, store, statistics, selection, comparisons, report, feature study) reads :func:`metric_specs`
+when it runs, so a metric added with :func:`register_metric` is computed, stored and reported everywhere.
+
+The built-in SaCo, FC and PF share one joint call of :func:`quantus_saco.engine.evaluate_patch_metrics` per
+batch (:meth:`MetricBatch.patch_metrics`), whose perturbed images go through one batched forward.
 """
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
-__all__ = ["MetricSpec", "METRIC_SPECS", "METRICS", "HIGHER_IS_BETTER", "SPEC_OF"]
+import torch
+from torch import Tensor, nn
+
+from captum_fgattr.bench.config import MetricConfig
+from quantus_saco.engine import METRICS as ENGINE_METRICS, evaluate_patch_metrics
+
+__all__ = ["MetricBatch", "MetricSpec", "metric_specs", "metric_names", "metric_spec", "register_metric",
+           "unregister_metric"]
+
+
+@dataclass(frozen=True, eq=False)
+class MetricBatch:
+    """One batch of images with one method's attributions, as every metric's ``compute`` sees it."""
+
+    model: nn.Module  # classifier in eval mode on the images' device, (N, C, H, W) -> (N, classes) logits
+    images: Tensor  # (B, C, H, W) preprocessed images
+    attributions: Tensor  # (B, P) float32 patch attributions, row-major over the patch grid
+    targets: Tensor  # (B,) classes explained and scored
+    sample_ids: Tensor  # (B,) dataset image ids (seed per-image randomness independently of batching)
+    logits: Tensor  # (B, classes) the model's outputs on ``images``
+    patch_size: int  # square patches of patch_size × patch_size pixels
+    metrics: MetricConfig  # resolved metric settings (no preset left)
+    max_batch: int = 256  # most perturbed images per forward
+    autocast: bool = False  # forwards under torch.autocast
+
+    def engine(self, metrics: Sequence[str] = ENGINE_METRICS, seed: int | None = None) -> dict[str, Tensor]:
+        """One call of the batched patch-metric engine with this batch's settings -> {name: (B,) float64}.
+
+        ``metrics``: any of "saco", "fc", "pf"; ``seed`` (FC's subsets) defaults to ``self.metrics.seed``.
+        """
+        m = self.metrics
+        return evaluate_patch_metrics(
+            self.model, self.images, self.attributions, self.targets, self.patch_size, metrics=metrics,
+            seed=m.seed if seed is None else seed, saco_groups=m.saco_groups, fc_subset_size=m.fc_subset_size,
+            fc_runs=m.fc_runs, fc_correlation=m.fc_correlation, pf_patches_per_step=m.pf_patches_per_step,
+            sample_ids=self.sample_ids, logits=self.logits, max_batch=self.max_batch, autocast=self.autocast)
+
+    @cached_property
+    def patch_metrics(self) -> Mapping[str, Tensor]:
+        """SaCo, FC (seed ``metrics.seed``) and PF of the batch from one joint engine call, made once and shared
+        by the three built-in metrics: {"saco", "fc", "pf_auc": (B,), "pf_curve": (B, S + 1)}."""
+        return self.engine()
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One per-image faithfulness score."""
+    """One per-image score: its store name, how it reads in tables, its direction and its computation."""
 
-    name: str  # store column, e.g. "pf_auc"
+    name: str  # stored name and CSV column prefix, e.g. "pf_auc"
     short: str  # in sentences and headers, e.g. "PF"
     higher_is_better: bool
+    compute: Callable[[MetricBatch], Tensor]  # batch -> (B,) float64 per-image scores, NaN where undefined
 
     @property
     def title(self) -> str:
@@ -24,11 +74,77 @@ class MetricSpec:
         return f"{self.short} {'↑' if self.higher_is_better else '↓'}"
 
 
-METRIC_SPECS: tuple[MetricSpec, ...] = (
-    MetricSpec("saco", "SaCo", True),
-    MetricSpec("fc", "FC", True),
-    MetricSpec("pf_auc", "PF", False),  # Pixel-Flipping AUC on the [0, 1] scale
-)
-METRICS: tuple[str, ...] = tuple(m.name for m in METRIC_SPECS)  # score columns, in table order
-HIGHER_IS_BETTER: dict[str, bool] = {m.name: m.higher_is_better for m in METRIC_SPECS}
-SPEC_OF: dict[str, MetricSpec] = {m.name: m for m in METRIC_SPECS}
+def _saco(batch: MetricBatch) -> Tensor:
+    """SaCo (Wu et al. 2024), (B,) in [−1, 1]."""
+    return batch.patch_metrics["saco"].double()
+
+
+def _fc(batch: MetricBatch) -> Tensor:
+    """Faithfulness Correlation, (B,); with ``fc_repeats`` > 1 the mean over seeds seed, seed + 1, ... (the thesis
+    code's 3 seeds), NaN if any repeat is undefined."""
+    m = batch.metrics
+    first = batch.patch_metrics["fc"]
+    if m.fc_repeats == 1:
+        return first.double()
+    repeats = [first] + [batch.engine(metrics=("fc",), seed=m.seed + r)["fc"] for r in range(1, m.fc_repeats)]
+    return torch.stack(repeats).mean(dim=0).double()
+
+
+def _pf_auc(batch: MetricBatch) -> Tensor:
+    """Pixel-Flipping AUC on the [0, 1] scale, (B,)."""
+    return batch.patch_metrics["pf_auc"].double()
+
+
+#: names a metric cannot take: the other columns of :meth:`ResultStore.scores`
+_RESERVED = frozenset({"image_id", "label", "prediction", "target", "n_patches"})
+_REGISTRY: dict[str, MetricSpec] = {}  # name -> spec, in table order
+
+
+def metric_specs() -> tuple[MetricSpec, ...]:
+    """The registered metrics, in table order (the built-ins SaCo, FC, PF first)."""
+    return tuple(_REGISTRY.values())
+
+
+def metric_names() -> tuple[str, ...]:
+    """Names of the registered metrics, in table order."""
+    return tuple(_REGISTRY)
+
+
+def metric_spec(name: str) -> MetricSpec:
+    """The registered metric called ``name``.
+
+    Raises:
+        KeyError: no such metric (names the registered ones).
+    """
+    if name not in _REGISTRY:
+        raise KeyError(f"no metric {name!r}; registered: {list(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def register_metric(spec: MetricSpec) -> MetricSpec:
+    """Add ``spec`` after the registered metrics: from now on it is computed, stored and reported.
+
+    Raises:
+        ValueError: the name is taken, reserved or not a lower-case identifier.
+    """
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", spec.name) or spec.name in _RESERVED:
+        raise ValueError(f"metric name {spec.name!r}: expected a lower-case identifier other than {sorted(_RESERVED)}")
+    if spec.name in _REGISTRY:
+        raise ValueError(f"a metric named {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_metric(name: str) -> None:
+    """Remove the metric called ``name`` (e.g. one a test registered).
+
+    Raises:
+        KeyError: no such metric.
+    """
+    metric_spec(name)
+    del _REGISTRY[name]
+
+
+register_metric(MetricSpec("saco", "SaCo", True, _saco))
+register_metric(MetricSpec("fc", "FC", True, _fc))
+register_metric(MetricSpec("pf_auc", "PF", False, _pf_auc))  # Pixel-Flipping AUC on the [0, 1] scale

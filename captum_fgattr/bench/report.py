@@ -1,7 +1,8 @@
 """Tables and figures of a run, read from its store only (thesis Tables 7.2/7.3 and Chapter 7 figures).
 
-Per experiment: ``{experiment}.md`` / ``{experiment}.csv`` (method, layers, SaCo ↑, FC ↑, PF ↓ as mean ± SE,
-% improvement over TransMM, Welch and paired p-values with stars, NaN SaCo counts), and figures:
+Per experiment: ``{experiment}.md`` / ``{experiment}.csv`` (method, layers, every registered metric — SaCo ↑, FC ↑,
+PF ↓, … — as mean ± SE, % improvement over TransMM, Welch and paired p-values with stars, undefined-value counts),
+and figures (one panel per metric):
 ``single_layer.png`` (per-layer curves per variant, TransMM line), ``multi_layer.png`` (bars),
 ``kappa_cmax.png`` (heatmaps of % improvement), ``overlays_{experiment}.png`` (image / TransMM / FG, for
 the test and any other non-sweep experiment).
@@ -16,7 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +34,10 @@ from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.stats import (
     Summary, TTest, paired_ttest, percent_improvement, summarize, welch_ttest,
 )
-from captum_fgattr.bench.metric_specs import HIGHER_IS_BETTER, METRIC_SPECS, METRICS, SPEC_OF
+from captum_fgattr.bench.metric_specs import metric_spec, metric_specs
 from captum_fgattr.bench.store import STORE_NAME, ResultStore
 
 __all__ = ["MetricCell", "TableRow", "experiment_table", "write_report", "summary_text", "PF_SCALES"]
-
-TITLES = {m.name: m.title for m in METRIC_SPECS}
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class MetricCell:
     """One metric of one method in a table."""
 
     summary: Summary  # mean ± SE over the experiment's images (NaN dropped, counted)
-    pct: float  # % improvement over TransMM (PF sign flipped); NaN for TransMM itself / no baseline
+    pct: float  # % improvement over TransMM (sign flipped if lower is better); NaN for TransMM itself / no baseline
     welch: TTest  # vs TransMM (NaN fields for TransMM itself)
     paired: TTest  # vs TransMM on the same image ids
 
@@ -56,7 +55,7 @@ class TableRow:
     method: MethodSpec  # with the label registered in the experiment
     layers: str  # gated layers ("–" for non-FG methods)
     n_images: int
-    cells: dict[str, MetricCell]  # metric -> cell, keys METRICS
+    cells: dict[str, MetricCell]  # metric name -> cell, every registered metric in table order
 
 
 def _layers(spec: MethodSpec) -> str:
@@ -85,19 +84,20 @@ def experiment_table(store: ResultStore, experiment: str, split: str, pf_scale: 
     for spec in specs:
         columns = _columns(store, split, spec, ids, pf_scale)
         cells = {}
-        for metric in METRICS:
-            values = columns[metric]
+        for metric in metric_specs():
+            values = columns[metric.name]
             summary = summarize(values)
             if base is None or spec.name == "transmm":
                 none = TTest(math.nan, math.nan, math.nan, 0)
-                cells[metric] = MetricCell(summary, math.nan, none, none)
+                cells[metric.name] = MetricCell(summary, math.nan, none, none)
                 continue
             _, mine, theirs = np.intersect1d(columns["image_id"], base["image_id"], return_indices=True)
-            cells[metric] = MetricCell(
+            reference = base[metric.name]
+            cells[metric.name] = MetricCell(
                 summary,
-                percent_improvement(summary.mean, summarize(base[metric]).mean, HIGHER_IS_BETTER[metric]),
-                welch_ttest(values, base[metric]),
-                paired_ttest(values[mine], base[metric][theirs]),
+                percent_improvement(summary.mean, summarize(reference).mean, metric.higher_is_better),
+                welch_ttest(values, reference),
+                paired_ttest(values[mine], reference[theirs]),
             )
         rows.append(TableRow(spec, _layers(spec), len(columns["image_id"]), cells))
     return rows
@@ -112,22 +112,27 @@ def _p(test: TTest) -> str:
 
 
 def _markdown(rows: Sequence[TableRow], title: str) -> str:
+    specs = metric_specs()
     header = ["Method", "Layers", "n"]
-    for metric in METRICS:
-        header += [TITLES[metric], "%", "p Welch", "p paired"]
+    for metric in specs:
+        header += [metric.title, "%", "p Welch", "p paired"]
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row.method.label, row.layers, str(row.n_images)]
-        for metric in METRICS:
-            c = row.cells[metric]
+        for metric in specs:
+            c = row.cells[metric.name]
             pct = "–" if not math.isfinite(c.pct) else f"{c.pct:+.1f}%"
             cells += [f"{_fmt(c.summary.mean)} ± {_fmt(c.summary.se)}", pct, _p(c.welch), _p(c.paired)]
         lines.append("| " + " | ".join(cells) + " |")
-    nan = [(row.method.label, row.cells["saco"].summary.n_nan) for row in rows if row.cells["saco"].summary.n_nan]
-    lines += ["", "Mean ± standard error; % = improvement over TransMM (PF sign flipped); p: two-sided t-tests vs "
-              "TransMM (*** p<0.001, ** p<0.01, * p<0.05)."]
-    if nan:
-        lines.append("Undefined SaCo (excluded): " + ", ".join(f"{label}: {n}" for label, n in nan) + ".")
+    lower = ", ".join(m.short for m in specs if not m.higher_is_better)
+    flipped = f" ({lower} sign flipped)" if lower else ""
+    lines += ["", f"Mean ± standard error; % = improvement over TransMM{flipped}; p: two-sided t-tests vs TransMM "
+              "(*** p<0.001, ** p<0.01, * p<0.05)."]
+    for metric in specs:
+        nan = [(row.method.label, row.cells[metric.name].summary.n_nan) for row in rows
+               if row.cells[metric.name].summary.n_nan]
+        if nan:
+            lines.append(f"Undefined {metric.short} (excluded): " + ", ".join(f"{label}: {n}" for label, n in nan) + ".")
     at_mean = [row.method.label for row in rows if _integrates_from_zero(row.method)]
     if at_mean:
         lines.append("Note: " + ", ".join(at_mean) + " integrates from the normalisation mean (input 0), close to the "
@@ -155,7 +160,7 @@ def _integrates_from_zero(spec: MethodSpec) -> bool:
 
 def _csv(rows: Sequence[TableRow], experiment: str, split: str, path: Path) -> None:
     fields = ["experiment", "split", "method", "method_key", "layers", "n_images"]
-    for m in METRICS:
+    for m in (spec.name for spec in metric_specs()):
         fields += [f"{m}_{k}" for k in ("mean", "se", "n", "n_nan", "pct", "t_welch", "p_welch", "t_paired", "p_paired")]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -180,9 +185,10 @@ def _baseline_line(ax: Axes, base: TableRow | None, metric: str) -> None:
 
 
 def _metric_panels() -> tuple[Figure, list[Axes]]:
-    """One panel per metric, room for a legend outside the data on the right."""
-    fig = Figure(figsize=(4.6 * len(METRICS) + 1.6, 3.6), layout="constrained")
-    return fig, list(fig.subplots(1, len(METRICS)))
+    """One panel per registered metric, room for a legend outside the data on the right."""
+    n = len(metric_specs())
+    fig = Figure(figsize=(4.6 * n + 1.6, 3.6), layout="constrained")
+    return fig, list(fig.subplots(1, n, squeeze=False)[0])
 
 
 def _finish_panels(fig: Figure, axes: Sequence[Axes], path: Path) -> None:
@@ -198,15 +204,15 @@ def _finish_panels(fig: Figure, axes: Sequence[Axes], path: Path) -> None:
 def _layer_curves(rows: Sequence[TableRow], path: Path) -> None:
     fg = [row for row in rows if row.method.name == "fg" and len(row.method.fg.layers) == 1]
     fig, axes = _metric_panels()
-    for ax, metric in zip(axes, METRICS):
+    for ax, metric in zip(axes, metric_specs()):
         for variant in dict.fromkeys(row.method.fg.variant for row in fg):
-            series = sorted((row.method.fg.layers[0], row.cells[metric].summary) for row in fg
+            series = sorted((row.method.fg.layers[0], row.cells[metric.name].summary) for row in fg
                             if row.method.fg.variant == variant)
             ax.errorbar([x for x, _ in series], [s.mean for _, s in series], yerr=[s.se for _, s in series],
                         marker="o", capsize=3, label=variant)
-        _baseline_line(ax, _baseline(rows), metric)
+        _baseline_line(ax, _baseline(rows), metric.name)
         ax.set_xticks(sorted({row.method.fg.layers[0] for row in fg}))
-        ax.set(title=TITLES[metric], xlabel="gated layer (0-based block)")
+        ax.set(title=metric.title, xlabel="gated layer (0-based block)")
     _finish_panels(fig, axes, path)
 
 
@@ -214,14 +220,15 @@ def _bars(rows: Sequence[TableRow], path: Path) -> None:
     """Multi-layer configurations as points with SE bars (not bars from 0)."""
     fg = [row for row in rows if row.method.name == "fg"]
     fig, axes = _metric_panels()
-    for ax, metric in zip(axes, METRICS):
+    for ax, metric in zip(axes, metric_specs()):
         x = np.arange(len(fg))
-        ax.errorbar(x, [row.cells[metric].summary.mean for row in fg], yerr=[row.cells[metric].summary.se for row in fg],
+        cells = [row.cells[metric.name].summary for row in fg]
+        ax.errorbar(x, [c.mean for c in cells], yerr=[c.se for c in cells],
                     fmt="o", capsize=4, color="tab:blue", label="FG (combined)")
         ax.set_xticks(x, [f"[{row.layers}]" for row in fg], rotation=30)
         ax.set_xlim(-0.5, len(fg) - 0.5)
-        _baseline_line(ax, _baseline(rows), metric)
-        ax.set(title=TITLES[metric], xlabel="gated layers")
+        _baseline_line(ax, _baseline(rows), metric.name)
+        ax.set(title=metric.title, xlabel="gated layers")
     _finish_panels(fig, axes, path)
 
 
@@ -229,9 +236,11 @@ def _heatmaps(rows: Sequence[TableRow], path: Path) -> None:
     fg = [row for row in rows if row.method.name == "fg"]
     kappas = sorted({row.method.fg.kappa for row in fg})
     c_maxes = sorted({row.method.fg.c_max for row in fg})
-    panels = {TITLES[m]: {(r.method.fg.kappa, r.method.fg.c_max): r.cells[m].pct for r in fg}
-              for m in METRICS}
-    panels["mean of the three"] = {k: float(np.mean([panels[TITLES[m]][k] for m in METRICS])) for k in panels[TITLES["saco"]]}
+    per_metric = {m.title: {(r.method.fg.kappa, r.method.fg.c_max): r.cells[m.name].pct for r in fg}
+                  for m in metric_specs()}
+    cells = {(r.method.fg.kappa, r.method.fg.c_max) for r in fg}
+    panels = {**per_metric, "mean over the metrics": {k: float(np.mean([p[k] for p in per_metric.values()]))
+                                                       for k in cells}}
     fig = Figure(figsize=(4.2 * len(panels), 3.6))
     axes = fig.subplots(1, len(panels))
     for ax, (title, values) in zip(axes, panels.items()):
@@ -251,7 +260,7 @@ def _heatmaps(rows: Sequence[TableRow], path: Path) -> None:
 def _gallery_ids(store: ResultStore, split: str, ids: Sequence[int], real: MethodSpec | None,
                  per_class: int = 2) -> dict[int, str]:
     """Image id -> caption: up to ``per_class`` stored images per class, then the images FG improved and degraded
-    most on SaCo (by its paired difference to TransMM)."""
+    most on the tables' first metric (SaCo; by its paired difference to TransMM, sign flipped if lower is better)."""
     base = next((s for s in store.experiment_methods(TEST, split) if s.name == "transmm"), None)
     columns = store.scores(split, base.key, ids) if base is not None else None
     if columns is None or not len(columns["image_id"]):
@@ -260,12 +269,14 @@ def _gallery_ids(store: ResultStore, split: str, ids: Sequence[int], real: Metho
     for label in np.unique(columns["label"]):
         chosen.update({int(i): "" for i in columns["image_id"][columns["label"] == label][:per_class]})
     if real is not None:
+        lead = metric_specs()[0]
         mine = store.scores(split, real.key, ids)
-        delta = mine["saco"] - columns["saco"] if len(mine["image_id"]) == len(columns["image_id"]) else None
+        delta = mine[lead.name] - columns[lead.name] if len(mine["image_id"]) == len(columns["image_id"]) else None
         if delta is not None and np.isfinite(delta).any():
-            order = np.argsort(np.where(np.isfinite(delta), delta, 0.0))
+            better = delta if lead.higher_is_better else -delta
+            order = np.argsort(np.where(np.isfinite(better), better, 0.0))
             for what, index in (("most improved", order[-1]), ("most degraded", order[0])):
-                chosen[int(columns["image_id"][index])] = f"{what} by FG (ΔSaCo {delta[index]:+.2f})"
+                chosen[int(columns["image_id"][index])] = f"{what} by FG (Δ{lead.short} {delta[index]:+.2f})"
     return chosen
 
 
@@ -328,14 +339,23 @@ def _comparisons_markdown(comparisons: Sequence[Comparison]) -> str:
     for c in comparisons:
         r = c.result
         lines.append("| " + " | ".join([
-            c.configuration.label, c.title, SPEC_OF[c.metric].short, str(r.n),
+            c.configuration.label, c.title, metric_spec(c.metric).short, str(r.n),
             f"{_fmt(r.delta)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]", _fmt(r.d_z, 2), format_p(r.p), format_p(r.p_holm),
             _fmt(r.mde)]) + " |")
+    directions = "; ".join(f"{_and(m.short for m in metric_specs() if m.higher_is_better == higher)}: "
+                           f"{'positive' if higher else 'negative'} Δ is better"
+                           for higher in (True, False) if any(m.higher_is_better == higher for m in metric_specs()))
     lines += ["", "Δ = FG (real SAE) − reference on the same images (pairs with an undefined value dropped; n = pairs "
-              "used). SaCo and FC: positive Δ is better; PF (AUC in [0, 1]): negative Δ is better. d_z = mean Δ / SD Δ. p Holm: "
+              f"used), on the stored scale (PF AUC in [0, 1]). {directions}. d_z = mean Δ / SD Δ. p Holm: "
               f"Holm-adjusted over all {len(comparisons)} comparisons of this table (*** p<0.001, ** p<0.01, "
               "* p<0.05). MDE: the smallest |mean Δ| this n detects with 80 % power at α = 0.05 (paired t-test)."]
     return "\n".join(lines) + "\n"
+
+
+def _and(names: Iterable[str]) -> str:
+    """"SaCo", "SaCo and FC", "SaCo, FC and X"."""
+    names = list(names)
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
 
 
 def _comparisons_csv(comparisons: Sequence[Comparison], path: Path) -> None:
@@ -354,18 +374,19 @@ def _comparisons_csv(comparisons: Sequence[Comparison], path: Path) -> None:
 
 def _comparisons_figure(comparisons: Sequence[Comparison], path: Path) -> None:
     """Paired Δ (FG real − reference) with 95 % CIs, one panel per metric, a zero line."""
-    fig = Figure(figsize=(4.6 * len(METRICS), 0.5 + 0.32 * max(1, len(comparisons) // len(METRICS))))
-    axes = fig.subplots(1, len(METRICS), sharey=True)
-    for ax, metric in zip(axes, METRICS):
-        rows = [c for c in comparisons if c.metric == metric]
+    specs = metric_specs()
+    fig = Figure(figsize=(4.6 * len(specs), 0.5 + 0.32 * max(1, len(comparisons) // len(specs))))
+    axes = fig.subplots(1, len(specs), sharey=True, squeeze=False)[0]
+    for ax, metric in zip(axes, specs):
+        rows = [c for c in comparisons if c.metric == metric.name]
         y = np.arange(len(rows))[::-1]
         deltas = np.array([c.result.delta for c in rows])
         err = np.array([[c.result.delta - c.result.ci_low for c in rows], [c.result.ci_high - c.result.delta for c in rows]])
         ax.errorbar(deltas, y, xerr=err, fmt="o", capsize=3, color="tab:blue")
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_yticks(y, [f"{c.configuration.label.split(' ')[1]} vs {c.title}" for c in rows], fontsize=7)
-        better = "→ FG better" if HIGHER_IS_BETTER[metric] else "← FG better"
-        ax.set(title=f"{TITLES[metric]}: mean paired Δ, 95 % CI", xlabel=f"Δ (FG real − reference)  {better}")
+        better = "→ FG better" if metric.higher_is_better else "← FG better"
+        ax.set(title=f"{metric.title}: mean paired Δ, 95 % CI", xlabel=f"Δ (FG real − reference)  {better}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -395,15 +416,15 @@ def _validation_summary(store: ResultStore) -> str | None:
             if key not in best or score > best[key][0]:
                 best[key] = (score, spec, effects)
         for key, (score, spec, effects) in best.items():
-            rows.append("| " + " | ".join([key, spec.label] + [_fmt(effects[m], 2) for m in METRICS]
+            rows.append("| " + " | ".join([key, spec.label] + [_fmt(effects[m.name], 2) for m in metric_specs()]
                                           + [_fmt(score, 2)]) + " |")
     if not rows:
         return None
-    header = ["variant", "best configuration"] + [f"d_z {SPEC_OF[m].short}" for m in METRICS] + ["mean d_z"]
+    header = ["variant", "best configuration"] + [f"d_z {m.short}" for m in metric_specs()] + ["mean d_z"]
     return "\n".join(["### Validation summary (best per variant)", "", "| " + " | ".join(header) + " |",
                       "|" + "---|" * len(header), *rows, "",
-                      "d_z: standardised paired effect vs TransMM (positive = better, PF sign flipped). The "
-                      "non-combined variants are ablations: reported, never carried to the test."]) + "\n"
+                      "d_z: standardised paired effect vs TransMM (positive = better, sign flipped if lower is "
+                      "better). The non-combined variants are ablations: reported, never carried to the test."]) + "\n"
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scale: str | None = None) -> Path:

@@ -7,12 +7,16 @@ Schema (``results.sqlite``)::
     methods(method_key PK, name, params, label)   MethodSpec.key -> its name / JSON params / label
     experiment_methods(experiment, split, method_key, label, position)   PK (experiment, split, method_key)
     experiment_images(experiment, split, image_id)                       PK (all three)
-    results(split, method_key, image_id, image_name, label, prediction, target,
-            saco, fc, pf_auc, n_patches, created)                     PK (split, method_key, image_id)
+    results(split, method_key, image_id, image_name, label, prediction, target, n_patches, created)
+                                                                       PK (split, method_key, image_id)
+    scores(split, method_key, image_id, metric, value)                 PK (split, method_key, image_id, metric)
+                                               one row per registered metric (metric_specs); value NULL = NaN
+    convergence_deltas(split, method_key, image_id, delta)             Integrated Gradients' completeness gaps
     attributions(split, method_key, image_id, grid_h, grid_w, attr)    raw float32 patch maps (gallery)
     images(split, image_id, height, width, channels, pixels)           uint8 display copies (gallery)
     selections(name PK, experiment, method_key, rule, details)         configs chosen on validation
-    experiment_results  VIEW: results joined with experiment_methods (one row per experiment and image)
+    experiment_results  VIEW: results and scores joined with experiment_methods (one row per experiment, image
+                        and metric)
 
 A method's score on an image does not depend on the experiment that asked for it, so results are keyed
 by (split, method_key, image_id) and shared between experiments (e.g. TransMM on the validation set is
@@ -21,6 +25,10 @@ computed once for the layer sweep, the multi-layer configurations and the κ × 
 Writes go through ``BEGIN IMMEDIATE`` transactions (one per batch) with WAL journaling and a busy
 timeout, so several ``torchrun`` ranks can write into the same file; a killed process loses at most its
 open transaction. NaN scores are stored as NULL and read back as NaN.
+
+``meta`` holds the schema version (:data:`SCHEMA_VERSION`). A store of version 1 (the scores as columns
+``saco``, ``fc``, ``pf_auc`` of ``results``) is migrated when opened, in one write transaction; a store of
+another version is refused.
 """
 from __future__ import annotations
 
@@ -38,11 +46,13 @@ from typing import Any
 import numpy as np
 
 from captum_fgattr.bench.methods import FGParams, MethodSpec
-from captum_fgattr.bench.metric_specs import METRICS
+from captum_fgattr.bench.metric_specs import metric_names
 
-__all__ = ["STORE_NAME", "ResultRow", "Selection", "ResultStore", "StoreError"]
+__all__ = ["STORE_NAME", "SCHEMA_VERSION", "ResultRow", "Selection", "ResultStore", "StoreError"]
 
 STORE_NAME = "results.sqlite"
+#: version of the schema below, kept in ``meta`` under "schema_version" (version 1: scores as columns of results)
+SCHEMA_VERSION = 2
 #: how long a writer waits for another process's transaction before the store is reported locked
 LOCK_TIMEOUT_S = 300.0
 
@@ -61,8 +71,12 @@ CREATE TABLE IF NOT EXISTS experiment_images (
 CREATE TABLE IF NOT EXISTS results (
     split TEXT NOT NULL, method_key TEXT NOT NULL REFERENCES methods(method_key), image_id INTEGER NOT NULL,
     image_name TEXT NOT NULL, label INTEGER NOT NULL, prediction INTEGER NOT NULL, target INTEGER NOT NULL,
-    saco REAL, fc REAL, pf_auc REAL, n_patches INTEGER NOT NULL, created TEXT NOT NULL,
+    n_patches INTEGER NOT NULL, created TEXT NOT NULL,
     PRIMARY KEY (split, method_key, image_id));
+CREATE TABLE IF NOT EXISTS scores (
+    split TEXT NOT NULL, method_key TEXT NOT NULL, image_id INTEGER NOT NULL, metric TEXT NOT NULL, value REAL,
+    PRIMARY KEY (split, method_key, image_id, metric),
+    FOREIGN KEY (split, method_key, image_id) REFERENCES results(split, method_key, image_id));
 CREATE TABLE IF NOT EXISTS attributions (
     split TEXT NOT NULL, method_key TEXT NOT NULL, image_id INTEGER NOT NULL,
     grid_h INTEGER NOT NULL, grid_w INTEGER NOT NULL, attr BLOB NOT NULL,
@@ -78,10 +92,25 @@ CREATE TABLE IF NOT EXISTS selections (
     details TEXT NOT NULL);
 CREATE VIEW IF NOT EXISTS experiment_results AS
     SELECT em.experiment, r.split, r.method_key, em.label AS method_label, r.image_id, r.image_name, r.label,
-           r.prediction, r.target, r.saco, r.fc, r.pf_auc, r.n_patches
+           r.prediction, r.target, r.n_patches, s.metric, s.value
     FROM experiment_methods em
     JOIN experiment_images ei ON ei.experiment = em.experiment AND ei.split = em.split
-    JOIN results r ON r.split = em.split AND r.method_key = em.method_key AND r.image_id = ei.image_id;
+    JOIN results r ON r.split = em.split AND r.method_key = em.method_key AND r.image_id = ei.image_id
+    JOIN scores s ON s.split = r.split AND s.method_key = r.method_key AND s.image_id = r.image_id;
+"""
+#: version 1 -> 2, part 1 (before ``_SCHEMA`` creates the new tables): the old results set aside
+_SET_ASIDE_V1 = """
+DROP VIEW experiment_results;
+ALTER TABLE results RENAME TO results_v1;
+"""
+#: version 1 -> 2, part 2 (after ``_SCHEMA``): the score columns become rows of ``scores`` (NULL stays NULL)
+_COPY_V1 = """
+INSERT INTO results SELECT split, method_key, image_id, image_name, label, prediction, target, n_patches, created
+    FROM results_v1;
+INSERT INTO scores SELECT split, method_key, image_id, 'saco', saco FROM results_v1;
+INSERT INTO scores SELECT split, method_key, image_id, 'fc', fc FROM results_v1;
+INSERT INTO scores SELECT split, method_key, image_id, 'pf_auc', pf_auc FROM results_v1;
+DROP TABLE results_v1;
 """
 
 
@@ -137,9 +166,7 @@ class ResultRow:
     label: int  # ground-truth class
     prediction: int  # model's predicted class
     target: int  # class explained and scored
-    saco: float  # NaN when undefined
-    fc: float
-    pf_auc: float  # Pixel-Flipping AUC on the [0, 1] scale (× n_patches for the thesis scale)
+    scores: Mapping[str, float]  # metric name -> score (NaN when undefined), e.g. {"saco": …, "fc": …, "pf_auc": …}
     n_patches: int
 
 
@@ -195,12 +222,30 @@ class ResultStore:
             self._enable_wal(timeout_s)
             self._conn.execute("PRAGMA synchronous = NORMAL")
             self._conn.execute("PRAGMA foreign_keys = ON")
-            with self._write():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._conn.execute(statement)
+            with self._write() as conn:
+                version = self._schema_version()
+                if version not in (None, "1", str(SCHEMA_VERSION)):
+                    raise StoreError(
+                        f"{self.path} holds results of store schema version {version}; this fgattr reads version "
+                        f"{SCHEMA_VERSION} (and migrates version 1), so a newer fgattr wrote it: re-run in a new "
+                        "folder (another --run-dir), or read it with the fgattr that wrote it")
+                for script in (_SET_ASIDE_V1, _SCHEMA, _COPY_V1) if version == "1" else (_SCHEMA,):
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.Error as err:
             raise _store_error(self.path, err) from err
+
+    def _schema_version(self) -> str | None:
+        """The stored schema version: ``meta``'s, else "1" if results exist (stores written before versions were
+        recorded), else None (a new file)."""
+        tables = {name for name, in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" in tables:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is not None:
+                return row[0]
+        return "1" if "results" in tables else None
 
     def _enable_wal(self, timeout_s: float) -> None:
         """Switch to WAL. The switch needs an exclusive lock and SQLite answers "database is locked" at
@@ -307,9 +352,12 @@ class ResultStore:
 
     # -- per-image results -------------------------------------------------------------------------
     def done_ids(self, split: str, method_key: str) -> set[int]:
-        """Image ids with a stored result for ``method_key`` on ``split``."""
-        rows = self._conn.execute("SELECT image_id FROM results WHERE split = ? AND method_key = ?",
-                                  (split, method_key))
+        """Image ids with a stored score of every registered metric for ``method_key`` on ``split``."""
+        names = metric_names()
+        rows = self._conn.execute(
+            "SELECT image_id FROM scores WHERE split = ? AND method_key = ? "
+            f"AND metric IN ({', '.join('?' * len(names))}) GROUP BY image_id HAVING COUNT(*) = ?",
+            (split, method_key, *names, len(names)))
         return {row[0] for row in rows.fetchall()}
 
     def add_batch(
@@ -319,22 +367,29 @@ class ResultStore:
         images: Iterable[tuple[str, int, np.ndarray]] = (),
         deltas: Iterable[tuple[str, str, int, float]] = (),
     ) -> int:
-        """Commit one batch atomically; rows already stored are kept (no duplicates). Returns rows added.
+        """Commit one batch atomically; rows and scores already stored are kept (no duplicates).
 
         Args:
             rows: per-image scores.
             attributions: (split, method_key, image_id, (gh, gw) patch map) to keep for figures.
             images: (split, image_id, (H, W, C) uint8 display image) to keep for figures.
             deltas: (split, method_key, image_id, convergence delta) of methods that have one.
+
+        Returns:
+            Rows added: rows of which some score was not stored yet (e.g. a newly registered metric's).
         """
         created = _now()
+        added = 0
         with self._write() as conn:
-            before = conn.total_changes
-            conn.executemany(
-                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.split, r.method_key, r.image_id, r.image_name, r.label, r.prediction, r.target,
-                  _nullable(r.saco), _nullable(r.fc), _nullable(r.pf_auc), r.n_patches, created) for r in rows])
-            added = conn.total_changes - before
+            for r in rows:
+                before = conn.total_changes
+                conn.execute("INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             (r.split, r.method_key, r.image_id, r.image_name, r.label, r.prediction, r.target,
+                              r.n_patches, created))
+                conn.executemany("INSERT OR IGNORE INTO scores VALUES (?, ?, ?, ?, ?)",
+                                 [(r.split, r.method_key, r.image_id, metric, _nullable(value))
+                                  for metric, value in r.scores.items()])
+                added += int(conn.total_changes > before)
             conn.executemany("INSERT OR IGNORE INTO convergence_deltas VALUES (?, ?, ?, ?)",
                              [(split, key, image_id, float(delta)) for split, key, image_id, delta in deltas])
             conn.executemany(
@@ -351,19 +406,27 @@ class ResultStore:
         """Per-image columns of one method, sorted by image id.
 
         Returns:
-            {"image_id": (n,) int64, "label"/"prediction"/"target": (n,) int64, "saco"/"fc"/"pf_auc": (n,)
-            float64 with NaN for undefined, "n_patches": (n,) int64}; restricted to ``image_ids`` if given.
+            {"image_id": (n,) int64, "label"/"prediction"/"target": (n,) int64, one (n,) float64 column per
+            registered metric in table order (e.g. "saco", "fc", "pf_auc"; NaN where undefined or not computed),
+            "n_patches": (n,) int64}; restricted to ``image_ids`` if given.
         """
         rows = self._conn.execute(
-            "SELECT image_id, label, prediction, target, saco, fc, pf_auc, n_patches FROM results "
+            "SELECT image_id, label, prediction, target, n_patches FROM results "
             "WHERE split = ? AND method_key = ? ORDER BY image_id", (split, method_key)).fetchall()
         if image_ids is not None:
             wanted = set(image_ids)
             rows = [row for row in rows if row[0] in wanted]
-        columns = list(zip(*rows)) if rows else [()] * 8
-        names = ("image_id", "label", "prediction", "target", *METRICS, "n_patches")
-        return {name: np.array([math.nan if v is None else v for v in col], dtype=np.float64)
-                if name in METRICS else np.array(col, dtype=np.int64) for name, col in zip(names, columns)}
+        columns = list(zip(*rows)) if rows else [()] * 5
+        facts = {name: np.array(col, dtype=np.int64)
+                 for name, col in zip(("image_id", "label", "prediction", "target", "n_patches"), columns)}
+        position = {image_id: i for i, image_id in enumerate(facts["image_id"].tolist())}
+        metrics = {name: np.full(len(rows), math.nan) for name in metric_names()}
+        for image_id, metric, value in self._conn.execute(
+                "SELECT image_id, metric, value FROM scores WHERE split = ? AND method_key = ?", (split, method_key)):
+            if metric in metrics and image_id in position and value is not None:
+                metrics[metric][position[image_id]] = value
+        return {**{k: facts[k] for k in ("image_id", "label", "prediction", "target")}, **metrics,
+                "n_patches": facts["n_patches"]}
 
     def convergence_deltas(self, split: str, method_key: str) -> np.ndarray:
         """(n,) stored convergence deltas of one method (empty for methods without one), by image id."""
