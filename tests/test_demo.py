@@ -1,10 +1,12 @@
 """`fgattr demo --quick` end to end: default data, a briefly trained model, SAEs, protocol, report."""
 from __future__ import annotations
 
+import json
 import sqlite3
 
 from captum_fgattr.bench.cli import main
-from captum_fgattr.bench.demo import QUICK
+from captum_fgattr.bench.config import RunConfig
+from captum_fgattr.bench.demo import QUICK, demo_config
 
 
 def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cache, capsys):
@@ -35,6 +37,9 @@ def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cach
             "SELECT COUNT(*) FROM (SELECT 1 FROM results GROUP BY split, method_key, image_id HAVING COUNT(*) > 1)"
         ).fetchone()[0]
     assert n_test == QUICK.protocol.test_images and duplicates == 0
+    # the run description is stored like fgattr run's: config.json reruns the demo with `fgattr run --config`
+    stored = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    assert stored == demo_config(run_dir, quick=True, cache_dir=demo_cache, progress=False)
     # a second run finds everything cached and stored: nothing is recomputed, the table is the same
     assert main(["demo", "--quick", "--output", str(run_dir), "--cache-dir", str(demo_cache), "--quiet"]) == 0
     assert (run_dir / "report" / "test.md").read_text() == table

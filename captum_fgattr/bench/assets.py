@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from captum_fgattr.bench.br35h import Br35HSplit, default_splits
 from captum_fgattr.bench.default import (
-    DEFAULT_TRAIN, DEFAULT_VIT, SHIPPED_DIR, Br35HSplit, TrainConfig, ViTConfig, default_model, default_splits,
-    save_model, sha256_file,
+    DEFAULT_TRAIN, DEFAULT_VIT, SHIPPED_DIR, ViTConfig, ViTTrainConfig, default_model, save_model, sha256_file,
 )
 from captum_fgattr.determinism import deterministic
 from captum_fgattr.sae.layers import HELDOUT_FIELDS, layer_folder, train_layer_saes
@@ -111,7 +111,7 @@ def sae_quality(sae: SparseAutoencoder) -> dict[str, float]:
 def build_assets(
     output: str | Path,
     vit: ViTConfig = DEFAULT_VIT,
-    train: TrainConfig = DEFAULT_TRAIN,
+    train: ViTTrainConfig = DEFAULT_TRAIN,
     layers: Sequence[int] = SAE_LAYERS,
     sae_training: SAETrainConfig = SAE_TRAINING,
     splits: dict[str, Br35HSplit] | None = None,

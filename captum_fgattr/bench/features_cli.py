@@ -1,26 +1,25 @@
 """``fgattr features --run-dir D``: feature case studies of an evaluated run (see :mod:`.features`).
 
 The model, the data and the SAEs are rebuilt from the configuration stored in the run's database: the
-last ``sweep`` / ``evaluate`` / ``run`` configuration (:mod:`.runconfig`), or, for ``fgattr demo`` runs,
-the demo's plan (the same cached model, Br35H splits and SAEs).
+last ``sweep`` / ``evaluate`` / ``run`` configuration (:mod:`.runconfig`; ``fgattr demo`` stores its run
+description as ``run`` too).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 from torch.utils.data import Dataset
 
 from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST
 from captum_fgattr.bench.features import analyze_features, select_fg_method
+from captum_fgattr.bench.runconfig import load_inputs, load_saes, load_split, preprocessing
 from captum_fgattr.bench.store import STORE_NAME, ResultStore
+from captum_fgattr.bench.study import stored_run_config
 from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = ["RunComponents", "load_run_components", "add_parser"]
@@ -38,43 +37,26 @@ class RunComponents:
     class_names: Sequence[str] | None
 
 
-def _demo_components(config: Mapping[str, Any], layers: Sequence[int], device: str, progress: bool) -> RunComponents:
-    from captum_fgattr.bench.default import CLASS_NAMES, default_model, default_splits
-    from captum_fgattr.bench.demo import FULL, QUICK, default_saes
-
-    plan = {"quick": QUICK, "full": FULL}.get(config["demo"])
-    if plan is None or json.loads(json.dumps(dataclasses.asdict(plan), default=str)) != config.get("plan"):
-        raise ValueError(f"this demo run ({config['demo']!r}) was made with a demo plan that differs from this "
-                         "version's; rerun `fgattr demo` into a new folder")
-    cache_dir = Path(config["cache_dir"])
-    splits = default_splits(cache_dir, progress=progress)
-    model, info = default_model(cache_dir, device=device, train=plan.model_training, progress=progress)
-    if info.get("weights_sha256") != config.get("model", {}).get("weights_sha256"):
-        raise ValueError(f"the cached demo model in {cache_dir} is not the one this run evaluated (checksum differs)")
-    saes = default_saes(model, info, splits["train"], plan, cache_dir, device, progress)
-    return RunComponents(model.eval(), splits, {layer: saes[layer] for layer in layers}, CLASS_NAMES)
-
-
-def load_run_components(store: ResultStore, layers: Sequence[int], splits: Sequence[str], device: str = "cpu",
+def load_run_components(store: ResultStore, layers: Sequence[int], splits: Sequence[str],
                         progress: bool = True) -> RunComponents:
-    """Rebuild the model, ``splits`` and the SAEs of ``layers`` from the run's stored configuration.
+    """Rebuild the model, ``splits`` and the SAEs of ``layers`` from the run's last stored configuration
+    (``fgattr sweep / evaluate / run / demo``); ``progress``: progress bars if the model has to be retrained.
 
     Raises:
-        ValueError: the run stores no configuration it can be rebuilt from.
+        ValueError: the run stores no configuration it can be rebuilt from, or one of an older ``fgattr demo``.
     """
-    from captum_fgattr.bench.config import RunConfig
-    from captum_fgattr.bench.runconfig import load_inputs, load_saes
-
     for command, _, config in reversed(store.invocations()):
-        if "demo" in config:
-            return _demo_components(config, layers, device, progress)
+        if "demo" in config:  # the form fgattr demo stored before it ran a run description
+            raise ValueError(f"run {store.run_dir} was made by an older `fgattr demo`, with a demo plan that differs "
+                             "from this version's run description; re-run `fgattr demo` into a new folder")
         if command in _RUN_COMMANDS:
-            run = RunConfig.from_dict(config)
+            run = stored_run_config(config).merged({"evaluation.progress": progress})
             model, first = load_inputs(run, splits[0])
-            data = {splits[0]: first, **{name: load_inputs(run, name)[1] for name in splits[1:]}}
-            return RunComponents(model.eval(), data, load_saes(run.saes, list(layers)),
+            pre = preprocessing(run.data, model)
+            data = {splits[0]: first, **{name: load_split(run.data, name, pre, run.cache_dir) for name in splits[1:]}}
+            return RunComponents(model.eval(), data, load_saes(run.saes, list(layers), model),
                                  getattr(first, "class_names", None))
-    raise ValueError(f"run {store.run_dir} stores no `fgattr sweep/evaluate/run` or demo configuration to rebuild "
+    raise ValueError(f"run {store.run_dir} stores no `fgattr sweep/evaluate/run/demo` configuration to rebuild "
                      "the model, data and SAEs from; use captum_fgattr.bench.features.analyze_features directly")
 
 
@@ -87,8 +69,7 @@ def run_features(args: argparse.Namespace) -> Path:
     with ResultStore(run_dir) as store:
         method = select_fg_method(store, args.split, args.experiment, args.selection)
         reference = args.reference
-        parts = load_run_components(store, list(method.fg.layers), sorted({args.split, reference}), args.device,
-                                    not args.quiet)
+        parts = load_run_components(store, list(method.fg.layers), sorted({args.split, reference}), not args.quiet)
         result = analyze_features(
             parts.model, parts.splits[args.split], parts.saes, method, store, args.split, experiment=args.experiment,
             n_images=args.images, n_patches=args.patches, top_features=args.top_features,

@@ -15,6 +15,9 @@ img_size=None, rename=None, templates=("a photo of a {}",), device="cpu", **kwar
   with the prompt ``templates``. ``checkpoint`` is a local file (``open_clip.create_model(name,
   pretrained=<file>)``) or an open_clip pretrained tag such as ``"openai"`` (downloads: needs the network
   or open_clip's cache); None = random weights.
+* ``"fgattr:br35h-vit"``: the project's own default ViT for the ``br35h`` dataset kind
+  (:func:`captum_fgattr.bench.default.load_br35h_vit`): ``checkpoint`` None / ``"shipped"`` = the weights
+  shipped with the package (sha256-checked), ``"retrain"`` = trained from scratch and cached in ``cache_dir``.
 
 Example:
     >>> m = load_model("timm:vit_tiny_patch16_224", num_classes=3, img_size=32)
@@ -42,7 +45,7 @@ WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model_state_dict", "model", "mod
 STRIP_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 #: key-prefix renames :func:`load_model` applies to timm checkpoints unless told otherwise
 DEFAULT_RENAMES: Mapping[str, str] = {"lin_head.": "head."}
-MODEL_KINDS: tuple[str, ...] = ("timm", "clip")
+MODEL_KINDS: tuple[str, ...] = ("timm", "clip", "fgattr")
 
 
 def load_state_dict(path: str | os.PathLike[str], rename: Mapping[str, str] | None = None) -> dict[str, Tensor]:
@@ -269,6 +272,24 @@ def load_clip_classifier(
     return CLIPZeroShotClassifier(clip.eval(), class_names, tokenizer, templates=templates).eval()
 
 
+def _load_fgattr_model(
+    name: str, checkpoint: str | os.PathLike[str] | None, num_classes: int | None, img_size: int | None,
+    rename: Mapping[str, str] | None, kwargs: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None,
+    device: str | torch.device, progress: bool,
+) -> nn.Module:
+    """The project's own model ``name`` (``br35h-vit``); its shape is fixed, so shape arguments must match it."""
+    from captum_fgattr.bench.default import DEFAULT_VIT, MODEL_NAME, load_br35h_vit
+
+    if name != MODEL_NAME:
+        raise ValueError(f"unknown model fgattr:{name}; the project's own model is fgattr:{MODEL_NAME}")
+    fixed = {"num_classes": (num_classes, DEFAULT_VIT.num_classes), "img_size": (img_size, DEFAULT_VIT.img_size)}
+    wrong = [f"{key}={given!r} (it is {value})" for key, (given, value) in fixed.items() if given not in (None, value)]
+    wrong += [f"{key}={value!r}" for key, value in (("rename", rename), *kwargs.items()) if value]
+    if wrong:
+        raise ValueError(f"fgattr:{MODEL_NAME} has a fixed shape; remove {', '.join(wrong)}")
+    return load_br35h_vit(None if checkpoint is None else str(checkpoint), cache_dir, device, progress)
+
+
 def load_model(
     spec: str,
     *,
@@ -279,13 +300,17 @@ def load_model(
     rename: Mapping[str, str] | None = None,
     templates: Sequence[str] = DEFAULT_TEMPLATES,
     device: str | torch.device = "cpu",
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
-    """A classifier from ``spec`` (``"timm:<name>"`` or ``"clip:<name>"``; see the module docstring).
+    """A classifier from ``spec`` (``"timm:<name>"``, ``"clip:<name>"`` or ``"fgattr:br35h-vit"``; see the module
+    docstring).
 
     Args:
         spec: model kind and name, e.g. ``"timm:vit_base_patch16_224"`` or ``"clip:ViT-B-32"``.
-        checkpoint: local checkpoint file (timm, CLIP) or open_clip pretrained tag (CLIP); None = random.
+        checkpoint: local checkpoint file (timm, CLIP) or open_clip pretrained tag (CLIP); None = random
+            (fgattr: ``"shipped"`` (also None) or ``"retrain"``).
         num_classes: timm classifier width (default: from the checkpoint); for CLIP, must equal
             ``len(class_names)`` when given.
         class_names: CLIP class names (required for CLIP); unused by timm.
@@ -293,6 +318,8 @@ def load_model(
         rename: timm checkpoint key-prefix renames; None = :data:`DEFAULT_RENAMES`.
         templates: CLIP prompt templates.
         device: where the model is placed.
+        cache_dir: fgattr models: where retrained weights are cached (default: the user cache folder).
+        progress: fgattr models: progress bars while training.
         **kwargs: further ``timm.create_model`` / ``open_clip.create_model`` arguments.
 
     Returns:
@@ -308,8 +335,10 @@ def load_model(
     if not sep or kind not in MODEL_KINDS or not name:
         raise ValueError(
             f"model spec {spec!r}; expected 'timm:<model>' (e.g. timm:vit_base_patch16_224) or "
-            f"'clip:<open_clip model>' (e.g. clip:ViT-B-32)"
+            f"'clip:<open_clip model>' (e.g. clip:ViT-B-32) or 'fgattr:br35h-vit' (the default ViT)"
         )
+    if kind == "fgattr":
+        return _load_fgattr_model(name, checkpoint, num_classes, img_size, rename, kwargs, cache_dir, device, progress)
     if kind == "timm":
         rename = DEFAULT_RENAMES if rename is None else rename
         return load_timm_model(name, checkpoint, num_classes=num_classes, img_size=img_size, rename=rename,

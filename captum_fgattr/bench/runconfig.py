@@ -2,10 +2,13 @@
 splits with their preprocessing, and the SAEs; and the model-sized defaults of a run.
 
 ``model.name`` is ``"timm:<name>"``, ``"clip:<open_clip name>"`` (zero-shot over the dataset's class names;
-``checkpoint``: a local file, an open_clip pretrained tag, or none for random weights) or a plain timm name.
+``checkpoint``: a local file, an open_clip pretrained tag, or none for random weights), a plain timm name, or
+``"fgattr:br35h-vit"`` (the project's own ViT; ``checkpoint`` none / "shipped" or "retrain"). ``saes`` is a
+``layer_{L}/`` folder, a ``{layer: folder}`` map, or ``"shipped"`` (:data:`SHIPPED_SAES`).
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Collection, Mapping, Sequence
@@ -23,7 +26,7 @@ from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
 from captum_fgattr.sae import SparseAutoencoder, load_sae
 
 __all__ = [
-    "load_model", "load_split", "preprocessing", "load_inputs", "load_saes", "RandomWeightsWarning", "SIZED_KEYS",
+    "SHIPPED_SAES", "load_model", "load_split", "preprocessing", "load_inputs", "load_saes", "RandomWeightsWarning", "SIZED_KEYS",
     "thesis_layers", "sized_settings", "model_shape", "size_to_model", "dotted_keys",
 ]
 
@@ -37,10 +40,16 @@ RANDOM_WEIGHTS_WARNING = (
     "not a trained model.\n" + "!" * 78)
 
 
-def load_model(config: ModelConfig, class_names: Sequence[str] | None = None) -> nn.Module:
-    """The configured model in eval mode on the CPU; ``class_names`` (the dataset's) are CLIP's classes.
+#: ``saes`` value for the SAEs shipped with the package, trained on the default ViT (``fgattr:br35h-vit``)
+SHIPPED_SAES = "shipped"
 
-    Warns loudly (:class:`RandomWeightsWarning`, on stderr) when there is no checkpoint.
+
+def load_model(config: ModelConfig, class_names: Sequence[str] | None = None,
+               cache_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> nn.Module:
+    """The configured model in eval mode on the CPU; ``class_names`` (the dataset's) are CLIP's classes;
+    ``cache_dir`` / ``progress``: where and how the project's own model is retrained (``checkpoint="retrain"``).
+
+    Warns loudly (:class:`RandomWeightsWarning`, on stderr) when the weights are random (no checkpoint).
 
     Raises:
         ValueError: no or unknown model name, bad checkpoint, CLIP without ``class_names``.
@@ -52,12 +61,12 @@ def load_model(config: ModelConfig, class_names: Sequence[str] | None = None) ->
 
     if not config.name:
         raise ValueError("no model: set model.name (e.g. --model timm:vit_base_patch16_224 or clip:ViT-B-32)")
-    if config.checkpoint is None:
+    if config.random_weights:
         warnings.warn(RANDOM_WEIGHTS_WARNING.format(name=config.name, seed=config.seed), RandomWeightsWarning, stacklevel=2)
     torch.manual_seed(config.seed)
     return models.load_model(config.spec, checkpoint=config.checkpoint, num_classes=config.num_classes,
                              class_names=class_names, img_size=config.img_size, rename=dict(config.rename) or None,
-                             **dict(config.kwargs))
+                             cache_dir=cache_dir, progress=progress, **dict(config.kwargs))
 
 
 #: run settings that default to values sized by the model when neither the file nor a flag sets them
@@ -101,6 +110,10 @@ def model_shape(config: ModelConfig) -> tuple[int, int] | None:
     import torch
 
     kind, _, name = config.spec.partition(":")
+    if kind == "fgattr":
+        from captum_fgattr.bench.default import DEFAULT_VIT, MODEL_NAME
+
+        return (DEFAULT_VIT.depth, DEFAULT_VIT.num_patches) if name == MODEL_NAME else None
     try:
         with torch.device("meta"):
             if kind == "timm":
@@ -141,9 +154,11 @@ def size_to_model(config: RunConfig, given: Collection[str]) -> tuple[RunConfig,
     return config.merged(sized), sized
 
 
-def load_split(config: DataConfig, split: str, preprocess: Preprocess | None = None) -> ImageListDataset:
+def load_split(config: DataConfig, split: str, preprocess: Preprocess | None = None,
+               cache_dir: str | os.PathLike[str] | None = None) -> ImageListDataset:
     """The ``split`` ("val" / "test") images as ``config`` says, with ``preprocess`` (default: the kind's
-    standard preprocessing; :func:`preprocessing` gives the one for a model).
+    standard preprocessing; :func:`preprocessing` gives the one for a model); ``cache_dir``: decoded images of
+    layouts that cache them (br35h).
 
     Raises:
         ValueError: see :meth:`DataConfig.location` and :func:`captum_fgattr.bench.data.load_dataset`; or
@@ -152,7 +167,7 @@ def load_split(config: DataConfig, split: str, preprocess: Preprocess | None = N
     """
     root, name = config.location(split)
     load = partial(load_dataset, config.kind, root, name, seed=config.seed, class_names=config.class_names,
-                   preprocess=preprocess)
+                   preprocess=preprocess, cache_dir=cache_dir)
     if split == "test":
         return load(subset=config.test_subset)
     if not config.same_images():
@@ -202,21 +217,27 @@ def load_inputs(config: RunConfig, split: str) -> tuple[nn.Module, ImageListData
     """The model and the ``split`` images preprocessed for it, resolved in a fixed order: the layout's class
     names (CLIP classifies over them) -> the model -> its preprocessing -> the dataset; nothing is changed
     afterwards."""
-    class_names = load_split(config.data, split).class_names  # a file listing; images are read lazily
-    model = load_model(config.model, class_names=class_names)
-    return model, load_split(config.data, split, preprocessing(config.data, model))
+    class_names = load_split(config.data, split, cache_dir=config.cache_dir).class_names
+    model = load_model(config.model, class_names, config.cache_dir, config.evaluation.progress)
+    return model, load_split(config.data, split, preprocessing(config.data, model), config.cache_dir)
 
 
-def load_saes(saes: str | Mapping[str, str] | None, layers: list[int]) -> dict[int, SparseAutoencoder]:
-    """SAEs of ``layers`` from a ``layer_{L}/`` folder (``fgattr train-sae`` output) or a {layer: folder} map.
+def load_saes(saes: str | Mapping[str, str] | None, layers: Sequence[int],
+              model: nn.Module | None = None) -> dict[int, SparseAutoencoder]:
+    """SAEs of ``layers`` (on the CPU) from a ``layer_{L}/`` folder (``fgattr train-sae`` output), a {layer: folder}
+    map, or :data:`SHIPPED_SAES`: the SAEs shipped with the package, only for a ``model`` with the weights they
+    were trained on (the default ViT's, compared by sha256).
 
     Raises:
-        ValueError: no SAE configured, or none for some of ``layers`` (names them).
+        ValueError: no SAE configured, none for some of ``layers`` (names them), or shipped SAEs for another model.
     """
+    layers = list(layers)
     if not layers:
         return {}
     if saes is None:
         raise ValueError(f"FG-TransMM needs SAEs for layers {layers}; set saes (--saes FOLDER)")
+    if saes == SHIPPED_SAES:
+        return _shipped_saes(layers, model)
     if isinstance(saes, Mapping):
         paths = {int(layer): Path(path) for layer, path in saes.items()}
     else:
@@ -227,3 +248,23 @@ def load_saes(saes: str | Mapping[str, str] | None, layers: list[int]) -> dict[i
     if missing:
         raise ValueError(f"no SAE for layers {missing} in {saes}; found layers {sorted(paths)}")
     return {layer: load_sae(paths[layer]) for layer in layers}
+
+
+def _shipped_saes(layers: list[int], model: nn.Module | None) -> dict[int, SparseAutoencoder]:
+    """The shipped SAEs of ``layers``, after checking that ``model`` has the weights they were trained on."""
+    from captum_fgattr.bench.assets import load_shipped_saes, shipped_info
+    from captum_fgattr.bench.default import MODEL_NAME, weights_sha256
+
+    if model is None:
+        raise ValueError(f"saes={SHIPPED_SAES!r} needs the model, to check they were trained on it")
+    expected = shipped_info()["model"]["weights_sha256"]
+    try:
+        actual = weights_sha256(model)
+    except RuntimeError as err:  # e.g. tied weights: not a plain state dict, so not the default ViT
+        actual = f"unhashable ({err})"
+    if actual != expected:
+        raise ValueError(f"the shipped SAEs were trained on the shipped fgattr:{MODEL_NAME} (weights sha256 "
+                         f"{expected[:12]}...) but this model's weights differ (sha256 {actual[:12]}...); use "
+                         f"--model fgattr:{MODEL_NAME} without a checkpoint, or SAEs trained on this model "
+                         "(fgattr train-sae)")
+    return load_shipped_saes(layers)

@@ -1,20 +1,29 @@
-"""The whole study in one call: validation sweeps and selections, the test with controls, the report."""
+"""The whole study in one call: validation sweeps and selections, the test with controls, the report; and the
+same for a run description (:class:`~captum_fgattr.bench.config.RunConfig`), as ``fgattr run`` and ``fgattr demo``
+run it."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.utils.data import Dataset
 
-from captum_fgattr.bench.config import EvalConfig, Protocol
+from captum_fgattr.bench.config import EvalConfig, Protocol, RunConfig
 from captum_fgattr.bench.experiments import DataSource, StudyClock, as_dataset, current_shard, run_sweep, run_test
 from captum_fgattr.bench.report import write_report
+from captum_fgattr.bench.runconfig import load_inputs, load_saes, load_split, preprocessing
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.sae import SparseAutoencoder
 
-__all__ = ["run_study"]
+__all__ = ["run_study", "StudyInputs", "load_study_inputs", "run_configured_study", "record_config",
+           "with_black_input", "stored_run_config", "HEADER_KEY"]
+
+#: key of the run's description (``[[name, text], ...]``: data, model, SAEs) stored with its configuration
+HEADER_KEY = "header"
 
 
 def run_study(
@@ -27,6 +36,8 @@ def run_study(
     config: EvalConfig = EvalConfig(),
     report: bool = True,
     resolved_config: Mapping[str, Any] | None = None,
+    command: str = "run_study",
+    pf_scale: str | None = None,
 ) -> Path:
     """The whole protocol: sweep on ``val``, test on ``test``, then (rank 0) the report. Resumable; prints one
     progress line per finished experiment (elapsed time and an ETA) to stderr.
@@ -36,7 +47,9 @@ def run_study(
         val, test: splits (datasets of (image, label) or (images, labels) tensors).
         saes: {layer: SAE} for every layer of ``protocol.gated_layers()``.
         run_dir: run folder (store, configuration, ``report/``).
-        resolved_config: configuration to store with the run (default: protocol + evaluation settings).
+        resolved_config: configuration to store with the run under ``command`` (default: protocol + evaluation
+            settings).
+        pf_scale: PF column of the report ("unit" / "patches"; default: the metric settings').
 
     Returns:
         ``run_dir``.
@@ -50,12 +63,70 @@ def run_study(
     run_dir = Path(run_dir)
     with ResultStore(run_dir) as store:
         if current_shard().rank == 0:
-            store.log_invocation("run_study", resolved_config or {"protocol": asdict(protocol),
-                                                                  "evaluation": asdict(config)})
+            store.log_invocation(command, resolved_config or {"protocol": asdict(protocol),
+                                                              "evaluation": asdict(config)})
         val, test = as_dataset(val, "validation data"), as_dataset(test, "test data")
         clock = StudyClock.for_study(protocol, len(val), len(test))  # type: ignore[arg-type]
         run_sweep(model, val, saes, store, protocol, config, clock)
         run_test(model, test, saes, store, protocol, config, clock)
     if report and current_shard().rank == 0:
-        write_report(run_dir)
+        write_report(run_dir, None, pf_scale)
     return run_dir
+
+
+@dataclass
+class StudyInputs:
+    """What a run description resolves to (:func:`load_study_inputs`)."""
+
+    model: nn.Module  # eval mode, on the CPU
+    val: Dataset  # validation split, preprocessed for the model
+    test: Dataset  # test split, preprocessed for the model
+    saes: dict[int, SparseAutoencoder]  # {layer: SAE} for every gated layer of the protocol
+
+
+def load_study_inputs(config: RunConfig) -> StudyInputs:
+    """The model, both splits and the SAEs of ``config`` (class names -> model -> preprocessing -> datasets ->
+    SAEs, checked against the model where they are the shipped ones)."""
+    model, val = load_inputs(config, "val")
+    test = load_split(config.data, "test", preprocessing(config.data, model), config.cache_dir)
+    return StudyInputs(model, val, test, load_saes(config.saes, config.protocol.gated_layers(), model))
+
+
+def with_black_input(config: RunConfig, model: nn.Module) -> Protocol:
+    """The protocol with the IG baseline set to a black image in the model's input space, unless given."""
+    if config.protocol.black_input is not None:
+        return config.protocol
+    pre = preprocessing(config.data, model)
+    mean, std = (v if isinstance(v, tuple) else (v,) for v in (pre.mean, pre.std))
+    return replace(config.protocol, black_input=tuple(-m / s for m, s in zip(mean, std)))
+
+
+def record_config(store: ResultStore, config: RunConfig, splits: Sequence[str],
+                  header: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
+    """Refuse a run folder filled from another model / data (the ``splits`` of ``config``); on rank 0 write
+    ``RUN_DIR/config.json``. Returns the configuration to store with the command (``header`` rows added)."""
+    store.check_fingerprint(asdict(config.model), "model")
+    for split in splits:
+        store.check_fingerprint(config.data.fingerprint(split), f"data.{split}")
+    if current_shard().rank == 0:
+        (Path(config.run_dir) / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    return {**config.to_dict(), **({HEADER_KEY: [list(row) for row in header]} if header else {})}
+
+
+def stored_run_config(stored: Mapping[str, Any]) -> RunConfig:
+    """The :class:`RunConfig` of a configuration :func:`record_config` stored (its header left out)."""
+    return RunConfig.from_dict({key: value for key, value in stored.items() if key != HEADER_KEY})
+
+
+def run_configured_study(config: RunConfig, inputs: StudyInputs | None = None,
+                         header: Sequence[Sequence[str]] | None = None, pf_scale: str | None = None) -> Path:
+    """``fgattr run``: the whole protocol as ``config`` describes it, into ``config.run_dir`` (resumable), with
+    the configuration recorded (``config.json`` and the store, command ``run``) and ``header`` (``[name, text]``
+    rows) at the top of the report. ``inputs``: already resolved ones (default :func:`load_study_inputs`).
+    Returns the run folder."""
+    inputs = inputs if inputs is not None else load_study_inputs(config)
+    with ResultStore(config.run_dir) as store:
+        stored = record_config(store, config, ("val", "test"), header)
+    return run_study(inputs.model, inputs.val, inputs.test, inputs.saes, config.run_dir,
+                     with_black_input(config, inputs.model), config.evaluation, resolved_config=stored, command="run",
+                     pf_scale=pf_scale)

