@@ -17,11 +17,11 @@ COMMANDS = {"fgattr --help": ["--help"], "fgattr demo --help": ["demo", "--help"
 
 
 def wall_times(args: list[str], runs: int) -> list[float]:
-    """Seconds per fresh ``python -m captum_fgattr.bench.cli ARGS`` process (output discarded)."""
+    """Seconds per fresh ``python -m captum_fgattr.bench.cli.main ARGS`` process (output discarded)."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "captum_fgattr.bench.cli", *args], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "captum_fgattr.bench.cli.main", *args], check=True, capture_output=True)
         times.append(time.perf_counter() - start)
     return times
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from captum_fgattr.bench import assets as A
-from captum_fgattr.bench import br35h as B
-from captum_fgattr.bench import default as D
+from captum_fgattr.bench.data import br35h as B
+from captum_fgattr.bench.models import br35h_vit as D
 from captum_fgattr.sae.collect import iter_patch_activations
 from captum_fgattr.sae.train import TrainConfig as SAETrainConfig
 from captum_fgattr.sae.train import evaluate_sae

@@ -19,9 +19,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from scipy import stats as sps
 
-from captum_fgattr.bench.cli import build_parser, main
-from captum_fgattr.bench.commands import resolve_config
-from captum_fgattr.bench.report import write_report
+from captum_fgattr.bench.cli.main import build_parser, main
+from captum_fgattr.bench.cli.run import resolve_config
+from captum_fgattr.bench.report.study_report import write_report
 from captum_fgattr.bench.store import ResultStore
 from tests.test_bench_evaluate import ROOT, stored_rows
 
@@ -160,7 +160,7 @@ def test_torchrun_two_ranks_match_one_process(study, tmp_path):
             "--experiment", "dist"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "captum_fgattr.bench.cli", *args, "--run-dir", str(tmp_path / "two")],
+                           "-m", "captum_fgattr.bench.cli.main", *args, "--run-dir", str(tmp_path / "two")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert main([*args, "--run-dir", str(tmp_path / "one")]) == 0

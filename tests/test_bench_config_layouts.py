@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from captum_fgattr.bench.cli import build_parser, main
-from captum_fgattr.bench.commands import resolve_config
-from captum_fgattr.bench.data import CLIP_MEAN, CLIP_STD, Preprocess
+from captum_fgattr.bench.cli.main import build_parser, main
+from captum_fgattr.bench.cli.run import resolve_config
+from captum_fgattr.bench.data.layouts import CLIP_MEAN, CLIP_STD, Preprocess
 from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
-from captum_fgattr.bench.runconfig import load_inputs, load_model, load_split, preprocessing
+from captum_fgattr.bench.resolve import load_inputs, load_model, load_split, preprocessing
 from captum_fgattr.clip import CLIPZeroShotClassifier
 from captum_fgattr.sae import save_sae
 from tests.test_bench_data_models import make_covid, make_kvasir, save_images

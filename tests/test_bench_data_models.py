@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from captum_fgattr.bench.data import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, load_dataset
-from captum_fgattr.bench.models import load_model
+from captum_fgattr.bench.data.layouts import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, load_dataset
+from captum_fgattr.bench.models.loading import load_model
 from captum_fgattr.clip import CLIPZeroShotClassifier
 
 COVID = ("COVID-19", "Non-COVID", "Normal")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from captum_fgattr.bench.data import load_dataset
+from captum_fgattr.bench.data.layouts import load_dataset
 
 
 def make_split(root, split, classes, per_class=2):

@@ -13,11 +13,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from captum_fgattr.bench.config import EvalConfig, MetricConfig, Protocol, RunConfig
-from captum_fgattr.bench.evaluate import Shard, evaluate_methods, select_ids
+from captum_fgattr.bench.distributed import Shard
+from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
 from captum_fgattr.bench.experiments import SELECTION_RULE, fg_spec, run_sweep, transmm_spec
 from captum_fgattr.bench.study import run_study
 from captum_fgattr.bench.methods import MethodSpec, build_method
-from captum_fgattr.bench.metric_specs import metric_names
+from captum_fgattr.bench.metrics import metric_names
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from quantus_saco import PatchFaithfulnessCorrelation, PatchPixelFlipping, SaCo
 from tests.conftest import make_vit

@@ -8,14 +8,14 @@ import json
 import pytest
 import torch
 
-from captum_fgattr.bench import br35h as B
-from captum_fgattr.bench.cli import main
+from captum_fgattr.bench.data import br35h as B
+from captum_fgattr.bench.cli.main import main
 from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
-from captum_fgattr.bench.data import LAYOUTS, load_dataset
-from captum_fgattr.bench.demo import QUICK, demo_config
-from captum_fgattr.bench.features_cli import load_run_components
-from captum_fgattr.bench.models import load_model
-from captum_fgattr.bench.runconfig import load_saes, load_split, model_shape, preprocessing
+from captum_fgattr.bench.data.layouts import LAYOUTS, load_dataset
+from captum_fgattr.bench.cli.demo import QUICK, demo_config
+from captum_fgattr.bench.cli.features import load_run_components
+from captum_fgattr.bench.models.loading import load_model
+from captum_fgattr.bench.resolve import load_saes, load_split, model_shape, preprocessing
 from captum_fgattr.bench.store import ResultStore
 from tests.conftest import make_vit
 

@@ -3,7 +3,6 @@ the file and the way out, no traceback (issue 15 items 12, 13)."""
 from __future__ import annotations
 
 import errno
-import json
 import sqlite3
 import subprocess
 import sys
@@ -13,10 +12,10 @@ import torch
 from PIL import Image
 
 from captum_fgattr.bench import store as store_module
-from captum_fgattr.bench.cli import main
-from captum_fgattr.bench.errors import user_error
+from captum_fgattr.bench.cli.main import main
+from captum_fgattr.bench.cli.errors import user_error
 from captum_fgattr.bench.methods_json import parse_methods
-from captum_fgattr.bench.runconfig import load_saes
+from captum_fgattr.bench.resolve import load_saes
 from captum_fgattr.bench.store import ResultStore
 
 
@@ -52,7 +51,7 @@ def one_error_line(capsys) -> str:
 
 def test_corrupt_store_in_a_subprocess_is_one_line(tmp_path):
     (tmp_path / "results.sqlite").write_bytes(b"this is not an SQLite file" * 100)
-    done = subprocess.run([sys.executable, "-m", "captum_fgattr.bench.cli", "report", "--run-dir", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "captum_fgattr.bench.cli.main", "report", "--run-dir", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from captum_fgattr.bench import cli
+from captum_fgattr.bench.cli import main as cli
 
 
 def _subparsers(parser):
@@ -15,12 +15,12 @@ def _subparsers(parser):
 
 
 def test_top_level_help_imports_no_command_module_and_no_torch():
-    code = ("import sys; from captum_fgattr.bench.cli import build_parser; build_parser([]).format_help(); "
-            "print(sorted(m for m in ('torch', 'timm', 'captum', *__import__('captum_fgattr.bench.cli').bench.cli"
-            ".COMMAND_MODULES) if m in sys.modules))")
+    code = ("import sys; from captum_fgattr.bench.cli.main import COMMAND_MODULES, build_parser; "
+            "build_parser([]).format_help(); "
+            "print(sorted(m for m in ('torch', 'timm', 'captum', *COMMAND_MODULES) if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
-    help_text = subprocess.run([sys.executable, "-m", "captum_fgattr.bench.cli", "--help"], capture_output=True,
+    help_text = subprocess.run([sys.executable, "-m", "captum_fgattr.bench.cli.main", "--help"], capture_output=True,
                                text=True, check=True).stdout
     assert all(name in help_text for name in cli.COMMANDS)
 

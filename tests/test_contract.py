@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from captum_fgattr import TransMM
 from tests.conftest import make_vit
-from tests.reference import assert_close_relative, attention_and_grads, cam_matrix, timm_forward, transmm_from_cams
+from tests.reference import assert_close_relative, attention_and_grads, cam_matrix, timm_forward
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

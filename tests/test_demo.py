@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from captum_fgattr.bench.cli import main
+from captum_fgattr.bench.cli.main import main
 from captum_fgattr.bench.config import RunConfig
-from captum_fgattr.bench.demo import QUICK, demo_config
+from captum_fgattr.bench.cli.demo import QUICK, demo_config
 
 
 def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cache, capsys):

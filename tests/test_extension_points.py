@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from captum_fgattr.bench.config import DataConfig, Protocol
-from captum_fgattr.bench.data import LAYOUTS, Layout, Preprocess
+from captum_fgattr.bench.data.layouts import LAYOUTS, Layout, Preprocess
 from captum_fgattr.bench.methods import METHODS, MethodSpec, build_method, register_method
-from captum_fgattr.bench.runconfig import load_split
+from captum_fgattr.bench.resolve import load_split
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.bench.study import run_study
 from captum_fgattr.patch_attribution import PatchAttribution

@@ -12,10 +12,10 @@ from safetensors.torch import save_file
 
 from captum_fgattr import SparseAutoencoder
 from captum_fgattr.adapters import capture, get_adapter
-from captum_fgattr.bench import features_prototypes
-from captum_fgattr.bench.cli import main
+from captum_fgattr.bench.analysis import prototypes as features_prototypes
+from captum_fgattr.bench.cli.main import main
 from captum_fgattr.bench.experiments import fg_spec, transmm_spec
-from captum_fgattr.bench.features import (
+from captum_fgattr.bench.analysis.features import (
     CACHE_FOLDER, analyze_features, composite_improvement, rank_cases, select_fg_method,
 )
 from captum_fgattr.bench.config import RunConfig

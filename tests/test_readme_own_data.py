@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captum_fgattr.bench.cli import main
+from captum_fgattr.bench.cli.main import main
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -23,7 +23,7 @@ def _own_data_commands() -> list[list[str]]:
 def _write_inputs(root: Path, model_kwargs: dict) -> None:
     from safetensors.torch import save_file
 
-    from captum_fgattr.bench.models import load_timm_model
+    from captum_fgattr.bench.models.loading import load_timm_model
 
     torch.manual_seed(0)
     vit = load_timm_model("vit_tiny_patch16_224", num_classes=2, img_size=32, **model_kwargs)

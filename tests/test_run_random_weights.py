@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from captum_fgattr.bench.config import ModelConfig
-from captum_fgattr.bench.runconfig import RandomWeightsWarning, load_model
+from captum_fgattr.bench.resolve import RandomWeightsWarning, load_model
 
 
 def test_no_checkpoint_warns_loudly_and_a_checkpoint_does_not(tmp_path):

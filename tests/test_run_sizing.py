@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from captum_fgattr.bench.cli import build_parser
-from captum_fgattr.bench.commands import resolve_config
+from captum_fgattr.bench.cli.main import build_parser
+from captum_fgattr.bench.cli.run import resolve_config
 from captum_fgattr.bench.config import ModelConfig
-from captum_fgattr.bench.runconfig import model_shape, sized_settings, thesis_layers
+from captum_fgattr.bench.resolve import model_shape, sized_settings, thesis_layers
 
 SMALL = ["--model", "timm:vit_tiny_patch16_224", "--img-size", "32", "--model-kwargs",
          '{"patch_size": 8, "embed_dim": 64, "depth": 6, "num_heads": 4}']

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from captum_fgattr.bench.cli import main
-from captum_fgattr.bench.data import ImageFolderDataset, Preprocess, build_transform
-from captum_fgattr.bench.models import load_state_dict, load_timm_model
+from captum_fgattr.bench.cli.main import main
+from captum_fgattr.bench.data.layouts import ImageFolderDataset, Preprocess, build_transform
+from captum_fgattr.bench.models.loading import load_state_dict, load_timm_model
 from captum_fgattr.sae import load_sae
 
 
@@ -63,7 +63,7 @@ def test_train_sae_cli_writes_one_folder_per_layer_and_metrics(tmp_path, capsys)
 
 
 def test_heldout_split_is_per_class_seeded_and_disjoint() -> None:
-    from captum_fgattr.bench.sae_cli import heldout_split
+    from captum_fgattr.bench.cli.train_sae import heldout_split
 
     labels = [0] * 20 + [1] * 10 + [2]
     train, held = heldout_split(labels, 0.1, seed=0)
@@ -172,7 +172,7 @@ def test_train_sae_takes_the_run_model_spec_with_architecture_arguments(tmp_path
     from safetensors.torch import save_file
 
     from captum_fgattr.bench.config import ModelConfig
-    from captum_fgattr.bench.runconfig import load_model
+    from captum_fgattr.bench.resolve import load_model
 
     arch = {"patch_size": 8, "embed_dim": 64, "depth": 3, "num_heads": 4}
     spec = ModelConfig(name="timm:vit_tiny_patch16_224", num_classes=2, img_size=32, kwargs=arch)
@@ -210,7 +210,7 @@ def test_a_checkpoint_of_another_architecture_names_the_arguments_to_give(tmp_pa
 
 
 def test_train_sae_defaults_follow_the_model_and_are_printed(tmp_path, capsys) -> None:
-    from captum_fgattr.bench.sae_cli import sized_defaults
+    from captum_fgattr.bench.cli.train_sae import sized_defaults
 
     make_image_folder(tmp_path / "images", per_class=3)
     out = tmp_path / "out"

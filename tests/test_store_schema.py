@@ -11,7 +11,7 @@ import pytest
 
 from captum_fgattr.bench.experiments import TEST, transmm_spec
 from captum_fgattr.bench.methods import MethodSpec
-from captum_fgattr.bench.report import write_report
+from captum_fgattr.bench.report.study_report import write_report
 from captum_fgattr.bench.store import SCHEMA_VERSION, STORE_NAME, ResultStore, StoreError
 
 #: the schema of version 1, as written by fgattr before the scores table

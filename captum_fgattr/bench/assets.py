@@ -4,11 +4,11 @@
 
     python -m captum_fgattr.bench.assets --output captum_fgattr/bench/default_assets
 
-which trains the default ViT (:func:`captum_fgattr.bench.default.train_default_model` with
-:data:`~captum_fgattr.bench.default.DEFAULT_TRAIN`, through ``default_model(retrain=True)``) and one
+which trains the default ViT (:func:`captum_fgattr.bench.models.br35h_vit.train_default_model` with
+:data:`~captum_fgattr.bench.models.br35h_vit.DEFAULT_TRAIN`, through ``default_model(retrain=True)``) and one
 TopK SAE per block of :data:`SAE_LAYERS` (:func:`train_demo_saes`), each on one CPU thread with
 deterministic algorithms. ``fgattr demo --retrain`` runs the same training code and reports whether
-its weights are bit-identical to the shipped ones. Layout (``<folder>`` = :data:`~captum_fgattr.bench.default.SHIPPED_DIR`)::
+its weights are bit-identical to the shipped ones. Layout (``<folder>`` = :data:`~captum_fgattr.bench.models.br35h_vit.SHIPPED_DIR`)::
 
     <folder>/model.safetensors                    ViT state dict (float32)
     <folder>/saes/layer_{L}/sae.safetensors, config.json   SAE of block L (0-based); config.json holds
@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from captum_fgattr.bench.br35h import Br35HSplit, default_splits
-from captum_fgattr.bench.default import (
+from captum_fgattr.bench.data.br35h import Br35HSplit, default_splits
+from captum_fgattr.bench.models.br35h_vit import (
     DEFAULT_TRAIN, DEFAULT_VIT, SHIPPED_DIR, ViTConfig, ViTTrainConfig, default_model, save_model, sha256_file,
 )
 from captum_fgattr.determinism import deterministic
@@ -122,7 +122,7 @@ def build_assets(
 ) -> dict[str, Any]:
     """Train the ViT and the SAEs and write them to ``output``; returns ``info``.
 
-    The ViT comes from :func:`captum_fgattr.bench.default.default_model` with ``retrain=True``, the
+    The ViT comes from :func:`captum_fgattr.bench.models.br35h_vit.default_model` with ``retrain=True``, the
     path ``fgattr demo --retrain`` takes: trained from scratch, or taken from ``cache_dir`` (default:
     the user cache) where that path already trained this exact recipe. The SAEs are always trained.
     The defaults are the shipped recipe (default split, ViT and training; SAEs of :data:`SAE_LAYERS`

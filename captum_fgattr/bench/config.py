@@ -3,7 +3,7 @@
 :class:`RunConfig` holds a run's model (:class:`ModelConfig`), data (:class:`DataConfig`), SAEs, protocol
 (:class:`Protocol`: what is evaluated) and evaluation (:class:`EvalConfig` with :class:`MetricConfig`: how);
 :meth:`RunConfig.from_dict` / :meth:`RunConfig.to_dict` round-trip JSON/YAML files, rejecting unknown keys by
-name. The loaders it drives are in :mod:`captum_fgattr.bench.runconfig`.
+name. The loaders it drives are in :mod:`captum_fgattr.bench.resolve`.
 
 File format (JSON; YAML with the same keys when PyYAML is installed; every section and key optional)::
 
@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from captum_fgattr.bench.data import IMAGENET_SUBSET, LAYOUTS
+from captum_fgattr.bench.data.layouts import IMAGENET_SUBSET, LAYOUTS
 from captum_fgattr.bench.methods import METHODS
 from captum_fgattr.gates import DECODER_PAIRED_VARIANTS
 from captum_fgattr.gates import VARIANTS as ALL_VARIANTS
@@ -252,7 +252,7 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """A classifier built with :func:`captum_fgattr.bench.models.load_model` (timm ViT or CLIP zero-shot)."""
+    """A classifier built with :func:`captum_fgattr.bench.models.loading.load_model` (timm ViT or CLIP zero-shot)."""
 
     name: str = ""  # "timm:<name>", "clip:<open_clip name>", "fgattr:br35h-vit" or a plain timm name
     checkpoint: str | None = None  # local file (CLIP: or an open_clip pretrained tag); None = random weights
@@ -265,7 +265,7 @@ class ModelConfig:
 
     @property
     def spec(self) -> str:
-        """``name`` as a :func:`~captum_fgattr.bench.models.load_model` spec (plain names are timm's)."""
+        """``name`` as a :func:`~captum_fgattr.bench.models.loading.load_model` spec (plain names are timm's)."""
         return self.name if ":" in self.name else f"timm:{self.name}"
 
     @property
@@ -282,7 +282,7 @@ class DataConfig:
     * ``kind="folder"`` (default): ``val`` / ``test`` are image folders ``<class>/<image>``; or, with ``root``,
       sub-folder names of ``root`` (default "val" / "test").
     * a published layout (``"covid-qu-ex"``, ``"hyperkvasir"``, ``"imagenet"``, ``"br35h"``; see
-      :mod:`captum_fgattr.bench.data`): ``root`` is the dataset folder (optional for ``"br35h"``: the installed
+      :mod:`captum_fgattr.bench.data.layouts`): ``root`` is the dataset folder (optional for ``"br35h"``: the installed
       scans) and ``val`` / ``test`` are split names (default: :data:`DEFAULT_SPLITS`, else "val" / "test"). COVID-QU-Ex: the official Val / Test folders;
       HyperKvasir: the stratified 80/10/10 split seeded by ``seed``; ImageNet: only the class-folder
       validation set exists, so both name it.
@@ -298,13 +298,13 @@ class DataConfig:
     normalisation. ``resize`` / ``mean`` / ``std`` override either.
     """
 
-    kind: str = "folder"  # dataset layout, one of bench.data.LAYOUTS
+    kind: str = "folder"  # dataset layout, one of bench.data.layouts.LAYOUTS
     root: str | None = None  # dataset folder (required for the published layouts but br35h)
     val: str | None = None  # validation folder ("folder" without root) or split name (sweeps, selection)
     test: str | None = None  # test folder ("folder" without root) or split name
     subset: int | None = None  # test images drawn with ``seed`` (None: all; imagenet: DEFAULT_SUBSETS)
     seed: int = 42  # seed of ``subset`` and of seeded splits (HyperKvasir)
-    class_names: str | None = None  # class-names file (formats: bench.data); default: folder names
+    class_names: str | None = None  # class-names file (formats: bench.data.layouts); default: folder names
     resize: int | None = None  # shorter side before the center crop (default: the kind's, see above)
     mean: tuple[float, ...] | None = None  # normalisation (default: the kind's, see above)
     std: tuple[float, ...] | None = None

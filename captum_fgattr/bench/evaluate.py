@@ -2,7 +2,7 @@
 
 For each batch of images: one no-grad forward for the predictions, then per pending method one
 attribution call (one forward + backward for TransMM / FG-TransMM) and each registered metric's
-``compute`` (:mod:`captum_fgattr.bench.metric_specs`; SaCo, FC and PF share one call of the batched metric
+``compute`` (:mod:`captum_fgattr.bench.metrics`; SaCo, FC and PF share one call of the batched metric
 engine :func:`quantus_saco.engine.evaluate_patch_metrics`); the batch's rows are committed at once. A
 method is pending on a batch while some image lacks a score of some registered metric.
 
@@ -14,7 +14,7 @@ same numbers as one uninterrupted process (the batch size is therefore part of t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,24 +24,13 @@ from tqdm.auto import tqdm
 
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.config import EvalConfig
+from captum_fgattr.bench.distributed import Shard
 from captum_fgattr.bench.methods import MethodSpec, build_method
-from captum_fgattr.bench.metric_specs import MetricBatch, metric_specs
+from captum_fgattr.bench.metrics import MetricBatch, metric_specs
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from captum_fgattr.sae import SparseAutoencoder
 
-__all__ = ["Shard", "select_ids", "display_image", "evaluate_methods"]
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's share of the work: every ``world``-th batch, starting at ``rank``."""
-
-    rank: int = 0
-    world: int = 1
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.rank < self.world:
-            raise ValueError(f"rank={self.rank!r}, world={self.world!r}; expected 0 <= rank < world")
+__all__ = ["select_ids", "display_image", "evaluate_methods"]
 
 
 def select_ids(n: int, limit: int | None = None, seed: int = 42) -> list[int]:

@@ -28,24 +28,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO, Union
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.config import EvalConfig, Protocol
-from captum_fgattr.bench.evaluate import Shard, evaluate_methods, select_ids
+from captum_fgattr.bench.distributed import current_shard, sync_ranks
+from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
 from captum_fgattr.bench.methods import FGParams, MethodSpec
-from captum_fgattr.bench.metric_specs import metric_specs
-from captum_fgattr.bench.stats import paired_comparison, percent_improvement, summarize
+from captum_fgattr.bench.metrics import metric_specs
+from captum_fgattr.bench.analysis.stats import paired_comparison, percent_improvement, summarize
 from captum_fgattr.bench.store import ResultStore, Selection
 from captum_fgattr.gates import RESIDUAL_VARIANTS
 from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = [
     "SELECTION_RULE", "SINGLE", "MULTI", "GRID", "TEST", "DataSource", "fg_spec_of", "standardised_effects",
-    "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep", "run_test", "current_shard",
-    "sync_ranks", "control_specs", "control_name", "baseline_spec", "StudyClock",
+    "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep",
+    "run_test", "control_specs", "control_name", "baseline_spec", "StudyClock",
 ]
 
 SINGLE, MULTI, GRID, TEST = "single_layer", "multi_layer", "kappa_cmax", "test"
@@ -138,19 +138,6 @@ def control_groups(specs: Sequence[MethodSpec]) -> list[ControlGroup]:
                 controls.setdefault(name, []).append(spec)
         groups.append(ControlGroup(real, controls))
     return groups
-
-
-def current_shard() -> Shard:
-    """This process's shard: (rank, world size) of the initialised ``torch.distributed`` group, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return Shard(torch.distributed.get_rank(), torch.distributed.get_world_size())
-    return Shard()
-
-
-def sync_ranks() -> None:
-    """Wait for every rank (no-op outside ``torch.distributed``)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def standardised_effects(candidate: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, float]:

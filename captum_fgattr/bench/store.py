@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from captum_fgattr.bench.methods import FGParams, MethodSpec
-from captum_fgattr.bench.metric_specs import metric_names
+from captum_fgattr.bench.metrics import metric_names
 
 __all__ = ["STORE_NAME", "SCHEMA_VERSION", "ResultRow", "Selection", "ResultStore", "StoreError"]
 

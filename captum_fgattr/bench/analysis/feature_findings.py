@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captum_fgattr.bench.features_prototypes import FeatureKey, Prototypes
+from captum_fgattr.bench.analysis.prototypes import FeatureKey, Prototypes
 from captum_fgattr.bench.methods import MethodSpec
 
 __all__ = ["GROUPS", "Case", "PatchFinding", "FeatureStats", "FeatureAnalysis"]

@@ -16,15 +16,15 @@ from collections.abc import Collection, Sequence
 # command being run is imported, so ``fgattr --help`` starts without torch (tests check that these
 # lines equal the modules' own).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train-sae": ("captum_fgattr.bench.sae_cli",
+    "train-sae": ("captum_fgattr.bench.cli.train_sae",
                   "train sparse autoencoders on a ViT's residual stream (patch tokens) over an image folder"),
-    "sweep": ("captum_fgattr.bench.commands", "validation sweeps: single layer, multi-layer, κ × c_max; selections"),
-    "evaluate": ("captum_fgattr.bench.commands", "test evaluation of the selected configurations and the baselines"),
-    "report": ("captum_fgattr.bench.commands", "Markdown/CSV tables and PNG figures from a run's store"),
-    "run": ("captum_fgattr.bench.commands", "the whole protocol: sweep, evaluate, report"),
-    "demo": ("captum_fgattr.bench.demo",
+    "sweep": ("captum_fgattr.bench.cli.run", "validation sweeps: single layer, multi-layer, κ × c_max; selections"),
+    "evaluate": ("captum_fgattr.bench.cli.run", "test evaluation of the selected configurations and the baselines"),
+    "report": ("captum_fgattr.bench.cli.run", "Markdown/CSV tables and PNG figures from a run's store"),
+    "run": ("captum_fgattr.bench.cli.run", "the whole protocol: sweep, evaluate, report"),
+    "demo": ("captum_fgattr.bench.cli.demo",
              "run the study's protocol on the embedded default (Br35H MRI) and write a report"),
-    "features": ("captum_fgattr.bench.features_cli",
+    "features": ("captum_fgattr.bench.cli.features",
                  "SAE feature case studies: which features boost or suppress which patches, with prototypes"),
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as err:  # one error path: environment failures as one line, bugs keep their traceback
-        from captum_fgattr.bench.errors import user_error  # imports torch: only once a command has run
+        from captum_fgattr.bench.cli.errors import user_error  # imports torch: only once a command has run
 
         message = user_error(err)
         if message is None:

@@ -94,7 +94,7 @@ def sized_defaults(depth: int, width: int, tokens: int) -> dict[str, Any]:
     """SAE defaults sized by the model and the data (the thesis's values for ViT-B/16 on a large set).
 
     layers: the thesis's positions 2..10 of 12 blocks scaled to ``depth``, as ``fgattr run`` sizes them
-    (:func:`captum_fgattr.bench.runconfig.thesis_layers`); expansion: 64 from width
+    (:func:`captum_fgattr.bench.resolve.thesis_layers`); expansion: 64 from width
     512 up, 32 from 256, else 16; k: width / 6 (128 for 768); batch_tokens: the power of two nearest
     tokens / 256, within 64..4096 (a few hundred steps per epoch). The warm-up (5 % of all steps, at
     most 500) follows once the batch size is known.
@@ -107,7 +107,7 @@ def sized_defaults(depth: int, width: int, tokens: int) -> dict[str, Any]:
         >>> sized_defaults(6, 96, 134_464)
         {'layers': [1, 2, 3, 4], 'expansion': 16, 'k': 16, 'batch_tokens': 512}
     """
-    from captum_fgattr.bench.runconfig import thesis_layers
+    from captum_fgattr.bench.resolve import thesis_layers
 
     batch = 2 ** round(math.log2(max(tokens / 256, 1)))
     return {"layers": thesis_layers(depth), "expansion": 64 if width >= 512 else 32 if width >= 256 else 16,
@@ -152,9 +152,9 @@ def run_train_sae(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from captum_fgattr.adapters import get_adapter
-    from captum_fgattr.bench.data import ImageFolderDataset, build_transform
+    from captum_fgattr.bench.data.layouts import ImageFolderDataset, build_transform
     from captum_fgattr.bench.config import RunConfig, read_config_file
-    from captum_fgattr.bench.runconfig import load_model, preprocessing
+    from captum_fgattr.bench.resolve import load_model, preprocessing
     from captum_fgattr.sae.layers import train_layer_saes
     from captum_fgattr.sae.train import TrainConfig, sae_config_for
 

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST
-from captum_fgattr.bench.features import analyze_features, select_fg_method
-from captum_fgattr.bench.runconfig import load_inputs, load_saes, load_split, preprocessing
+from captum_fgattr.bench.analysis.features import analyze_features, select_fg_method
+from captum_fgattr.bench.resolve import load_inputs, load_saes, load_split, preprocessing
 from captum_fgattr.bench.store import STORE_NAME, ResultStore
 from captum_fgattr.bench.study import stored_run_config
 from captum_fgattr.sae import SparseAutoencoder
@@ -57,7 +57,7 @@ def load_run_components(store: ResultStore, layers: Sequence[int], splits: Seque
             return RunComponents(model.eval(), data, load_saes(run.saes, list(layers), model),
                                  getattr(first, "class_names", None))
     raise ValueError(f"run {store.run_dir} stores no `fgattr sweep/evaluate/run/demo` configuration to rebuild "
-                     "the model, data and SAEs from; use captum_fgattr.bench.features.analyze_features directly")
+                     "the model, data and SAEs from; use captum_fgattr.bench.analysis.features.analyze_features directly")
 
 
 def run_features(args: argparse.Namespace) -> Path:

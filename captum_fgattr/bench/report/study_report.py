@@ -25,16 +25,16 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from captum_fgattr.bench.comparisons import Comparison, claim_comparisons, format_p, verdict_lines
+from captum_fgattr.bench.analysis.comparisons import Comparison, claim_comparisons, format_p, verdict_lines
 from captum_fgattr.bench.config import PF_SCALES
 from captum_fgattr.bench.experiments import (
     GRID, MULTI, SINGLE, TEST, control_groups, control_name, standardised_effects,
 )
 from captum_fgattr.bench.methods import MethodSpec
-from captum_fgattr.bench.stats import (
+from captum_fgattr.bench.analysis.stats import (
     Summary, TTest, paired_ttest, percent_improvement, summarize, welch_ttest,
 )
-from captum_fgattr.bench.metric_specs import metric_spec, metric_specs
+from captum_fgattr.bench.metrics import metric_spec, metric_specs
 from captum_fgattr.bench.store import STORE_NAME, ResultStore
 
 __all__ = ["MetricCell", "TableRow", "experiment_table", "write_report", "summary_text", "PF_SCALES"]

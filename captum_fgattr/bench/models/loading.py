@@ -16,7 +16,7 @@ img_size=None, rename=None, templates=("a photo of a {}",), device="cpu", **kwar
   pretrained=<file>)``) or an open_clip pretrained tag such as ``"openai"`` (downloads: needs the network
   or open_clip's cache); None = random weights.
 * ``"fgattr:br35h-vit"``: the project's own default ViT for the ``br35h`` dataset kind
-  (:func:`captum_fgattr.bench.default.load_br35h_vit`): ``checkpoint`` None / ``"shipped"`` = the weights
+  (:func:`captum_fgattr.bench.models.br35h_vit.load_br35h_vit`): ``checkpoint`` None / ``"shipped"`` = the weights
   shipped with the package (sha256-checked), ``"retrain"`` = trained from scratch and cached in ``cache_dir``.
 
 Example:
@@ -278,7 +278,7 @@ def _load_fgattr_model(
     device: str | torch.device, progress: bool,
 ) -> nn.Module:
     """The project's own model ``name`` (``br35h-vit``); its shape is fixed, so shape arguments must match it."""
-    from captum_fgattr.bench.default import DEFAULT_VIT, MODEL_NAME, load_br35h_vit
+    from captum_fgattr.bench.models.br35h_vit import DEFAULT_VIT, MODEL_NAME, load_br35h_vit
 
     if name != MODEL_NAME:
         raise ValueError(f"unknown model fgattr:{name}; the project's own model is fgattr:{MODEL_NAME}")

@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from captum_fgattr.bench.data import (
+from captum_fgattr.bench.data.layouts import (
     IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, ImageListDataset, Preprocess, load_dataset,
 )
 from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
@@ -53,11 +53,11 @@ def load_model(config: ModelConfig, class_names: Sequence[str] | None = None,
 
     Raises:
         ValueError: no or unknown model name, bad checkpoint, CLIP without ``class_names``.
-        FileNotFoundError / ConnectionError: see :func:`captum_fgattr.bench.models.load_model`.
+        FileNotFoundError / ConnectionError: see :func:`captum_fgattr.bench.models.loading.load_model`.
     """
     import torch
 
-    from captum_fgattr.bench import models
+    from captum_fgattr.bench.models import loading as models
 
     if not config.name:
         raise ValueError("no model: set model.name (e.g. --model timm:vit_base_patch16_224 or clip:ViT-B-32)")
@@ -111,7 +111,7 @@ def model_shape(config: ModelConfig) -> tuple[int, int] | None:
 
     kind, _, name = config.spec.partition(":")
     if kind == "fgattr":
-        from captum_fgattr.bench.default import DEFAULT_VIT, MODEL_NAME
+        from captum_fgattr.bench.models.br35h_vit import DEFAULT_VIT, MODEL_NAME
 
         return (DEFAULT_VIT.depth, DEFAULT_VIT.num_patches) if name == MODEL_NAME else None
     try:
@@ -161,7 +161,7 @@ def load_split(config: DataConfig, split: str, preprocess: Preprocess | None = N
     layouts that cache them (br35h).
 
     Raises:
-        ValueError: see :meth:`DataConfig.location` and :func:`captum_fgattr.bench.data.load_dataset`; or
+        ValueError: see :meth:`DataConfig.location` and :func:`captum_fgattr.bench.data.layouts.load_dataset`; or
             validation and test share their images and the test subset leaves none for validation.
         FileNotFoundError / NotADirectoryError: the dataset folder or class-names file is missing.
     """
@@ -253,7 +253,7 @@ def load_saes(saes: str | Mapping[str, str] | None, layers: Sequence[int],
 def _shipped_saes(layers: list[int], model: nn.Module | None) -> dict[int, SparseAutoencoder]:
     """The shipped SAEs of ``layers``, after checking that ``model`` has the weights they were trained on."""
     from captum_fgattr.bench.assets import load_shipped_saes, shipped_info
-    from captum_fgattr.bench.default import MODEL_NAME, weights_sha256
+    from captum_fgattr.bench.models.br35h_vit import MODEL_NAME, weights_sha256
 
     if model is None:
         raise ValueError(f"saes={SHIPPED_SAES!r} needs the model, to check they were trained on it")

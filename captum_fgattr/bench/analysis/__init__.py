@@ -1,0 +1,1 @@
+"""Statistics and analyses of stored results: paired comparisons, the SAE feature study."""

@@ -1,0 +1,1 @@
+"""The ``fgattr`` command line: parsing, one module per subcommand, the one error path."""

@@ -1,0 +1,1 @@
+"""Datasets: published layouts (``LAYOUTS``), preprocessing, and the embedded Br35H scans."""

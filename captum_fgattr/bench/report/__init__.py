@@ -1,0 +1,1 @@
+"""Markdown / CSV tables and figures written from a run's store."""
