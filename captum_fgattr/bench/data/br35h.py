@@ -26,6 +26,7 @@ import importlib.util
 import json
 import math
 import os
+from functools import lru_cache
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -370,8 +371,18 @@ def split_files(
     if split not in SPLITS:
         raise ValueError(f"split={split!r} for Br35H; expected one of {list(SPLITS)}")
     root = Path(root).resolve() if root is not None else br35h_root()
+    listing = tuple(_rel(path) for path, _ in br35h_files(root))
+    cache = Path(cache_dir).resolve() if cache_dir is not None else None
+    return root, list(_splits_of(root, listing, cache, progress)[split])
+
+
+@lru_cache(maxsize=4)
+def _splits_of(root: Path, listing: tuple[str, ...], cache_dir: Path | None,
+               progress: bool) -> dict[str, list[tuple[Path, int]]]:
+    """:func:`split_br35h` of ``root``, computed once per process for an unchanged file ``listing`` (the
+    near-duplicate grouping takes about a second; a run resolves its splits several times)."""
     _, grouping_images, _ = _load_all_images(cache_dir, DUPLICATE_SIZE, progress, root)
-    return root, split_br35h(root, images=grouping_images)[split]
+    return split_br35h(root, images=grouping_images)
 
 
 def default_splits(
