@@ -10,7 +10,8 @@ from PIL import Image
 
 from captum_fgattr.bench.cli.main import main
 from captum_fgattr.bench.data.layouts import ImageFolderDataset, Preprocess, build_transform
-from captum_fgattr.bench.models.loading import load_state_dict, load_timm_model
+from captum_fgattr.bench.models.checkpoint import load_state_dict
+from captum_fgattr.bench.models.loading import load_timm_model
 from captum_fgattr.sae import load_sae
 
 

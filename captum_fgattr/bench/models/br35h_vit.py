@@ -43,6 +43,7 @@ from captum_fgattr.bench.data.br35h import (
     CLASS_NAMES, DUPLICATE_RMS, DUPLICATE_SIZE, IMG_SIZE, MEAN, SPLIT_FRACTIONS, SPLIT_SEED, STD, Br35HSplit,
     cache_key, default_cache_dir, default_splits, normalize,
 )
+from captum_fgattr.bench.models.checkpoint import load_state_dict
 from captum_fgattr.determinism import deterministic
 from captum_fgattr.files import atomic_write
 
@@ -266,9 +267,6 @@ def _load_cached_model(folder: Path, vit: ViTConfig, device: str | torch.device)
 
 def _load_weights(path: Path, vit: ViTConfig, info: dict, device: str | torch.device, remedy: str) -> nn.Module:
     """A ViT of shape ``vit`` with the weights at ``path``, checked against ``info["weights_sha256"]``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     expected = info.get("weights_sha256") if isinstance(info, dict) else None
     if not isinstance(expected, str):
         raise ValueError(f"the model info next to {path} records no weights_sha256; {remedy}")
@@ -276,8 +274,8 @@ def _load_weights(path: Path, vit: ViTConfig, info: dict, device: str | torch.de
         raise ValueError(f"weights {path} are missing or fail their sha256 check; {remedy}")
     try:
         model = build_vit(vit)
-        model.load_state_dict(load_file(path))
-    except (SafetensorError, RuntimeError) as err:
+        model.load_state_dict(load_state_dict(path))
+    except (ValueError, RuntimeError) as err:
         raise ValueError(f"corrupt weights {path} ({err}); {remedy}") from err
     return model.to(device).eval()
 
