@@ -1,5 +1,5 @@
-"""One error path for the ``fgattr`` CLI: environment failures exit 2 with one ``fgattr: error:`` line naming
-the file and the way out, no traceback (issue 15 items 12, 13)."""
+"""One error path for the ``fgattr`` CLI: environment failures exit 2 with one ``fgattr <command>: error:`` line
+(the prefix of every command's own errors) naming the file and the way out, no traceback (issue 15 items 12, 13)."""
 from __future__ import annotations
 
 import errno
@@ -40,12 +40,12 @@ def error_lines(err: str) -> list[str]:
     return [line for line in err.strip().splitlines() if not line.startswith("sized by the model: ")]
 
 
-def one_error_line(capsys) -> str:
+def one_error_line(capsys, command: str = "evaluate") -> str:
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
     lines = error_lines(err)
     assert len(lines) == 1, err
-    assert lines[0].startswith("fgattr: error: ")
+    assert lines[0].startswith(f"fgattr {command}: error: ")
     return lines[0]
 
 
@@ -55,7 +55,7 @@ def test_corrupt_store_in_a_subprocess_is_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"fgattr: error: {tmp_path / 'results.sqlite'} is not a readable SQLite results file (file is not a database): "
+        f"fgattr report: error: {tmp_path / 'results.sqlite'} is not a readable SQLite results file (file is not a database): "
         "it is corrupt or another kind of file; move it away to start a new store, or use another --run-dir"]
 
 

@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = user_error(err)
         if message is None:
             raise
-        print(f"fgattr: error: {message}", file=sys.stderr)
+        print(f"fgattr {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 
