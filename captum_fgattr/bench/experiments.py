@@ -127,7 +127,7 @@ def control_name(spec: MethodSpec) -> str | None:
 
 def control_groups(specs: Sequence[MethodSpec]) -> list[ControlGroup]:
     """Group an experiment's FG specs into real configurations and their controls (in registration order)."""
-    fg = [s for s in specs if s.name == "fg"]
+    fg = [s for s in specs if s.is_fg]
     groups = []
     for real in (s for s in fg if control_name(s) is None):
         controls: dict[str, list[MethodSpec]] = {}
@@ -333,7 +333,7 @@ def run_test(
     """Experiment 4 on the test split with the stored selections; resumes from the store. Returns its methods."""
     data = as_dataset(test, "test data")
     specs = final_specs(store, protocol)
-    layers = sorted({layer for spec in specs if spec.name == "fg" for layer in spec.fg.layers})
+    layers = sorted({layer for spec in specs if spec.is_fg for layer in spec.fg.layers})
     _check_saes(layers, saes, get_adapter(model).depth)
     ids = select_ids(len(data), protocol.test_images, protocol.subset_seed)  # type: ignore[arg-type]
     _experiment(model, data, specs, store, TEST, "test", ids, saes, config, clock)

@@ -68,13 +68,23 @@ class MethodSpec:
         return hash(self.key)
 
     @property
+    def is_fg(self) -> bool:
+        """FG-TransMM: the method under test or one of its controls."""
+        return self.name == "fg"
+
+    @property
+    def is_transmm(self) -> bool:
+        """TransMM, the reference every comparison is made against."""
+        return self.name == "transmm"
+
+    @property
     def fg(self) -> FGParams:
         """The typed parameters of an ``fg`` spec.
 
         Raises:
             ValueError: the spec is not FG-TransMM.
         """
-        if self.name != "fg":
+        if not self.is_fg:
             raise ValueError(f"{self.label} is not an FG-TransMM spec")
         return FGParams.from_params(self.params)
 

@@ -66,7 +66,7 @@ def claim_comparisons(store: ResultStore, experiment: str, split: str) -> list[C
     """Every paired comparison of ``experiment`` (FG real vs TransMM and vs each control), Holm-adjusted."""
     ids = store.experiment_ids(experiment, split)
     specs = store.experiment_methods(experiment, split)
-    transmm = [s for s in specs if s.name == "transmm"]
+    transmm = [s for s in specs if s.is_transmm]
     raw: list[Comparison] = []
     for group in control_groups(specs):
         references = ([("transmm", transmm)] if transmm else []) + list(group.controls.items())

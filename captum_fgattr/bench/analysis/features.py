@@ -234,14 +234,14 @@ def analyze_features(
     if model.training:
         raise ValueError("model is in training mode; call model.eval() first")
     method = method if method is not None else select_fg_method(store, split, experiment)
-    if method.name != "fg" or control_name(method) is not None:
+    if not method.is_fg or control_name(method) is not None:
         raise ValueError(f"method {method.label!r} is not a real-SAE FG-TransMM configuration")
     layers = list(method.fg.layers)
     missing = [layer for layer in layers if layer not in saes]
     if missing:
         raise ValueError(f"no SAE for gated layers {missing}; SAEs are available for layers {sorted(saes)}")
     ids = store.experiment_ids(experiment, split)
-    base_key = next((s.key for s in store.experiment_methods(experiment, split) if s.name == "transmm"), None)
+    base_key = next((s.key for s in store.experiment_methods(experiment, split) if s.is_transmm), None)
     if base_key is None:
         raise ValueError(f"experiment {experiment!r} on split {split!r} has no TransMM results")
     fg_rows, base_rows = store.scores(split, method.key, ids), store.scores(split, base_key, ids)

@@ -166,13 +166,13 @@ def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: st
         _record(store, "evaluate", config, split)
         if methods is None:  # the protocol's test experiment
             protocol = with_black_input(config, model)
-            layers = sorted({layer for s in final_specs(store, protocol) if s.name == "fg" for layer in s.fg.layers})
+            layers = sorted({layer for s in final_specs(store, protocol) if s.is_fg for layer in s.fg.layers})
             run_test(model, data, load_saes(config.saes, layers, model), store, protocol, config.evaluation)
             return
         text = Path(methods).read_text() if Path(methods).is_file() else methods
         given = parse_methods(text)
-        specs = given if any(s.name == "transmm" for s in given) else [transmm_spec(), *given]
-        layers = sorted({layer for s in specs if s.name == "fg" for layer in s.fg.layers})
+        specs = given if any(s.is_transmm for s in given) else [transmm_spec(), *given]
+        layers = sorted({layer for s in specs if s.is_fg for layer in s.fg.layers})
         limit = config.protocol.test_images if split == "test" else config.protocol.val_images
         evaluate_methods(model, data, specs, store, experiment=experiment, split=split,
                          image_ids=select_ids(len(data), limit, config.protocol.subset_seed),

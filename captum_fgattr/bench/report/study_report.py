@@ -59,7 +59,7 @@ class TableRow:
 
 
 def _layers(spec: MethodSpec) -> str:
-    return ",".join(map(str, spec.fg.layers)) if spec.name == "fg" else "–"
+    return ",".join(map(str, spec.fg.layers)) if spec.is_fg else "–"
 
 
 def _columns(store: ResultStore, split: str, spec: MethodSpec, ids: Sequence[int], pf_scale: str) -> dict[str, np.ndarray]:
@@ -79,7 +79,7 @@ def experiment_table(store: ResultStore, experiment: str, split: str, pf_scale: 
         raise ValueError(f"pf_scale={pf_scale!r}; expected one of {list(PF_SCALES)}")
     ids = store.experiment_ids(experiment, split)
     specs = store.experiment_methods(experiment, split)
-    base = next((_columns(store, split, s, ids, pf_scale) for s in specs if s.name == "transmm"), None)
+    base = next((_columns(store, split, s, ids, pf_scale) for s in specs if s.is_transmm), None)
     rows = []
     for spec in specs:
         columns = _columns(store, split, spec, ids, pf_scale)
@@ -87,7 +87,7 @@ def experiment_table(store: ResultStore, experiment: str, split: str, pf_scale: 
         for metric in metric_specs():
             values = columns[metric.name]
             summary = summarize(values)
-            if base is None or spec.name == "transmm":
+            if base is None or spec.is_transmm:
                 none = TTest(math.nan, math.nan, math.nan, 0)
                 cells[metric.name] = MetricCell(summary, math.nan, none, none)
                 continue
@@ -176,7 +176,7 @@ def _csv(rows: Sequence[TableRow], experiment: str, split: str, path: Path) -> N
 
 
 def _baseline(rows: Sequence[TableRow]) -> TableRow | None:
-    return next((row for row in rows if row.method.name == "transmm"), None)
+    return next((row for row in rows if row.method.is_transmm), None)
 
 
 def _baseline_line(ax: Axes, base: TableRow | None, metric: str) -> None:
@@ -202,7 +202,7 @@ def _finish_panels(fig: Figure, axes: Sequence[Axes], path: Path) -> None:
 
 
 def _layer_curves(rows: Sequence[TableRow], path: Path) -> None:
-    fg = [row for row in rows if row.method.name == "fg" and len(row.method.fg.layers) == 1]
+    fg = [row for row in rows if row.method.is_fg and len(row.method.fg.layers) == 1]
     fig, axes = _metric_panels()
     for ax, metric in zip(axes, metric_specs()):
         for variant in dict.fromkeys(row.method.fg.variant for row in fg):
@@ -218,7 +218,7 @@ def _layer_curves(rows: Sequence[TableRow], path: Path) -> None:
 
 def _bars(rows: Sequence[TableRow], path: Path) -> None:
     """Multi-layer configurations as points with SE bars (not bars from 0)."""
-    fg = [row for row in rows if row.method.name == "fg"]
+    fg = [row for row in rows if row.method.is_fg]
     fig, axes = _metric_panels()
     for ax, metric in zip(axes, metric_specs()):
         x = np.arange(len(fg))
@@ -233,7 +233,7 @@ def _bars(rows: Sequence[TableRow], path: Path) -> None:
 
 
 def _heatmaps(rows: Sequence[TableRow], path: Path) -> None:
-    fg = [row for row in rows if row.method.name == "fg"]
+    fg = [row for row in rows if row.method.is_fg]
     kappas = sorted({row.method.fg.kappa for row in fg})
     c_maxes = sorted({row.method.fg.c_max for row in fg})
     per_metric = {m.title: {(r.method.fg.kappa, r.method.fg.c_max): r.cells[m.name].pct for r in fg}
@@ -261,7 +261,7 @@ def _gallery_ids(store: ResultStore, split: str, ids: Sequence[int], real: Metho
                  per_class: int = 2) -> dict[int, str]:
     """Image id -> caption: up to ``per_class`` stored images per class, then the images FG improved and degraded
     most on the tables' first metric (SaCo; by its paired difference to TransMM, sign flipped if lower is better)."""
-    base = next((s for s in store.experiment_methods(TEST, split) if s.name == "transmm"), None)
+    base = next((s for s in store.experiment_methods(TEST, split) if s.is_transmm), None)
     columns = store.scores(split, base.key, ids) if base is not None else None
     if columns is None or not len(columns["image_id"]):
         return {int(i): "" for i in ids[:2 * per_class]}
@@ -282,8 +282,8 @@ def _gallery_ids(store: ResultStore, split: str, ids: Sequence[int], real: Metho
 
 def _short_label(spec: MethodSpec, real: MethodSpec | None) -> str:
     """A control's name beside its real method (the configuration is in the real method's title)."""
-    if real is None or spec.name != "fg" or spec == real:
-        return spec.label.replace(" combined ", "\n") if spec.name == "fg" else spec.label
+    if real is None or not spec.is_fg or spec == real:
+        return spec.label.replace(" combined ", "\n") if spec.is_fg else spec.label
     control = control_name(spec)
     if control == "shuffled_decoder":
         return f"shuffled decoder s{spec.fg.shuffle_seed}"
@@ -296,11 +296,11 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
     images = store.images(split)
     specs = store.experiment_methods(experiment, split)
     groups = control_groups(specs)
-    shown = [s for s in specs if s.name == "transmm"]
+    shown = [s for s in specs if s.is_transmm]
     for group in groups[-1:]:  # the last selected configuration (multi-layer) and one method per control
         shown += [group.real] + [controls[0] for controls in group.controls.values()]
     if not groups:
-        shown += [s for s in specs if s.name == "fg"]
+        shown += [s for s in specs if s.is_fg]
     stored = [i for i in store.experiment_ids(experiment, split) if i in images
               and all(store.attribution(split, s.key, i) is not None for s in shown)]
     captions = _gallery_ids(store, split, stored, groups[-1].real if groups else None)
@@ -400,12 +400,12 @@ def _validation_summary(store: ResultStore) -> str | None:
             continue
         specs = store.experiment_methods(experiment, "val")
         ids = store.experiment_ids(experiment, "val")
-        base = next((s for s in specs if s.name == "transmm"), None)
+        base = next((s for s in specs if s.is_transmm), None)
         if base is None:
             continue
         base_columns = store.scores("val", base.key, ids)
         best: dict[str, tuple[float, MethodSpec, dict[str, float]]] = {}
-        for spec in (s for s in specs if s.name == "fg"):
+        for spec in (s for s in specs if s.is_fg):
             columns = store.scores("val", spec.key, ids)
             if len(columns["image_id"]) != len(base_columns["image_id"]):
                 continue  # unfinished
@@ -467,7 +467,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
             _csv(rows, experiment, split, out / f"{name}.csv")
             sections += [table, f"CSV: `{name}.csv`", ""]
             figure = {SINGLE: _layer_curves, MULTI: _bars, GRID: _heatmaps}.get(experiment)
-            if figure is not None and any(row.method.name == "fg" for row in rows):
+            if figure is not None and any(row.method.is_fg for row in rows):
                 figure(rows, out / f"{name}.png")
                 sections += [f"![{experiment}]({name}.png)", ""]
             comparisons = claim_comparisons(store, experiment, split) if figure is None else []
