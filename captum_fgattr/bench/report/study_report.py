@@ -507,8 +507,14 @@ DEFINITIONS = [
 ]
 
 
+def _stored_metrics(config: dict) -> dict:
+    """The metric settings of a stored run configuration ({} if none); ``plan`` is where demo folders written
+    before the demo became a run description kept them."""
+    return (config.get("evaluation") or {}).get("metrics") or (config.get("plan") or {}).get("metrics") or {}
+
+
 def _stored_pf_scale(config: dict) -> str:
-    metrics = (config.get("evaluation") or {}).get("metrics") or (config.get("plan") or {}).get("metrics") or {}
+    metrics = _stored_metrics(config)
     return "patches" if metrics.get("preset") == "thesis-code" else metrics.get("pf_scale", "unit")
 
 
@@ -519,7 +525,7 @@ def _header(config: dict, pf_scale: str) -> list[str]:
     header = config.get("header") or []
     for key, text in header.items() if isinstance(header, dict) else header:
         lines.append(f"* **{key}**: {text}")
-    metrics = (config.get("evaluation") or {}).get("metrics") or (config.get("plan") or {}).get("metrics")
+    metrics = _stored_metrics(config)
     if metrics:
         lines.append("* **metric settings**: " + ", ".join(f"{k} = {v}" for k, v in sorted(metrics.items())))
     lines.append(f"* **PF AUC scale**: {pf_scale} ({'× number of patches' if pf_scale == 'patches' else 'in [0, 1]'})")
