@@ -1,5 +1,6 @@
-"""The loaders a run description (:mod:`captum_fgattr.bench.config`) drives: the model, the validation/test
-splits with their preprocessing, and the SAEs; and the model-sized defaults of a run.
+"""A run description (:mod:`captum_fgattr.bench.config`) resolved into what a study runs on: :func:`load_study_inputs`
+(the model, the validation/test splits with their preprocessing, the SAEs, in a fixed order), the loaders it
+uses, and the model-sized defaults of a run.
 
 ``model.name`` is ``"timm:<name>"``, ``"clip:<open_clip name>"`` (zero-shot over the dataset's class names;
 ``checkpoint``: a local file, an open_clip pretrained tag, or none for random weights), a plain timm name, or
@@ -12,12 +13,13 @@ import os
 import re
 import warnings
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.utils.data import Dataset
 
 from captum_fgattr.bench.data.layouts import (
     IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, ImageListDataset, Preprocess, load_dataset,
@@ -26,6 +28,7 @@ from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
 from captum_fgattr.sae import SparseAutoencoder, load_sae
 
 __all__ = [
+    "StudyInputs", "load_study_inputs",
     "SHIPPED_SAES", "load_model", "load_split", "preprocessing", "load_inputs", "load_saes", "RandomWeightsWarning", "SIZED_KEYS",
     "thesis_layers", "sized_settings", "model_shape", "size_to_model", "dotted_keys",
 ]
@@ -268,3 +271,21 @@ def _shipped_saes(layers: list[int], model: nn.Module | None) -> dict[int, Spars
                          f"--model fgattr:{MODEL_NAME} without a checkpoint, or SAEs trained on this model "
                          "(fgattr train-sae)")
     return load_shipped_saes(layers)
+
+
+@dataclass
+class StudyInputs:
+    """What a run description resolves to (:func:`load_study_inputs`)."""
+
+    model: nn.Module  # eval mode, on the CPU
+    val: Dataset  # validation split, preprocessed for the model
+    test: Dataset  # test split, preprocessed for the model
+    saes: dict[int, SparseAutoencoder]  # {layer: SAE} for every gated layer of the protocol
+
+
+def load_study_inputs(config: RunConfig) -> StudyInputs:
+    """The model, both splits and the SAEs of ``config`` (class names -> model -> preprocessing -> datasets ->
+    SAEs, checked against the model where they are the shipped ones)."""
+    model, val = load_inputs(config, "val")
+    test = load_split(config.data, "test", preprocessing(config.data, model), config.cache_dir)
+    return StudyInputs(model, val, test, load_saes(config.saes, config.protocol.gated_layers(), model))

@@ -5,22 +5,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from torch import nn
-from torch.utils.data import Dataset
 
 from captum_fgattr.bench.config import EvalConfig, Protocol, RunConfig
 from captum_fgattr.bench.distributed import current_shard
 from captum_fgattr.bench.experiments import DataSource, StudyClock, as_dataset, run_sweep, run_test
 from captum_fgattr.bench.report.study_report import write_report
-from captum_fgattr.bench.resolve import load_inputs, load_saes, load_split, preprocessing
+from captum_fgattr.bench.resolve import StudyInputs, load_study_inputs, preprocessing
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.sae import SparseAutoencoder
 
-__all__ = ["run_study", "StudyInputs", "load_study_inputs", "run_configured_study", "record_config",
+__all__ = ["run_study", "run_configured_study", "record_config",
            "with_black_input", "stored_run_config", "HEADER_KEY"]
 
 #: key of the run's description (``[[name, text], ...]``: data, model, SAEs) stored with its configuration
@@ -73,24 +72,6 @@ def run_study(
     if report and current_shard().rank == 0:
         write_report(run_dir, None, pf_scale)
     return run_dir
-
-
-@dataclass
-class StudyInputs:
-    """What a run description resolves to (:func:`load_study_inputs`)."""
-
-    model: nn.Module  # eval mode, on the CPU
-    val: Dataset  # validation split, preprocessed for the model
-    test: Dataset  # test split, preprocessed for the model
-    saes: dict[int, SparseAutoencoder]  # {layer: SAE} for every gated layer of the protocol
-
-
-def load_study_inputs(config: RunConfig) -> StudyInputs:
-    """The model, both splits and the SAEs of ``config`` (class names -> model -> preprocessing -> datasets ->
-    SAEs, checked against the model where they are the shipped ones)."""
-    model, val = load_inputs(config, "val")
-    test = load_split(config.data, "test", preprocessing(config.data, model), config.cache_dir)
-    return StudyInputs(model, val, test, load_saes(config.saes, config.protocol.gated_layers(), model))
 
 
 def with_black_input(config: RunConfig, model: nn.Module) -> Protocol:

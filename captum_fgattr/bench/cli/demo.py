@@ -34,7 +34,8 @@ from captum_fgattr.bench.models.br35h_vit import (
 )
 from captum_fgattr.bench.report.study_report import summary_text
 from captum_fgattr.bench.resolve import SHIPPED_SAES, load_model, load_split, preprocessing
-from captum_fgattr.bench.study import StudyInputs, load_study_inputs, run_configured_study
+from captum_fgattr.bench.resolve import StudyInputs, load_study_inputs
+from captum_fgattr.bench.study import run_configured_study
 from captum_fgattr.sae import SparseAutoencoder
 from captum_fgattr.sae.layers import layer_folder
 
