@@ -33,8 +33,9 @@ from captum_fgattr.bench.models.br35h_vit import (
     DEPTH, EMBED_DIM, MODEL_NAME, SHIPPED_DIR, evaluate_accuracy, sha256_file, weights_sha256,
 )
 from captum_fgattr.bench.report.study_report import summary_text
-from captum_fgattr.bench.resolve import SHIPPED_SAES, load_model, load_split, preprocessing
-from captum_fgattr.bench.resolve import StudyInputs, load_study_inputs
+from captum_fgattr.bench.resolve import (
+    SHIPPED_SAES, StudyInputs, load_model, load_split, load_study_inputs, preprocessing,
+)
 from captum_fgattr.bench.study import run_configured_study
 from captum_fgattr.sae import SparseAutoencoder
 from captum_fgattr.sae.layers import layer_folder
