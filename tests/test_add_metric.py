@@ -101,6 +101,8 @@ def test_a_metric_is_one_spec_with_its_compute_function(tmp_path, topk_drop_regi
     said = verdict(comparisons[0].result, higher_is_better=True)
     assert f"{TOP_K_DROP.short} {said} (Δ {comparisons[0].result.delta:+.3f}" in verdict_lines(comparisons)[0]
     assert f"| d_z {TOP_K_DROP.short} |" in (report / "report.md").read_text()  # the validation summary
+    assert f"highest mean over SaCo, FC, PF and {TOP_K_DROP.short} of the standardised" in \
+        (report / "report.md").read_text()  # the selection rule names it
 
 
 def test_a_resumed_run_computes_a_newly_registered_metric(tmp_path):

@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from captum_fgattr.bench.config import EvalConfig, MetricConfig, Protocol, RunConfig
 from captum_fgattr.bench.distributed import Shard
 from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
-from captum_fgattr.bench.experiments import SELECTION_RULE, fg_spec, run_sweep, transmm_spec
+from captum_fgattr.bench.experiments import fg_spec, run_sweep, selection_rule, transmm_spec
 from captum_fgattr.bench.study import run_study
 from captum_fgattr.bench.methods import MethodSpec, build_method
 from captum_fgattr.bench.metrics import metric_names
@@ -165,7 +165,7 @@ def test_sweep_selection_follows_the_stated_rule(tmp_path):
         best = max(singles, key=score)
         assert selected["single_layer"].method_key == best.key
         assert set(selected["single_layer"].details["candidates"]) == {s.key for s in singles}
-        assert store.selection("single_layer").rule == SELECTION_RULE
+        assert store.selection("single_layer").rule == selection_rule()
         multis = [fg_spec(layers, "combined", 0.5, 10.0) for layers in ((0, 1), (1, 2))]
         assert selected["multi_layer"].method_key == max(multis, key=score).key
         grid = [fg_spec(selected["multi_layer"].details["chosen"]["params"]["layers"], "combined", k, 10.0)

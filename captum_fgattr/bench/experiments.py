@@ -11,10 +11,10 @@ Experiments, in order (each also evaluates TransMM, the baseline every effect re
    its controls (``Protocol.controls``: shuffled decoder over several seeds, grad_input, grad_input_centered,
    bias_projection, permuted gates; same layers, κ, c_max and gate formula); the baselines.
 
-Selection rule (:data:`SELECTION_RULE`), stored in the run's ``selections`` table with every candidate's
-scores: highest mean over SaCo, FC and PF-AUC of the standardised paired effect vs TransMM on the same
-validation images (mean Δ / SD Δ, PF sign flipped so positive is better); ties go to the first candidate in
-protocol order. The thesis's % improvement is stored beside it.
+Selection rule (:func:`selection_rule`), stored in the run's ``selections`` table with every candidate's
+scores: highest mean over the registered metrics (SaCo, FC and PF) of the standardised paired effect vs TransMM
+on the same validation images (mean Δ / SD Δ, sign flipped where lower is better); ties go to the first
+candidate in protocol order. The thesis's % improvement is stored beside it.
 
 The steps are :func:`run_sweep` and :func:`run_test` (the whole study with its report:
 :func:`captum_fgattr.bench.study.run_study`); :func:`control_groups` tells the report which rows are which control.
@@ -43,16 +43,25 @@ from captum_fgattr.gates import RESIDUAL_VARIANTS
 from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = [
-    "SELECTION_RULE", "SINGLE", "MULTI", "GRID", "TEST", "DataSource", "fg_spec_of", "standardised_effects",
+    "selection_rule", "SINGLE", "MULTI", "GRID", "TEST", "DataSource", "fg_spec_of", "standardised_effects",
     "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep",
     "run_test", "control_specs", "control_name", "baseline_spec", "StudyClock",
 ]
 
 SINGLE, MULTI, GRID, TEST = "single_layer", "multi_layer", "kappa_cmax", "test"
-SELECTION_RULE = (
-    "highest mean over SaCo, FC and PF-AUC of the standardised paired effect vs TransMM on the same validation "
-    "images (mean delta / SD delta, PF sign flipped so positive is better); ties: first candidate"
-)
+
+
+def selection_rule() -> str:
+    """The selection rule in words, naming the registered metrics (stored with every selection), e.g. "highest
+    mean over SaCo, FC and PF of the standardised paired effect vs TransMM ... (PF sign flipped ...)"."""
+    specs = metric_specs()
+    names = ", ".join(m.short for m in specs[:-1]) + (" and " if len(specs) > 1 else "") + specs[-1].short
+    flipped = ", ".join(m.short for m in specs if not m.higher_is_better)
+    sign = f", {flipped} sign flipped so positive is better" if flipped else ""
+    return (f"highest mean over {names} of the standardised paired effect vs TransMM on the same validation images "
+            f"(mean delta / SD delta{sign}); ties: first candidate")
+
+
 #: a split: a dataset of (image (C, H, W), label) items, or (images (N, C, H, W), labels (N,)) tensors
 DataSource = Union[Dataset, tuple[Tensor, Tensor]]
 
@@ -150,7 +159,7 @@ def standardised_effects(candidate: Mapping[str, Any], base: Mapping[str, Any]) 
 def select_best(
     store: ResultStore, name: str, experiment: str, split: str, candidates: Sequence[MethodSpec], image_ids: Sequence[int],
 ) -> Selection:
-    """Apply :data:`SELECTION_RULE` to ``candidates`` (stored results on ``image_ids``) and store the choice.
+    """Apply :func:`selection_rule` to ``candidates`` (stored results on ``image_ids``) and store the choice.
 
     Raises:
         ValueError: a candidate or TransMM lacks results for some of the images (unfinished run).
@@ -180,7 +189,7 @@ def select_best(
         scores[spec.key] = record
     ranked = [(s if math.isfinite(s) else -math.inf) for s in (scores[spec.key]["mean_dz"] for spec in candidates)]
     best = candidates[ranked.index(max(ranked))]
-    selection = Selection(name, experiment, best.key, SELECTION_RULE,
+    selection = Selection(name, experiment, best.key, selection_rule(),
                           {"candidates": scores, "chosen": {"name": best.name, "params": dict(best.params)},
                            "baseline": {f"{m}_mean": mean for m, mean in base_means.items()}, "split": split,
                            "n_images": len(image_ids)})
