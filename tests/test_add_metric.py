@@ -36,7 +36,8 @@ def top_k_deletion_drop(batch: MetricBatch) -> Tensor:
     return (batch.logits.gather(1, target) - logits.gather(1, target))[:, 0].double()
 
 
-TOP_K_DROP = MetricSpec("topk_drop", f"Top-{K} drop", True, top_k_deletion_drop)
+TOP_K_DROP = MetricSpec("topk_drop", f"Top-{K} drop", True, top_k_deletion_drop,
+                        f"**Top-{K} drop**: target-logit drop when the {K} most attributed patches are set to 0.")
 
 
 @pytest.fixture
@@ -103,6 +104,7 @@ def test_a_metric_is_one_spec_with_its_compute_function(tmp_path, topk_drop_regi
     assert f"| d_z {TOP_K_DROP.short} |" in (report / "report.md").read_text()  # the validation summary
     assert f"highest mean over SaCo, FC, PF and {TOP_K_DROP.short} of the standardised" in \
         (report / "report.md").read_text()  # the selection rule names it
+    assert f"* {TOP_K_DROP.definition}" in (report / "report.md").read_text()  # defined in the setup section
 
 
 def test_a_resumed_run_computes_a_newly_registered_metric(tmp_path):

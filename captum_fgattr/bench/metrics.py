@@ -67,6 +67,7 @@ class MetricSpec:
     short: str  # in sentences and headers, e.g. "PF"
     higher_is_better: bool
     compute: Callable[[MetricBatch], Tensor]  # batch -> (B,) float64 per-image scores, NaN where undefined
+    definition: str = ""  # one sentence for the report's setup section (Markdown)
 
     @property
     def title(self) -> str:
@@ -145,6 +146,15 @@ def unregister_metric(name: str) -> None:
     del _REGISTRY[name]
 
 
-register_metric(MetricSpec("saco", "SaCo", True, _saco))
-register_metric(MetricSpec("fc", "FC", True, _fc))
-register_metric(MetricSpec("pf_auc", "PF", False, _pf_auc))  # Pixel-Flipping AUC on the [0, 1] scale
+register_metric(MetricSpec(
+    "saco", "SaCo", True, _saco,
+    "**SaCo** (Wu et al. 2024): patches ranked by attribution, cut into K groups; each group is replaced alone and "
+    "the drop in the target's probability should order like the groups' attribution sums. In [−1, 1], higher is better."))
+register_metric(MetricSpec(
+    "fc", "FC", True, _fc,
+    "**FC**, Faithfulness Correlation (Bhatt et al. 2020): correlation, over random patch subsets, between the subset's "
+    "attribution sum and the logit drop when it is replaced. Higher is better."))
+register_metric(MetricSpec(  # Pixel-Flipping AUC on the [0, 1] scale
+    "pf_auc", "PF", False, _pf_auc,
+    "**PF**, Pixel Flipping (Bach et al. 2015): patches replaced cumulatively, most relevant first; area under the "
+    "target-probability curve. Lower is better."))

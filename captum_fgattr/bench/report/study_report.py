@@ -490,13 +490,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
     return path
 
 
-DEFINITIONS = [
-    "**SaCo** (Wu et al. 2024): patches ranked by attribution, cut into K groups; each group is replaced alone and "
-    "the drop in the target's probability should order like the groups' attribution sums. In [−1, 1], higher is better.",
-    "**FC**, Faithfulness Correlation (Bhatt et al. 2020): correlation, over random patch subsets, between the subset's "
-    "attribution sum and the logit drop when it is replaced. Higher is better.",
-    "**PF**, Pixel Flipping (Bach et al. 2015): patches replaced cumulatively, most relevant first; area under the "
-    "target-probability curve. Lower is better.",
+#: what the report's methods are (the metrics are defined by their specs: ``MetricSpec.definition``)
+METHOD_DEFINITIONS = [
     "**FG (real SAE)**, the method: gates from s_t = Σ_k f_tk⟨g_t, d_k⟩ (SAE codes f, decoder rows d, gradient g of the "
     "target logit at the gated block's output) rescale TransMM's attention columns.",
     "**Controls** (same layers, κ, c_max and gate formula; only the score changes): *shuffled decoder* — decoder rows "
@@ -529,7 +524,8 @@ def _header(config: dict, pf_scale: str) -> list[str]:
     if metrics:
         lines.append("* **metric settings**: " + ", ".join(f"{k} = {v}" for k, v in sorted(metrics.items())))
     lines.append(f"* **PF AUC scale**: {pf_scale} ({'× number of patches' if pf_scale == 'patches' else 'in [0, 1]'})")
-    return lines + ["", *[f"* {d}" for d in DEFINITIONS], ""]
+    definitions = [m.definition for m in metric_specs() if m.definition] + METHOD_DEFINITIONS
+    return lines + ["", *[f"* {d}" for d in definitions], ""]
 
 
 def _selections(store: ResultStore) -> list[str]:
