@@ -1,4 +1,5 @@
-"""What a feature case study finds (the data types of :mod:`.features`, read by :mod:`.features_report`)."""
+"""What a feature case study finds (the data types of :mod:`.features`, read by
+:mod:`captum_fgattr.bench.report.features_report`)."""
 from __future__ import annotations
 
 import math

@@ -17,11 +17,12 @@ Over an evaluated run (per-image rows of TransMM and a real-SAE FG-TransMM confi
    + is a **booster** (raises the score, hence the gate), − a **suppressor**.
 5. Per headline feature, **cases**: the (image, patch) pairs of the analysed images where it is among
    the ``top_features`` contributors of its layer's score, split into boosts and suppressions, per class.
-6. **Prototypes**: its top activating images on a reference split (:mod:`.features_prototypes`, cached).
+6. **Prototypes**: its top activating images on a reference split (:mod:`.prototypes`, cached).
 
 Outputs (``out_dir``): ``features.md``, ``features.csv`` (one row per case patch), ``case_improved.png``,
-``case_degraded.png`` and ``prototypes_L{layer}_f{feature}.png`` (:mod:`.features_report`). The command
-``fgattr features --run-dir D`` is in :mod:`.features_cli`.
+``case_degraded.png`` and ``prototypes_L{layer}_f{feature}.png``
+(:mod:`captum_fgattr.bench.report.features_report`). The command ``fgattr features --run-dir D`` is in
+:mod:`captum_fgattr.bench.cli.features`.
 """
 from __future__ import annotations
 

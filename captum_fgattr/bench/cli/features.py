@@ -1,8 +1,9 @@
-"""``fgattr features --run-dir D``: feature case studies of an evaluated run (see :mod:`.features`).
+"""``fgattr features --run-dir D``: feature case studies of an evaluated run (see
+:mod:`captum_fgattr.bench.analysis.features`).
 
 The model, the data and the SAEs are rebuilt from the configuration stored in the run's database: the
-last ``sweep`` / ``evaluate`` / ``run`` configuration (:mod:`.runconfig`; ``fgattr demo`` stores its run
-description as ``run`` too).
+last ``sweep`` / ``evaluate`` / ``run`` configuration (:mod:`captum_fgattr.bench.resolve`; ``fgattr demo``
+stores its run description as ``run`` too).
 """
 from __future__ import annotations
 
