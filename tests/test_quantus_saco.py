@@ -1,5 +1,7 @@
 """Quantus-hosted patch metrics (SaCo, patch FC, patch PF) against explicit per-image loops of docs/method.md §4."""
 
+import warnings
+
 import numpy as np
 import pytest
 import quantus
@@ -413,12 +415,25 @@ def test_project_defaults_of_the_shared_quantus_arguments(vit, data, metric_cls)
     # in effect: raw signed attributions, per-sample image mean replaced, one score per image
     scores = metric(model=vit, x_batch=x, y_batch=y, a_batch=a)
     np.testing.assert_allclose(scores, ref_scores(metric_cls, vit, x, a, y), rtol=0, atol=SHARED_TOL[metric_cls])
-    # nanmean aggregation: a sample made undefined by hand is left out of the aggregate
-    aggregate = metric_cls(**SHARED_OWN[metric_cls], return_aggregate=True, **kw())
-    aggregate.evaluation_scores = [0.25, np.nan, 0.75]
-    assert aggregate.aggregate_func(aggregate.evaluation_scores) == pytest.approx(0.5)
-    (mean,) = aggregate(model=vit, x_batch=x, y_batch=y, a_batch=a)
-    assert mean == pytest.approx(np.mean(scores), abs=1e-9)
+    (mean,) = metric_cls(**SHARED_OWN[metric_cls], return_aggregate=True, **kw())(model=vit, x_batch=x, y_batch=y,
+                                                                                 a_batch=a)
+    assert mean == pytest.approx(np.mean(ref_scores(metric_cls, vit, x, a, y)), abs=SHARED_TOL[metric_cls])
+    if metric_cls is PatchPixelFlipping:
+        return  # PF is defined for every image: nothing to leave out
+    # nanmean aggregation: image 0 made undefined (constant attribution: SaCo and FC have no ordering to score) is
+    # left out of the aggregate, which is the mean of the other images' explicit references
+    flat = a.copy()
+    flat[0] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SaCo warns about the undefined image
+        per_image = metric_cls(**SHARED_OWN[metric_cls], **kw())(model=vit, x_batch=x, y_batch=y, a_batch=flat)
+        (mean,) = metric_cls(**SHARED_OWN[metric_cls], return_aggregate=True, **kw())(model=vit, x_batch=x, y_batch=y,
+                                                                                     a_batch=flat)
+    assert np.isnan(per_image[0]) and not np.isnan(per_image[1:]).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the references' own warnings about image 0
+        expected = np.mean(ref_scores(metric_cls, vit, x, flat, y)[1:])
+    assert mean == pytest.approx(expected, abs=SHARED_TOL[metric_cls])
 
 
 @pytest.mark.parametrize("metric_cls", [SaCo, PatchFaithfulnessCorrelation, PatchPixelFlipping])
