@@ -8,13 +8,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["TransMM", "FeatureGradientTransMM", "GatedLayer", "TokenGradCAM", "AttentionRollout", "RawAttention",
-           "CLIPZeroShotClassifier", "SparseAutoencoder"]
-
 _WHERE = {"TransMM": "captum_fgattr.attr", "FeatureGradientTransMM": "captum_fgattr.attr",
           "GatedLayer": "captum_fgattr.attr", "TokenGradCAM": "captum_fgattr.baselines",
           "AttentionRollout": "captum_fgattr.baselines", "RawAttention": "captum_fgattr.baselines",
           "CLIPZeroShotClassifier": "captum_fgattr.clip", "SparseAutoencoder": "captum_fgattr.sae"}
+__all__ = list(_WHERE)
 
 if TYPE_CHECKING:
     from captum_fgattr.attr import FeatureGradientTransMM, GatedLayer, TransMM
@@ -32,4 +30,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+    return sorted({*globals(), *__all__})

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_fgattr.adapters import Captured, capture
@@ -155,7 +154,6 @@ class FeatureGradientTransMM(TransMM):
         self.last_gated_layers: dict[int, GatedLayer] = {}
         self._sample_ids: Tensor | None = None
 
-    @log_usage()
     def attribute(self, inputs: Tensor, *args: Any, sample_ids: Sequence[int] | Tensor | None = None,
                   **kwargs: Any) -> Tensor:
         """As :meth:`TransMM.attribute`; ``sample_ids`` (B,) seed the permuted-gates control per image
@@ -188,12 +186,12 @@ class FeatureGradientTransMM(TransMM):
         prefix = self.adapter.num_prefix_tokens
         self.last_gated_layers = {}
         permutations = None
+        needs_codes = self.variant in CODE_VARIANTS or self.top_features > 0  # (__init__: top features need an SAE)
         with torch.no_grad():
             for layer, sae in self.saes.items():
                 decoder = self.decoder(layer)
                 x = captured.resid[layer][:, prefix:].to(decoder)
                 grad = captured.resid_grad[layer][:, prefix:].to(decoder)
-                needs_codes = self.variant in CODE_VARIANTS or (self.top_features and self.variant in SAE_VARIANTS)
                 codes = sae.encode_sparse(x) if needs_codes else None
                 scores = self._scores(sae, x, grad, decoder, codes)
                 gates = exp_tanh_gates(robust_z(scores), self.kappa[layer], self.c_max[layer])
