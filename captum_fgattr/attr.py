@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_fgattr.adapters import Captured, capture
@@ -154,6 +155,7 @@ class FeatureGradientTransMM(TransMM):
         self.last_gated_layers: dict[int, GatedLayer] = {}
         self._sample_ids: Tensor | None = None
 
+    @log_usage()  # Captum's NoiseTunnel calls attribute.__wrapped__, which the decorator provides
     def attribute(self, inputs: Tensor, *args: Any, sample_ids: Sequence[int] | Tensor | None = None,
                   **kwargs: Any) -> Tensor:
         """As :meth:`TransMM.attribute`; ``sample_ids`` (B,) seed the permuted-gates control per image
