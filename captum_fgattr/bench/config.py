@@ -52,7 +52,7 @@ from captum_fgattr.gates import DECODER_PAIRED_VARIANTS
 from captum_fgattr.gates import VARIANTS as ALL_VARIANTS
 
 __all__ = [
-    "MetricConfig", "EvalConfig", "Protocol", "ModelConfig", "DataConfig", "RunConfig", "read_config_file",
+    "positive_int", "MetricConfig", "EvalConfig", "Protocol", "ModelConfig", "DataConfig", "RunConfig", "read_config_file",
     "METRIC_PRESETS", "PF_SCALES", "TARGETS", "VARIANTS", "CONTROLS", "DEFAULT_CONTROLS", "SPLITS",
     "DEFAULT_SPLITS", "DEFAULT_SUBSETS",
 ]
@@ -60,7 +60,8 @@ __all__ = [
 TARGETS = ("prediction", "label")
 
 
-def _positive_int(name: str, value: Any) -> None:
+def positive_int(name: str, value: Any) -> None:
+    """Refuse ``value`` unless it is an int >= 1 (bools are not ints here); the error names ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r}; expected an int >= 1")
 
@@ -94,7 +95,7 @@ class MetricConfig:
 
     def __post_init__(self) -> None:
         for name in ("saco_groups", "fc_subset_size", "fc_runs", "fc_repeats", "pf_patches_per_step"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         if self.fc_correlation not in ("pearson", "spearman"):
             raise ValueError(f"fc_correlation={self.fc_correlation!r}; expected 'pearson' or 'spearman'")
         if self.pf_scale not in PF_SCALES:
@@ -128,8 +129,8 @@ class EvalConfig:
     metrics: MetricConfig = field(default_factory=MetricConfig)
 
     def __post_init__(self) -> None:
-        _positive_int("batch_size", self.batch_size)
-        _positive_int("metric_batch", self.metric_batch)
+        positive_int("batch_size", self.batch_size)
+        positive_int("metric_batch", self.metric_batch)
         if self.target not in TARGETS:
             raise ValueError(f"target={self.target!r}; expected one of {list(TARGETS)}")
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from captum_fgattr.adapters import get_adapter
-from captum_fgattr.bench.config import EvalConfig
+from captum_fgattr.bench.config import EvalConfig, positive_int
 from captum_fgattr.bench.distributed import Shard
 from captum_fgattr.bench.methods import MethodSpec, build_method
 from captum_fgattr.bench.metrics import MetricBatch, metric_specs
@@ -39,8 +39,7 @@ def select_ids(n: int, limit: int | None = None, seed: int = 42) -> list[int]:
         raise ValueError("the dataset is empty (0 images)")
     if limit is None or limit >= n:
         return list(range(n))
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit={limit!r}; expected an int >= 1")
+    positive_int("limit", limit)
     return sorted(torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].tolist())
 
 
@@ -152,7 +151,7 @@ def evaluate_methods(
                                                          targets.tolist(), rows)],
                     attributions=[(split, spec.key, i, a.reshape(adapter.grid_size(images)).cpu().numpy())
                                   for i, a in zip(chunk, attributions) if i in gallery],
-                    images=shown,
+                    images=shown if spec is todo[0] else (),  # display copies once per batch
                     deltas=[] if deltas is None else [(split, spec.key, i, d) for i, d in zip(chunk, deltas.tolist())])
                 committed += 1
                 bar.update(1)

@@ -35,7 +35,7 @@ from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.config import EvalConfig, Protocol
 from captum_fgattr.bench.distributed import current_shard, sync_ranks
 from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
-from captum_fgattr.bench.methods import FGParams, MethodSpec
+from captum_fgattr.bench.methods import FGParams, MethodSpec, fg_layers
 from captum_fgattr.bench.metrics import metric_specs
 from captum_fgattr.bench.analysis.stats import paired_comparison, percent_improvement, summarize
 from captum_fgattr.bench.store import ResultStore, Selection
@@ -342,7 +342,7 @@ def run_test(
     """Experiment 4 on the test split with the stored selections; resumes from the store. Returns its methods."""
     data = as_dataset(test, "test data")
     specs = final_specs(store, protocol)
-    layers = sorted({layer for spec in specs if spec.is_fg for layer in spec.fg.layers})
+    layers = fg_layers(specs)
     _check_saes(layers, saes, get_adapter(model).depth)
     ids = select_ids(len(data), protocol.test_images, protocol.subset_seed)  # type: ignore[arg-type]
     _experiment(model, data, specs, store, TEST, "test", ids, saes, config, clock)

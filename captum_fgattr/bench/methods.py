@@ -8,7 +8,7 @@ a method with a convergence delta (Integrated Gradients) keeps its last (B,) del
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +122,11 @@ class FGParams:
     def configuration(self) -> tuple[tuple[int, ...], float, float]:
         """What a method and its controls share: (layers, κ, c_max)."""
         return self.layers, self.kappa, self.c_max
+
+
+def fg_layers(specs: Iterable[MethodSpec]) -> list[int]:
+    """Sorted blocks gated by any FG-TransMM spec of ``specs`` (the SAEs they need)."""
+    return sorted({layer for spec in specs if spec.is_fg for layer in spec.fg.layers})
 
 
 def build_method(spec: MethodSpec, model: nn.Module, saes: Mapping[int, SparseAutoencoder] | None = None) -> PatchMethod:

@@ -28,6 +28,7 @@ from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
 from captum_fgattr.bench.distributed import current_shard, process_group, sync_ranks
 from captum_fgattr.bench.experiments import final_specs, run_sweep, run_test, transmm_spec
 from captum_fgattr.bench.study import record_config, run_configured_study, with_black_input
+from captum_fgattr.bench.methods import fg_layers
 from captum_fgattr.bench.methods_json import parse_methods
 from captum_fgattr.bench.report.study_report import summary_text, write_report
 from captum_fgattr.bench.resolve import SHIPPED_SAES, dotted_keys, load_inputs, load_saes, size_to_model
@@ -166,13 +167,13 @@ def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: st
         _record(store, "evaluate", config, split)
         if methods is None:  # the protocol's test experiment
             protocol = with_black_input(config, model)
-            layers = sorted({layer for s in final_specs(store, protocol) if s.is_fg for layer in s.fg.layers})
+            layers = fg_layers(final_specs(store, protocol))
             run_test(model, data, load_saes(config.saes, layers, model), store, protocol, config.evaluation)
             return
         text = Path(methods).read_text() if Path(methods).is_file() else methods
         given = parse_methods(text)
         specs = given if any(s.is_transmm for s in given) else [transmm_spec(), *given]
-        layers = sorted({layer for s in specs if s.is_fg for layer in s.fg.layers})
+        layers = fg_layers(specs)
         limit = config.protocol.test_images if split == "test" else config.protocol.val_images
         evaluate_methods(model, data, specs, store, experiment=experiment, split=split,
                          image_ids=select_ids(len(data), limit, config.protocol.subset_seed),
