@@ -8,11 +8,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+__all__ = ["TransMM", "FeatureGradientTransMM", "GatedLayer", "TokenGradCAM", "AttentionRollout", "RawAttention",
+           "CLIPZeroShotClassifier", "SparseAutoencoder"]  # a literal list: static tools read it
+
 _WHERE = {"TransMM": "captum_fgattr.attr", "FeatureGradientTransMM": "captum_fgattr.attr",
           "GatedLayer": "captum_fgattr.attr", "TokenGradCAM": "captum_fgattr.baselines",
           "AttentionRollout": "captum_fgattr.baselines", "RawAttention": "captum_fgattr.baselines",
           "CLIPZeroShotClassifier": "captum_fgattr.clip", "SparseAutoencoder": "captum_fgattr.sae"}
-__all__ = list(_WHERE)
 
 if TYPE_CHECKING:
     from captum_fgattr.attr import FeatureGradientTransMM, GatedLayer, TransMM

@@ -46,7 +46,7 @@ from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.gates import robust_center_scale
 from captum_fgattr.sae import SparseAutoencoder
 
-__all__ = ["Case", "PatchFinding", "FeatureStats", "FeatureAnalysis", "composite_improvement", "rank_cases",
+__all__ = ["composite_improvement", "rank_cases",
            "attribution_shares", "patch_findings", "feature_cases", "select_fg_method", "analyze_features", "CACHE_FOLDER"]
 
 CACHE_FOLDER = "feature_cache"  # prototype cache inside the run folder

@@ -16,8 +16,6 @@ Correlation and Pixel Flipping, with paired comparisons and verdicts, ending in 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import time
 from collections.abc import Mapping
@@ -26,7 +24,7 @@ from pathlib import Path
 from torch import nn
 
 from captum_fgattr.bench.assets import sae_quality, sae_recipe, shipped_info, train_demo_saes
-from captum_fgattr.bench.data.br35h import CLASS_NAMES, MEAN, STD, Br35HSplit, default_cache_dir
+from captum_fgattr.bench.data.br35h import CLASS_NAMES, MEAN, STD, Br35HSplit, cache_key, default_cache_dir
 from captum_fgattr.bench.data.layouts import Preprocess, load_dataset
 from captum_fgattr.bench.config import DataConfig, EvalConfig, MetricConfig, ModelConfig, Protocol, RunConfig
 from captum_fgattr.bench.models.br35h_vit import (
@@ -80,8 +78,7 @@ def demo_config(output: str | Path | None = None, quick: bool = False, device: s
 
 def _sae_folder(model: nn.Module, cache_dir: str | Path) -> Path:
     """Cache folder of the SAEs trained for ``model`` with the shipped recipe (one ``layer_{L}/`` per block)."""
-    recipe = json.dumps(sae_recipe(), sort_keys=True)
-    return Path(cache_dir) / "saes" / f"{weights_sha256(model)[:10]}_{hashlib.sha256(recipe.encode()).hexdigest()[:10]}"
+    return Path(cache_dir) / "saes" / f"{weights_sha256(model)[:10]}_{cache_key(sae_recipe())[:10]}"
 
 
 def retrain_saes(config: RunConfig) -> RunConfig:

@@ -40,6 +40,7 @@ __all__ = [
     "CLASS_NAMES", "IMG_SIZE", "MEAN", "STD", "SPLIT_SEED", "SPLIT_FRACTIONS", "SPLITS", "DUPLICATE_RMS",
     "DUPLICATE_SIZE", "Br35HSplit", "default_cache_dir", "br35h_root", "br35h_files", "near_duplicate_groups",
     "duplicate_summary", "split_br35h", "split_files", "cache_key", "load_image", "load_images", "normalize", "default_splits",
+    "per_channel",
 ]
 
 CLASS_NAMES: tuple[str, ...] = ("no", "yes")  # label 0 = no tumour, 1 = tumour
@@ -228,11 +229,12 @@ def load_images(paths: list[Path], img_size: int = IMG_SIZE, progress: bool = Tr
     return torch.stack(images)
 
 
-def _per_channel(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
+def per_channel(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
+    """One number or three (one per channel) -> three floats; the error names ``name``."""
     values = (float(value),) * 3 if isinstance(value, (int, float)) else tuple(float(v) for v in value)
     values = values * 3 if len(values) == 1 else values
     if len(values) != 3:
-        raise ValueError(f"{name}={value!r}; expected one number or three (per output channel)")
+        raise ValueError(f"{name}={value!r}; expected one number or three (per RGB channel)")
     return values  # type: ignore[return-value]
 
 
@@ -242,7 +244,7 @@ def normalize(images: Tensor, mean: float | Sequence[float] = MEAN, std: float |
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 1:
         raise ValueError(f"expected uint8 images of shape (B, 1, S, S); got {images.dtype} {tuple(images.shape)}")
     x = images.float() / 255.0
-    return torch.cat([(x - m) / s for m, s in zip(_per_channel(mean, "mean"), _per_channel(std, "std"))], dim=1)
+    return torch.cat([(x - m) / s for m, s in zip(per_channel(mean, "mean"), per_channel(std, "std"))], dim=1)
 
 
 class Br35HSplit(torch.utils.data.Dataset):
@@ -269,7 +271,7 @@ class Br35HSplit(torch.utils.data.Dataset):
             raise ValueError(f"{N} images, labels of shape {tuple(labels.shape)}, {len(paths)} paths")
         self.images, self.labels, self.paths = images, labels, tuple(Path(p) for p in paths)
         self.root = Path(root) if root is not None else Path(os.path.commonpath([p.parent.parent for p in self.paths]))
-        self.mean, self.std = _per_channel(mean, "mean"), _per_channel(std, "std")
+        self.mean, self.std = per_channel(mean, "mean"), per_channel(std, "std")
         self.classes = list(CLASS_NAMES)
         self.class_names = list(class_names)
         if len(self.class_names) != len(self.classes):
@@ -388,17 +390,14 @@ def _splits_of(root: Path, listing: tuple[str, ...], cache_dir: Path | None,
 def default_splits(
     cache_dir: str | os.PathLike[str] | None = None,
     img_size: int = IMG_SIZE,
-    seed: int = SPLIT_SEED,
     progress: bool = True,
 ) -> dict[str, Br35HSplit]:
-    """The Br35H train/val/test splits of :func:`split_br35h`, decoded into memory (cached on disk).
+    """The installed Br35H's train/val/test splits (:func:`split_files`), decoded into memory (cached on disk).
 
     Returns:
         ``{"train", "val", "test"}`` -> :class:`Br35HSplit` of images of shape ``(1, img_size, img_size)``
         (with the defaults about 70 / 15 / 15 % of the 3,000 scans, near-duplicates kept together);
         ``split.tensors()`` gives normalised ``(N, 3, S, S)`` and labels.
     """
-    root = br35h_root()
-    _, grouping_images, _ = _load_all_images(cache_dir, DUPLICATE_SIZE, progress, root)
-    return {name: Br35HSplit.read(root, files, img_size, cache_dir=cache_dir, progress=progress)
-            for name, files in split_br35h(root, seed, images=grouping_images).items()}
+    return {name: Br35HSplit.read(*split_files(None, name, cache_dir, progress), img_size, cache_dir=cache_dir,
+                                  progress=progress) for name in SPLITS}

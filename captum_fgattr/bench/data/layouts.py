@@ -79,15 +79,6 @@ IMAGENET_SUBSET = 10_000
 INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic")
 
 
-def _triple(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
-    values = (float(value),) * 3 if isinstance(value, (int, float)) else tuple(float(v) for v in value)
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise ValueError(f"{name}={value!r}; expected one number or three (per RGB channel)")
-    return values  # type: ignore[return-value]
-
-
 def _is_size(value: Any) -> bool:
     sizes = (value,) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
     return len(sizes) in (1, 2) and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
@@ -110,8 +101,8 @@ class Preprocess:
             raise ValueError(f"resize={self.resize!r}; expected None, a positive int or (H, W)")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation={self.interpolation!r}; expected one of {list(INTERPOLATIONS)}")
-        object.__setattr__(self, "mean", _triple(self.mean, "mean"))
-        object.__setattr__(self, "std", _triple(self.std, "std"))
+        object.__setattr__(self, "mean", br35h.per_channel(self.mean, "mean"))
+        object.__setattr__(self, "std", br35h.per_channel(self.std, "std"))
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std={self.std!r}; expected positive values")
 
