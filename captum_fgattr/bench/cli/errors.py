@@ -1,9 +1,10 @@
-"""The ``fgattr`` CLI's one error path: environment failures as one line naming the file and the way out.
+"""The ``fgattr`` CLI's one error path: bad input and environment failures as one line naming the problem and
+the way out.
 
-:func:`user_error` recognises failures that are not bugs of this package — a results store that cannot be
-used, file-system errors (permissions, a regular file where a folder is needed, a folder where a file is
-needed, a full or read-only disk), and a CUDA device asked for on a machine without one — and describes
-them; anything else is a bug and keeps its traceback.
+:func:`user_error` recognises failures that are not bugs of this package — bad input (:data:`INPUT_ERRORS`: the
+package's own messages), a results store that cannot be used, file-system errors (permissions, a regular file
+where a folder is needed, a folder where a file is needed, a full or read-only disk), and a CUDA device asked for
+on a machine without one — and describes them; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import torch
 
 from captum_fgattr.bench.store import StoreError
 
-__all__ = ["user_error"]
+__all__ = ["INPUT_ERRORS", "user_error"]
+
+#: what this package raises for bad input (arguments, configuration, files, data): shown as their message
+INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, ConnectionError)
 
 _OS_ADVICE: dict[int, str] = {
     errno.EACCES: "check its permissions, or choose a path you may use (--run-dir, --output, $FGATTR_CACHE)",
@@ -45,11 +49,13 @@ def user_error(err: BaseException) -> str | None:
     """One line describing ``err`` and the way out, or None when it is not an environment failure."""
     if isinstance(err, StoreError):
         return str(err)
-    if isinstance(err, OSError):
+    if isinstance(err, OSError) and err.errno is not None:  # from the operating system
         return _os_error(err)
     if isinstance(err, sqlite3.Error):
         return f"results store: {str(err).splitlines()[0]}; check the run folder's results.sqlite or use another --run-dir"
     if isinstance(err, (RuntimeError, AssertionError)) and _cuda_unavailable(err):
         return ("a CUDA device was asked for (--device cuda or evaluation.device), but no CUDA GPU is usable here "
                 f"({str(err).splitlines()[0]}); use --device cpu")
+    if isinstance(err, INPUT_ERRORS):
+        return str(err)
     return None

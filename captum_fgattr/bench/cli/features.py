@@ -8,7 +8,6 @@ stores its run description as ``run`` too).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,11 +85,7 @@ def run_features(args: argparse.Namespace) -> Path:
 
 
 def _main(args: argparse.Namespace) -> int:
-    try:
-        run_features(args)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
-        print(f"fgattr features: error: {err}", file=sys.stderr)
-        return 2
+    run_features(args)
     return 0
 
 

@@ -185,17 +185,6 @@ def _report(run_dir: str, out: str | None, pf_scale: str | None) -> None:
     print(f"wrote {write_report(run_dir, out, pf_scale)}")
 
 
-def _command(name: str, body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        try:
-            body(args)
-        except (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, ConnectionError) as err:
-            print(f"fgattr {name}: error: {err}", file=sys.stderr)
-            return 2
-        return 0
-    return run
-
-
 def _with_config(body: Callable[[RunConfig, argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
     def run(args: argparse.Namespace) -> None:
         config = resolve_config(args)
@@ -220,7 +209,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "(the combined score's configuration with the best mean standardised paired effect over TransMM across SaCo, "
         "FC and PF; the other variants are ablations). Resumes an interrupted run.")
     _run_arguments(sweep)
-    sweep.set_defaults(func=_command("sweep", _with_config(lambda config, args: _sweep(config))))
+    sweep.set_defaults(func=_with_config(lambda config, args: _sweep(config)))
 
     evaluate = subparsers.add_parser(
         "evaluate", formatter_class=fmt, help="test evaluation of the selected configurations and the baselines",
@@ -232,8 +221,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                           '{"layers": [6], "variant": "combined"}}]; TransMM is added as the baseline')
     evaluate.add_argument("--experiment", default="test", help="experiment name the rows are filed under")
     evaluate.add_argument("--split", default="test", choices=("val", "test"))
-    evaluate.set_defaults(func=_command("evaluate", _with_config(
-        lambda config, args: _evaluate(config, args.methods, args.experiment, args.split))))
+    evaluate.set_defaults(func=_with_config(
+        lambda config, args: _evaluate(config, args.methods, args.experiment, args.split)))
 
     report = subparsers.add_parser(
         "report", formatter_class=fmt, help="Markdown/CSV tables and PNG figures from a run's store",
@@ -243,7 +232,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     report.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
     report.add_argument("--pf-scale", choices=PF_SCALES, default=None,
                         help="PF AUC in [0, 1] or × number of patches (thesis tables)")
-    report.set_defaults(func=_command("report", lambda args: _report(args.run_dir, args.out, args.pf_scale)))
+    report.set_defaults(func=lambda args: _report(args.run_dir, args.out, args.pf_scale))
 
     run = subparsers.add_parser("run", formatter_class=fmt, help="the whole protocol: sweep, evaluate, report",
                                 description="sweep + evaluate + report in one resumable command.")
@@ -251,5 +240,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     run.add_argument("--pf-scale", choices=PF_SCALES, default=None,
                      help="PF column of the tables: unit (AUC in [0, 1]) or patches (× number of patches); default: "
                      "the metric settings' (thesis-code preset: patches)")
-    run.set_defaults(func=_command("run", _with_config(_run_all)))
+    run.set_defaults(func=_with_config(_run_all))
     return run

@@ -142,15 +142,7 @@ def _print_table(rows: list[dict[str, object]], fields: tuple[str, ...]) -> None
 
 
 def run_train_sae(args: argparse.Namespace) -> int:
-    """Entry point of ``fgattr train-sae``; returns the exit status (2 on bad input)."""
-    try:
-        return _run(args)
-    except (ValueError, TypeError, FileNotFoundError, NotADirectoryError) as err:
-        print(f"fgattr train-sae: error: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Entry point of ``fgattr train-sae``; returns the exit status (bad input: ``fgattr``'s one error path)."""
     from captum_fgattr.adapters import get_adapter
     from captum_fgattr.bench.data.layouts import ImageFolderDataset, build_transform
     from captum_fgattr.bench.config import RunConfig, read_config_file
