@@ -69,6 +69,10 @@ def test_recorded_accuracy_and_heldout_quality_are_what_the_files_give():
     model, info = D.shipped_model()
     splits = B.default_splits(progress=False)
     assert D.evaluate_accuracy(model, splits["test"]) == info["test_accuracy"]
+    images, labels = splits["test"].tensors()
+    with torch.no_grad():  # the accuracy written out: one image at a time
+        correct = [int(model(images[i:i + 1])[0].argmax()) == int(labels[i]) for i in range(len(labels))]
+    assert sum(correct) / len(correct) == pytest.approx(info["test_accuracy"], abs=1e-12)
     assert info["n_test"] == len(splits["test"]) and info["duplicate_rms"] == B.DUPLICATE_RMS
     saes = A.load_shipped_saes(A.SAE_LAYERS)
     val = torch.utils.data.DataLoader(splits["val"].tensors()[0], batch_size=256)

@@ -165,7 +165,9 @@ def test_sweep_selection_follows_the_stated_rule(tmp_path):
         best = max(singles, key=score)
         assert selected["single_layer"].method_key == best.key
         assert set(selected["single_layer"].details["candidates"]) == {s.key for s in singles}
-        assert store.selection("single_layer").rule == selection_rule()
+        assert store.selection("single_layer").rule == selection_rule() == (
+            "highest mean over SaCo, FC and PF of the standardised paired effect vs TransMM on the same validation "
+            "images (mean delta / SD delta, PF sign flipped so positive is better); ties: first candidate")
         multis = [fg_spec(layers, "combined", 0.5, 10.0) for layers in ((0, 1), (1, 2))]
         assert selected["multi_layer"].method_key == max(multis, key=score).key
         grid = [fg_spec(selected["multi_layer"].details["chosen"]["params"]["layers"], "combined", k, 10.0)

@@ -25,7 +25,8 @@ def test_thesis_positions_scale_with_depth_and_patches():
 def test_unset_keys_are_sized_by_the_model_and_printed(capsys):
     config = resolve_config(build_parser(["run"]).parse_args(["run", *SMALL]))
     assert config.protocol.layers == (1, 2, 3, 4)
-    assert config.protocol.multi_layers == tuple(tuple(c) for c in sized_settings(6, 16)["protocol.multi_layers"])
+    # the thesis's (2,3,4), (4,6,7), (6,9,10) of 12 blocks × 6/12, rounded half to even, capped at block 4
+    assert config.protocol.multi_layers == ((1, 2), (2, 3, 4), (3, 4))
     assert config.evaluation.metrics.fc_subset_size == 2  # 16 patches: 20 / 196 of them
     assert "sized by the model: protocol.layers = [1, 2, 3, 4]" in capsys.readouterr().err
 

@@ -218,10 +218,10 @@ def test_train_sae_defaults_follow_the_model_and_are_printed(tmp_path, capsys) -
     assert main(["train-sae", "--model", "vit_tiny_patch16_224", "--img-size", "32", "--model-kwargs", '{"depth": 3}',
                  "--data", str(tmp_path / "images"), "--epochs", "1", "--lr", "1e-3", "--output", str(out), "--quiet",
                  "--device", "cpu"]) == 0
-    expected = sized_defaults(3, 192, 4 * 4)  # 4 training images (one per class held out) x 2x2 patches
-    assert expected["layers"] == [0, 1] and expected["expansion"] == 16 and expected["k"] == 32
+    # 4 training images (one per class held out) x 2x2 patches = 16 tokens: the smallest batch, 64 tokens
+    assert sized_defaults(3, 192, 4 * 4) == {"layers": [0, 1], "expansion": 16, "k": 32, "batch_tokens": 64}
     err = capsys.readouterr().err
-    assert f"layers {expected['layers']}, expansion 16, k 32, batch {expected['batch_tokens']} tokens" in err
+    assert "layers [0, 1], expansion 16, k 32, batch 64 tokens" in err
     assert "sized from the model and data: layers, expansion, k, batch_tokens, warmup_steps" in err
     sae = load_sae(out / "layer_1")
     assert (sae.n_features, sae.k) == (16 * 192, 32)
