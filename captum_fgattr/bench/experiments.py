@@ -43,7 +43,7 @@ from captum_fgattr.gates import RESIDUAL_VARIANTS
 from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = [
-    "selection_rule", "SINGLE", "MULTI", "GRID", "TEST", "DataSource", "fg_spec_of", "standardised_effects",
+    "selection_rule", "SINGLE", "MULTI", "GRID", "TEST", "DataSource", "fg_spec_of", "standardised_effects", "selection_score",
     "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep",
     "run_test", "control_specs", "control_name", "baseline_spec", "StudyClock",
 ]
@@ -149,6 +149,13 @@ def control_groups(specs: Sequence[MethodSpec]) -> list[ControlGroup]:
     return groups
 
 
+def selection_score(effects: Mapping[str, float]) -> float:
+    """A candidate's selection criterion: the mean of its standardised effects over the metrics (−inf if undefined,
+    so it is never chosen over a defined one)."""
+    score = sum(effects.values()) / len(effects)
+    return score if math.isfinite(score) else -math.inf
+
+
 def standardised_effects(candidate: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, float]:
     """Registered metric -> d_z of ``candidate`` − ``base`` per-image scores (aligned columns of
     :meth:`ResultStore.scores`), sign flipped for lower-is-better metrics so that positive is better."""
@@ -175,9 +182,11 @@ def select_best(
     specs = metric_specs()
     base_means = {m.name: summarize(base[m.name]).mean for m in specs}
     scores: dict[str, dict[str, Any]] = {}
+    ranking: dict[str, float] = {}
     for spec in candidates:
         mine = columns(spec)
         effects = standardised_effects(mine, base)
+        ranking[spec.key] = selection_score(effects)
         record: dict[str, Any] = {"label": spec.label}
         for m in specs:
             mean = summarize(mine[m.name]).mean
@@ -187,8 +196,7 @@ def select_best(
         record["mean_pct"] = sum(record[f"{m.name}_pct"] for m in specs) / len(specs)
         record["mean_dz"] = sum(effects.values()) / len(specs)
         scores[spec.key] = record
-    ranked = [(s if math.isfinite(s) else -math.inf) for s in (scores[spec.key]["mean_dz"] for spec in candidates)]
-    best = candidates[ranked.index(max(ranked))]
+    best = max(candidates, key=lambda spec: ranking[spec.key])  # the first of equals
     selection = Selection(name, experiment, best.key, selection_rule(),
                           {"candidates": scores, "chosen": {"name": best.name, "params": dict(best.params)},
                            "baseline": {f"{m}_mean": mean for m, mean in base_means.items()}, "split": split,

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from captum_fgattr.bench.analysis.comparisons import Comparison, claim_comparisons, format_p, verdict_lines
 from captum_fgattr.bench.config import PF_SCALES
 from captum_fgattr.bench.experiments import (
-    GRID, MULTI, SINGLE, TEST, control_groups, control_name, standardised_effects,
+    GRID, MULTI, SINGLE, TEST, control_groups, control_name, selection_score, standardised_effects,
 )
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.analysis.stats import (
@@ -411,8 +411,7 @@ def _validation_summary(store: ResultStore) -> str | None:
                 continue  # unfinished
             effects = standardised_effects(columns, base_columns)
             key = spec.fg.variant if experiment == SINGLE else "multi-layer"
-            score = float(np.mean(list(effects.values())))
-            score = score if math.isfinite(score) else -math.inf
+            score = selection_score(effects)
             if key not in best or score > best[key][0]:
                 best[key] = (score, spec, effects)
         for key, (score, spec, effects) in best.items():
