@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from captum_fgattr.files import atomic_write
 from captum_fgattr.sae.collect import ActivationCache
 from captum_fgattr.sae.io import read_sae_config
 from captum_fgattr.sae.model import SAEConfig
@@ -61,12 +62,13 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def train_layer_saes(
@@ -127,12 +129,13 @@ def train_layer_saes(
             start = time.perf_counter()
             sweep = sweep_lr(cache.array(layer), lrs, sae_configs[layer], train_config, ev_threshold=ev_threshold, device=device)
             seconds = (time.perf_counter() - start) / len(lrs)
+            held = [{} if heldout is None else _heldout_metrics(result.sae, heldout.array(layer), train_config)
+                    for result in sweep.results]
             for i, result in enumerate(sweep.results):
-                held = {} if heldout is None else _heldout_metrics(result.sae, heldout.array(layer), train_config)
-                rows.append({"layer": layer, "lr": result.config.lr, **result.metrics.as_dict(), **held,
+                rows.append({"layer": layer, "lr": result.config.lr, **result.metrics.as_dict(), **held[i],
                              "selected": i == sweep.best_index, "train_seconds": round(seconds, 2)})
-            best, row = sweep.best, rows[len(rows) - len(lrs) + sweep.best_index]
-            saved = {**best.metrics.as_dict(), **{f: row[f] for f in HELDOUT_FIELDS if f in row}, "lr": best.config.lr}
+            best = sweep.best
+            saved = {**best.metrics.as_dict(), **held[sweep.best_index], "lr": best.config.lr}
             best.sae.save(layer_folder(output, layer), metrics=saved)
             _write_rows(metrics_path, rows)  # after each layer: finished layers survive a crash
     finally:
@@ -145,6 +148,5 @@ def train_layer_saes(
 
 def _heldout_metrics(sae: Any, tokens: Any, train_config: TrainConfig) -> dict[str, float]:
     """:data:`HELDOUT_FIELDS` of ``sae`` on all ``tokens`` (num_tokens, d_in)."""
-    m = evaluate_sae(sae, tokens, batch_tokens=train_config.batch_tokens)
-    return {"heldout_explained_variance": m.explained_variance, "heldout_dead_fraction": m.dead_fraction,
-            "heldout_mean_l0": m.mean_l0, "heldout_num_tokens": m.num_tokens}
+    metrics = evaluate_sae(sae, tokens, batch_tokens=train_config.batch_tokens).as_dict()
+    return {field: metrics[field.removeprefix("heldout_")] for field in HELDOUT_FIELDS}
