@@ -257,11 +257,11 @@ def _heatmaps(rows: Sequence[TableRow], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def _gallery_ids(store: ResultStore, split: str, ids: Sequence[int], real: MethodSpec | None,
-                 per_class: int = 2) -> dict[int, str]:
-    """Image id -> caption: up to ``per_class`` stored images per class, then the images FG improved and degraded
-    most on the tables' first metric (SaCo; by its paired difference to TransMM, sign flipped if lower is better)."""
-    base = next((s for s in store.experiment_methods(TEST, split) if s.is_transmm), None)
+def _gallery_ids(store: ResultStore, split: str, ids: Sequence[int], base: MethodSpec | None,
+                 real: MethodSpec | None, per_class: int = 2) -> dict[int, str]:
+    """Image id -> caption: up to ``per_class`` stored images per class, then the images FG (``real``) improved and
+    degraded most on the tables' first metric (SaCo; by its paired difference to TransMM, ``base``, sign flipped if
+    lower is better)."""
     columns = store.scores(split, base.key, ids) if base is not None else None
     if columns is None or not len(columns["image_id"]):
         return {int(i): "" for i in ids[:2 * per_class]}
@@ -296,6 +296,7 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
     images = store.images(split)
     specs = store.experiment_methods(experiment, split)
     groups = control_groups(specs)
+    real = groups[-1].real if groups else None
     shown = [s for s in specs if s.is_transmm]
     for group in groups[-1:]:  # the last selected configuration (multi-layer) and one method per control
         shown += [group.real] + [controls[0] for controls in group.controls.values()]
@@ -303,7 +304,7 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
         shown += [s for s in specs if s.is_fg]
     stored = [i for i in store.experiment_ids(experiment, split) if i in images
               and all(store.attribution(split, s.key, i) is not None for s in shown)]
-    captions = _gallery_ids(store, split, stored, groups[-1].real if groups else None)
+    captions = _gallery_ids(store, split, stored, next((s for s in specs if s.is_transmm), None), real)
     ids = list(captions)
     if not ids or not shown:
         return False
@@ -311,7 +312,6 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
     label_of = dict(zip(info["image_id"].tolist(), zip(info["label"].tolist(), info["prediction"].tolist())))
     fig = Figure(figsize=(2.0 * (1 + len(shown)) + 1.0, 2.2 * len(ids)), layout="constrained")
     axes = fig.subplots(len(ids), 1 + len(shown), squeeze=False)
-    real = groups[-1].real if groups else None
     for r, image_id in enumerate(ids):
         image = images[image_id]
         label, prediction = label_of.get(image_id, (-1, -1))
