@@ -1,4 +1,5 @@
-"""Benchmark entry point: ``python benchmarks/run.py [--quick] [--device cpu|cuda] [--autocast] [--scaling]``.
+"""Benchmark entry point: ``python benchmarks/run.py [--quick] [--device cpu|cuda] [--autocast] [--scaling]
+[--study-forwards N]``.
 
 Measures, in one run and on the same inputs per model (tiny default ViT shape, CLIP ViT-B/32,
 ViT-B/16; random weights): TransMM batched vs a per-image loop, FG-TransMM (3 gated layers, 64x TopK
@@ -19,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from benchmarks import shared_forwards  # noqa: E402
 from benchmarks.core import MODELS, PLANS, build_model, device_name, run_model, scaling_sweep  # noqa: E402
 
 DEFINITIONS = {
@@ -132,6 +134,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--scaling", action="store_true", help="also sweep batch size, gated layers, SAE width and patches (tiny ViT)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS), help="models to measure, in this order")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine")
+    parser.add_argument("--study-forwards", type=int, default=0, metavar="N",
+                        help="also run benchmarks/shared_forwards.py on N test images of the embedded default (the demo's "
+                             "23 methods with and without shared perturbed forwards; 16 takes about 2 minutes on this CPU)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -156,7 +161,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.scaling:
         scaling = scaling_sweep(device, args.quick)
         print("\nScaling (tiny ViT shape; defaults B=16, 3 gated layers, 64x SAEs, 64 patches)\n" + scaling_table(scaling))
+    study = None
+    if args.study_forwards:
+        print("\nThe study's method set, shared perturbed forwards (benchmarks/shared_forwards.py)")
+        study = shared_forwards.main(["--images", str(args.study_forwards), "--threads", str(torch.get_num_threads())])
     result = report(device, args.quick, args.autocast, results, scaling, time.perf_counter() - start)
+    if study is not None:
+        result["study_forwards"] = study
     print(memory_note(device))
     print(json.dumps(result))  # last line: the figures (NaN/Infinity as Python's json writes them)
     return result

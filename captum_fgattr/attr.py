@@ -5,6 +5,7 @@ gradient-weighted attention maps of every block, (optionally) gate them, and pro
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from captum_fgattr.adapters import Captured, capture
 from captum_fgattr.gates import (
-    CODE_VARIANTS, DECODER_PAIRED_VARIANTS, SAE_VARIANTS, VARIANTS, exp_tanh_gates, feature_gradient_scores, gate_columns,
+    CODE_VARIANTS, DECODER_PAIRED_VARIANTS, MAD_EPS_PLACEMENTS, SAE_VARIANTS, VARIANTS, exp_tanh_gates, feature_gradient_scores, gate_columns,
     patch_permutations, residual_scores, robust_z,
 )
 from captum_fgattr.patch_attribution import PatchAttribution, check_finite
@@ -23,6 +24,41 @@ from captum_fgattr.relevancy import class_token_row, gradient_weighted_attention
 from captum_fgattr.sae import SparseAutoencoder
 from captum_fgattr.sae.mapping import check_sae_mapping
 from captum_fgattr.targets import TargetLike, resolve_target
+
+
+def float32_or_wider(t: Tensor) -> Tensor:
+    """``t`` in float32, or as it is if it is float32 or wider (no copy then)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def check_class_token_readout(last_attn_grad: Tensor, readout_rows: Sequence[int]) -> None:
+    """Refuse a model whose output does not read the class token.
+
+    ``last_attn_grad`` (B, H, N, N) is ∂y/∂A of the last block: if the output reads the class token, its
+    row has a gradient; a model that pools the patch tokens (e.g. ``head(tokens[:, 1:].mean(1))``) gives
+    exactly 0 in that row while other rows have one. An all-zero gradient (a zero head) is not refused.
+    """
+    read = last_attn_grad[:, :, list(readout_rows)].flatten(1).ne(0).any(dim=1)
+    unread = ~read & last_attn_grad.flatten(1).ne(0).any(dim=1)
+    if unread.any():
+        raise ValueError(
+            f"the model does not read its output from the class token ({int(unread.sum())} of {len(unread)} images: "
+            "the target logit's gradient on the class token's last-block attention is exactly 0, e.g. a head on "
+            "the mean of the patch tokens); TransMM and FG-TransMM explain the class token's row, so their map "
+            "would not describe this output: use a class-token head (timm global_pool='token')"
+        )
+
+
+def _reduced_precision(model: nn.Module) -> str:
+    """What makes ``model`` compute below float32 (its weights' dtype or autocast), or ''."""
+    param = next(model.parameters(), None)
+    if param is None:
+        return ""
+    if param.dtype.is_floating_point and param.dtype.itemsize < 4:
+        return f"{param.dtype} weights"
+    if torch.is_autocast_enabled(param.device.type):
+        return f"autocast to {torch.get_autocast_dtype(param.device.type)}"
+    return ""
 
 
 class TransMM(PatchAttribution):
@@ -35,7 +71,12 @@ class TransMM(PatchAttribution):
     Args:
         model: a timm ``VisionTransformer`` or an open_clip ViT classifier (e.g.
             :class:`CLIPZeroShotClassifier`), or a module containing exactly one of them, returning
-            logits (B, num_classes). Its mode (train/eval) is left to the caller.
+            logits (B, num_classes) read from the class token (a model that pools the patch tokens is
+            refused: the class-token row would not explain its output). Call ``model.eval()``: a model in
+            train mode with dropout, stochastic depth or batch norm is refused (its map would change from
+            call to call or with the batch); one in train mode without them gives the eval-mode map and a
+            warning. For low-precision models (bf16 / fp16 weights or autocast) the gradient-weighted maps
+            and their propagation are computed, and the map returned, in float32.
 
     Example:
         >>> import timm, torch
@@ -53,9 +94,12 @@ class TransMM(PatchAttribution):
             check_finite("logits", logits.gather(1, target_idx[:, None]), images)
             captured.backward(logits.gather(1, target_idx[:, None]).sum())
             self.adapter.check_tokens(captured.attn[0].shape[-1], images)
-            cams = [gradient_weighted_attention(a, g) for a, g in zip(captured.attn, captured.attn_grad)]
-            cams = self._gate(cams, captured)
-        return class_token_row(transmm_relevancy(cams), self.adapter.num_prefix_tokens, self.adapter.readout_rows)
+            check_class_token_readout(captured.attn_grad[-1], self.adapter.readout_rows)
+            with torch.autocast(images.device.type, enabled=False):
+                cams = [gradient_weighted_attention(float32_or_wider(a), float32_or_wider(g))
+                        for a, g in zip(captured.attn, captured.attn_grad)]
+                relevancy = transmm_relevancy(self._gate(cams, captured))
+        return class_token_row(relevancy, self.adapter.num_prefix_tokens, self.adapter.readout_rows)
 
     def _resid_layers(self) -> tuple[int, ...]:
         """Blocks whose resid_post (and its gradient) the method needs."""
@@ -103,6 +147,7 @@ class FeatureGradientTransMM(TransMM):
     Args:
         model: as for :class:`TransMM`.
         saes: block index -> :class:`SparseAutoencoder` of that block's resid_post; the gated layers are its keys.
+            An SAE whose config records another block (``config.hook_layer``) is refused.
         kappa: gate strength κ ≥ 0, one value or one per gated layer.
         c_max: gate range c_max ≥ 1, one value or one per gated layer.
         variant: one of :data:`captum_fgattr.gates.VARIANTS` (default ``combined``).
@@ -110,14 +155,24 @@ class FeatureGradientTransMM(TransMM):
             permutation (activations unchanged). Only ``combined`` pairs f_k with d_k, so the control is
             refused for every other variant (it could not differ from the real map).
         permute_gates_seed: if given, the permuted-gates control: the gates are computed as usual, then
-            permuted over the patch positions with a permutation per image (seeded by this seed and the
-            image's id, see :meth:`attribute`), the same for every gated layer.
+            permuted over the patch positions with a permutation per image, a function of this seed and the
+            image's id only (``sample_ids`` of :meth:`attribute`, default 0 for every image), the same for
+            every gated layer and every call (so also for every noisy copy under NoiseTunnel).
         top_features: if > 0, record for each patch the ``top_features`` active features contributing
             most to its score (see :attr:`last_gated_layers`); costs a K-wide projection of the gradient.
             Only for the SAE-code variants.
+        mad_eps: where 1e-8 enters the robust scale of the scores (:data:`captum_fgattr.gates.MAD_EPS_PLACEMENTS`):
+            ``"after_scale"`` 1.4826·MAD + 1e-8 (default) or ``"in_mad"`` 1.4826·(MAD + 1e-8), the thesis author's
+            code; they differ only where the MAD is near 0.
 
     After each call, :attr:`last_gated_layers` maps each gated block to a :class:`GatedLayer` (the gates
-    as applied, i.e. permuted for the permuted-gates control).
+    as applied, i.e. permuted for the permuted-gates control); it is emptied at the start of each call, so
+    it stays empty after a call that failed.
+
+    Precision: the scores, their normalisation and the gates are computed in float32 whatever the model's
+    dtype (a bf16 / fp16 SAE is upcast, autocast is off for them). They are still built from the model's
+    residual stream and gradients, so a low-precision model gives a warning: the robust normalisation
+    amplifies their rounding (see ``docs/method.md``).
     """
 
     def __init__(
@@ -130,8 +185,11 @@ class FeatureGradientTransMM(TransMM):
         shuffle_decoder_seed: int | None = None,
         permute_gates_seed: int | None = None,
         top_features: int = 0,
+        mad_eps: str = "after_scale",
     ) -> None:
         super().__init__(model)
+        if mad_eps not in MAD_EPS_PLACEMENTS:
+            raise ValueError(f"mad_eps={mad_eps!r}; expected one of {list(MAD_EPS_PLACEMENTS)}")
         if variant not in VARIANTS:
             raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")
         if shuffle_decoder_seed is not None and variant not in DECODER_PAIRED_VARIANTS:
@@ -147,6 +205,7 @@ class FeatureGradientTransMM(TransMM):
         self.c_max = self._per_layer("c_max", c_max, minimum=1.0)
         self.variant = variant
         self.top_features = top_features
+        self.mad_eps = mad_eps
         self.permute_gates_seed = permute_gates_seed
         self.decoder_permutations: dict[int, Tensor] = {}
         if shuffle_decoder_seed is not None:
@@ -159,10 +218,21 @@ class FeatureGradientTransMM(TransMM):
     def attribute(self, inputs: Tensor, *args: Any, sample_ids: Sequence[int] | Tensor | None = None,
                   **kwargs: Any) -> Tensor:
         """As :meth:`TransMM.attribute`; ``sample_ids`` (B,) seed the permuted-gates control per image
-        (default 0..B−1: pass stable dataset indices to make it independent of the batching)."""
+        (default: 0 for every image, i.e. the seed's one permutation for all; pass stable dataset indices for
+        one per image, independent of the batching). Under NoiseTunnel / sensitivity_max leave it out."""
+        self.last_gated_layers = {}
         self._sample_ids = None if sample_ids is None else torch.as_tensor(sample_ids).reshape(-1)
+        precision = _reduced_precision(self.adapter.model)
+        if precision:
+            warnings.warn(f"the model computes in reduced precision ({precision}): FG-TransMM computes its gate "
+                          "scores in float32, but from the model's rounded residual stream and gradients, whose "
+                          "error the robust normalisation amplifies (several % off the float32 map, see "
+                          "docs/method.md); run the model in float32 for FG-TransMM", UserWarning)
         try:
             return super().attribute(inputs, *args, **kwargs)
+        except BaseException:
+            self.last_gated_layers = {}
+            raise
         finally:
             self._sample_ids = None
 
@@ -176,8 +246,8 @@ class FeatureGradientTransMM(TransMM):
         return {layer: float(v) for layer, v in values.items()}
 
     def decoder(self, layer: int) -> Tensor:
-        """(K, D) decoder directions used at ``layer`` (row-permuted for the shuffled control)."""
-        W_dec = self.saes[layer].W_dec.detach()
+        """(K, D) decoder directions used at ``layer`` (row-permuted for the shuffled control), float32 or wider."""
+        W_dec = float32_or_wider(self.saes[layer].W_dec.detach())
         perm = self.decoder_permutations.get(layer)
         return W_dec if perm is None else W_dec[perm.to(W_dec.device)]
 
@@ -186,24 +256,25 @@ class FeatureGradientTransMM(TransMM):
 
     def _gate(self, cams: list[Tensor], captured: Captured) -> list[Tensor]:
         prefix = self.adapter.num_prefix_tokens
-        self.last_gated_layers = {}
+        gated: dict[int, GatedLayer] = {}
         permutations = None
         needs_codes = self.variant in CODE_VARIANTS or self.top_features > 0  # (__init__: top features need an SAE)
         with torch.no_grad():
             for layer, sae in self.saes.items():
-                decoder = self.decoder(layer)
+                sae, decoder = sae.upcast(), self.decoder(layer)
                 x = captured.resid[layer][:, prefix:].to(decoder)
                 grad = captured.resid_grad[layer][:, prefix:].to(decoder)
                 codes = sae.encode_sparse(x) if needs_codes else None
                 scores = self._scores(sae, x, grad, decoder, codes)
-                gates = exp_tanh_gates(robust_z(scores), self.kappa[layer], self.c_max[layer])
+                gates = exp_tanh_gates(robust_z(scores, self.mad_eps), self.kappa[layer], self.c_max[layer])
                 if self.permute_gates_seed is not None:
                     if permutations is None:
                         permutations = self._gate_permutations(self.permute_gates_seed, *gates.shape).to(gates.device)
                     gates = gates.gather(1, permutations)
                 cams[layer] = gate_columns(cams[layer], gates.to(cams[layer]), prefix)
                 top = self._top_features(*codes, grad, decoder) if codes is not None else (None, None)
-                self.last_gated_layers[layer] = GatedLayer(scores, gates, *top)
+                gated[layer] = GatedLayer(scores, gates, *top)
+        self.last_gated_layers = gated
         return cams
 
     def _scores(self, sae: SparseAutoencoder, x: Tensor, grad: Tensor, decoder: Tensor,
@@ -216,11 +287,13 @@ class FeatureGradientTransMM(TransMM):
         return residual_scores(x, grad, centered, b_dec, self.variant)
 
     def _gate_permutations(self, seed: int, batch: int, num_patches: int) -> Tensor:
-        """(B, T) patch permutations of the permuted-gates control, one per image."""
-        ids = torch.arange(batch) if self._sample_ids is None else self._sample_ids
-        if ids.numel() != batch:
-            raise ValueError(f"sample_ids has {ids.numel()} entries for a batch of {batch} images")
-        return patch_permutations(seed, ids, num_patches)
+        """(B, T) patch permutations of the permuted-gates control, one per image: of (seed, sample id)."""
+        if self._sample_ids is None:
+            return patch_permutations(seed, torch.zeros(1, dtype=torch.long), num_patches).expand(batch, -1)
+        if self._sample_ids.numel() != batch:
+            raise ValueError(f"sample_ids has {self._sample_ids.numel()} entries for a batch of {batch} images (under "
+                             "NoiseTunnel / sensitivity_max leave sample_ids out)")
+        return patch_permutations(seed, self._sample_ids, num_patches)
 
     def _top_features(self, values: Tensor, indices: Tensor, grad: Tensor, decoder: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """(B, T, n) indices and values of the largest |f_k·⟨g, d_k⟩| among each patch's active features

@@ -63,26 +63,28 @@ class TokenGradCAM(PatchAttribution):
         return torch.relu((acts * grads.mean(dim=1, keepdim=True)).sum(dim=-1))
 
 
-def _attention_maps(attribution: PatchAttribution, images: Tensor, extra: tuple) -> list[Tensor]:
-    """Every block's (B, heads, N, N) attention probabilities from one no-grad forward."""
+def _attention_maps(attribution: PatchAttribution, images: Tensor, target: TargetLike, extra: tuple) -> list[Tensor]:
+    """Every block's (B, heads, N, N) attention probabilities from one no-grad forward; ``target`` is checked
+    against its logits as the class-specific methods check it (a bad target is refused, not ignored)."""
     with torch.no_grad(), capture(attribution.adapter) as captured:
-        attribution.adapter.model(images, *extra)
+        resolve_target(target, attribution.adapter.model(images, *extra))
         return list(captured.attn)
 
 
 class AttentionRollout(PatchAttribution):
     """Attention rollout (Abnar & Zuidema 2020): R = Π_ℓ normalise(0.5·I + 0.5·mean_h A_ℓ); the class
-    token's row over the patches. Class-agnostic: ``target`` is accepted and ignored."""
+    token's row over the patches. Class-agnostic: ``target`` is checked (as for the other methods: −1 or a
+    class the model does not have is refused), then ignored."""
 
     def _patch_relevance(self, images: Tensor, target: TargetLike, extra: tuple) -> Tensor:
-        rolled = attention_rollout(_attention_maps(self, images, extra))
+        rolled = attention_rollout(_attention_maps(self, images, target, extra))
         return class_token_row(rolled, self.adapter.num_prefix_tokens, self.adapter.readout_rows)
 
 
 class RawAttention(PatchAttribution):
     """The last block's head-mean attention of the class token over the patches. Class-agnostic:
-    ``target`` is accepted and ignored."""
+    ``target`` is checked (as for the other methods), then ignored."""
 
     def _patch_relevance(self, images: Tensor, target: TargetLike, extra: tuple) -> Tensor:
-        last = _attention_maps(self, images, extra)[-1].mean(dim=1)
+        last = _attention_maps(self, images, target, extra)[-1].mean(dim=1)
         return class_token_row(last, self.adapter.num_prefix_tokens, self.adapter.readout_rows)

@@ -97,15 +97,23 @@ def patch_permutations(seed: int, sample_ids: Tensor, num_patches: int) -> Tenso
     return torch.stack(rows)
 
 
-def robust_center_scale(scores: Tensor) -> tuple[Tensor, Tensor]:
-    """(B, T) -> (median (B, 1), 1.4826·MAD + 1e-8 (B, 1)) per image; median = lower middle value."""
+#: where 1e-8 enters the robust scale: 1.4826·MAD + 1e-8, or 1.4826·(MAD + 1e-8) (the thesis author's code)
+MAD_EPS_PLACEMENTS = ("after_scale", "in_mad")
+
+
+def robust_center_scale(scores: Tensor, mad_eps: str = "after_scale") -> tuple[Tensor, Tensor]:
+    """(B, T) -> (median (B, 1), robust scale (B, 1)) per image; median = lower middle value; scale
+    1.4826·MAD + 1e-8, or 1.4826·(MAD + 1e-8) with ``mad_eps="in_mad"``."""
+    if mad_eps not in MAD_EPS_PLACEMENTS:
+        raise ValueError(f"mad_eps={mad_eps!r}; expected one of {MAD_EPS_PLACEMENTS}")
     med = scores.median(dim=1, keepdim=True).values
-    return med, MAD_SCALE * (scores - med).abs().median(dim=1, keepdim=True).values + MAD_EPS
+    mad = (scores - med).abs().median(dim=1, keepdim=True).values
+    return med, MAD_SCALE * mad + MAD_EPS if mad_eps == "after_scale" else MAD_SCALE * (mad + MAD_EPS)
 
 
-def robust_z(scores: Tensor) -> Tensor:
-    """(B, T) -> (B, T): (s − median) / (1.4826·MAD + 1e-8), per image."""
-    med, scale = robust_center_scale(scores)
+def robust_z(scores: Tensor, mad_eps: str = "after_scale") -> Tensor:
+    """(B, T) -> (B, T): (s − median) / robust scale (``robust_center_scale``), per image."""
+    med, scale = robust_center_scale(scores, mad_eps)
     return (scores - med) / scale
 
 

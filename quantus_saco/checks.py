@@ -28,6 +28,13 @@ def check_targets(targets: Any, n_samples: int, n_classes: int | None = None, na
     return y
 
 
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``; else a ValueError naming the argument and the choices."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {choices}")
+    return value
+
+
 def model_patch_sizes(model: Any) -> set[tuple[int, int]]:
     """Patch sizes (ph, pw) of the ViT patch embeddings inside a torch ``model``: modules with a
     ``patch_size`` and a Conv2d child whose kernel and stride equal it (timm ``PatchEmbed``, open_clip

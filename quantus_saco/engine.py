@@ -1,11 +1,12 @@
 """Fast batched evaluation of SaCo, patch Faithfulness Correlation and patch Pixel-Flipping.
 
 Pure torch and device-agnostic: every perturbed variant of every image (SaCo groups, FC
-subsets, PF steps) is stacked into large forward batches of at most ``max_batch`` images,
-built chunk by chunk on the device of ``x``. Gives the numbers of the Quantus-hosted
-metrics (``quantus_saco.SaCo`` etc.) for the same arguments: same patch ranking, group
-split, per-sample mean baseline, FC subsets (``patches.sample_subsets`` with ``seed``
-over the B images of the call) and score functions.
+subsets, PF steps) is stacked into forward batches of ``max_batch`` images, built chunk by
+chunk on the device of ``x``; a distinct perturbed image is forwarded once
+(:class:`~quantus_saco.forwards.PerturbedForwards`, shareable between calls on the same
+images). Gives the numbers of the Quantus-hosted metrics (``quantus_saco.SaCo`` etc.) for the
+same arguments: same patch ranking, group split, per-sample mean baseline, FC subsets
+(``patches.sample_subsets`` with ``seed`` over the B images of the call) and score functions.
 """
 
 from __future__ import annotations
@@ -15,13 +16,19 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .checks import check_patch_size, check_targets
-from .patches import indices_to_mask, patch_grid, rank_patches, replace_patches, sample_subsets, split_bounds
-from .scores import CORRELATIONS, correlation, pf_auc, removed_counts, saco
+from .checks import check_choice, check_patch_size, check_targets
+from .forwards import PerturbedForwards
+from .patches import (
+    REPLACEMENTS, SUBSET_SAMPLINGS, TIE_ORDERS, indices_to_mask, numpy_global_subsets, patch_grid, rank_patches,
+    running_mean_values, sample_subsets, split_bounds,
+)
+from .scores import CORRELATIONS, PAIRINGS, UNDEFINED_SCORES, correlation, fill_undefined, pf_auc, removed_counts, saco
 
-__all__ = ["evaluate_patch_metrics", "METRICS"]
+__all__ = ["evaluate_patch_metrics", "METRICS", "SACO_TARGETS"]
 
 METRICS = ("saco", "fc", "pf")
+#: SaCo's scored confidence after a group is replaced: the target class's, or the perturbed image's top class's
+SACO_TARGETS = ("original", "perturbed_top")
 
 
 @torch.no_grad()
@@ -31,41 +38,12 @@ def _forward(model: nn.Module, x: Tensor, autocast: bool) -> Tensor:
         return model(x).float()
 
 
-def _target_outputs(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """(N, n_classes) logits, (N,) classes -> ((N,) target logit, (N,) target softmax probability)."""
+def _target_outputs(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(N, n_classes) logits, (N,) classes -> (N,) target logit, target softmax probability and top-class
+    softmax probability."""
     t = target[:, None]
-    return logits.gather(1, t)[:, 0], torch.softmax(logits, dim=1).gather(1, t)[:, 0]
-
-
-def _perturbed_outputs(
-    model: nn.Module,
-    x: Tensor,
-    masks: Tensor,
-    target: Tensor,
-    patch_size: int,
-    max_batch: int,
-    autocast: bool,
-) -> tuple[Tensor, Tensor]:
-    """Target logit and softmax probability of every perturbed variant, ``max_batch`` variants per forward.
-
-    Args:
-        x: (B, C, H, W) original images.
-        masks: (B, V, P) bool, patches to replace by the per-sample image mean.
-        target: (B,) long classes.
-    Returns:
-        ((B, V) logits, (B, V) probabilities), float32.
-    """
-    B, V, _ = masks.shape
-    baseline = x.mean(dim=(1, 2, 3), dtype=torch.float64)  # float64 as in perturb.patch_baseline
-    flat_masks = masks.reshape(B * V, -1)
-    image = torch.arange(B, device=x.device).repeat_interleave(V)
-    chunks = []
-    for start in range(0, B * V, max_batch):
-        idx = image[start : start + max_batch]
-        perturbed = replace_patches(x[idx], flat_masks[start : start + max_batch], baseline[idx], patch_size)
-        chunks.append(_target_outputs(_forward(model, perturbed, autocast), target[idx]))
-    logits, probs = (torch.cat(parts).reshape(B, V) for parts in zip(*chunks))
-    return logits, probs
+    probs = torch.softmax(logits, dim=1)
+    return logits.gather(1, t)[:, 0], probs.gather(1, t)[:, 0], probs.max(dim=1).values
 
 
 def evaluate_patch_metrics(
@@ -81,11 +59,19 @@ def evaluate_patch_metrics(
     fc_runs: int = 100,
     fc_correlation: str = "pearson",
     pf_patches_per_step: int = 1,
+    saco_target: str = "original",
+    saco_tie_order: str = "stable",
+    saco_pairing: str = "ranking",
+    fc_sampling: str = "per_image",
+    pf_tie_order: str = "stable",
+    pf_replacement: str = "original_mean",
+    undefined_score: str = "nan",
     seed: int = 0,
     sample_ids: Tensor | None = None,
     logits: Tensor | None = None,
     max_batch: int = 256,
     autocast: bool = False,
+    forwards: PerturbedForwards | None = None,
 ) -> dict[str, Tensor]:
     """SaCo, patch Faithfulness Correlation and patch Pixel-Flipping of a batch (docs/method.md §4).
 
@@ -95,15 +81,27 @@ def evaluate_patch_metrics(
         patch_attr: (B, P) raw per-patch attribution, row-major over the patch grid.
         target: (B,) classes, or None for the predicted classes.
         metrics: any of "saco", "fc", "pf".
-        saco_groups: SaCo's K groups, 2 <= K <= P.
+        saco_groups: SaCo's K groups, 1 <= K <= P (K = 1 has no pairs: undefined).
         fc_subset_size, fc_runs, fc_correlation: FC subsets (1 <= size < P) per image, runs (>= 2),
-            "pearson" or "spearman"; subsets from ``sample_subsets(sample_ids, fc_runs, P, fc_subset_size, seed)``.
+            "pearson" or "spearman"; subsets from ``sample_subsets(sample_ids, fc_runs, P, fc_subset_size, seed)``,
+            or with ``fc_sampling="numpy_global"`` from ``numpy_global_subsets(B, fc_runs, P, fc_subset_size, seed)``.
         sample_ids: (B,) ids seeding each image's FC subsets (default: positions 0..B-1, as the
             Quantus-hosted metric does); dataset ids make results independent of batching.
+        saco_target: ``SACO_TARGETS``; "original": Δ_i = p(t|x) - p(t|x_i); "perturbed_top":
+            Δ_i = max_c p(c|x) - max_c p(c|x_i) (the thesis author's code; ``target`` is then not used by SaCo).
+        saco_tie_order, pf_tie_order: ``patches.TIE_ORDERS``, how SaCo's and PF's rankings order equal attributions.
+        saco_pairing: ``scores.PAIRINGS``, SaCo's pairs in ranking order or groups re-sorted by salience.
+        pf_replacement: ``patches.REPLACEMENTS``; "running_mean": step by step on the perturbed image, each step
+            by that image's mean (``running_mean_values``).
+        undefined_score: ``scores.UNDEFINED_SCORES``, undefined SaCo and FC scores as NaN or 0.
         logits: (B, n_classes) the model's outputs on ``x`` if the caller already has them (saves a forward).
         pf_patches_per_step: patches removed per Pixel-Flipping step.
-        max_batch: most images per forward.
+        max_batch: images per forward of perturbed images (the last chunk filled up by repetition, so that an
+            image's outputs do not depend on what shares its forward; :mod:`quantus_saco.forwards`).
         autocast: run forwards under ``torch.autocast`` on the device (bfloat16 on CPU, float16 on CUDA).
+        forwards: the model's outputs on perturbed copies of ``x`` shared with other calls on the same ``x``
+            (e.g. one per method on a batch; :class:`~quantus_saco.forwards.PerturbedForwards`): each distinct
+            perturbed image is forwarded once, with the same scores as without it. Default: one for this call.
     Returns:
         dict of (B,) float64 tensors on the device of ``x``: "saco", "fc" (NaN where undefined),
         "pf_auc" (in [0, 1]; multiply by P for the thesis scale), and "pf_curve" (B, S + 1)
@@ -135,8 +133,16 @@ def evaluate_patch_metrics(
             raise ValueError(f"{name} contains NaN or Inf values")
     if max_batch < 1:
         raise ValueError(f"max_batch={max_batch!r}; expected >= 1")
-    if "saco" in metrics and not 2 <= saco_groups <= P:
-        raise ValueError(f"saco_groups={saco_groups!r}; expected 2 <= saco_groups <= {P} patches")
+    if forwards is None:
+        forwards = PerturbedForwards(model, x, patch_size)
+    forwards.check(model, x, patch_size)
+    if "saco" in metrics and not 1 <= saco_groups <= P:
+        raise ValueError(f"saco_groups={saco_groups!r}; expected 1 <= saco_groups <= {P} patches")
+    for name, value, choices in (("saco_target", saco_target, SACO_TARGETS), ("saco_tie_order", saco_tie_order, TIE_ORDERS),
+                                 ("saco_pairing", saco_pairing, PAIRINGS), ("fc_sampling", fc_sampling, SUBSET_SAMPLINGS),
+                                 ("pf_tie_order", pf_tie_order, TIE_ORDERS), ("pf_replacement", pf_replacement, REPLACEMENTS),
+                                 ("undefined_score", undefined_score, UNDEFINED_SCORES)):
+        check_choice(name, value, choices)
     if "fc" in metrics and fc_runs < 2:
         raise ValueError(f"fc_runs={fc_runs!r}; expected >= 2")
     if "fc" in metrics and fc_correlation not in CORRELATIONS:
@@ -145,7 +151,6 @@ def evaluate_patch_metrics(
         raise ValueError(f"pf_patches_per_step={pf_patches_per_step!r}; expected 1 <= pf_patches_per_step <= {P}")
 
     attr = patch_attr.to(x.device, torch.float64)
-    order = rank_patches(attr)
     if logits is None:
         logits0 = torch.cat([_forward(model, x[i : i + max_batch], autocast) for i in range(0, B, max_batch)])
     elif logits.ndim != 2 or logits.shape[0] != B:
@@ -155,33 +160,50 @@ def evaluate_patch_metrics(
     if target is not None:
         check_targets(target.detach().cpu().numpy(), B, logits0.shape[1], name="target")
     target = logits0.argmax(dim=1) if target is None else target.to(x.device, torch.long).reshape(B)
-    y0, p0 = _target_outputs(logits0, target)
+    y0, p0, top0 = _target_outputs(logits0, target)
+    mean = x.mean(dim=(1, 2, 3), dtype=torch.float64)  # float64 as in perturb.patch_baseline
 
     masks: dict[str, Tensor] = {}  # metric -> (B, V_metric, P) patches replaced in each variant
+    baselines: dict[str, Tensor] = {}  # metric -> (B, 1) value per image or (B, 1, P) per patch, for every variant
     if "saco" in metrics:
+        order = rank_patches(attr, saco_tie_order)
         groups = [order[:, a:b] for a, b in split_bounds(P, saco_groups)]
         salience = torch.stack([attr.gather(1, g).sum(dim=1) for g in groups], dim=1)
         masks["saco"] = torch.stack([indices_to_mask(g, P) for g in groups], dim=1)
     if "fc" in metrics:
-        ids = range(B) if sample_ids is None else sample_ids.reshape(B).tolist()
-        subsets = sample_subsets(ids, fc_runs, P, fc_subset_size, seed).to(x.device)
+        if fc_sampling == "numpy_global":
+            subsets = numpy_global_subsets(B, fc_runs, P, fc_subset_size, seed).to(x.device)
+        else:
+            ids = range(B) if sample_ids is None else sample_ids.reshape(B).tolist()
+            subsets = sample_subsets(ids, fc_runs, P, fc_subset_size, seed).to(x.device)
         attr_sums = attr.gather(1, subsets.reshape(B, -1)).reshape(subsets.shape).sum(dim=2)
         masks["fc"] = indices_to_mask(subsets, P)
     if "pf" in metrics:
+        order = rank_patches(attr, pf_tie_order)
         counts = removed_counts(P, pf_patches_per_step).to(x.device)
         position = order.argsort(dim=1)  # rank of each patch
         masks["pf"] = position[:, None, :] < counts[1:, None]
+        if pf_replacement == "running_mean":
+            baselines["pf"] = running_mean_values(x, order, counts, patch_size)[:, None, :]
+    per_patch = bool(baselines)  # values per patch only where a metric needs them
+    default = mean[:, None, None].expand(B, 1, P) if per_patch else mean[:, None]
+    variant_baselines = [baselines.get(name, default).expand(m.shape if per_patch else m.shape[:2])
+                         for name, m in masks.items()]
 
-    logits, probs = _perturbed_outputs(model, x, torch.cat(list(masks.values()), dim=1), target, patch_size, max_batch, autocast)
+    variants = forwards.logits(torch.cat(list(masks.values()), dim=1), torch.cat(variant_baselines, dim=1),
+                               max_batch, autocast)  # (B, V, n_classes)
+    V = variants.shape[1]
+    logits, probs, top = (t.reshape(B, V) for t in _target_outputs(variants.reshape(B * V, -1),
+                                                                    target.repeat_interleave(V)))
     sizes = [m.shape[1] for m in masks.values()]
-    logits = dict(zip(masks, logits.split(sizes, dim=1)))
-    probs = dict(zip(masks, probs.split(sizes, dim=1)))
+    logits, probs, top = (dict(zip(masks, t.split(sizes, dim=1))) for t in (logits, probs, top))
 
     out: dict[str, Tensor] = {}
     if "saco" in metrics:
-        out["saco"] = saco(salience, p0[:, None] - probs["saco"])
+        drop = p0[:, None] - probs["saco"] if saco_target == "original" else top0[:, None] - top["saco"]
+        out["saco"] = saco(salience, drop, saco_pairing, undefined_score)
     if "fc" in metrics:
-        out["fc"] = correlation(attr_sums, y0[:, None] - logits["fc"], fc_correlation)
+        out["fc"] = fill_undefined(correlation(attr_sums, y0[:, None] - logits["fc"], fc_correlation), undefined_score)
     if "pf" in metrics:
         out["pf_curve"] = torch.cat([p0[:, None], probs["pf"]], dim=1).double()
         out["pf_auc"] = pf_auc(out["pf_curve"], counts, P)

@@ -20,10 +20,14 @@ from quantus.helpers.perturbation_utils import make_perturb_func
 from quantus.metrics.base import Metric
 from quantus.metrics.faithfulness import FaithfulnessCorrelation, PixelFlipping
 
-from .checks import check_patch_size, check_targets
-from .patches import patch_grid, patch_map, pool_patches, rank_patches, sample_subsets, split_bounds
+from .checks import check_choice, check_patch_size, check_targets
+from .engine import SACO_TARGETS
+from .patches import (
+    REPLACEMENTS, SUBSET_SAMPLINGS, TIE_ORDERS, numpy_global_subsets, patch_grid, patch_map, pool_patches,
+    rank_patches, running_mean_values, sample_subsets, split_bounds,
+)
 from .perturb import batch_patch_replacement_by_indices
-from .scores import CORRELATIONS, pf_auc, removed_counts, saco
+from .scores import CORRELATIONS, PAIRINGS, UNDEFINED_SCORES, fill_undefined, pf_auc, removed_counts, saco
 
 __all__ = ["SaCo", "PatchFaithfulnessCorrelation", "PatchPixelFlipping", "register_metric"]
 
@@ -172,22 +176,30 @@ class _PatchMetric:
         a = torch.from_numpy(np.ascontiguousarray(a_batch, dtype=np.float64))
         return pool_patches(a, self.patch_size)
 
-    def _perturbed_outputs(
-        self, model: ModelInterface, x_batch: np.ndarray, indices: np.ndarray, target: np.ndarray
+    def _perturbed_predictions(
+        self, model: ModelInterface, x_batch: np.ndarray, indices: np.ndarray, **perturb_kwargs: Any
     ) -> np.ndarray:
-        """Model output for ``target`` with the patches ``indices`` (B, I) of each image replaced -> (B,)."""
+        """(B, n_classes) model outputs with the patches ``indices`` (B, I) of each image replaced;
+        ``perturb_kwargs`` (e.g. a per-patch ``perturb_baseline``) go to ``perturb_func``."""
         B = len(x_batch)
         x_perturbed = self.perturb_func(
-            arr=x_batch.reshape(B, -1), indices=indices, image_shape=x_batch.shape[1:], patch_size=self.patch_size
+            arr=x_batch.reshape(B, -1), indices=indices, image_shape=x_batch.shape[1:], patch_size=self.patch_size,
+            **perturb_kwargs,
         )
-        return _predict(model, x_perturbed.reshape(x_batch.shape))[np.arange(B), target]
+        return _predict(model, x_perturbed.reshape(x_batch.shape))
+
+    def _perturbed_outputs(
+        self, model: ModelInterface, x_batch: np.ndarray, indices: np.ndarray, target: np.ndarray, **perturb_kwargs: Any
+    ) -> np.ndarray:
+        """Model output for ``target`` with the patches ``indices`` (B, I) of each image replaced -> (B,)."""
+        return self._perturbed_predictions(model, x_batch, indices, **perturb_kwargs)[np.arange(len(x_batch)), target]
 
     @staticmethod
     def _original_outputs(model: ModelInterface, x_batch: np.ndarray, y_batch: Optional[np.ndarray]):
-        """-> ((B,) target classes, (B,) model output for them on the unperturbed images)."""
+        """-> ((B,) target classes, (B,) model output for them, (B,) top-class output) on the unperturbed images."""
         out = _predict(model, x_batch)
         target = out.argmax(axis=1) if y_batch is None else check_targets(y_batch, len(out), out.shape[1])
-        return target, out[np.arange(len(out)), target]
+        return target, out[np.arange(len(out)), target], out.max(axis=1)
 
     def custom_postprocess(self, **kwargs: Any) -> None:
         """Count undefined (NaN) per-sample scores of the last call in ``n_undefined``."""
@@ -203,7 +215,9 @@ class SaCo(_PatchMetric, Metric[List[float]]):
     ``np.array_split`` splits the ranking; each group is replaced on its own by the
     per-sample image mean; Δ_i is the drop of the target's softmax probability and
     group salience is the sum of its attributions. SaCo in [-1, 1], higher is better;
-    NaN (with a warning, counted in ``n_undefined``) when all group saliences are equal.
+    NaN (with a warning, counted in ``n_undefined``) when all group saliences are equal or
+    there is one group, or 0 with ``undefined="zero"``. The options ``target``, ``tie_order``,
+    ``pairing`` and ``undefined`` select the thesis author's variants (docs/method.md §4).
 
     Example:
         >>> import numpy as np, torch, quantus, quantus_saco
@@ -229,12 +243,21 @@ class SaCo(_PatchMetric, Metric[List[float]]):
         self,
         patch_size: int,
         n_groups: int = 10,
+        target: str = "original",
+        tie_order: str = "stable",
+        pairing: str = "ranking",
+        undefined: str = "nan",
         **kwargs: Any,
     ):
         """
         Args:
             patch_size: side of the square ViT patch, in pixels.
-            n_groups: K >= 2 groups (at most the number of patches); the thesis used 49 for 196 patches.
+            n_groups: K >= 1 groups (at most the number of patches); the thesis used 49 for 196 patches.
+            target: ``engine.SACO_TARGETS``: "original": Δ_i = p(t|x) - p(t|x_i); "perturbed_top":
+                Δ_i = max_c p(c|x) - max_c p(c|x_i).
+            tie_order: ``patches.TIE_ORDERS``, order of equal attributions in the ranking.
+            pairing: ``scores.PAIRINGS``: pairs in ranking order or groups re-sorted by salience.
+            undefined: ``scores.UNDEFINED_SCORES``: an undefined score is NaN or 0.
             **kwargs: as in ``quantus.Metric``, plus ``perturb_func``, ``perturb_baseline`` and
                 ``perturb_func_kwargs`` as in the Quantus perturbation metrics (the groups are
                 replaced with them); project defaults as listed in ``_PatchMetric``.
@@ -245,7 +268,11 @@ class SaCo(_PatchMetric, Metric[List[float]]):
         )
         super().__init__(**quantus_kwargs)
         self.patch_size = _check_int("patch_size", patch_size, 1)
-        self.n_groups = _check_int("n_groups", n_groups, 2)
+        self.n_groups = _check_int("n_groups", n_groups, 1)
+        self.target = check_choice("target", target, SACO_TARGETS)
+        self.tie_order = check_choice("tie_order", tie_order, TIE_ORDERS)
+        self.pairing = check_choice("pairing", pairing, PAIRINGS)
+        self.undefined = check_choice("undefined", undefined, UNDEFINED_SCORES)
         self.perturb_func = make_perturb_func(perturb_func, perturb_func_kwargs, perturb_baseline=perturb_baseline)
         if not self.disable_warnings:
             warn.warn_parameterisation(
@@ -272,15 +299,16 @@ class SaCo(_PatchMetric, Metric[List[float]]):
     ) -> List[float]:
         """(B, C, H, W) images, (B,) targets, (B, c, H, W) attributions -> B SaCo scores."""
         attr = self._patch_inputs(x_batch, a_batch)
-        order = rank_patches(attr)
-        target, p_original = self._original_outputs(model, x_batch, y_batch)
+        order = rank_patches(attr, self.tie_order)
+        target, p_target, p_top = self._original_outputs(model, x_batch, y_batch)
         bounds = split_bounds(attr.shape[1], self.n_groups)
         salience = torch.stack([attr.gather(1, order[:, a:b]).sum(dim=1) for a, b in bounds], dim=1)
-        drop = np.stack(
-            [p_original - self._perturbed_outputs(model, x_batch, order[:, a:b].numpy(), target) for a, b in bounds],
-            axis=1,
-        )
-        return saco(salience, torch.from_numpy(drop)).tolist()
+        rows = np.arange(len(x_batch))
+        drops = []
+        for a, b in bounds:
+            p = self._perturbed_predictions(model, x_batch, order[:, a:b].numpy())
+            drops.append(p_target - p[rows, target] if self.target == "original" else p_top - p.max(axis=1))
+        return saco(salience, torch.from_numpy(np.stack(drops, axis=1)), self.pairing, self.undefined).tolist()
 
 
 @register_metric
@@ -291,8 +319,9 @@ class PatchFaithfulnessCorrelation(_PatchMetric, FaithfulnessCorrelation):
     are replaced by the per-sample mean; the correlation between the target logit drop
     y_t(x) - y_t(x_S) and the sum of the subset's patch attributions is the score
     (higher is better). Subsets come from ``patches.sample_subsets(range(N), nr_runs, P,
-    subset_size, seed)`` over the N images of one call, so results are reproducible
-    and equal ``quantus_saco.engine`` for the same seed.
+    subset_size, seed)`` over the N images of one call (or, with ``sampling="numpy_global"``,
+    ``numpy_global_subsets(N, ...)``), so results are reproducible and equal ``quantus_saco.engine``
+    for the same seed. An undefined correlation (a constant row) is NaN, or 0 with ``undefined="zero"``.
     """
 
     name = "Patch Faithfulness Correlation"
@@ -307,6 +336,8 @@ class PatchFaithfulnessCorrelation(_PatchMetric, FaithfulnessCorrelation):
         subset_size: int = 20,
         correlation: str = "pearson",
         seed: int = 0,
+        sampling: str = "per_image",
+        undefined: str = "nan",
         **kwargs: Any,
     ):
         """
@@ -316,6 +347,9 @@ class PatchFaithfulnessCorrelation(_PatchMetric, FaithfulnessCorrelation):
             subset_size: patches per subset, 1 <= subset_size < number of patches (thesis: 20 of 196).
             correlation: "pearson" or "spearman".
             seed: seed of the subset sampling.
+            sampling: ``patches.SUBSET_SAMPLINGS``: "per_image" (``sample_subsets``) or "numpy_global"
+                (``numpy_global_subsets``, the thesis author's draws).
+            undefined: ``scores.UNDEFINED_SCORES``: an undefined correlation is NaN or 0.
             **kwargs: as in ``quantus.FaithfulnessCorrelation`` (but ``similarity_func``, set by
                 ``correlation``); project defaults as listed in ``_PatchMetric``.
         """
@@ -330,11 +364,16 @@ class PatchFaithfulnessCorrelation(_PatchMetric, FaithfulnessCorrelation):
         self.patch_size = _check_int("patch_size", patch_size, 1)
         self.correlation = correlation
         self.seed = seed
+        self.sampling = check_choice("sampling", sampling, SUBSET_SAMPLINGS)
+        self.undefined = check_choice("undefined", undefined, UNDEFINED_SCORES)
 
     def custom_preprocess(self, x_batch: np.ndarray, **kwargs: Any) -> Dict[str, np.ndarray]:
         """Check the patch grid; draw the subsets of all N images -> ``subsets_batch`` (N, nr_runs, subset_size)."""
         n_patches = self._n_patches(x_batch)
-        subsets = sample_subsets(range(len(x_batch)), self.nr_runs, n_patches, self.subset_size, self.seed)
+        if self.sampling == "numpy_global":
+            subsets = numpy_global_subsets(len(x_batch), self.nr_runs, n_patches, self.subset_size, self.seed)
+        else:
+            subsets = sample_subsets(range(len(x_batch)), self.nr_runs, n_patches, self.subset_size, self.seed)
         return {"subsets_batch": subsets.numpy()}
 
     def evaluate_batch(
@@ -349,7 +388,7 @@ class PatchFaithfulnessCorrelation(_PatchMetric, FaithfulnessCorrelation):
         """(B, C, H, W) images, (B,) targets, (B, c, H, W) attributions,
         (B, nr_runs, subset_size) subsets -> B correlations."""
         attr = self._patch_inputs(x_batch, a_batch)
-        target, y_original = self._original_outputs(model, x_batch, y_batch)
+        target, y_original, _ = self._original_outputs(model, x_batch, y_batch)
         subsets = torch.from_numpy(subsets_batch)
         B, R, k = subsets.shape
         attr_sums = attr.gather(1, subsets.reshape(B, R * k)).reshape(B, R, k).sum(dim=2)
@@ -357,7 +396,7 @@ class PatchFaithfulnessCorrelation(_PatchMetric, FaithfulnessCorrelation):
             [y_original - self._perturbed_outputs(model, x_batch, subsets_batch[:, r], target) for r in range(R)],
             axis=1,
         )
-        return self.similarity_func(attr_sums, torch.from_numpy(drops)).tolist()
+        return fill_undefined(self.similarity_func(attr_sums, torch.from_numpy(drops)), self.undefined).tolist()
 
 
 @register_metric
@@ -366,7 +405,8 @@ class PatchPixelFlipping(_PatchMetric, PixelFlipping):
 
     Patches are removed cumulatively in descending attribution order, ``patches_in_step``
     per step, each step replacing them in the original image by its (fixed) per-sample
-    mean. The curve s_k = p(t | x^(k)), k = 0..S, includes the unperturbed point.
+    mean, or with ``replacement="running_mean"`` by the mean of the image as perturbed so far
+    (the thesis author's code); ``tie_order`` orders equal attributions. The curve s_k = p(t | x^(k)), k = 0..S, includes the unperturbed point.
     Per-sample score: trapezoid AUC over the removed fraction, in [0, 1] (lower is better),
     or times the number of patches with ``auc_scale="patches"`` (thesis tables).
     """
@@ -382,6 +422,8 @@ class PatchPixelFlipping(_PatchMetric, PixelFlipping):
         patches_in_step: int = 1,
         return_auc_per_sample: bool = True,
         auc_scale: str = "unit",
+        tie_order: str = "stable",
+        replacement: str = "original_mean",
         **kwargs: Any,
     ):
         """
@@ -390,11 +432,18 @@ class PatchPixelFlipping(_PatchMetric, PixelFlipping):
             patches_in_step: patches removed per step (>= 1, at most the number of patches).
             return_auc_per_sample: True: one AUC per image; False: the curves (S + 1 points each).
             auc_scale: "unit" (AUC in [0, 1]) or "patches" (AUC x number of patches).
+            tie_order: ``patches.TIE_ORDERS``, order of equal attributions in the ranking.
+            replacement: ``patches.REPLACEMENTS``: "original_mean" or "running_mean" (needs
+                ``perturb_baseline="mean"`` and a ``perturb_func`` taking (N, P) per-patch baselines).
             **kwargs: as in ``quantus.PixelFlipping`` (but ``features_in_step``, set by
                 ``patches_in_step``); project defaults as listed in ``_PatchMetric``.
         """
         if auc_scale not in AUC_SCALES:
             raise ValueError(f"auc_scale={auc_scale!r}; expected one of {AUC_SCALES}")
+        check_choice("tie_order", tie_order, TIE_ORDERS)
+        if check_choice("replacement", replacement, REPLACEMENTS) == "running_mean" and kwargs.get("perturb_baseline", "mean") != "mean":
+            raise ValueError(f"replacement='running_mean' replaces by the image mean; perturb_baseline="
+                             f"{kwargs['perturb_baseline']!r} contradicts it")
         super().__init__(
             features_in_step=_check_int("patches_in_step", patches_in_step, 1),
             return_auc_per_sample=return_auc_per_sample,
@@ -402,6 +451,8 @@ class PatchPixelFlipping(_PatchMetric, PixelFlipping):
         )
         self.patch_size = _check_int("patch_size", patch_size, 1)
         self.auc_scale = auc_scale
+        self.tie_order = tie_order
+        self.replacement = replacement
 
     def custom_preprocess(self, x_batch: np.ndarray, **kwargs: Any) -> None:
         """Check the patch grid and ``patches_in_step`` against the images."""
@@ -431,10 +482,16 @@ class PatchPixelFlipping(_PatchMetric, PixelFlipping):
         """(B, C, H, W) images, (B,) targets, (B, c, H, W) attributions
         -> B AUCs, or B curves of S + 1 points if ``return_auc_per_sample`` is False."""
         attr = self._patch_inputs(x_batch, a_batch)
-        order = rank_patches(attr).numpy()
-        target, p_original = self._original_outputs(model, x_batch, y_batch)
-        counts = removed_counts(self.n_patches, self.features_in_step).tolist()
+        order = rank_patches(attr, self.tie_order)
+        target, p_original, _ = self._original_outputs(model, x_batch, y_batch)
+        counts = removed_counts(self.n_patches, self.features_in_step)
+        perturb_kwargs = {}
+        if self.replacement == "running_mean":
+            values = running_mean_values(torch.from_numpy(x_batch), order, counts, self.patch_size)
+            perturb_kwargs["perturb_baseline"] = values.numpy()
         curves = np.stack(
-            [p_original] + [self._perturbed_outputs(model, x_batch, order[:, :n], target) for n in counts[1:]], axis=1
+            [p_original] + [self._perturbed_outputs(model, x_batch, order[:, :n].numpy(), target, **perturb_kwargs)
+                            for n in counts[1:].tolist()],
+            axis=1,
         )
         return (self.auc(curves) if self.return_auc_per_sample else curves).tolist()

@@ -10,36 +10,60 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["saco", "removed_counts", "pf_auc", "pearson", "spearman", "correlation", "CORRELATIONS"]
+from .checks import check_choice
+
+__all__ = [
+    "saco", "removed_counts", "pf_auc", "pearson", "spearman", "correlation", "fill_undefined", "CORRELATIONS",
+    "PAIRINGS", "UNDEFINED_SCORES",
+]
+
+#: SaCo's pairs i < j: groups in ranking order, or re-sorted by salience (descending) first
+PAIRINGS = ("ranking", "salience")
+#: score of an undefined SaCo / FC sample: NaN (excluded, counted) or 0 (the thesis author's code)
+UNDEFINED_SCORES = ("nan", "zero")
 
 
-def saco(salience: Tensor, drop: Tensor) -> Tensor:
+def fill_undefined(scores: Tensor, undefined: str) -> Tensor:
+    """(B,) scores with NaN kept (``undefined="nan"``) or replaced by 0 (``"zero"``)."""
+    check_choice("undefined", undefined, UNDEFINED_SCORES)
+    return scores if undefined == "nan" else torch.nan_to_num(scores, nan=0.0)
+
+
+def saco(salience: Tensor, drop: Tensor, pairing: str = "ranking", undefined: str = "nan") -> Tensor:
     """Salience-guided faithfulness coefficient (Wu et al. 2024).
 
-    For groups ranked by attribution, all pairs i < j contribute
-    ``w_ij = s_i - s_j`` if ``drop_i >= drop_j`` (ties concordant) else ``-(s_i - s_j)``;
-    ``SaCo = sum(w) / sum(|w|)``. NaN, with a warning, where ``sum(|w|) = 0``.
+    All pairs i < j of the groups, in ranking order or (``pairing="salience"``) re-sorted by
+    descending salience (stable), contribute ``w_ij = s_i - s_j`` if ``drop_i >= drop_j`` (ties
+    concordant) else ``-(s_i - s_j)``; ``SaCo = sum(w) / sum(|w|)``. The order matters only for
+    tied drops. Where ``sum(|w|) = 0`` (equal saliences, one group): NaN with a warning, or 0.
 
     Args:
         salience: (B, K) group salience s(G_i), groups in ranking order.
-        drop: (B, K) Δ_i = p(t|x) - p(t|x with G_i replaced).
+        drop: (B, K) Δ_i, the drop of the scored confidence when G_i is replaced.
+        pairing: one of ``PAIRINGS``.
+        undefined: one of ``UNDEFINED_SCORES``.
     Returns:
         (B,) float64 in [-1, 1] or NaN.
     """
+    check_choice("pairing", pairing, PAIRINGS)
+    check_choice("undefined", undefined, UNDEFINED_SCORES)
     s, d = salience.double(), drop.double()
+    if pairing == "salience":
+        s, by_salience = torch.sort(s, dim=1, descending=True, stable=True)
+        d = d.gather(1, by_salience)
     i, j = torch.triu_indices(s.shape[1], s.shape[1], offset=1, device=s.device)
     diff = s[:, i] - s[:, j]
     w = torch.where(d[:, i] >= d[:, j], diff, -diff)
     total = w.abs().sum(dim=1)
-    undefined = total == 0
-    if undefined.any():
+    is_undefined = total == 0
+    if is_undefined.any() and undefined == "nan":
         warnings.warn(
-            f"SaCo is undefined (all group saliences equal) for {int(undefined.sum())} of "
+            f"SaCo is undefined (all group saliences equal) for {int(is_undefined.sum())} of "
             f"{len(total)} samples; returning NaN for them",
             RuntimeWarning,
             stacklevel=2,
         )
-    return torch.where(undefined, torch.nan, w.sum(dim=1) / total)
+    return fill_undefined(torch.where(is_undefined, torch.nan, w.sum(dim=1) / total), undefined)
 
 
 def removed_counts(n_patches: int, patches_per_step: int) -> Tensor:

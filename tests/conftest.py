@@ -1,9 +1,21 @@
 """Shared tiny models (random weights, no downloads)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
+
+
+def write_split_folders(root: Path) -> Path:
+    """``root/{val,test}/{a,b}/0.png``: one 32 × 32 RGB image per class and split (class b brighter); ``root``."""
+    for split in ("val", "test"):
+        for c, name in enumerate(("a", "b")):
+            (root / split / name).mkdir(parents=True)
+            Image.new("RGB", (32, 32), (200 * c, 30, 60)).save(root / split / name / "0.png")
+    return root
 
 
 def make_vit(**overrides) -> VisionTransformer:

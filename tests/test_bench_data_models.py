@@ -264,7 +264,7 @@ def test_load_model_clip_local_checkpoint_and_offline_tag(tmp_path, monkeypatch)
     def offline(*args, **kwargs):
         raise OSError("[Errno 101] Network is unreachable")
 
-    monkeypatch.setattr(open_clip.factory, "download_pretrained", offline)
+    monkeypatch.setattr(open_clip.pretrained, "download_pretrained", offline)
     with pytest.raises(ConnectionError, match=r"cannot download open_clip weights 'ViT-B-32' / 'openai' \(offline\?\).*Network "
                        r"is unreachable.*checkpoint=<local file>"):
         load_model("clip:ViT-B-32", checkpoint="openai", class_names=names)

@@ -96,6 +96,8 @@ def test_rows_match_quantus_metrics_and_model(tmp_path):
 
 KILL_SCRIPT = """
 import os, signal, sys
+import torch
+torch.set_num_threads(1)  # as the resumed and the clean run in the test's process (one_torch_thread)
 from tests.test_bench_evaluate import CFG, SPECS, tiny_setup
 from captum_fgattr.bench.evaluate import evaluate_methods
 from captum_fgattr.bench.store import ResultStore
@@ -110,7 +112,9 @@ with ResultStore(sys.argv[1]) as store:
 """
 
 
-def test_resume_after_sigkill_gives_each_image_once_and_same_numbers(tmp_path):
+def test_resume_after_sigkill_gives_each_image_once_and_same_numbers(tmp_path, one_torch_thread):
+    """Every run on one thread: a matmul's reduction order depends on the thread count, and FC's correlation over
+    8 subsets amplified that float32 rounding to 4e-6 relative when the killed run used two."""
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(killed), "4"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -245,14 +249,27 @@ def test_a_non_combined_method_variant_refuses_the_shuffled_control():
 
 
 def test_metric_presets_resolve_per_patch_count():
-    thesis = MetricConfig(preset="thesis-code", seed=5)
-    assert thesis.resolved(196) == MetricConfig(49, 39, 20, "spearman", 3, 1, "patches", 5, "thesis-code")
+    thesis = MetricConfig(preset="thesis-code", seed=5)  # the author's seed 42 replaces the given one
+    assert thesis.resolved(196) == MetricConfig(
+        49, 20, 20, "spearman", 3, 1, "patches", 42, saco_target="perturbed_top", saco_tie_order="numpy_reversed",
+        saco_pairing="salience", fc_sampling="numpy_global", pf_tie_order="numpy_negated",
+        pf_replacement="running_mean", undefined_score="zero", preset="thesis-code")
     assert (thesis.resolved(49).saco_groups, thesis.resolved(49).fc_subset_size) == (13, 10)
-    assert MetricConfig(preset="paper").resolved(196) == MetricConfig(preset="paper")  # the field defaults
+    # the field defaults, but SaCo's pairs in descending salience as the definition presumes
+    assert MetricConfig(preset="paper").resolved(196) == MetricConfig(saco_pairing="salience", preset="paper")
     assert MetricConfig(preset="paper").resolved(16).fc_subset_size == 8
     assert MetricConfig(saco_groups=3).resolved(196) == MetricConfig(saco_groups=3)  # no preset: as given
     with pytest.raises(ValueError, match="metric preset 'thesis'"):
         MetricConfig(preset="thesis")
+    for name in ("saco_target", "saco_tie_order", "saco_pairing", "fc_sampling", "pf_tie_order", "pf_replacement",
+                 "undefined_score"):
+        with pytest.raises(ValueError, match=f"{name}='other'; expected one of"):
+            MetricConfig(**{name: "other"})
+    # run folders written before the variant options keep their fingerprint
+    assert MetricConfig(seed=3).fingerprint() == dict(saco_groups=10, fc_subset_size=20, fc_runs=100,
+                                                      fc_correlation="pearson", fc_repeats=1, pf_patches_per_step=1,
+                                                      pf_scale="unit", seed=3, preset=None)
+    assert MetricConfig(pf_replacement="running_mean").fingerprint()["pf_replacement"] == "running_mean"
 
 
 def test_fc_repeats_average_the_seeds(tmp_path):

@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
 
 from captum_fgattr.bench import store as store_module
 from captum_fgattr.bench.cli.main import main
@@ -17,16 +16,12 @@ from captum_fgattr.bench.cli.errors import user_error
 from captum_fgattr.bench.methods_json import parse_methods
 from captum_fgattr.bench.resolve import load_saes
 from captum_fgattr.bench.store import ResultStore
+from tests.conftest import write_split_folders
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli-errors")
-    for split in ("val", "test"):
-        for c, name in enumerate(("a", "b")):
-            (root / split / name).mkdir(parents=True)
-            Image.new("RGB", (32, 32), (200 * c, 30, 60)).save(root / split / name / "0.png")
-    return root
+    return write_split_folders(tmp_path_factory.mktemp("cli-errors"))
 
 
 def evaluate_args(folders, run_dir, methods='[{"name": "random"}]', *extra):

@@ -8,14 +8,16 @@ from captum.attr import IntegratedGradients, Saliency
 
 from captum_fgattr.adapters.tokens import pixels_to_patches
 from captum_fgattr.baselines import TokenGradCAM
-from captum_fgattr.bench.methods import METHODS, MethodSpec, build_method, register_method
+from captum_fgattr.bench.methods import METHODS, MethodSpec, build_method, register_method, unavailable_methods
 from tests.reference import assert_close_relative, timm_forward
 from tests.test_fg_transmm import make_sae
 
 IDS = torch.arange(3)
+MISSING = unavailable_methods(METHODS)  # optional methods whose extra is not installed (attnlrp: lrp)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.skipif(name in MISSING, reason=MISSING.get(name, "")))
+                                  for name in sorted(METHODS)])
 def test_every_method_gives_finite_patch_maps(vit, name):
     params = {"layers": [1]} if name == "fg" else {}
     method = build_method(MethodSpec(name, params), vit, saes={1: make_sae(32)})

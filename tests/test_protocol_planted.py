@@ -4,13 +4,15 @@ controls."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from captum_fgattr import FeatureGradientTransMM
-from captum_fgattr.bench.analysis.comparisons import claim_comparisons, verdict_lines
+from captum_fgattr.bench.analysis.comparisons import baseline_comparisons, claim_comparisons, verdict_lines
 from captum_fgattr.bench.config import Protocol
 from captum_fgattr.bench.experiments import control_groups, control_specs, fg_spec, select_best, transmm_spec
 from captum_fgattr.bench.analysis.stats import percent_improvement
+from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.metrics import metric_names
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from tests.test_fg_transmm import make_sae
@@ -126,3 +128,43 @@ def test_conclusions_credit_the_features_only_when_every_control_falls_short(tmp
                                 "to the SAE's features.")
     assert lines["beaten"].endswith("better than every control on at least one of those metrics: consistent with a gain "
                                     "due to the SAE's features.")
+
+
+def test_fg_vs_the_baselines_is_a_family_of_its_own(tmp_path):
+    """Each FG configuration vs each baseline, Holm-adjusted among themselves: Δ is the plain mean of the per-image
+    differences, p_holm the hand-written Holm step-down of the family's p-values, and the claims' comparisons are
+    the same with or without baselines in the experiment."""
+    from scipy import stats as scipy_stats
+
+    rng = np.random.default_rng(3)
+    real = fg_spec([1], "combined", 0.5, 10.0)
+    base = (rng.normal(0.1, 0.2, N), rng.normal(0.2, 0.1, N), rng.normal(0.6, 0.1, N))
+    fg = (base[0] + 0.1 + rng.normal(0, 0.05, N), base[1] + rng.normal(0, 0.05, N), base[2] + rng.normal(0, 0.02, N))
+    strong, weak = MethodSpec("saliency"), MethodSpec("random", {"seed": 1})
+    baselines = {strong: (fg[0] + 0.2 + rng.normal(0, 0.05, N), fg[1] + 0.1 + rng.normal(0, 0.05, N),
+                          fg[2] - 0.1 + rng.normal(0, 0.02, N)),
+                 weak: tuple(rng.normal(0.0, 0.1, N) for _ in range(3))}
+    with ResultStore(tmp_path / "without") as store:
+        store_scores(store, "test", "test", {transmm_spec(): base, real: fg})
+        claims_alone = claim_comparisons(store, "test", "test")
+        assert baseline_comparisons(store, "test", "test") == []
+    with ResultStore(tmp_path / "with") as store:
+        store_scores(store, "test", "test", {transmm_spec(): base, real: fg, **baselines})
+        claims = claim_comparisons(store, "test", "test")
+        secondary = baseline_comparisons(store, "test", "test")
+    assert [c.result for c in claims] == [c.result for c in claims_alone]
+    assert [(c.against, c.metric) for c in secondary] == [(b.label, m) for m in metric_names() for b in baselines]
+    raw_p = []
+    for c in secondary:
+        metric = metric_names().index(c.metric)
+        diff = fg[metric] - baselines[strong if c.against == strong.label else weak][metric]
+        assert c.result.delta == pytest.approx(float(np.mean(diff)), abs=1e-12)
+        raw_p.append(scipy_stats.ttest_rel(fg[metric], fg[metric] - diff).pvalue)
+    order = np.argsort(raw_p)  # Holm: the k-th smallest p times (m − k), running maximum, capped at 1
+    holm, running = np.empty(len(raw_p)), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, raw_p[i] * (len(raw_p) - rank)))
+        holm[i] = running
+    np.testing.assert_allclose([c.result.p_holm for c in secondary], holm, rtol=1e-9)
+    by = {(c.against, c.metric): c for c in secondary}
+    assert by[strong.label, "saco"].result.delta < 0 and by[strong.label, "saco"].result.p_holm < 1e-6

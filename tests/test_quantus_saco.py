@@ -295,7 +295,7 @@ def test_constant_attribution_gives_nan_and_count(vit, data):
 @pytest.mark.parametrize(
     "make, call, match",
     [
-        (lambda: SaCo(n_groups=1, **kw()), None, "n_groups=1"),
+        (lambda: SaCo(n_groups=0, **kw()), None, "n_groups=0"),
         (lambda: SaCo(n_groups=17, **kw()), {}, "n_groups=17 exceeds the 16 patches"),
         (lambda: SaCo(**kw()), {"a_batch": np.ones((4, 5))}, r"attribution shape \(4, 5\)"),
         (lambda: SaCo(**kw()), {"a_batch": np.ones((4, 3, 3))}, r"attribution shape \(4, 3, 3\)"),

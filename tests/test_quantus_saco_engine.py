@@ -48,6 +48,34 @@ def test_engine_equals_quantus_metrics(setup, device, groups, runs, size, corr, 
         np.testing.assert_allclose(out[name].cpu().numpy(), np.asarray(value), rtol=0, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("max_batch", [5, 1000])
+def test_engine_equals_quantus_metrics_with_the_thesis_code_options(setup, device, max_batch):
+    """Every option of the thesis author's variants gives the same numbers on both paths (tied attributions, so
+    the tie orders matter; a constant attribution row, so undefined scores occur)."""
+    model, x, y, a = setup
+    a = np.round(a)  # many ties
+    a[4] = 0.0  # zero row: all group saliences 0, SaCo undefined
+    model = model.to(device)
+    out = evaluate_patch_metrics(
+        model, torch.from_numpy(x).to(device), torch.from_numpy(a).to(device), torch.from_numpy(y).to(device), 8,
+        saco_groups=5, fc_subset_size=3, fc_runs=6, fc_correlation="spearman", seed=42, max_batch=max_batch,
+        saco_target="perturbed_top", saco_tie_order="numpy_reversed", saco_pairing="salience",
+        fc_sampling="numpy_global", pf_tie_order="numpy_negated", pf_replacement="running_mean", undefined_score="zero",
+    )
+    call = dict(model=model, x_batch=x, y_batch=y, a_batch=a, device=device, batch_size=5)
+    expected = {
+        "saco": SaCo(n_groups=5, target="perturbed_top", tie_order="numpy_reversed", pairing="salience",
+                     undefined="zero", **QKW)(**call),
+        "fc": PatchFaithfulnessCorrelation(nr_runs=6, subset_size=3, correlation="spearman", seed=42,
+                                           sampling="numpy_global", undefined="zero", **QKW)(**call),
+        "pf_auc": PatchPixelFlipping(tie_order="numpy_negated", replacement="running_mean", **QKW)(**call),
+    }
+    assert out["saco"][4] == 0 and out["fc"][4] == 0
+    for name, value in expected.items():
+        np.testing.assert_allclose(out[name].cpu().numpy(), np.asarray(value), rtol=0, atol=1e-5, err_msg=name)
+
+
 def test_given_logits_replace_the_unperturbed_forward(setup):
     model, x, y, a = setup
     x, a, y = torch.from_numpy(x), torch.from_numpy(a), torch.from_numpy(y)
@@ -101,7 +129,7 @@ def test_engine_constant_attribution_nan(setup):
         (dict(x=torch.full((5, 3, 32, 32), float("nan"))), "x contains NaN"),
         (dict(patch_attr=torch.full((5, 16), float("inf"))), "patch_attr contains NaN or Inf"),
         (dict(saco_groups=17), "saco_groups=17"),
-        (dict(saco_groups=1), "saco_groups=1"),
+        (dict(saco_groups=0), "saco_groups=0"),
         (dict(fc_subset_size=16), "subset_size=16"),
         (dict(fc_runs=1), "fc_runs=1"),
         (dict(fc_correlation="kendall"), "fc_correlation='kendall'"),
@@ -109,6 +137,13 @@ def test_engine_constant_attribution_nan(setup):
         (dict(metrics=("saco", "iou")), "metrics=\\('saco', 'iou'\\)"),
         (dict(max_batch=0), "max_batch=0"),
         (dict(logits=torch.zeros(4, 3)), r"logits has shape \(4, 3\)"),
+        (dict(saco_target="label"), "saco_target='label'"),
+        (dict(saco_tie_order="random"), "saco_tie_order='random'"),
+        (dict(saco_pairing="sorted"), "saco_pairing='sorted'"),
+        (dict(fc_sampling="global"), "fc_sampling='global'"),
+        (dict(pf_tie_order="numpy"), "pf_tie_order='numpy'"),
+        (dict(pf_replacement="mean"), "pf_replacement='mean'"),
+        (dict(undefined_score="none"), "undefined_score='none'"),
     ],
 )
 def test_engine_errors(setup, change, match):

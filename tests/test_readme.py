@@ -17,7 +17,7 @@ def _bash_blocks() -> list[str]:
 
 def test_main_job_and_test_commands_are_there_and_ci_runs_the_test_command():
     commands = [line for block in _bash_blocks() for line in block.splitlines()]
-    main_job = "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/fgattr demo"
+    main_job = "python3 -m venv .venv && .venv/bin/pip install -e '.[lrp]' && .venv/bin/fgattr demo"
     tests = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest -q"
     assert main_job in commands and tests in commands
     ci = (ROOT / ".ci" / "run").read_text()

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from captum_fgattr.bench.cli.main import build_parser
 from captum_fgattr.bench.cli.run import resolve_config
 from captum_fgattr.bench.config import ModelConfig
@@ -19,7 +21,8 @@ def test_thesis_positions_scale_with_depth_and_patches():
     assert vit_b["evaluation.metrics.fc_subset_size"] == 20
     assert all(max(c) <= 4 for c in sized_settings(6, 64)["protocol.multi_layers"])
     assert model_shape(ModelConfig(name="clip:ViT-B-32")) == (12, 49)
-    assert model_shape(ModelConfig(name="timm:no_such_model")) is None
+    with pytest.raises(ValueError, match="^unknown timm model 'no_such_model'"):  # refused before anything is read
+        model_shape(ModelConfig(name="timm:no_such_model"))
 
 
 def test_unset_keys_are_sized_by_the_model_and_printed(capsys):

@@ -153,7 +153,7 @@ def test_corrupt_and_mismatched_files(tmp_path) -> None:
         load_sae(folder)
 
     (folder / "config.json").write_text(json.dumps({"d_in": D, "d_sae": N, "activation_fn_str": "jumprelu"}))
-    with pytest.raises(ValueError, match="activation='jumprelu'"):
+    with pytest.raises(ValueError, match="activation_fn_str='jumprelu' is not supported"):
         load_sae(folder)
     (folder / "config.json").write_text(json.dumps({"d_in": D, "d_sae": N, "architecture": "gated"}))
     with pytest.raises(ValueError, match="architecture='gated'"):

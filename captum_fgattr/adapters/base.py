@@ -6,11 +6,15 @@ attention probabilities as tensors of the autograd graph.
 """
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
+from timm.layers import DropPath
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
 
 #: Receives one block's attention probabilities, shape (B, heads, N, N).
 AttentionCallback = Callable[[Tensor], None]
@@ -89,10 +93,27 @@ class ViTAdapter(ABC):
                 f"patch dropout is active ({dropout}, model in train mode): tokens are dropped at random, so "
                 "relevance cannot be mapped to patches; call model.eval() or set the dropout rate to 0"
             )
+        self.check_mode()
 
     def active_patch_dropout(self) -> str:
         """Describes the model's patch dropout if it drops tokens in the current mode, else ''."""
         return ""
+
+    def check_mode(self) -> None:
+        """Refuse a model whose output changes from call to call or with the batch (modules in train mode:
+        dropout / stochastic depth with p > 0, attention dropout, batch norm); warn if it is in train mode
+        without such modules (a custom module may still behave differently, and eval mode is what is meant)."""
+        effects = ((name or type(self.model).__name__, _train_mode_effect(module))
+                   for name, module in self.model.named_modules() if module.training)
+        active = [f"{name} ({effect})" for name, effect in effects if effect]
+        if active:
+            shown = ", ".join(active[:3]) + (f" and {len(active) - 3} more" if len(active) > 3 else "")
+            raise ValueError(f"the model is in train mode with modules that change its output from call to call or with "
+                             f"the batch: {shown}; the map would be random: call model.eval()")
+        if self.model.training:
+            warnings.warn("the model is in train mode (no dropout, stochastic depth or batch norm is active, so the map "
+                          "is the eval-mode one unless a custom module checks self.training); call model.eval()",
+                          UserWarning)
 
     def check_tokens(self, num_tokens: int, inputs: Tensor) -> None:
         """Raise if the model ran on ``num_tokens`` tokens other than prefix + patch grid of ``inputs``."""
@@ -108,3 +129,16 @@ class ViTAdapter(ABC):
     def expose_attention(self, layer: int, callback: AttentionCallback) -> Undo:
         """Make block ``layer`` call ``callback(probs (B, heads, N, N))`` with the post-softmax
         attention probabilities that its output depends on; return a function undoing the change."""
+
+
+def _train_mode_effect(module: nn.Module) -> str:
+    """What ``module`` does differently in train mode that makes the output random or batch-dependent, or ''."""
+    if isinstance(module, _DropoutNd) and module.p > 0:
+        return f"{type(module).__name__} p={module.p}"
+    if isinstance(module, DropPath) and module.drop_prob > 0:
+        return f"stochastic depth drop_prob={module.drop_prob}"
+    if isinstance(module, nn.MultiheadAttention) and module.dropout > 0:
+        return f"attention dropout={module.dropout}"
+    if isinstance(module, _BatchNorm):
+        return "batch statistics"
+    return ""

@@ -3,7 +3,8 @@
 :class:`RunConfig` holds a run's model (:class:`ModelConfig`), data (:class:`DataConfig`), SAEs, protocol
 (:class:`Protocol`: what is evaluated) and evaluation (:class:`EvalConfig` with :class:`MetricConfig`: how);
 :meth:`RunConfig.from_dict` / :meth:`RunConfig.to_dict` round-trip JSON/YAML files, rejecting unknown keys by
-name. The loaders it drives are in :mod:`captum_fgattr.bench.resolve`.
+name and values of the wrong type by their dotted key. The loaders it drives are in
+:mod:`captum_fgattr.bench.resolve`.
 
 File format (JSON; YAML with the same keys when PyYAML is installed; every section and key optional)::
 
@@ -32,7 +33,9 @@ File format (JSON; YAML with the same keys when PyYAML is installed; every secti
                                                                     # test: 10,000 of val/ (seed 42); val: the rest
     {"kind": "br35h"}                                               # the installed Br35H scans' fixed split
 
-Unknown keys raise a ``ValueError`` naming them and the accepted ones.
+Unknown keys raise a ``ValueError`` naming them and the accepted ones; every value is checked against its
+field's type annotation (:func:`_build`: the dataclasses are the schema), e.g. ``protocol.layers=1; expected a
+list of ints``, lists becoming tuples and ints floats where those are due.
 """
 from __future__ import annotations
 
@@ -42,19 +45,22 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from captum_fgattr.bench.data.layouts import IMAGENET_SUBSET, LAYOUTS
 from captum_fgattr.bench.methods import METHODS
-from captum_fgattr.gates import DECODER_PAIRED_VARIANTS
+from captum_fgattr.bench.models.loading import check_device, check_kwarg_names
+from captum_fgattr.gates import DECODER_PAIRED_VARIANTS, MAD_EPS_PLACEMENTS
 from captum_fgattr.gates import VARIANTS as ALL_VARIANTS
+from quantus_saco.engine import SACO_TARGETS
+from quantus_saco.patches import REPLACEMENTS, SUBSET_SAMPLINGS, TIE_ORDERS
+from quantus_saco.scores import PAIRINGS, UNDEFINED_SCORES
 
 __all__ = [
-    "positive_int", "MetricConfig", "EvalConfig", "Protocol", "ModelConfig", "DataConfig", "RunConfig", "read_config_file",
-    "METRIC_PRESETS", "PF_SCALES", "TARGETS", "VARIANTS", "CONTROLS", "DEFAULT_CONTROLS", "SPLITS",
-    "DEFAULT_SPLITS", "DEFAULT_SUBSETS",
+    "positive_int", "MetricConfig", "EvalConfig", "Protocol", "ModelConfig", "DataConfig", "RunConfig",
+    "read_config_file", "METRIC_PRESETS", "PF_SCALES", "TARGETS", "VARIANTS", "CONTROLS", "DEFAULT_CONTROLS",
+    "NOT_BASELINES", "SPLITS", "DEFAULT_SPLITS", "DEFAULT_SUBSETS",
 ]
 
 TARGETS = ("prediction", "label")
@@ -68,19 +74,27 @@ def positive_int(name: str, value: Any) -> None:
 
 METRIC_PRESETS = ("paper", "thesis-code")
 PF_SCALES = ("unit", "patches")
+#: MetricConfig's options for the thesis author's variants (docs/method.md §4): in a run's fingerprint only where
+#: they differ from their defaults, so run folders written before they existed (same rules) stay resumable
+METRIC_VARIANT_OPTIONS = ("saco_target", "saco_tie_order", "saco_pairing", "fc_sampling", "pf_tie_order",
+                          "pf_replacement", "undefined_score")
 
 
 @dataclass(frozen=True)
 class MetricConfig:
     """Settings of the three patch metrics; they change the numbers, so a run folder keeps them.
 
-    ``preset`` (resolved by :meth:`resolved` once the patch count P is known) replaces every other field:
+    ``preset`` (resolved by :meth:`resolved` once the patch count P is known) replaces every other field
+    (docs/method.md §4, "Metric presets"):
 
     * ``paper``: SaCo K = 10, FC Pearson over 100 subsets of 20 patches (⌊P/2⌋ if P < 40), PF one patch per
-      step, AUC in [0, 1] — the definitions as published;
-    * ``thesis-code``: the thesis author's released code: SaCo K = ⌈P/4⌉ (49 of 196, 13 of 49 patches), FC
-      Spearman over 20 subsets × 3 seeds averaged, subsets of round(0.2·P) patches (10 of 49), PF one patch per
-      step reported × P.
+      step, AUC in [0, 1] — the definitions as published; SaCo pairs groups re-sorted by salience;
+    * ``thesis-code``: the thesis author's released code: SaCo K = ⌈P/4⌉ (49 of 196, 13 of 49 patches) scoring
+      the perturbed image's top class, numpy tie orders, salience-sorted pairs; FC Spearman over 20 subsets ×
+      3 seeds (42, 43, 44) averaged, subsets of round(20·√(P/196)) patches (20 of 196, 10 of 49) drawn from
+      numpy's legacy generator; undefined SaCo / FC scored 0; PF with the running-mean replacement, × P.
+
+    The other fields' defaults are the library's own rules (the numbers of runs without a preset).
     """
 
     saco_groups: int = 10  # SaCo's K groups of the attribution ranking
@@ -91,6 +105,13 @@ class MetricConfig:
     pf_patches_per_step: int = 1  # patches removed per Pixel-Flipping step
     pf_scale: str = "unit"  # PF AUC as reported: "unit" ([0, 1]) or "patches" (× P, the thesis tables)
     seed: int = 0  # FC subset sampling
+    saco_target: str = "original"  # SaCo's scored confidence: the target's or "perturbed_top" (perturbed image's top class)
+    saco_tie_order: str = "stable"  # SaCo ranking's order of equal attributions (quantus_saco.patches.TIE_ORDERS)
+    saco_pairing: str = "ranking"  # SaCo's pairs in ranking order or groups re-sorted by "salience"
+    fc_sampling: str = "per_image"  # FC subsets per (seed, image id), or "numpy_global" (the author's draws per call)
+    pf_tie_order: str = "stable"  # Pixel-Flipping ranking's order of equal attributions
+    pf_replacement: str = "original_mean"  # or "running_mean": step by step, the perturbed image's mean each step
+    undefined_score: str = "nan"  # undefined SaCo / FC: "nan" (excluded, counted) or "zero"
     preset: str | None = None  # "paper" or "thesis-code": replaces the fields above (see :meth:`resolved`)
 
     def __post_init__(self) -> None:
@@ -100,17 +121,50 @@ class MetricConfig:
             raise ValueError(f"fc_correlation={self.fc_correlation!r}; expected 'pearson' or 'spearman'")
         if self.pf_scale not in PF_SCALES:
             raise ValueError(f"pf_scale={self.pf_scale!r}; expected one of {list(PF_SCALES)}")
+        for name, choices in (("saco_target", SACO_TARGETS), ("saco_tie_order", TIE_ORDERS), ("saco_pairing", PAIRINGS),
+                              ("fc_sampling", SUBSET_SAMPLINGS), ("pf_tie_order", TIE_ORDERS),
+                              ("pf_replacement", REPLACEMENTS), ("undefined_score", UNDEFINED_SCORES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(choices)}")
         if self.preset is not None and self.preset not in METRIC_PRESETS:
             raise ValueError(f"metric preset {self.preset!r}; expected one of {list(METRIC_PRESETS)}")
 
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields as a dict, the variant options only where they differ from their defaults."""
+        defaults = MetricConfig()
+        return {name: value for name, value in asdict(self).items()
+                if name not in METRIC_VARIANT_OPTIONS or value != getattr(defaults, name)}
+
     def resolved(self, num_patches: int) -> MetricConfig:
-        """The concrete settings for a model with ``num_patches`` patches (self if no preset)."""
+        """The concrete settings for a model with ``num_patches`` patches (self if no preset).
+
+        Raises:
+            ValueError: settings the patch metrics cannot use with ``num_patches`` patches (checked before a run
+                folder records them), e.g. ``saco_groups=10; expected 2 <= saco_groups <= 4 (4 patches)``.
+        """
+        out = self._preset_values(num_patches)
+        bounds = {"saco_groups": (2, num_patches), "fc_subset_size": (1, num_patches - 1), "fc_runs": (2, None),
+                  "pf_patches_per_step": (1, num_patches)}
+        for name, (low, high) in bounds.items():
+            value = getattr(out, name)
+            if value < low or (high is not None and value > high):
+                where = f" with preset {self.preset!r}" if self.preset else ""
+                expected = f"{name} >= {low}" if high is None else f"{low} <= {name} <= {high} ({num_patches} patches)"
+                raise ValueError(f"{name}={value}{where}; expected {expected}")
+        return out
+
+    def _preset_values(self, num_patches: int) -> MetricConfig:
+        """The settings of :attr:`preset` for ``num_patches`` patches (self if no preset)."""
         if self.preset == "paper":
             subset = 20 if num_patches >= 40 else max(1, num_patches // 2)
-            return MetricConfig(10, subset, 100, "pearson", 1, 1, "unit", self.seed, self.preset)
-        if self.preset == "thesis-code":
-            return MetricConfig(math.ceil(num_patches / 4), max(1, round(0.2 * num_patches)), 20, "spearman", 3, 1,
-                                "patches", self.seed, self.preset)
+            return MetricConfig(10, subset, 100, "pearson", 1, 1, "unit", self.seed, saco_pairing="salience",
+                                preset=self.preset)
+        if self.preset == "thesis-code":  # subsets: 20 for the 14×14 grid of ViT-B/16, scaled with the grid side
+            return MetricConfig(math.ceil(num_patches / 4), max(1, round(20 * math.sqrt(num_patches / 196))), 20,
+                                "spearman", 3, 1, "patches", 42, saco_target="perturbed_top",
+                                saco_tie_order="numpy_reversed", saco_pairing="salience", fc_sampling="numpy_global",
+                                pf_tie_order="numpy_negated", pf_replacement="running_mean", undefined_score="zero",
+                                preset=self.preset)
         return self
 
 
@@ -122,7 +176,7 @@ class EvalConfig:
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...; model and SAEs are moved there
     autocast: bool = False  # torch.autocast for attribution and metric forwards (bf16 on CPU, fp16 on CUDA)
     target: str = "prediction"  # class explained and scored: the model's "prediction" or the "label"
-    metric_batch: int = 256  # most perturbed images per metric forward
+    metric_batch: int = 256  # perturbed images per metric forward (a call's last chunk filled up by repetition)
     num_workers: int = 0  # DataLoader workers
     gallery: int = 8  # image ids of a split, spread evenly over its sorted ids, whose images and attributions are kept
     progress: bool = True  # tqdm progress bars
@@ -137,13 +191,13 @@ class EvalConfig:
             raise ValueError(f"num_workers={self.num_workers!r}; expected an int >= 0")
         if isinstance(self.gallery, bool) or not isinstance(self.gallery, int) or self.gallery < 0:
             raise ValueError(f"gallery={self.gallery!r}; expected an int >= 0")
-        torch.device(self.device)  # raises for a malformed device string
+        check_device(self.device, "evaluation.device")
         if isinstance(self.metrics, Mapping):
             object.__setattr__(self, "metrics", MetricConfig(**self.metrics))
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that determine the stored numbers (checked when a run folder is reused)."""
-        return {"metrics": asdict(self.metrics), "target": self.target, "batch_size": self.batch_size,
+        return {"metrics": self.metrics.fingerprint(), "target": self.target, "batch_size": self.batch_size,
                 "autocast": self.autocast}
 
 
@@ -152,6 +206,11 @@ VARIANTS = ("combined", "activation", "gradient", "gradient_signed")
 #: controls of the test experiment; ``shuffled_decoder`` runs once per ``Protocol.shuffle_seeds`` seed
 CONTROLS = ("shuffled_decoder", "grad_input", "grad_input_centered", "bias_projection", "token_norm", "permuted_gates")
 DEFAULT_CONTROLS = ("shuffled_decoder", "grad_input", "grad_input_centered", "bias_projection", "permuted_gates")
+#: registered methods that are no baseline: the reference and the method under test, which the protocol evaluates
+#: with their selected parameters
+NOT_BASELINES = ("transmm", "fg")
+
+
 def _floats(name: str, values: Sequence[float], low: float) -> tuple[float, ...]:
     out = tuple(float(v) for v in values)
     if any(not math.isfinite(v) or v < low for v in out):
@@ -178,10 +237,13 @@ class Protocol:
     multi_layers: tuple[tuple[int, ...], ...] = ((2, 3, 4), (4, 6, 7), (6, 9, 10))  # multi-layer configurations
     kappas: tuple[float, ...] = (0.1, 0.5, 1.0)  # κ grid on the selected multi-layer configuration
     c_maxes: tuple[float, ...] = (2.0, 10.0, 50.0)  # c_max grid
-    baselines: tuple[str, ...] = ("gradcam", "integrated_gradients", "saliency", "rollout", "raw_attention", "random")
+    baselines: tuple[str, ...] = ("gradcam", "integrated_gradients", "saliency", "rollout", "raw_attention", "random",
+                                   "attnlrp")  # attnlrp: skipped (with a note) without the lrp extra
     controls: tuple[str, ...] = DEFAULT_CONTROLS  # controls of every selected configuration on the test set
     shuffle_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds of the shuffled-decoder control
     permute_seed: int = 0  # seed of the permuted-gates control
+    gate_mad_eps: str | None = None  # robust scale of FG's scores (gates.MAD_EPS_PLACEMENTS); None: the metric
+    # preset's ("in_mad", the author's 1.4826·(MAD + 1e-8), under thesis-code; else "after_scale")
     black_input: tuple[float, ...] | None = None  # model-input value of a black pixel per channel, (0 − mean)/std:
     # the Integrated-Gradients baseline (None: 0, the normalisation mean; ``fgattr run`` fills it from the data)
     val_images: int | None = 500  # validation images (seeded subset; None = all)
@@ -207,6 +269,9 @@ class Protocol:
                              "(its score does not pair activations with decoder rows): remove 'shuffled_decoder' "
                              "from controls or test 'combined'")
         object.__setattr__(self, "shuffle_seeds", tuple(int(seed) for seed in self.shuffle_seeds))
+        if self.gate_mad_eps is not None and self.gate_mad_eps not in MAD_EPS_PLACEMENTS:
+            raise ValueError(f"gate_mad_eps={self.gate_mad_eps!r}; expected null (the metric preset's) or one of "
+                             f"{list(MAD_EPS_PLACEMENTS)}")
         if "shuffled_decoder" in self.controls and not self.shuffle_seeds:
             raise ValueError("the shuffled-decoder control needs at least one seed (shuffle_seeds)")
         if self.black_input is not None:
@@ -219,9 +284,11 @@ class Protocol:
         _floats("kappa", [self.kappa], 0.0)
         _floats("c_max", [self.c_max], 1.0)
         object.__setattr__(self, "baselines", tuple(self.baselines))
-        unknown = [b for b in self.baselines if b not in METHODS]
+        accepted = sorted(set(METHODS) - set(NOT_BASELINES))
+        unknown = [b for b in self.baselines if b not in accepted]
         if unknown:
-            raise ValueError(f"unknown baseline methods {unknown}; expected names from {sorted(METHODS)}")
+            raise ValueError(f"baselines={list(self.baselines)!r}; expected names from {accepted} (TransMM and FG "
+                             "are evaluated by the protocol itself)")
         for name in ("val_images", "test_images"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -240,15 +307,98 @@ DEFAULT_SPLITS: Mapping[str, Mapping[str, str]] = {"imagenet": {"val": "val", "t
 DEFAULT_SUBSETS: Mapping[str, int] = {"imagenet": IMAGENET_SUBSET}
 
 
-def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    """``cls(**values)`` with unknown keys reported by name."""
+class _Mismatch(Exception):
+    """A value that does not match its field's type (turned into a ValueError naming the field by :func:`_build`)."""
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    """``value`` checked against the type ``hint`` of a field: lists become tuples where a tuple is due, ints
+    floats where a float is due; bools are not ints here, strings are not numbers.
+
+    Raises:
+        _Mismatch: ``value`` does not match ``hint``.
+        TypeError: ``hint`` is a type this layer does not know (a field added with a new kind of type).
+    """
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, UnionType):
+        for arm in args:
+            try:
+                return _typed(arm, value)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        return tuple(_typed(args[0], item) for item in value)
+    if origin is Mapping:
+        if not isinstance(value, Mapping):
+            raise _Mismatch
+        return {_typed(args[0], key): _typed(args[1], item) for key, item in value.items()}
+    if hint is type(None):
+        matches = value is None
+    elif hint is bool or hint is str:
+        matches = isinstance(value, hint)
+    elif hint is int or hint is float:
+        matches = isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+        value = hint(value) if matches else value
+    else:
+        raise TypeError(f"configuration fields of type {hint!r} are not supported by config._typed")
+    if not matches:
+        raise _Mismatch
+    return value
+
+
+_NOUNS: dict[Any, tuple[str, str]] = {bool: ("true or false", "booleans"), int: ("an int", "ints"),
+                                      float: ("a number", "numbers"), str: ("a string", "strings"),
+                                      type(None): ("null", "nulls"), Any: ("any value", "values")}
+
+
+def _words(hint: Any, plural: bool = False) -> str:
+    """The type ``hint`` in words, as errors name what was expected (``tuple[int, ...]`` -> "a list of ints")."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, UnionType):
+        arms = [_words(arm, plural) for arm in args if arm is not type(None)]
+        arms += ["null"] if type(None) in args else []
+        return ", ".join(arms[:-1]) + f" or {arms[-1]}"
+    if origin is tuple:
+        return f"{'lists' if plural else 'a list'} of {_words(args[0], plural=True)}"
+    if origin is Mapping:
+        return f"{'mappings' if plural else 'a mapping'} of {_words(args[0], True)} to {_words(args[1], True)}"
+    if dataclasses.is_dataclass(hint):
+        return "mappings of settings" if plural else "a mapping of settings"
+    return _NOUNS[hint][plural]
+
+
+def _build(cls: type, values: Any, where: str = "") -> Any:
+    """``cls(**values)`` for a configuration dataclass ``cls`` read from plain values at the dotted key ``where``
+    ("" for the whole configuration): every value is checked against its field's type annotation (nested
+    dataclasses built alike), so a wrong type is refused by name before anything is built or recorded.
+
+    Raises:
+        ValueError: ``where.key=value; expected <type in words>``, unknown keys, or ``cls``'s own range checks.
+    """
     if not isinstance(values, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
+        raise ValueError(f"{where or 'the configuration'}={values!r}; expected {_words(cls)}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)
     if unknown:
-        raise ValueError(f"unknown keys {unknown} in {where}; expected some of {sorted(names)}")
-    return cls(**values)
+        place = f"configuration section {where!r}" if where else "the configuration"
+        raise ValueError(f"unknown keys {unknown} in {place}; expected some of {sorted(names)}")
+    hints = get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(hints[key]):
+            kwargs[key] = _build(hints[key], value, dotted)
+            continue
+        try:
+            kwargs[key] = _typed(hints[key], value)
+        except _Mismatch:
+            raise ValueError(f"{dotted}={value!r}; expected {_words(hints[key])}") from None
+    return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -263,6 +413,10 @@ class ModelConfig:
     rename: Mapping[str, str] = field(default_factory=dict)  # timm checkpoint key-prefix renames ({}: lin_head.->head.)
     kwargs: Mapping[str, Any] = field(default_factory=dict)  # further timm / open_clip create_model arguments
     seed: int = 0  # initialisation seed when there is no checkpoint
+
+    def __post_init__(self) -> None:
+        # untrusted input: loader switches (weights_only, checkpoint_path, ...) are refused before any model is built
+        object.__setattr__(self, "kwargs", check_kwarg_names(self.kwargs))
 
     @property
     def spec(self) -> str:
@@ -377,21 +531,13 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:
-        """Build from nested plain values (a config file), checking every key."""
-        sections = {"model": ModelConfig, "data": DataConfig, "protocol": Protocol}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown keys {unknown} in the configuration; expected some of {sorted(names)}")
-        kwargs: dict[str, Any] = {k: v for k, v in values.items() if k not in sections and k != "evaluation"}
-        for name, section in sections.items():
-            if name in values:
-                kwargs[name] = _build(section, values[name], f"configuration section {name!r}")
-        if "evaluation" in values:
-            evaluation = dict(values["evaluation"])
-            evaluation["metrics"] = _build(MetricConfig, evaluation.get("metrics", {}), "section 'evaluation.metrics'")
-            kwargs["evaluation"] = _build(EvalConfig, evaluation, "configuration section 'evaluation'")
-        return cls(**kwargs)
+        """Build from nested plain values (a config file, flags merged in), checking every key and every value's
+        type against the fields' annotations (lists become tuples, ints floats where due).
+
+        Raises:
+            ValueError: one line, e.g. ``protocol.layers=1; expected a list of ints`` or unknown keys by name.
+        """
+        return _build(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-serialisable values (round-trips through :meth:`from_dict`)."""
@@ -412,7 +558,13 @@ class RunConfig:
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Plain values from a JSON (``.json``) or YAML (``.yaml`` / ``.yml``) configuration file."""
+    """Plain values from a JSON (``.json``) or YAML (``.yaml`` / ``.yml``) configuration file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: one line naming the file: invalid JSON or YAML (with its line), a YAML tag (only plain values
+            are read), or no mapping of sections.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"configuration file {str(path)!r} does not exist")
@@ -422,12 +574,20 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             import yaml
         except ImportError as err:
             raise ImportError("YAML configuration files need PyYAML (pip install pyyaml); or use JSON") from err
-        values = yaml.safe_load(text)
+        try:
+            values = yaml.safe_load(text)  # plain values only: tags such as !!python/object are refused
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            if isinstance(err, yaml.constructor.ConstructorError):
+                problem += " (only plain values are read: remove the tag)"
+            raise ValueError(f"configuration file {path} is not valid YAML{where}: {problem}") from None
     else:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"configuration file {path} is not valid JSON: {err}") from err
+            raise ValueError(f"configuration file {path} is not valid JSON: {err}") from None
     if not isinstance(values, dict):
         raise ValueError(f"configuration file {path} must hold a mapping of sections")
     return values

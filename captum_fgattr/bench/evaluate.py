@@ -3,7 +3,9 @@
 For each batch of images: one no-grad forward for the predictions, then per pending method one
 attribution call (one forward + backward for TransMM / FG-TransMM) and each registered metric's
 ``compute`` (:mod:`captum_fgattr.bench.metrics`; SaCo, FC and PF share one call of the batched metric
-engine :func:`quantus_saco.engine.evaluate_patch_metrics`); the batch's rows are committed at once. A
+engine :func:`quantus_saco.engine.evaluate_patch_metrics`, and the methods share the model's outputs on
+the batch's perturbed images, :class:`~quantus_saco.forwards.PerturbedForwards`: FC's subsets are drawn per
+image, so they are forwarded once per batch, not once per method); the batch's rows are committed at once. A
 method is pending on a batch while some image lacks a score of some registered metric.
 
 Batches are fixed chunks of the sorted image ids (``batch_size`` consecutive ids), whatever has already
@@ -29,6 +31,7 @@ from captum_fgattr.bench.methods import MethodSpec, build_method
 from captum_fgattr.bench.metrics import MetricBatch, metric_specs
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from captum_fgattr.sae import SparseAutoencoder
+from quantus_saco.forwards import PerturbedForwards
 
 __all__ = ["select_ids", "display_image", "evaluate_methods"]
 
@@ -142,9 +145,10 @@ def evaluate_methods(
             targets = predictions if config.target == "prediction" else labels
             names = [_image_name(dataset, i) for i in chunk]
             shown = [(split, i, display_image(img).cpu().numpy()) for i, img in zip(chunk, images) if i in gallery]
+            forwards = PerturbedForwards(model, images, adapter.patch_size[0])  # shared by the batch's methods
             for spec in todo:
                 rows, attributions, deltas = _evaluate_batch(model, methods[spec.key], spec, images, logits, targets,
-                                                             batch_ids, adapter.patch_size[0], config)
+                                                             batch_ids, forwards, config)
                 added += store.add_batch(
                     [ResultRow(split, spec.key, i, name, int(y), int(p), int(t), scores, attributions.shape[1])
                      for i, name, y, p, t, scores in zip(chunk, names, labels.tolist(), predictions.tolist(),
@@ -162,9 +166,10 @@ def evaluate_methods(
 
 def _evaluate_batch(
     model: nn.Module, method: Callable[[Tensor, Tensor, Tensor], Tensor], spec: MethodSpec, images: Tensor,
-    logits: Tensor, targets: Tensor, ids: Tensor, patch_size: int, config: EvalConfig,
+    logits: Tensor, targets: Tensor, ids: Tensor, forwards: PerturbedForwards, config: EvalConfig,
 ) -> tuple[list[dict[str, float]], Tensor, Tensor | None]:
-    """``logits`` (B, C): the model's outputs on ``images``, computed once per batch; ``config.metrics`` resolved.
+    """``logits`` (B, C): the model's outputs on ``images``, computed once per batch; ``forwards``: its outputs on
+    perturbed ``images``, shared by the batch's methods; ``config.metrics`` resolved.
     -> ({metric: score} per image for every registered metric, (B, P) float32 attributions, (B,) convergence
     deltas or None)."""
     with torch.autocast(images.device.type, enabled=config.autocast):
@@ -172,8 +177,8 @@ def _evaluate_batch(
     deltas = getattr(method, "convergence_delta", None)
     if not torch.isfinite(attributions).all():
         raise ValueError(f"method {spec.label} produced NaN/Inf attributions")
-    batch = MetricBatch(model, images, attributions, targets, ids, logits, patch_size, config.metrics,
-                        max_batch=config.metric_batch, autocast=config.autocast)
+    batch = MetricBatch(model, images, attributions, targets, ids, logits, forwards.patch_size, config.metrics,
+                        max_batch=config.metric_batch, autocast=config.autocast, forwards=forwards)
     columns = {metric.name: _per_image(metric.name, metric.compute(batch), len(images)) for metric in metric_specs()}
     rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
     return rows, attributions, None if deltas is None else deltas.double().cpu()

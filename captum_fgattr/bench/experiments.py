@@ -32,10 +32,10 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from captum_fgattr.adapters import get_adapter
-from captum_fgattr.bench.config import EvalConfig, Protocol
+from captum_fgattr.bench.config import EvalConfig, MetricConfig, Protocol
 from captum_fgattr.bench.distributed import current_shard, sync_ranks
 from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
-from captum_fgattr.bench.methods import FGParams, MethodSpec, fg_layers
+from captum_fgattr.bench.methods import FGParams, MethodSpec, fg_layers, unavailable_methods
 from captum_fgattr.bench.metrics import metric_specs
 from captum_fgattr.bench.analysis.stats import paired_comparison, percent_improvement, summarize
 from captum_fgattr.bench.store import ResultStore, Selection
@@ -44,7 +44,7 @@ from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = [
     "selection_rule", "SINGLE", "MULTI", "GRID", "TEST", "DataSource", "fg_spec_of", "standardised_effects", "selection_score",
-    "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "select_best", "final_specs", "run_sweep",
+    "ControlGroup", "control_groups", "as_dataset", "transmm_spec", "fg_spec", "gate_mad_eps", "select_best", "final_specs", "run_sweep",
     "run_test", "control_specs", "control_name", "baseline_spec", "StudyClock",
 ]
 
@@ -86,9 +86,17 @@ def transmm_spec() -> MethodSpec:
 
 
 def fg_spec(layers: Sequence[int], variant: str, kappa: float, c_max: float, shuffle_seed: int | None = None,
-            permute_seed: int | None = None) -> MethodSpec:
+            permute_seed: int | None = None, mad_eps: str = "after_scale") -> MethodSpec:
     """FG-TransMM spec with every parameter explicit (so equal configurations share stored results)."""
-    return fg_spec_of(FGParams(tuple(layers), variant, kappa, c_max, shuffle_seed, permute_seed))
+    return fg_spec_of(FGParams(tuple(layers), variant, kappa, c_max, shuffle_seed, permute_seed, mad_eps))
+
+
+def gate_mad_eps(protocol: Protocol, metrics: MetricConfig) -> str:
+    """The robust scale of the gate scores: ``protocol.gate_mad_eps``, or by default the metric preset's
+    (``thesis-code``: the author's ``"in_mad"``; otherwise ``"after_scale"``)."""
+    if protocol.gate_mad_eps is not None:
+        return protocol.gate_mad_eps
+    return "in_mad" if metrics.preset == "thesis-code" else "after_scale"
 
 
 def fg_spec_of(params: FGParams) -> MethodSpec:
@@ -99,6 +107,8 @@ def fg_spec_of(params: FGParams) -> MethodSpec:
         label += f" shuffled decoder s{params.shuffle_seed}"
     if params.permute_seed is not None:
         label += " permuted gates"
+    if params.mad_eps != "after_scale":
+        label += f" scale {params.mad_eps}"
     return MethodSpec("fg", params.to_params(), label)
 
 
@@ -291,19 +301,21 @@ def run_sweep(
     def run(experiment: str, candidates: list[MethodSpec]) -> None:
         _experiment(model, data, [transmm_spec(), *candidates], store, experiment, "val", ids, saes, config, clock)
 
-    singles = [fg_spec([layer], variant, protocol.kappa, protocol.c_max)
+    mad_eps = gate_mad_eps(protocol, config.metrics)
+    singles = [fg_spec([layer], variant, protocol.kappa, protocol.c_max, mad_eps=mad_eps)
                for layer in protocol.layers for variant in protocol.variants]
     run(SINGLE, singles)
     variant = protocol.method_variant  # the other variants are ablations: reported, never selected
     method_singles = [spec for spec in singles if spec.fg.variant == variant]
     selected = {SINGLE: select_best(store, SINGLE, SINGLE, "val", method_singles, ids)}
     if protocol.multi_layers:
-        multis = [fg_spec(layers, variant, protocol.kappa, protocol.c_max) for layers in protocol.multi_layers]
+        multis = [fg_spec(layers, variant, protocol.kappa, protocol.c_max, mad_eps=mad_eps)
+                  for layers in protocol.multi_layers]
         run(MULTI, multis)
         selected[MULTI] = select_best(store, MULTI, MULTI, "val", multis, ids)
         if protocol.kappas and protocol.c_maxes:
             layers = selected[MULTI].chosen.layers
-            grid = [fg_spec(layers, variant, k, c) for k in protocol.kappas for c in protocol.c_maxes]
+            grid = [fg_spec(layers, variant, k, c, mad_eps=mad_eps) for k in protocol.kappas for c in protocol.c_maxes]
             run(GRID, grid)
             selected[GRID] = select_best(store, GRID, GRID, "val", grid, ids)
     return selected
@@ -332,7 +344,10 @@ def final_specs(store: ResultStore, protocol: Protocol) -> list[MethodSpec]:
         specs.append(real)
         for controls in control_specs(real, protocol).values():
             specs += controls
-    return specs + [baseline_spec(name, protocol) for name in protocol.baselines]
+    skipped = unavailable_methods(protocol.baselines)
+    for name, why in skipped.items():
+        print(f"fgattr: skipping the optional baseline {name!r}: {why}", file=sys.stderr, flush=True)
+    return specs + [baseline_spec(name, protocol) for name in protocol.baselines if name not in skipped]
 
 
 def baseline_spec(name: str, protocol: Protocol) -> MethodSpec:

@@ -20,11 +20,27 @@ from captum_fgattr.adapters import ViTAdapter, get_adapter
 from captum_fgattr.adapters.tokens import pixels_to_patches
 from captum_fgattr.attr import FeatureGradientTransMM, TransMM
 from captum_fgattr.baselines import AttentionRollout, RawAttention, TokenGradCAM
+from captum_fgattr.lrp import AttnLRP, lxt_available
 from captum_fgattr.sae import SparseAutoencoder
 
 PatchMethod = Callable[[Tensor, Tensor, Tensor], Tensor]
 Builder = Callable[..., PatchMethod]
 METHODS: dict[str, Builder] = {}
+#: methods that need an optional extra: name -> (check () -> (available, why not), install hint)
+OPTIONAL_METHODS: dict[str, tuple[Callable[[], tuple[bool, str]], str]] = {
+    "attnlrp": (lxt_available, "pip install 'captum-fgattr[lrp]'"),
+}
+
+
+def unavailable_methods(names: Iterable[str]) -> dict[str, str]:
+    """{name: why} for the optional methods among ``names`` whose extra cannot be imported here."""
+    out = {}
+    for name in names:
+        if name in OPTIONAL_METHODS:
+            ok, why = OPTIONAL_METHODS[name][0]()
+            if not ok:
+                out[name] = why
+    return out
 
 
 def register_method(name: str) -> Callable[[Builder], Builder]:
@@ -100,6 +116,7 @@ class FGParams:
     c_max: float = 10.0
     shuffle_seed: int | None = None  # shuffled-decoder control
     permute_seed: int | None = None  # permuted-gates control
+    mad_eps: str = "after_scale"  # robust scale of the scores (gates.MAD_EPS_PLACEMENTS); "in_mad": thesis code
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(sorted(int(layer) for layer in self.layers)))
@@ -116,6 +133,8 @@ class FGParams:
         for name in ("shuffle_seed", "permute_seed"):
             if getattr(self, name) is not None:
                 out[name] = int(getattr(self, name))
+        if self.mad_eps != "after_scale":  # the default is left out, so specs written before it keep their keys
+            out["mad_eps"] = self.mad_eps
         return out
 
     @property
@@ -144,7 +163,7 @@ def _transmm(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAut
 def _feature_gradient(
     model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder], layers: list[int],
     variant: str = "combined", kappa: float = 0.5, c_max: float = 10.0, shuffle_seed: int | None = None,
-    permute_seed: int | None = None,
+    permute_seed: int | None = None, mad_eps: str = "after_scale",
 ) -> PatchMethod:
     """FG-TransMM or one of its controls (a score variant, the shuffled decoder or permuted gates); the
     permuted-gates control is seeded per sample id, so it does not depend on the batching."""
@@ -152,7 +171,8 @@ def _feature_gradient(
     if missing:
         raise ValueError(f"no SAE for gated layers {missing}; SAEs are available for layers {sorted(saes)}")
     method = FeatureGradientTransMM(model, {layer: saes[layer] for layer in layers}, kappa=kappa, c_max=c_max,
-                                    variant=variant, shuffle_decoder_seed=shuffle_seed, permute_gates_seed=permute_seed)
+                                    variant=variant, shuffle_decoder_seed=shuffle_seed, permute_gates_seed=permute_seed,
+                                    mad_eps=mad_eps)
     return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True,
                                                          sample_ids=ids).flatten(1)
 
@@ -219,6 +239,13 @@ def _raw_attention(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, Spa
     """:class:`RawAttention`: the last block's head-mean class-token attention (class-agnostic)."""
     method = RawAttention(model)
     return lambda images, targets, ids: method.attribute(images, return_patches=True).flatten(1)
+
+
+@register_method("attnlrp")
+def _attnlrp(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
+    """:class:`AttnLRP` (lxt's efficient-mode rules, signed relevance summed over each patch); needs the ``lrp`` extra."""
+    method = AttnLRP(model)
+    return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True).flatten(1)
 
 
 @register_method("random")

@@ -6,7 +6,9 @@ images with their attributions) into (B,) per-image scores. Every part of the be
 when it runs, so a metric added with :func:`register_metric` is computed, stored and reported everywhere.
 
 The built-in SaCo, FC and PF share one joint call of :func:`quantus_saco.engine.evaluate_patch_metrics` per
-batch (:meth:`MetricBatch.patch_metrics`), whose perturbed images go through one batched forward.
+batch (:meth:`MetricBatch.patch_metrics`), whose perturbed images go through one batched forward; the methods
+evaluated on one batch share its :class:`~quantus_saco.forwards.PerturbedForwards` (``MetricBatch.forwards``), so
+a perturbed image common to several methods (FC's subsets, equal SaCo groups or PF steps) is forwarded once.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 
 from captum_fgattr.bench.config import MetricConfig
 from quantus_saco.engine import METRICS as ENGINE_METRICS, evaluate_patch_metrics
+from quantus_saco.forwards import PerturbedForwards
 
 __all__ = ["MetricBatch", "MetricSpec", "metric_specs", "metric_names", "metric_spec", "register_metric",
            "unregister_metric"]
@@ -39,6 +42,7 @@ class MetricBatch:
     metrics: MetricConfig  # resolved metric settings (no preset left)
     max_batch: int = 256  # most perturbed images per forward
     autocast: bool = False  # forwards under torch.autocast
+    forwards: PerturbedForwards | None = None  # outputs on perturbed images, shared by the methods of the batch
 
     def engine(self, metrics: Sequence[str] = ENGINE_METRICS, seed: int | None = None) -> dict[str, Tensor]:
         """One call of the batched patch-metric engine with this batch's settings -> {name: (B,) float64}.
@@ -50,7 +54,10 @@ class MetricBatch:
             self.model, self.images, self.attributions, self.targets, self.patch_size, metrics=metrics,
             seed=m.seed if seed is None else seed, saco_groups=m.saco_groups, fc_subset_size=m.fc_subset_size,
             fc_runs=m.fc_runs, fc_correlation=m.fc_correlation, pf_patches_per_step=m.pf_patches_per_step,
-            sample_ids=self.sample_ids, logits=self.logits, max_batch=self.max_batch, autocast=self.autocast)
+            saco_target=m.saco_target, saco_tie_order=m.saco_tie_order, saco_pairing=m.saco_pairing,
+            fc_sampling=m.fc_sampling, pf_tie_order=m.pf_tie_order, pf_replacement=m.pf_replacement,
+            undefined_score=m.undefined_score, sample_ids=self.sample_ids, logits=self.logits, max_batch=self.max_batch,
+            autocast=self.autocast, forwards=self.forwards)
 
     @cached_property
     def patch_metrics(self) -> Mapping[str, Tensor]:
@@ -82,7 +89,7 @@ def _saco(batch: MetricBatch) -> Tensor:
 
 def _fc(batch: MetricBatch) -> Tensor:
     """Faithfulness Correlation, (B,); with ``fc_repeats`` > 1 the mean over seeds seed, seed + 1, ... (the thesis
-    code's 3 seeds), NaN if any repeat is undefined."""
+    code's 3 seeds), NaN if any repeat is undefined (``undefined_score="nan"``)."""
     m = batch.metrics
     first = batch.patch_metrics["fc"]
     if m.fc_repeats == 1:

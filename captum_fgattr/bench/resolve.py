@@ -22,15 +22,17 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from captum_fgattr.bench.data.layouts import (
-    IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, ImageListDataset, Preprocess, load_dataset,
+    IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, ImageListDataset, Preprocess, check_same_classes, load_dataset,
 )
 from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
+from captum_fgattr.bench.models.folders import model_folder, read_model_folder
+from captum_fgattr.files import content_sha256
 from captum_fgattr.sae import SparseAutoencoder, load_sae
 
 __all__ = [
-    "StudyInputs", "load_study_inputs",
+    "StudyInputs", "load_study_inputs", "check_model_classes",
     "SHIPPED_SAES", "load_model", "load_split", "preprocessing", "load_inputs", "load_saes", "RandomWeightsWarning", "SIZED_KEYS",
-    "thesis_layers", "sized_settings", "model_shape", "size_to_model", "dotted_keys",
+    "thesis_layers", "sized_settings", "model_shape", "size_to_model", "dotted_keys", "input_digests",
 ]
 
 class RandomWeightsWarning(UserWarning):
@@ -64,7 +66,7 @@ def load_model(config: ModelConfig, class_names: Sequence[str] | None = None,
 
     if not config.name:
         raise ValueError("no model: set model.name (e.g. --model timm:vit_base_patch16_224 or clip:ViT-B-32)")
-    if config.random_weights:
+    if config.random_weights and model_folder(config.spec) is None:  # a checkpoint folder holds its weights
         warnings.warn(RANDOM_WEIGHTS_WARNING.format(name=config.name, seed=config.seed), RandomWeightsWarning, stacklevel=2)
     torch.manual_seed(config.seed)
     return models.load_model(config.spec, checkpoint=config.checkpoint, num_classes=config.num_classes,
@@ -109,26 +111,43 @@ def sized_settings(depth: int, patches: int) -> dict[str, Any]:
 
 def model_shape(config: ModelConfig) -> tuple[int, int] | None:
     """``(depth, patch tokens)`` of the configured model, from a weightless build on the meta device
-    (no checkpoint read); None when that build is not possible (then nothing is sized)."""
+    (no checkpoint read); None when that build is not possible (then nothing is sized).
+
+    Raises:
+        ValueError: what :func:`~captum_fgattr.bench.models.loading.check_model_kwargs` refuses (checked first).
+    """
     import torch
 
     kind, _, name = config.spec.partition(":")
+    num_classes, img_size, kwargs = config.num_classes, config.img_size, dict(config.kwargs)
+    folder = model_folder(config.spec)
+    if folder is not None:  # a checkpoint folder: the architecture its config.json names
+        try:
+            spec = read_model_folder(folder)
+        except (OSError, ValueError):  # its errors surface when the model is loaded
+            return None
+        name, num_classes, img_size = spec.architecture, num_classes or spec.num_classes, img_size or spec.img_size
+        kwargs = {**spec.model_args, **kwargs}
     if kind == "fgattr":
         from captum_fgattr.bench.models.br35h_vit import DEFAULT_VIT, MODEL_NAME
 
         return (DEFAULT_VIT.depth, DEFAULT_VIT.num_patches) if name == MODEL_NAME else None
+    from captum_fgattr.bench.models.loading import check_model_kwargs
+
+    # ValueError before any constructor sees the kwargs: an unknown timm name or non-ViT, refused or unknown kwargs
+    kwargs = check_model_kwargs(f"{kind}:{name}", kwargs)  # a folder's: its architecture and model_args
     try:
         with torch.device("meta"):
             if kind == "timm":
                 import timm
 
-                extra = {k: v for k, v in (("num_classes", config.num_classes), ("img_size", config.img_size)) if v}
-                model = timm.create_model(name, pretrained=False, **extra, **dict(config.kwargs))
+                extra = {k: v for k, v in (("num_classes", num_classes), ("img_size", img_size)) if v}
+                model = timm.create_model(name, pretrained=False, **extra, **kwargs)
                 blocks, grid = model.blocks, model.patch_embed.grid_size
             else:
                 import open_clip
 
-                visual = open_clip.create_model(name, pretrained=None, device="meta", **dict(config.kwargs)).visual
+                visual = open_clip.create_model(name, pretrained=None, device="meta", **kwargs).visual
                 blocks, grid = visual.transformer.resblocks, visual.grid_size
     except Exception:  # unknown names and exotic models: their errors surface when the model is loaded
         return None
@@ -164,11 +183,15 @@ def load_split(config: DataConfig, split: str, preprocess: Preprocess | None = N
     layouts that cache them (br35h).
 
     Raises:
-        ValueError: see :meth:`DataConfig.location` and :func:`captum_fgattr.bench.data.layouts.load_dataset`; or
-            validation and test share their images and the test subset leaves none for validation.
+        ValueError: see :meth:`DataConfig.location` and :func:`captum_fgattr.bench.data.layouts.load_dataset`;
+            separate validation and test folders (``data.val`` / ``data.test``) whose class folders differ (labels
+            would shift); or validation and test share their images and the test subset leaves none for
+            validation.
         FileNotFoundError / NotADirectoryError: the dataset folder or class-names file is missing.
     """
     root, name = config.location(split)
+    if config.kind == "folder" and config.root is None and config.val is not None and config.test is not None:
+        check_same_classes(config.val, config.test)  # separate split folders: labels index one class list
     load = partial(load_dataset, config.kind, root, name, seed=config.seed, class_names=config.class_names,
                    preprocess=preprocess, cache_dir=cache_dir)
     if split == "test":
@@ -216,13 +239,31 @@ def preprocessing(config: DataConfig, model: nn.Module) -> Preprocess:
     return replace(base, **overrides)
 
 
+def check_model_classes(model: nn.Module, data: Dataset, split: str) -> None:
+    """Refuse ``split`` data whose number of classes (class folders, empty ones included) differs from the
+    model's outputs, where the model says how many it has (``num_classes``, as timm models do): labels are
+    indices into the class folders, so an extra folder would give labels the model cannot predict.
+
+    Raises:
+        ValueError: names the folder, its class folders and the model's number of outputs.
+    """
+    classes, outputs = list(getattr(data, "classes", [])), getattr(model, "num_classes", None)
+    if isinstance(outputs, int) and not isinstance(outputs, bool) and classes and outputs != len(classes):
+        raise ValueError(
+            f"{split} data {str(getattr(data, 'root', ''))!r} has {len(classes)} class folders {classes} (empty ones "
+            f"count: labels are indices into the sorted class folders) but the model has {outputs} outputs; give "
+            f"the data the model's {outputs} classes in its label order, or set the model's num_classes")
+
+
 def load_inputs(config: RunConfig, split: str) -> tuple[nn.Module, ImageListDataset]:
     """The model and the ``split`` images preprocessed for it, resolved in a fixed order: the layout's class
-    names (CLIP classifies over them) -> the model -> its preprocessing -> the dataset; nothing is changed
-    afterwards."""
+    names (CLIP classifies over them) -> the model -> its preprocessing -> the dataset (its classes checked
+    against the model's outputs: :func:`check_model_classes`); nothing is changed afterwards."""
     class_names = load_split(config.data, split, cache_dir=config.cache_dir).class_names
     model = load_model(config.model, class_names, config.cache_dir, config.evaluation.progress)
-    return model, load_split(config.data, split, preprocessing(config.data, model), config.cache_dir)
+    data = load_split(config.data, split, preprocessing(config.data, model), config.cache_dir)
+    check_model_classes(model, data, split)
+    return model, data
 
 
 def load_saes(saes: str | Mapping[str, str] | None, layers: Sequence[int],
@@ -241,16 +282,59 @@ def load_saes(saes: str | Mapping[str, str] | None, layers: Sequence[int],
         raise ValueError(f"FG-TransMM needs SAEs for layers {layers}; set saes (--saes FOLDER)")
     if saes == SHIPPED_SAES:
         return _shipped_saes(layers, model)
-    if isinstance(saes, Mapping):
-        paths = {int(layer): Path(path) for layer, path in saes.items()}
-    else:
-        if not Path(saes).is_dir():
-            raise ValueError(f"SAE folder {saes} does not exist or is not a folder; expected layer_<L>/ SAE folders in it")
-        paths = {int(d.name[6:]): d for d in Path(saes).iterdir() if d.is_dir() and re.fullmatch(r"layer_\d+", d.name)}
+    paths = _sae_folders(saes)
     missing = [layer for layer in layers if layer not in paths]
     if missing:
         raise ValueError(f"no SAE for layers {missing} in {saes}; found layers {sorted(paths)}")
     return {layer: load_sae(paths[layer]) for layer in layers}
+
+
+def _sae_folders(saes: str | Mapping[str, str]) -> dict[int, Path]:
+    """{layer: SAE folder} of a {layer: folder} map or of a folder of ``layer_{L}/`` folders.
+
+    Raises:
+        ValueError: ``saes`` is not a folder.
+    """
+    if isinstance(saes, Mapping):
+        return {int(layer): Path(path) for layer, path in saes.items()}
+    if not Path(saes).is_dir():
+        raise ValueError(f"SAE folder {saes} does not exist or is not a folder; expected layer_<L>/ SAE folders in it")
+    return {int(d.name[6:]): d for d in Path(saes).iterdir() if d.is_dir() and re.fullmatch(r"layer_\d+", d.name)}
+
+
+def input_digests(config: RunConfig, cache_file: str | os.PathLike[str] | None = None) -> dict[str, tuple[str, str]]:
+    """The sha256 of the input files whose contents decide a run's numbers, as {name: (what, sha256)}: the
+    model's checkpoint (a local file or folder; for the shipped ``fgattr:`` ViT its recorded digest) and the SAE
+    of every layer ``config.saes`` provides (for the shipped SAEs their recorded digests). ``what`` names the
+    input in words. Files are hashed with :func:`~captum_fgattr.files.content_sha256` (``cache_file``: its cache).
+
+    Random weights (fingerprinted by their seed with the model's settings), open_clip pretrained tags and
+    ``checkpoint="retrain"`` (the recipe's weights) have no file to hash.
+
+    Raises:
+        ValueError: ``config.saes`` names no folder (as :func:`load_saes`).
+    """
+    from captum_fgattr.bench.assets import shipped_info
+    from captum_fgattr.bench.models.br35h_vit import MODEL_NAME
+
+    model, digests = config.model, {}
+    if model.spec == f"fgattr:{MODEL_NAME}" and model.checkpoint in (None, "shipped"):
+        digests["content.checkpoint"] = (f"the shipped {model.spec} weights",
+                                         shipped_info()["model"]["weights_sha256"])
+    elif model.checkpoint is not None and Path(model.checkpoint).exists():
+        digests["content.checkpoint"] = (f"the checkpoint {model.checkpoint}",
+                                         content_sha256(model.checkpoint, cache_file))
+    elif (folder := model_folder(model.spec)) is not None:
+        digests["content.checkpoint"] = (f"the model folder {folder}", content_sha256(folder, cache_file))
+    if config.saes == SHIPPED_SAES:
+        for layer, entry in shipped_info()["saes"].items():
+            digests[f"content.sae.layer_{layer}"] = (f"the shipped SAE of layer {layer}", entry["weights_sha256"])
+    elif config.saes is not None:
+        for layer, folder in sorted(_sae_folders(config.saes).items()):
+            if folder.exists():
+                digests[f"content.sae.layer_{layer}"] = (f"the SAE of layer {layer} ({folder})",
+                                                         content_sha256(folder, cache_file))
+    return digests
 
 
 def _shipped_saes(layers: list[int], model: nn.Module | None) -> dict[int, SparseAutoencoder]:
@@ -288,4 +372,5 @@ def load_study_inputs(config: RunConfig) -> StudyInputs:
     SAEs, checked against the model where they are the shipped ones)."""
     model, val = load_inputs(config, "val")
     test = load_split(config.data, "test", preprocessing(config.data, model), config.cache_dir)
+    check_model_classes(model, test, "test")
     return StudyInputs(model, val, test, load_saes(config.saes, config.protocol.gated_layers(), model))

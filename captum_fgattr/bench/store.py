@@ -3,6 +3,7 @@
 Schema (``results.sqlite``)::
 
     meta(key PK, value)                        fingerprints: settings that change the numbers (metrics, model, data)
+                                               and the sha256 of input contents (checkpoint, SAEs)
     invocations(id PK, command, started, config)  resolved configuration of every command run
     methods(method_key PK, name, params, label)   MethodSpec.key -> its name / JSON params / label
     experiment_methods(experiment, split, method_key, label, position)   PK (experiment, split, method_key)
@@ -284,6 +285,14 @@ class ResultStore:
         self._conn.execute("COMMIT")
 
     # -- run metadata ------------------------------------------------------------------------------
+    def _stored_or_record(self, name: str, value: str) -> str | None:
+        """The JSON text stored in ``meta`` under ``name``; None after recording ``value`` there (none was)."""
+        with self._write() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
+        return None if row is None else row[0]
+
     def check_fingerprint(self, fingerprint: Mapping[str, Any], name: str = "fingerprint") -> None:
         """Record settings that determine the numbers under ``name``; a later run with different ones raises.
 
@@ -291,12 +300,10 @@ class ResultStore:
             ValueError: the folder holds results computed with other settings (names the differing keys).
         """
         value = json.dumps(fingerprint, sort_keys=True)
-        with self._write() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES (?, ?)", (name, value))
-                return
-        stored = json.loads(row[0])
+        row = self._stored_or_record(name, value)
+        if row is None:
+            return
+        stored = json.loads(row)
         if stored != json.loads(value):
             keys = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
             raise ValueError(
@@ -304,6 +311,23 @@ class ResultStore:
                 f"stored {[stored.get(k) for k in keys]}, requested {[fingerprint.get(k) for k in keys]}; "
                 "use a new run folder or the stored settings"
             )
+
+    def check_content(self, name: str, sha256: str, what: str) -> bool:
+        """Record the sha256 of an input's contents (e.g. a checkpoint, an SAE) under ``name``; a later run whose
+        input has other contents raises. ``what`` names the input in the error (e.g. "the checkpoint w.pt").
+
+        Returns:
+            True when recorded now: the folder's first run, or a folder from before content fingerprints.
+
+        Raises:
+            ValueError: the folder's results were computed from other contents.
+        """
+        row = self._stored_or_record(name, json.dumps({"sha256": sha256}))
+        stored = None if row is None else json.loads(row)["sha256"]
+        if stored is not None and stored != sha256:
+            raise ValueError(f"{what} changed since the results in {self.run_dir} were computed (sha256 "
+                             f"{sha256[:12]}... now vs {stored[:12]}... then); use a new --run-dir")
+        return row is None
 
     def log_invocation(self, command: str, config: Mapping[str, Any]) -> None:
         """Store the resolved configuration of a command run in this folder."""

@@ -4,6 +4,7 @@ run it."""
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -11,19 +12,23 @@ from typing import Any
 
 from torch import nn
 
+from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.config import EvalConfig, Protocol, RunConfig
 from captum_fgattr.bench.distributed import current_shard
 from captum_fgattr.bench.experiments import DataSource, StudyClock, as_dataset, run_sweep, run_test
 from captum_fgattr.bench.report.study_report import write_report
-from captum_fgattr.bench.resolve import StudyInputs, load_study_inputs, preprocessing
+from captum_fgattr.bench.resolve import StudyInputs, input_digests, load_study_inputs, preprocessing
 from captum_fgattr.bench.store import ResultStore
+from captum_fgattr.files import atomic_write
 from captum_fgattr.sae import SparseAutoencoder
 
-__all__ = ["run_study", "run_configured_study", "record_config",
-           "with_black_input", "stored_run_config", "HEADER_KEY"]
+__all__ = ["run_study", "run_configured_study", "record_config", "check_metrics",
+           "with_black_input", "stored_run_config", "HEADER_KEY", "HASH_CACHE"]
 
 #: key of the run's description (``[[name, text], ...]``: data, model, SAEs) stored with its configuration
 HEADER_KEY = "header"
+#: file in the run folder remembering input files' sha256 by size / mtime / inode (a resume does not rehash them)
+HASH_CACHE = ".input_sha256.json"
 
 
 def run_study(
@@ -61,6 +66,7 @@ def run_study(
                            baselines=("random",)), EvalConfig(batch_size=4, progress=False))
     """
     run_dir = Path(run_dir)
+    check_metrics(config, model)
     with ResultStore(run_dir) as store:
         if current_shard().rank == 0:
             store.log_invocation(command, resolved_config or {"protocol": asdict(protocol),
@@ -74,6 +80,13 @@ def run_study(
     return run_dir
 
 
+def check_metrics(config: EvalConfig, model: nn.Module) -> None:
+    """Refuse metric settings ``model``'s patch count cannot take (:meth:`~captum_fgattr.bench.config.MetricConfig.resolved`), before a run
+    folder records them: a refused setting recorded first would refuse its corrected rerun in the same folder."""
+    grid = get_adapter(model).grid_size()
+    config.metrics.resolved(grid[0] * grid[1])
+
+
 def with_black_input(config: RunConfig, model: nn.Module) -> Protocol:
     """The protocol with the IG baseline set to a black image in the model's input space, unless given."""
     if config.protocol.black_input is not None:
@@ -83,15 +96,28 @@ def with_black_input(config: RunConfig, model: nn.Module) -> Protocol:
     return replace(config.protocol, black_input=tuple(-m / s for m, s in zip(mean, std)))
 
 
-def record_config(store: ResultStore, config: RunConfig, splits: Sequence[str],
+def record_config(store: ResultStore, config: RunConfig, splits: Sequence[str], model: nn.Module,
                   header: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
-    """Refuse a run folder filled from another model / data (the ``splits`` of ``config``); on rank 0 write
-    ``RUN_DIR/config.json``. Returns the configuration to store with the command (``header`` rows added)."""
+    """Refuse metric settings ``model`` cannot be evaluated with, a run folder filled from another model / data
+    (the ``splits`` of ``config``) or from other checkpoint / SAE contents (their sha256,
+    :func:`~captum_fgattr.bench.resolve.input_digests`, cached in ``RUN_DIR/`` :data:`HASH_CACHE`), before anything
+    is recorded; on rank 0 write ``RUN_DIR/config.json`` (atomically). A folder with results but no recorded digest
+    (written before digests were recorded) resumes: the digests are recorded then, with a note on stderr. Returns
+    the configuration to store with the command (``header`` rows added)."""
+    check_metrics(config.evaluation, model)
     store.check_fingerprint(asdict(config.model), "model")
     for split in splits:
         store.check_fingerprint(config.data.fingerprint(split), f"data.{split}")
+    had_results = store.count_rows() > 0
+    recorded = [what for name, (what, sha256) in input_digests(config, store.run_dir / HASH_CACHE).items()
+                if store.check_content(name, sha256, what)]
     if current_shard().rank == 0:
-        (Path(config.run_dir) / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        if recorded and had_results:
+            print(f"note: {store.run_dir} holds results but no sha256 of {', '.join(recorded)} (a folder from before "
+                  "input contents were recorded, or new layers): recorded now; later runs are checked against them",
+                  file=sys.stderr)
+        text = json.dumps(config.to_dict(), indent=2) + "\n"
+        atomic_write(Path(config.run_dir) / "config.json", lambda tmp: tmp.write_text(text))
     return {**config.to_dict(), **({HEADER_KEY: [list(row) for row in header]} if header else {})}
 
 
@@ -108,7 +134,7 @@ def run_configured_study(config: RunConfig, inputs: StudyInputs | None = None,
     Returns the run folder."""
     inputs = inputs if inputs is not None else load_study_inputs(config)
     with ResultStore(config.run_dir) as store:
-        stored = record_config(store, config, ("val", "test"), header)
+        stored = record_config(store, config, ("val", "test"), inputs.model, header)
     return run_study(inputs.model, inputs.val, inputs.test, inputs.saes, config.run_dir,
                      with_black_input(config, inputs.model), config.evaluation, resolved_config=stored, command="run",
                      pf_scale=pf_scale)

@@ -6,8 +6,9 @@ from typing import Any
 
 __all__ = ["SAEConfig", "ACTIVATIONS", "NORMALIZATIONS"]
 
-ACTIVATIONS: tuple[str, ...] = ("topk", "relu")
-NORMALIZATIONS: tuple[str, ...] = ("none", "layer_norm", "constant_norm_rescale")
+ACTIVATIONS: tuple[str, ...] = ("topk", "relu", "jumprelu")
+#: "layer_norm_saelens" is SAELens's layer norm: it divides by std + eps but restores with std (no eps)
+NORMALIZATIONS: tuple[str, ...] = ("none", "layer_norm", "constant_norm_rescale", "layer_norm_saelens")
 
 
 @dataclass(frozen=True)
@@ -16,14 +17,17 @@ class SAEConfig:
 
     d_in: int  # width of the residual stream the SAE reads (e.g. 768 for ViT-B)
     n_features: int  # dictionary size (``d_sae``); expansion factor = n_features / d_in
-    activation: str = "topk"  # "topk" (keep k largest, ReLU them) or "relu" (L1-penalised)
-    k: int | None = 128  # number of active features for "topk"; ignored (None) for "relu"
-    normalize: str = "none"  # "none" | "layer_norm" | "constant_norm_rescale"
+    activation: str = "topk"  # "topk" (keep k largest, ReLU them), "relu" (L1-penalised) or "jumprelu" (SAELens)
+    k: int | None = 128  # number of active features for "topk"; None for "relu" / "jumprelu"
+    normalize: str = "none"  # one of NORMALIZATIONS
     hook_layer: int | None = None  # 0-based block index (timm ``blocks[i]``) the SAE was trained on
     model_name: str | None = None  # free-text provenance, e.g. "vit_base_patch16_224"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # provenance, not used
+    apply_b_dec_to_input: bool = True  # encoder reads norm(x) - b_dec (False: norm(x); SAELens option)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.apply_b_dec_to_input, bool):
+            raise ValueError(f"apply_b_dec_to_input={self.apply_b_dec_to_input!r}; expected a bool")
         for name in ("d_in", "n_features"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -38,9 +42,9 @@ class SAEConfig:
             if self.k > self.n_features:
                 raise ValueError(f"k={self.k} > n_features={self.n_features}; expected 1 <= k <= n_features")
         elif self.k is not None:
-            raise ValueError(f"k={self.k!r} given with activation='relu'; pass k=None (L1 sparsity is set in training)")
-        if self.normalize == "layer_norm" and self.d_in < 2:
-            raise ValueError(f"normalize='layer_norm' needs d_in >= 2 (unbiased std), got d_in={self.d_in}")
+            raise ValueError(f"k={self.k!r} given with activation={self.activation!r}; pass k=None (only TopK has a k)")
+        if self.normalize in ("layer_norm", "layer_norm_saelens") and self.d_in < 2:
+            raise ValueError(f"normalize={self.normalize!r} needs d_in >= 2 (unbiased std), got d_in={self.d_in}")
         if self.hook_layer is not None and (not isinstance(self.hook_layer, int) or self.hook_layer < 0):
             raise ValueError(f"hook_layer={self.hook_layer!r}; expected a non-negative int or None")
 

@@ -1,4 +1,4 @@
-"""SAE storage: safetensors + JSON config (never pickle), and published Prisma-layout folders.
+"""SAE storage: safetensors + JSON config (never pickle), and published Prisma- and SAELens-layout folders.
 
 Folder written by :func:`write_sae_files` (``SparseAutoencoder.save``)::
 
@@ -11,6 +11,13 @@ plus a ``.pt`` state dict ``{W_enc, b_enc, W_dec, b_dec}``, or the older wrapped
 ``{"cfg": ..., "state_dict": {...}}``; ``.pt`` files are read with ``torch.load(weights_only=True)``, and
 an old wrapped file whose ``cfg`` is a pickled config object with a restricted unpickler that rebuilds
 plain data only (:mod:`captum_fgattr.sae.safe_unpickle`): no code from a file is ever run.
+
+SAELens folders (``SAE.save_model``): ``cfg.json`` + ``sae_weights.safetensors``, architectures
+``standard`` (ReLU), ``topk`` (``k``; ``rescale_acts_by_decoder_norm`` folded into the weights at load) and
+``jumprelu`` (a ``threshold``, or an older ``log_threshold``, tensor), with ``apply_b_dec_to_input`` and
+``normalize_activations`` none / layer_norm / constant_norm_rescale. Anything else (other architectures,
+``expected_average_only_in`` or ``covariance_whitening`` normalisation, ``hook_z`` reshaping) is refused
+with a ``ValueError`` naming it.
 
 Written files get the permissions of the user's umask; a file that cannot be read because of its
 permissions raises ``PermissionError`` (never "corrupt").
@@ -36,6 +43,9 @@ __all__ = ["write_sae_files", "read_sae_files", "read_sae_config", "CONFIG_NAME"
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "sae.safetensors"
+SAELENS_CONFIG_NAME = "cfg.json"
+SAELENS_WEIGHTS_NAME = "sae_weights.safetensors"
+ARCHITECTURES = ("standard", "topk", "jumprelu")  # SAELens names of the supported architectures
 FORMAT = "captum_fgattr.sae"
 PARAMS = ("W_enc", "b_enc", "W_dec", "b_dec")
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -70,7 +80,8 @@ def write_sae_files(c: SAEConfig, tensors: dict[str, Tensor], dtype: torch.dtype
         "activation_fn_str": c.activation,
         "activation_fn_kwargs": {"k": c.k} if c.activation == "topk" else {},
         "normalize_activations": c.normalize,
-        "architecture": "standard",
+        "architecture": "jumprelu" if c.activation == "jumprelu" else "standard",
+        **({} if c.apply_b_dec_to_input else {"apply_b_dec_to_input": False}),
         "hook_point": None if c.hook_layer is None else f"blocks.{c.hook_layer}.hook_resid_post",
         "hook_point_layer": c.hook_layer,
         "model_name": c.model_name,
@@ -84,8 +95,33 @@ def write_sae_files(c: SAEConfig, tensors: dict[str, Tensor], dtype: torch.dtype
     return directory
 
 
-def read_sae_config(config: dict[str, Any], source: str = "config") -> SAEConfig:
-    """:class:`SAEConfig` from a Prisma / SAELens-style config dict (also what :func:`write_sae_files` writes)."""
+def _activation(config: dict[str, Any], source: str) -> tuple[str, int | None]:
+    """(activation, k) of a config: SAELens 6 names the architecture (TopK's ``k`` at the top level), older
+    SAELens / Prisma configs a ``standard`` architecture with ``activation_fn_str`` (+ ``activation_fn_kwargs``)."""
+    architecture = config.get("architecture", "standard")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"{source}: SAE architecture={architecture!r} is not supported; expected one of {list(ARCHITECTURES)}")
+    if architecture == "topk":
+        return "topk", config.get("k", (config.get("activation_fn_kwargs") or {}).get("k"))
+    if architecture == "jumprelu":
+        return "jumprelu", None
+    activation = str(config.get("activation_fn_str", "relu")).lower()
+    if activation not in ("relu", "topk"):
+        raise ValueError(f"{source}: activation_fn_str={activation!r} is not supported; expected 'relu' or 'topk'")
+    return activation, (config.get("activation_fn_kwargs") or {}).get("k") if activation == "topk" else None
+
+
+def _normalization(config: dict[str, Any], source: str, saelens: bool) -> str:
+    normalize = config.get("normalize_activations") or "none"
+    supported = ("none", "layer_norm", "constant_norm_rescale")
+    if normalize not in supported:
+        raise ValueError(f"{source}: normalize_activations={normalize!r} is not supported; expected one of {list(supported)}")
+    return "layer_norm_saelens" if saelens and normalize == "layer_norm" else normalize
+
+
+def read_sae_config(config: dict[str, Any], source: str = "config", saelens: bool = False) -> SAEConfig:
+    """:class:`SAEConfig` from a Prisma / SAELens-style config dict (also what :func:`write_sae_files` writes);
+    ``saelens``: the dict is a SAELens ``cfg.json`` (its ``layer_norm`` restores with std, not std + eps)."""
     if not isinstance(config, dict):
         raise ValueError(f"{source}: expected a JSON object, got {type(config).__name__}")
     if "d_in" not in config:
@@ -97,15 +133,14 @@ def read_sae_config(config: dict[str, Any], source: str = "config") -> SAEConfig
         n_features = int(round(config["expansion_factor"] * d_in))
     else:
         raise ValueError(f"{source}: needs 'd_sae' or 'expansion_factor'")
-    architecture = config.get("architecture", "standard")
-    if architecture != "standard":
-        raise ValueError(f"{source}: architecture={architecture!r} is not supported; expected 'standard'")
-    activation = str(config.get("activation_fn_str", "relu")).lower()
-    kwargs = config.get("activation_fn_kwargs") or {}
-    k = kwargs.get("k") if activation == "topk" else None
-    normalize = config.get("normalize_activations") or "none"
-    layer = config.get("hook_point_layer")
-    hook_point = config.get("hook_point")
+    activation, k = _activation(config, source)
+    normalize = _normalization(config, source, saelens)
+    if config.get("reshape_activations", "none") != "none":
+        raise ValueError(f"{source}: reshape_activations={config['reshape_activations']!r} is not supported; expected 'none'")
+    meta = config.get("metadata") if isinstance(config.get("metadata"), dict) else {}  # SAELens 6
+    layers = (config.get("hook_point_layer"), config.get("hook_layer"), meta.get("hook_layer"))
+    layer = next((v for v in layers if v is not None), None)
+    hook_point = config.get("hook_point") or config.get("hook_name") or meta.get("hook_name")
     if layer is None and isinstance(hook_point, str) and (m := _HOOK_POINT.search(hook_point)):
         layer = int(m.group(1))
     if isinstance(hook_point, str) and "resid_post" not in hook_point:
@@ -119,13 +154,17 @@ def read_sae_config(config: dict[str, Any], source: str = "config") -> SAEConfig
         if config.get("metrics"):
             extra["metrics"] = config["metrics"]
     else:  # published config: keep its other fields (training settings, model) as provenance
-        known = {"d_in", "d_sae", "activation_fn_str", "activation_fn_kwargs", "normalize_activations", "hook_point_layer"}
+        known = {"d_in", "d_sae", "activation_fn_str", "activation_fn_kwargs", "normalize_activations", "hook_point_layer",
+                 "k", "apply_b_dec_to_input"}
         extra = {key: value for key, value in config.items() if key not in known}
-    model_name = config.get("model_name")
+    model_name = config.get("model_name") or meta.get("model_name")
+    apply_b_dec = config.get("apply_b_dec_to_input", True)
+    if not isinstance(apply_b_dec, bool):
+        raise ValueError(f"{source}: apply_b_dec_to_input={apply_b_dec!r}; expected true or false")
     return SAEConfig(
         d_in=d_in, n_features=n_features, activation=activation, k=k, normalize=normalize,
         hook_layer=None if layer is None else int(layer),
-        model_name=model_name if isinstance(model_name, str) else None, extra=extra,
+        model_name=model_name if isinstance(model_name, str) else None, extra=extra, apply_b_dec_to_input=apply_b_dec,
     )
 
 
@@ -187,8 +226,8 @@ def _read_plain(path: Path) -> Any:
         ) from err
 
 
-def _find_weights(folder: Path, config: dict[str, Any] | None) -> Path:
-    named = config.get("weights") if config else None
+def _find_weights(folder: Path, config: dict[str, Any] | None, saelens: bool) -> Path:
+    named = SAELENS_WEIGHTS_NAME if saelens else config.get("weights") if config else None
     if isinstance(named, str):
         path = folder / named
         if not path.is_file():
@@ -221,18 +260,20 @@ def _download(repo_id: str, cache_dir: str | None) -> Path:
 def read_sae_files(
     path: str | os.PathLike[str], *, download: bool = False, cache_dir: str | None = None,
 ) -> tuple[SAEConfig, dict[str, Tensor], torch.dtype]:
-    """Read an SAE folder (or one weights file inside it), this package's format or Prisma's, checked.
+    """Read an SAE folder (or one weights file inside it), this package's format, Prisma's or SAELens's, checked.
 
     Args:
-        path: local folder with ``config.json`` + weights, or a weights file (its folder's
-            ``config.json`` is used; an old wrapped ``.pt`` may carry its config as ``cfg``).
+        path: local folder with ``config.json`` + weights, a SAELens folder (``cfg.json`` +
+            ``sae_weights.safetensors``), or a weights file (its folder's ``config.json`` / ``cfg.json`` is
+            used; an old wrapped ``.pt`` may carry its config as ``cfg``).
             With ``download=True`` and no such local path: a Hugging Face Hub repo id, e.g.
             ``prisma-multimodal/sparse-autoencoder-clip-b-32-sae-vanilla-x64-layer-9-hook_resid_post-l1-1e-05``.
         download: fetch from the Hub when ``path`` is not local (needs network).
         cache_dir: Hub cache folder for ``download``.
 
     Returns:
-        (config, {W_enc, b_enc, W_dec, b_dec} tensors of the config's shapes, the stored dtype).
+        (config, {W_enc, b_enc, W_dec, b_dec (+ threshold for JumpReLU)} tensors of the config's shapes, the
+        stored dtype).
 
     Raises:
         FileNotFoundError: no such local path (and ``download=False``) or no weights in it.
@@ -248,25 +289,31 @@ def read_sae_files(
             )
         path = _download(str(path).replace(os.sep, "/"), cache_dir)
     folder, weights_path = (path.parent, path) if path.is_file() else (path, None)
-    config_path = folder / CONFIG_NAME
+    saelens = not (folder / CONFIG_NAME).is_file() and (folder / SAELENS_CONFIG_NAME).is_file()
+    config_path = folder / (SAELENS_CONFIG_NAME if saelens else CONFIG_NAME)
     config = _read_json(config_path) if config_path.is_file() else None
     if weights_path is None:
-        weights_path = _find_weights(folder, config)
+        weights_path = _find_weights(folder, config, saelens)
     state, wrapped_cfg = _read_weights(weights_path)
     if config is None:
         if wrapped_cfg is None:
             raise FileNotFoundError(f"no {CONFIG_NAME} in {folder} and {weights_path.name} carries no config")
         config = wrapped_cfg
-    sae_config = read_sae_config(config, source=str(config_path if config_path.is_file() else weights_path))
+    sae_config = read_sae_config(config, source=str(config_path if config_path.is_file() else weights_path), saelens=saelens)
 
-    missing = [name for name in PARAMS if name not in state]
+    names = PARAMS + (("threshold",) if sae_config.activation == "jumprelu" else ())
+    if "threshold" in names and "threshold" not in state and isinstance(state.get("log_threshold"), Tensor):
+        state = {**state, "threshold": state["log_threshold"].exp()}  # older SAELens JumpReLU checkpoints
+        del state["log_threshold"]
+    missing = [name for name in names if name not in state]
     if missing:
         raise ValueError(f"SAE weights {weights_path} lack {missing}; found keys {sorted(state)[:10]}")
-    extra = sorted(set(state) - set(PARAMS))
+    extra = sorted(set(state) - set(names))
     if extra:
         warnings.warn(f"SAE weights {weights_path}: ignoring unexpected entries {extra}", stacklevel=2)
     d, n = sae_config.d_in, sae_config.n_features
-    expected = {"W_enc": (d, n), "b_enc": (n,), "W_dec": (n, d), "b_dec": (d,)}
+    expected = {"W_enc": (d, n), "b_enc": (n,), "W_dec": (n, d), "b_dec": (d,), "threshold": (n,)}
+    expected = {name: expected[name] for name in names}
     for name, shape in expected.items():
         value = state[name]
         if not isinstance(value, Tensor):
@@ -279,4 +326,17 @@ def read_sae_files(
         if not value.is_floating_point() or not torch.isfinite(value).all():
             raise ValueError(f"SAE weights {weights_path}: {name} is not a finite floating-point tensor")
 
-    return sae_config, {name: state[name] for name in PARAMS}, _parse_dtype(config.get("dtype")) or state["W_dec"].dtype
+    tensors = {name: state[name] for name in names}
+    if sae_config.activation == "topk" and config.get("rescale_acts_by_decoder_norm"):
+        tensors = _fold_decoder_norm(tensors)
+    return sae_config, tensors, _parse_dtype(config.get("dtype")) or state["W_dec"].dtype
+
+
+def _fold_decoder_norm(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """SAELens TopK with ``rescale_acts_by_decoder_norm``: pre-activations times ||W_dec[j]||, codes divided by
+    it before decoding; folded as W_enc[:, j], b_enc[j] times ||W_dec[j]|| and W_dec[j] divided by it."""
+    norms = tensors["W_dec"].norm(dim=-1)  # (n,)
+    if not bool((norms > 0).all()):
+        raise ValueError("a TopK SAE with rescale_acts_by_decoder_norm has zero decoder rows; its codes are undefined")
+    return {**tensors, "W_enc": tensors["W_enc"] * norms, "b_enc": tensors["b_enc"] * norms,
+            "W_dec": tensors["W_dec"] / norms[:, None]}

@@ -43,9 +43,11 @@ def layer_folder(output: str | Path, layer: int) -> Path:
 
 
 def _check_saved(folder: Path, expected: SAEConfig) -> None:
-    """A saved SAE is only reused if its architecture is the one asked for."""
+    """A saved SAE is only reused if its architecture (and the block it records, where both record one) is the
+    one asked for."""
     saved = read_sae_config(json.loads((folder / "config.json").read_text()), source=str(folder))
-    fields = ("d_in", "n_features", "activation", "k", "normalize")
+    recorded = None not in (saved.hook_layer, expected.hook_layer)
+    fields = ("d_in", "n_features", "activation", "k", "normalize") + (("hook_layer",) if recorded else ())
     differ = [f for f in fields if getattr(saved, f) != getattr(expected, f)]
     if differ:
         raise ValueError(

@@ -24,12 +24,14 @@ def check_sae_mapping(saes: Mapping[int, SparseAutoencoder], depth: int, width: 
     """``saes`` validated against a model with ``depth`` blocks of width ``width``, sorted by block.
 
     Keys must be ints (Python or numpy) in 0..depth−1 and values :class:`SparseAutoencoder` s reading
-    ``width`` features; the error names the first bad key or value.
+    ``width`` features and trained on that block where they record one (``config.hook_layer``, from
+    ``hook_point_layer`` / ``hook_point`` of ``config.json``; an SAE recording none is accepted); the
+    error names the first bad key or value.
 
     Raises:
         TypeError: not a mapping, a key that is not an int (e.g. the JSON string ``"1"`` or ``1.0``), or a
             value that is not a SparseAutoencoder.
-        ValueError: empty, a block index out of range, or an SAE of another width.
+        ValueError: empty, a block index out of range, an SAE of another width or trained on another block.
     """
     if not isinstance(saes, Mapping):
         raise TypeError(f"saes must be a mapping {{block index: SparseAutoencoder}}; got {type(saes).__name__}")
@@ -50,5 +52,12 @@ def check_sae_mapping(saes: Mapping[int, SparseAutoencoder], depth: int, width: 
                 "SparseAutoencoder.load(folder) or captum_fgattr.sae.load_sae)"
             )
         sae.check_width(width, where=f"block {key}")
+        recorded = sae.config.hook_layer
+        if recorded is not None and recorded != key:
+            raise ValueError(
+                f"saes[{key}]: the SAE records that it was trained on block {recorded} (hook_point_layer) but is "
+                f"used at block {key}; its features describe block {recorded}'s residual stream: use it at block "
+                f"{recorded} or load the SAE of block {key} (for a layer_<L>/ folder, check that it holds layer L's SAE)"
+            )
         checked[int(key)] = sae
     return dict(sorted(checked.items()))

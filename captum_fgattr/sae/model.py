@@ -3,6 +3,10 @@
     f = act((norm(x) - b_dec) @ W_enc + b_enc)          # (..., n_features)
     x_hat = denorm(f @ W_dec + b_dec)                   # (..., d_in)
 
+with act = TopK (the k largest pre-activations, ReLU'd), ReLU, or JumpReLU (SAELens:
+relu(pre) * (pre > threshold), one learned threshold per feature); SAELens SAEs with
+``apply_b_dec_to_input=False`` encode norm(x) without subtracting b_dec.
+
 Rows of ``W_dec`` (n_features, d_in) are the feature directions. ``denorm`` undoes the input
 normalisation with the *same token's* statistics, so decoding needs those statistics: use
 :meth:`SparseAutoencoder.forward` (encode + decode in one call), ``decode(f, x=x)`` (statistics
@@ -107,7 +111,7 @@ class NormStats:
 
 
 class SparseAutoencoder(nn.Module):
-    """Sparse autoencoder with TopK or ReLU activation and optional input normalisation.
+    """Sparse autoencoder with TopK, ReLU or JumpReLU activation and optional input normalisation.
 
     Args:
         config: the architecture (:class:`SAEConfig`).
@@ -117,7 +121,7 @@ class SparseAutoencoder(nn.Module):
         fast_encode: the exact bf16-candidate path of :meth:`encode_sparse` (module docstring).
             ``None`` (default): used where the device has fast bf16 products (AMX / AVX512-BF16 CPUs,
             CUDA sm >= 80) and the product is large (``FAST_ENCODE_MIN_WORK``); ``True``: always;
-            ``False``: never. Either way it is skipped for non-fp32 SAEs, under autocast, with
+            ``False``: never. Either way it is skipped for non-fp32 and JumpReLU SAEs, under autocast, with
             ``torch.get_float32_matmul_precision() != "highest"`` and when gradients are needed. It
             caches a transposed fp32 and a bf16 copy of ``W_enc`` (1.5x its memory). Also settable as
             the attribute ``fast_encode``.
@@ -153,6 +157,8 @@ class SparseAutoencoder(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n, dtype=dtype, device=device))
         self.W_dec = nn.Parameter(torch.empty(n, d, dtype=dtype, device=device))
         self.b_dec = nn.Parameter(torch.zeros(d, dtype=dtype, device=device))
+        if config.activation == "jumprelu":  # (n,) per-feature threshold; zero: JumpReLU = ReLU
+            self.threshold = nn.Parameter(torch.zeros(n, dtype=dtype, device=device))
         self.fast_encode = fast_encode
         self._bf16_encoder: _Bf16Encoder | None = None
         self.last_fast_encode: dict[str, int] | None = None  # tokens, candidates, fallback rows of the last fast call
@@ -193,9 +199,14 @@ class SparseAutoencoder(nn.Module):
     def device(self) -> torch.device:
         return self.W_dec.device
 
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Names of the stored tensors: W_enc, b_enc, W_dec, b_dec (+ threshold for JumpReLU)."""
+        return PARAMS + (("threshold",) if self.config.activation == "jumprelu" else ())
+
     def extra_repr(self) -> str:
         c = self.config
-        act = f"topk(k={c.k})" if c.activation == "topk" else "relu"
+        act = f"topk(k={c.k})" if c.activation == "topk" else c.activation
         return f"d_in={c.d_in}, n_features={c.n_features}, activation={act}, normalize={c.normalize!r}"
 
     # ------------------------------------------------------------------ init / maintenance
@@ -216,6 +227,14 @@ class SparseAutoencoder(nn.Module):
     def normalize_decoder_(self) -> None:
         """Rescale every decoder row (feature direction) to unit L2 norm, in place."""
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    def upcast(self) -> SparseAutoencoder:
+        """This SAE if its parameters are float32 or wider, else a float32 copy of it (same config and device)."""
+        if self.dtype.itemsize >= 4:
+            return self
+        copy = SparseAutoencoder(self.config, dtype=torch.float32, device=self.device, fast_encode=self.fast_encode)
+        copy.load_state_dict(self.state_dict())
+        return copy
 
     def check_width(self, d_model: int, where: str = "the model") -> None:
         """Raise ``ValueError`` if the SAE's ``d_in`` differs from the width ``d_model`` of ``where``."""
@@ -245,6 +264,10 @@ class SparseAutoencoder(nn.Module):
             shift = x.mean(dim=-1, keepdim=True)
             scale = x.std(dim=-1, keepdim=True) + LAYER_NORM_EPS  # unbiased std
             return (x - shift) / scale, NormStats(shift, scale)
+        if mode == "layer_norm_saelens":  # divided by std + eps, restored with std
+            shift = x.mean(dim=-1, keepdim=True)
+            std = (x - shift).std(dim=-1, keepdim=True)
+            return (x - shift) / (std + LAYER_NORM_EPS), NormStats(shift, std)
         # constant_norm_rescale: x * sqrt(d) / ||x||  (a zero token stays zero)
         norm = x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
         scale = norm / math.sqrt(self.d_in)
@@ -255,14 +278,21 @@ class SparseAutoencoder(nn.Module):
         """Undo :meth:`normalize`: ``y * scale + shift`` with the token's own stats."""
         return y * stats.scale + stats.shift
 
+    def encoder_input(self, x_norm: Tensor) -> Tensor:
+        """``norm(x) - b_dec`` (``norm(x)`` when the config has ``apply_b_dec_to_input=False``), (..., d_in)."""
+        return x_norm - self.b_dec if self.config.apply_b_dec_to_input else x_norm
+
     def pre_activation(self, x_norm: Tensor) -> Tensor:
-        """``(norm(x) - b_dec) @ W_enc + b_enc``: (..., d_in) -> (..., n_features)."""
-        return (x_norm - self.b_dec) @ self.W_enc + self.b_enc
+        """``encoder_input(norm(x)) @ W_enc + b_enc``: (..., d_in) -> (..., n_features)."""
+        return self.encoder_input(x_norm) @ self.W_enc + self.b_enc
 
     def activate(self, pre: Tensor) -> Tensor:
-        """Activation on pre-activations (..., n_features): TopK (k largest, ReLU'd, rest 0) or ReLU."""
+        """Activation on pre-activations (..., n_features): TopK (k largest, ReLU'd, rest 0), ReLU, or
+        JumpReLU ``relu(pre) * (pre > threshold)`` (SAELens's formula)."""
         if self.config.activation == "relu":
             return torch.relu(pre)
+        if self.config.activation == "jumprelu":
+            return torch.relu(pre) * (pre > self.threshold).to(pre.dtype)
         values, index = self._topk(pre)
         return torch.zeros_like(pre).scatter(-1, index, values)
 
@@ -283,7 +313,7 @@ class SparseAutoencoder(nn.Module):
         (``fast_encode``) the indices equal those of the plain fp32 product and the values agree with it
         to fp32 round-off."""
         x_norm, _ = self.normalize(x)
-        u = (x_norm - self.b_dec).reshape(-1, self.d_in)
+        u = self.encoder_input(x_norm).reshape(-1, self.d_in)
         if self._fast_encode_ok(u):
             codes = self._fast_codes(u)
             if codes is not None:
@@ -291,14 +321,16 @@ class SparseAutoencoder(nn.Module):
         pre = self.pre_activation(x_norm)
         if self.config.activation == "topk":
             return self._topk(pre)
-        f = torch.relu(pre)
+        f = self.activate(pre)
         width = max(1, int((f > 0).sum(dim=-1).max()))
         return f.topk(width, dim=-1, sorted=False)
 
     # ------------------------------------------------------------------ exact fast encode
     def _fast_encode_ok(self, u: Tensor) -> bool:
         """Whether :meth:`encode_sparse` may take the bf16-candidate path for the (N, d_in) rows ``u``."""
-        if self.fast_encode is False or u.dtype != torch.float32 or u.shape[0] == 0:
+        if self.fast_encode is False or self.config.activation == "jumprelu":  # the fast path has no threshold
+            return False
+        if u.dtype != torch.float32 or u.shape[0] == 0:
             return False
         if u.device.type not in ("cpu", "cuda") or (torch.is_grad_enabled() and (u.requires_grad or self.W_enc.requires_grad)):
             return False  # the fast values carry no graph; training goes through encode()
@@ -476,7 +508,7 @@ class SparseAutoencoder(nn.Module):
     # ------------------------------------------------------------------ storage
     def save(self, directory: str | os.PathLike[str], metrics: dict[str, float] | None = None) -> Path:
         """Write ``sae.safetensors`` + ``config.json`` (Prisma-compatible keys) into ``directory``; returns it."""
-        tensors = {name: getattr(self, name).detach().to("cpu").contiguous() for name in PARAMS}
+        tensors = {name: getattr(self, name).detach().to("cpu").contiguous() for name in self.param_names}
         return write_sae_files(self.config, tensors, self.dtype, directory, metrics)
 
     @classmethod
@@ -498,7 +530,7 @@ class SparseAutoencoder(nn.Module):
         config, state, stored_dtype = read_sae_files(path, download=download, cache_dir=cache_dir)
         sae = cls(config, dtype=dtype or stored_dtype, device=device)
         with torch.no_grad():
-            for name in PARAMS:
+            for name in sae.param_names:
                 getattr(sae, name).copy_(state[name])
         sae.requires_grad_(False)
         return sae.eval()

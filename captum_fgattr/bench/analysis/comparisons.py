@@ -2,23 +2,27 @@
 
 For every selected FG configuration and every registered metric, the per-image scores of the real method are paired
 with those of TransMM and of each control on the same image ids (the shuffled decoder: the per-image mean
-over its seeds). One family: all comparisons of the experiment, Holm-adjusted together.
+over its seeds). One family: all comparisons of the experiment, Holm-adjusted together; the verdicts read it.
+
+A second family places FG among the field's methods: each configuration vs each baseline of the experiment
+(Integrated Gradients, AttnLRP, ...), Holm-adjusted among themselves (:func:`baseline_comparisons`), so adding a
+baseline never changes the claims' p-values.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from captum_fgattr.bench.experiments import control_groups
+from captum_fgattr.bench.experiments import ControlGroup, control_groups
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.metrics import metric_names, metric_spec
 from captum_fgattr.bench.analysis.stats import PairedComparison, holm_adjust, paired_comparison, stars, verdict
 from captum_fgattr.bench.store import ResultStore
 
-__all__ = ["Comparison", "AGAINST_TITLES", "claim_comparisons", "format_p", "verdict_lines"]
+__all__ = ["Comparison", "AGAINST_TITLES", "claim_comparisons", "baseline_comparisons", "format_p", "verdict_lines"]
 
 
 #: how each comparison reads in tables and verdicts
@@ -38,14 +42,14 @@ class Comparison:
     """FG (real SAE) at one configuration vs one reference, on one metric."""
 
     configuration: MethodSpec  # the real-feature FG method
-    against: str  # key of :data:`AGAINST_TITLES`
+    against: str  # key of :data:`AGAINST_TITLES`, or a baseline's label
     n_references: int  # methods averaged per image into the reference (the shuffled-decoder seeds), else 1
     metric: str  # name of a registered metric
     result: PairedComparison  # real − reference, p_holm over the experiment's family
 
     @property
     def title(self) -> str:
-        title = AGAINST_TITLES[self.against]
+        title = AGAINST_TITLES.get(self.against, self.against)
         return f"{title} (mean of {self.n_references} seeds)" if self.n_references > 1 else title
 
 
@@ -62,21 +66,36 @@ def _aligned(store: ResultStore, split: str, specs: Sequence[MethodSpec], ids: S
     return np.where(np.isnan(table).all(axis=0), math.nan, mean)
 
 
-def claim_comparisons(store: ResultStore, experiment: str, split: str) -> list[Comparison]:
-    """Every paired comparison of ``experiment`` (FG real vs TransMM and vs each control), Holm-adjusted."""
-    ids = store.experiment_ids(experiment, split)
-    specs = store.experiment_methods(experiment, split)
-    transmm = [s for s in specs if s.is_transmm]
+def _family(store: ResultStore, split: str, ids: Sequence[int], specs: Sequence[MethodSpec],
+            references: Callable[[ControlGroup], list[tuple[str, list[MethodSpec]]]]) -> list[Comparison]:
+    """FG real vs each of ``references(group)`` for every configuration and metric, Holm-adjusted together."""
     raw: list[Comparison] = []
     for group in control_groups(specs):
-        references = ([("transmm", transmm)] if transmm else []) + list(group.controls.items())
         for metric in metric_names():
             real = _aligned(store, split, [group.real], ids, metric)
-            for against, reference in references:
+            for against, reference in references(group):
                 result = paired_comparison(real, _aligned(store, split, reference, ids, metric))
                 raw.append(Comparison(group.real, against, len(reference), metric, result))
     adjusted = holm_adjust([c.result for c in raw])
     return [replace(c, result=r) for c, r in zip(raw, adjusted)]
+
+
+def claim_comparisons(store: ResultStore, experiment: str, split: str) -> list[Comparison]:
+    """Every paired comparison of ``experiment`` (FG real vs TransMM and vs each control), Holm-adjusted."""
+    specs = store.experiment_methods(experiment, split)
+    transmm = [s for s in specs if s.is_transmm]
+    return _family(store, split, store.experiment_ids(experiment, split), specs,
+                   lambda group: ([("transmm", transmm)] if transmm else []) + list(group.controls.items()))
+
+
+def baseline_comparisons(store: ResultStore, experiment: str, split: str) -> list[Comparison]:
+    """FG real vs each baseline of ``experiment`` (every method that is neither FG nor TransMM), per configuration
+    and metric: a family of its own, Holm-adjusted among themselves; [] without baselines."""
+    specs = store.experiment_methods(experiment, split)
+    baselines = [(s.label, [s]) for s in specs if not s.is_fg and not s.is_transmm]
+    if not baselines:
+        return []
+    return _family(store, split, store.experiment_ids(experiment, split), specs, lambda group: baselines)
 
 
 def format_p(p: float) -> str:

@@ -4,7 +4,8 @@ the way out.
 :func:`user_error` recognises failures that are not bugs of this package — bad input (:data:`INPUT_ERRORS`: the
 package's own messages), a results store that cannot be used, file-system errors (permissions, a regular file
 where a folder is needed, a folder where a file is needed, a full or read-only disk), and a CUDA device asked for
-on a machine without one — and describes them; anything else is a bug and keeps its traceback.
+on a machine without one — and describes them; anything else is a bug and keeps its traceback. (Device strings
+are checked where each command reads them: ``loading.check_device``.)
 """
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST
 from captum_fgattr.bench.analysis.features import analyze_features, select_fg_method
+from captum_fgattr.bench.models.loading import check_device
 from captum_fgattr.bench.resolve import load_inputs, load_saes, load_split, preprocessing
 from captum_fgattr.bench.store import STORE_NAME, ResultStore
 from captum_fgattr.bench.study import stored_run_config
@@ -62,6 +63,7 @@ def load_run_components(store: ResultStore, layers: Sequence[int], splits: Seque
 
 def run_features(args: argparse.Namespace) -> Path:
     """The command's body; returns the path of ``features.md``."""
+    check_device(args.device, "--device")
     run_dir = Path(args.run_dir)
     if not (run_dir / STORE_NAME).is_file():
         raise FileNotFoundError(f"no {STORE_NAME} in {run_dir}; run `fgattr demo` or `fgattr run` first")

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import sys
 from collections.abc import Collection, Sequence
+from typing import Any, NoReturn
 
 # command -> (module exposing ``add_parser(subparsers)``, its one-line help). Only the module of the
 # command being run is imported, so ``fgattr --help`` starts without torch (tests check that these
@@ -55,6 +57,30 @@ def _positive_int(value: str) -> int:
     return int(value)
 
 
+def json_argument(text: str) -> Any:
+    """A JSON flag's value (``--model-kwargs``); its type is checked where the configuration is built."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({err})") from None
+
+
+def layer_list(text: str) -> list[int]:
+    """``"2,3,4"`` -> ``[2, 3, 4]`` (one multi-layer configuration)."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}; expected comma-separated block indices, e.g. 2,3,4") from None
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one ``fgattr <command>: error: ...`` line, as every other error of
+    ``fgattr`` (no usage block; ``--help`` shows it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _finish(parser: argparse.ArgumentParser) -> None:
     """Plain help texts and the common ``--threads`` option on one registered command parser."""
     parser.description = plain(parser.description)
@@ -69,7 +95,7 @@ def _finish(parser: argparse.ArgumentParser) -> None:
 def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
     """The ``fgattr`` parser with the full parsers of ``commands`` (None: all). Only their modules are
     imported; every other command is listed by name and help line only."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="fgattr",
         description="Faithful attention attribution for Vision Transformers: TransMM, "
         "Feature-Gradient TransMM, SAEs and patch-level faithfulness benchmarks.",

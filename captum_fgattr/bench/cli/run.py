@@ -15,11 +15,13 @@ Under ``torchrun`` every rank evaluates a disjoint shard of the batches into the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from torch import nn
+
+from captum_fgattr.bench.cli.main import json_argument, layer_list
 from captum_fgattr.bench.data.layouts import LAYOUTS
 from captum_fgattr.bench.config import (
     CONTROLS, METRIC_PRESETS, PF_SCALES, VARIANTS, RunConfig, read_config_file,
@@ -53,15 +55,17 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(parser, "--run-dir", "run_dir", help="run folder: results.sqlite, config.json, report/ (default runs/fgattr)")
     g = parser.add_argument_group("model")
     add(g, "--model", "model.name", help="timm:<name> (e.g. timm:vit_base_patch16_224; the prefix is optional), "
-        "clip:<open_clip name> (e.g. clip:ViT-B-32: zero-shot over the dataset's class names) or fgattr:br35h-vit "
-        "(the demo's ViT for --data-kind br35h)")
+        "clip:<open_clip name> (e.g. clip:ViT-B-32: zero-shot over the dataset's class names), fgattr:br35h-vit "
+        "(the demo's ViT for --data-kind br35h) or a timm checkpoint folder (config.json + model.safetensors or "
+        "pytorch_model.bin, as timm's save_for_hf writes and model hubs hold: no --checkpoint needed)")
     add(g, "--checkpoint", "model.checkpoint", help="local state dict (.safetensors / .pt / .pth); for clip: also an "
         "open_clip pretrained tag (downloads); none: random weights (fgattr:br35h-vit: shipped (default) or retrain)")
     add(g, "--num-classes", "model.num_classes", type=int, help="classes of the checkpoint's head")
     add(g, "--img-size", "model.img_size", type=int, help="model input size")
-    add(g, "--model-kwargs", "model.kwargs", type=json.loads, metavar="JSON",
-        help='further timm.create_model arguments, e.g. \'{"patch_size": 4, "embed_dim": 64, "depth": 6}\' (the '
-        'same spec as fgattr train-sae --model-kwargs)')
+    add(g, "--model-kwargs", "model.kwargs", type=json_argument, metavar="JSON",
+        help='further constructor arguments of the timm ViT / open_clip model, e.g. \'{"patch_size": 4, '
+        '"embed_dim": 64, "depth": 6}\'; checked against what the constructor accepts, weight-loading switches '
+        '(weights_only, checkpoint_path, pretrained*) refused (the same spec as fgattr train-sae --model-kwargs)')
     g = parser.add_argument_group("data (docs/method.md §5 layouts; preprocessing defaults follow the kind)")
     add(g, "--data-kind", "data.kind", choices=sorted(LAYOUTS),
         help="folder (default: --val-data / --test-data are <class>/<image> folders), covid-qu-ex, hyperkvasir, "
@@ -93,7 +97,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "combined; any other refuses the shuffled-decoder control, which cannot differ for it)")
     add(g, "--kappa", "protocol.kappa", type=float, help="κ of the layer sweeps (default 0.5)")
     add(g, "--c-max", "protocol.c_max", type=float, help="c_max of the layer sweeps (default 10)")
-    add(g, "--multi-layers", "protocol.multi_layers", type=lambda s: [int(v) for v in s.split(",")], nargs="*",
+    add(g, "--multi-layers", "protocol.multi_layers", type=layer_list, nargs="*",
         metavar="L,L,...", help="multi-layer configurations, e.g. 2,3,4 4,6,7 6,9,10")
     add(g, "--kappas", "protocol.kappas", type=float, nargs="*", help="κ grid (default 0.1 0.5 1)")
     add(g, "--c-maxes", "protocol.c_maxes", type=float, nargs="*", help="c_max grid (default 2 10 50)")
@@ -143,9 +147,10 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return config
 
 
-def _record(store: ResultStore, command: str, config: RunConfig, split: str) -> None:
-    """Refuse a run folder filled from another model / data; store the resolved configuration."""
-    stored = record_config(store, config, (split,))
+def _record(store: ResultStore, command: str, config: RunConfig, split: str, model: nn.Module) -> None:
+    """Refuse settings ``model`` cannot be evaluated with and a run folder filled from another model / data;
+    store the resolved configuration."""
+    stored = record_config(store, config, (split,), model)
     if current_shard().rank == 0:
         store.log_invocation(command, stored)
 
@@ -154,7 +159,7 @@ def _sweep(config: RunConfig) -> None:
     model, val = load_inputs(config, "val")
     saes = load_saes(config.saes, config.protocol.gated_layers(), model)
     with ResultStore(config.run_dir) as store:
-        _record(store, "sweep", config, "val")
+        _record(store, "sweep", config, "val", model)
         selections = run_sweep(model, val, saes, store, config.protocol, config.evaluation)
     if current_shard().rank == 0:
         for name, selection in selections.items():
@@ -164,7 +169,7 @@ def _sweep(config: RunConfig) -> None:
 def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: str) -> None:
     model, data = load_inputs(config, split)
     with ResultStore(config.run_dir) as store:
-        _record(store, "evaluate", config, split)
+        _record(store, "evaluate", config, split, model)
         if methods is None:  # the protocol's test experiment
             protocol = with_black_input(config, model)
             layers = fg_layers(final_specs(store, protocol))

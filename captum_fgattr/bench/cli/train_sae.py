@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from captum_fgattr.bench.cli.main import json_argument
 from captum_fgattr.sae.layers import METRIC_FIELDS
 
 __all__ = ["add_parser", "run_train_sae", "heldout_split", "sized_defaults"]
@@ -47,9 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     m.add_argument("--checkpoint", default=None, help="local state dict (.safetensors / .pt / .pth)")
     m.add_argument("--num-classes", type=int, default=None, help="classifier classes of the checkpoint")
     m.add_argument("--img-size", type=int, default=None, help="model input size (default: the model's)")
-    m.add_argument("--model-kwargs", type=json.loads, default=None, metavar="JSON",
-                   help='further timm.create_model arguments, e.g. \'{"patch_size": 4, "embed_dim": 64, "depth": 6, '
-                   '"num_heads": 4}\' (model.kwargs in a configuration file)')
+    m.add_argument("--model-kwargs", type=json_argument, default=None, metavar="JSON",
+                   help='further constructor arguments of the timm ViT / open_clip model, e.g. \'{"patch_size": 4, '
+                   '"embed_dim": 64, "depth": 6, "num_heads": 4}\'; checked against what the constructor accepts, '
+                   'weight-loading switches refused (model.kwargs in a configuration file)')
     d = p.add_argument_group("data")
     d.add_argument("--data", required=True, help="image folder root/<class>/<image>")
     d.add_argument("--resize", type=int, default=None, help="resize shorter side before center-crop (default: img size)")
@@ -146,6 +148,7 @@ def run_train_sae(args: argparse.Namespace) -> int:
     from captum_fgattr.adapters import get_adapter
     from captum_fgattr.bench.data.layouts import ImageFolderDataset, build_transform
     from captum_fgattr.bench.config import RunConfig, read_config_file
+    from captum_fgattr.bench.models.loading import check_device
     from captum_fgattr.bench.resolve import load_model, preprocessing
     from captum_fgattr.sae.layers import train_layer_saes
     from captum_fgattr.sae.train import TrainConfig, sae_config_for
@@ -156,7 +159,7 @@ def run_train_sae(args: argparse.Namespace) -> int:
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        device = torch.device(args.device)
+        device = check_device(args.device, "--device")
     torch.manual_seed(args.seed)
     progress = not args.quiet
 

@@ -67,6 +67,7 @@ from captum_fgattr.bench.data import br35h
 __all__ = [
     "IMG_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "IMAGENET_SUBSET", "LAYOUTS",
     "Layout", "SplitSource", "Preprocess", "ImageListDataset", "ImageFolderDataset", "build_transform", "load_dataset",
+    "check_same_classes",
 ]
 
 IMG_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -362,26 +363,37 @@ def _locate(root: Path, layout: Layout, split_dir: str) -> dict[str, Path]:
     )
 
 
+def check_same_classes(first: str | os.PathLike[str], second: str | os.PathLike[str], pattern: str = "") -> None:
+    """Refuse two split folders whose class folders (visible sub-folders matching ``pattern``; "" = any) differ:
+    labels are indices into the sorted class folders, so an extra (even empty) or missing class folder would
+    silently shift them. A ``second`` folder without class folders is not compared.
+
+    Raises:
+        ValueError: names both folders and the class folders only one of them has.
+    """
+    regex = re.compile(pattern) if pattern else None
+    here, there = ({d.name for d in _subdirs(Path(f)) if regex is None or regex.fullmatch(d.name)}
+                   for f in (first, second))
+    if there and here != there:
+        raise ValueError(
+            f"class folders differ between splits {str(first)!r} and {str(second)!r}: only in the first "
+            f"{sorted(here - there)}, only in the second {sorted(there - here)}. Labels are indices into the sorted "
+            "class folders, so they would mean different classes in the two splits; give every split the same "
+            "class folders (remove or add the extra ones, an empty folder is enough)"
+        )
+
+
 def _check_sibling_splits(layout: Layout, folders: Mapping[str, Path], kind: str) -> None:
-    """Refuse a split whose class folders differ from a sibling split's: labels are indices into the sorted
-    class folders, so an extra (even empty) or missing class folder would silently shift them."""
+    """:func:`check_same_classes` between the split folder holding ``folders`` (its class folders) and every
+    sibling split folder."""
     split_folder = next(iter(folders.values())).parent
     base = split_folder.parent
     if kind == "folder":
         siblings = [d for d in _subdirs(base) if d.name.lower() in _SPLIT_NAMES and d != split_folder]
     else:
         siblings = [d for name in layout.split_dirs.values() if (d := _find_dir(base, name)) not in (None, split_folder)]
-    pattern = re.compile(layout.class_pattern) if layout.class_pattern else None
     for sibling in siblings:
-        other = {d.name for d in _subdirs(sibling) if pattern is None or pattern.fullmatch(d.name)}
-        if other and other != set(folders):
-            only_here, only_there = sorted(set(folders) - other), sorted(other - set(folders))
-            raise ValueError(
-                f"class folders differ between splits {str(split_folder)!r} and {str(sibling)!r}: only in the first "
-                f"{only_here}, only in the second {only_there}. Labels are indices into the sorted class folders, so "
-                "they would mean different classes in the two splits; give every split the same class folders "
-                "(remove or add the extra ones, an empty folder is enough)"
-            )
+        check_same_classes(split_folder, sibling, layout.class_pattern)
 
 
 def _images(folder: Path, image_dirs: Sequence[str], extensions: Sequence[str]) -> list[Path]:

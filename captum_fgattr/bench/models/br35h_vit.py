@@ -45,7 +45,7 @@ from captum_fgattr.bench.data.br35h import (
 )
 from captum_fgattr.bench.models.checkpoint import load_state_dict
 from captum_fgattr.determinism import deterministic
-from captum_fgattr.files import atomic_write
+from captum_fgattr.files import atomic_write, sha256_file
 
 __all__ = [
     "MODEL_NAME", "CHECKPOINTS", "PATCH_SIZE", "EMBED_DIM", "DEPTH", "NUM_HEADS", "ViTConfig", "ViTTrainConfig",
@@ -243,15 +243,6 @@ def train_default_model(
             "train_seconds": round(train_seconds, 1), "torch": torch.__version__,
         }
     return model, info
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _load_cached_model(folder: Path, vit: ViTConfig, device: str | torch.device) -> tuple[nn.Module, dict]:

@@ -9,15 +9,27 @@ img_size=None, rename=None, templates=("a photo of a {}",), device="cpu", **kwar
   (``{"state_dict": ...}``, ``{"model": ...}``, ...), ``module.`` / ``_orig_mod.`` prefixes and one
   outer module prefix (e.g. ``vit.`` of a wrapper module) are removed; ``rename`` maps key prefixes
   (default :data:`DEFAULT_RENAMES`: the thesis checkpoints' ``lin_head.*`` -> ``head.*``);
-  ``num_classes`` defaults to the rows of the checkpoint's ``head.weight``.
+  ``num_classes`` defaults to the rows of the checkpoint's ``head.weight``. Only timm ``VisionTransformer`` models
+  (subclasses included) are accepted: the attribution methods need their attention adapter.
 * ``"clip:<name>"`` (e.g. ``clip:ViT-B-32``): an open_clip model as a
   :class:`~captum_fgattr.clip.CLIPZeroShotClassifier` over ``class_names`` (e.g. ``dataset.class_names``)
-  with the prompt ``templates``. ``checkpoint`` is a local file (``open_clip.create_model(name,
-  pretrained=<file>)``) or an open_clip pretrained tag such as ``"openai"`` (downloads: needs the network
-  or open_clip's cache); None = random weights.
+  with the prompt ``templates``. ``checkpoint`` is a local file (read weights-only by
+  :func:`~captum_fgattr.bench.models.checkpoint.load_state_dict` into ``open_clip.create_model(name,
+  pretrained=None)``; open_clip never reads the file) or an open_clip pretrained tag such as ``"openai"``
+  (downloaded by open_clip: needs the network or its cache; then read the same way); None = random weights.
+* a checkpoint folder (``path/to/folder``, also ``timm:path/to/folder``): ``config.json`` (timm's ``architecture``,
+  ``num_classes``, ``pretrained_cfg`` with mean / std / input size) + ``model.safetensors`` / ``pytorch_model.bin``
+  (:mod:`captum_fgattr.bench.models.folders`), built as ``timm:<architecture>`` with its weights.
 * ``"fgattr:br35h-vit"``: the project's own default ViT for the ``br35h`` dataset kind
   (:func:`captum_fgattr.bench.models.br35h_vit.load_br35h_vit`): ``checkpoint`` None / ``"shipped"`` = the weights
   shipped with the package (sha256-checked), ``"retrain"`` = trained from scratch and cached in ``cache_dir``.
+
+Model kwargs (``model.kwargs`` / ``--model-kwargs``) are untrusted input: :func:`check_model_kwargs` accepts
+only architecture arguments of the model's constructor and refuses, by name (:func:`check_kwarg_names`, which
+needs no model), the loaders' switches
+(:data:`LOADER_SWITCHES`: ``pretrained``, ``weights_only``, ``checkpoint_path``, ...) and :func:`load_model`'s own
+settings (:data:`OWN_SETTINGS`: ``img_size``, ``num_classes``, ``device``, ...). Every checkpoint is read
+weights-only.
 
 Example:
     >>> m = load_model("timm:vit_tiny_patch16_224", num_classes=3, img_size=32)
@@ -26,23 +38,173 @@ Example:
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
-from collections.abc import Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from captum_fgattr.bench.models.checkpoint import load_state_dict
+from captum_fgattr.bench.models.folders import model_folder, read_model_folder
 from captum_fgattr.clip import DEFAULT_TEMPLATES, CLIPZeroShotClassifier
 
-__all__ = ["DEFAULT_RENAMES", "load_model", "load_timm_model", "load_clip_classifier"]
+__all__ = ["DEFAULT_RENAMES", "LOADER_SWITCHES", "OWN_SETTINGS", "check_device", "check_kwarg_names", "check_model_kwargs",
+           "load_model", "load_timm_model", "load_clip_classifier"]
 
 #: key-prefix renames :func:`load_model` applies to timm checkpoints unless told otherwise
 DEFAULT_RENAMES: Mapping[str, str] = {"lin_head.": "head."}
 MODEL_KINDS: tuple[str, ...] = ("timm", "clip", "fgattr")
+#: arguments of timm / open_clip (``create_model``, model configs, tower configs) that load, fetch or select weights
+#: or turn off the weights-only safeguard: never taken from model kwargs, at any depth
+LOADER_SWITCHES: frozenset[str] = frozenset({
+    "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "pretrained_hf", "pretrained_image",
+    "pretrained_text", "pretrained_image_path", "pretrained_text_path", "timm_model_pretrained", "hf_model_pretrained",
+    "hf_model_name", "hf_tokenizer_name", "checkpoint_path", "cache_dir", "weights_only", "load_weights",
+    "require_pretrained",
+})
+#: settings :func:`load_model` takes itself (or derives), which model kwargs must not give again -> where to set them
+OWN_SETTINGS: Mapping[str, str] = {
+    "img_size": "model.img_size (--img-size)", "force_image_size": "model.img_size (--img-size)",
+    "num_classes": "model.num_classes (--num-classes)", "checkpoint": "model.checkpoint (--checkpoint)",
+    "rename": "model.rename", "class_names": "the dataset's class names", "templates": "load_model(templates=...)",
+    "device": "evaluation.device (--device)", "progress": "evaluation.progress", "model_name": "model.name (--model)",
+    "cast_dtype": "the open_clip kwarg precision",
+}
+#: device strings :func:`check_device` accepts
+DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:\d+)?")
+_T = TypeVar("_T")
+
+
+def check_device(device: str | torch.device, name: str = "device") -> torch.device:
+    """``device`` as a :class:`torch.device`; ValueError unless it is ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (the
+    one-line error names the setting ``name``, e.g. ``evaluation.device='gpu'; expected cpu, cuda, ...``).
+
+    Example:
+        >>> check_device("cuda:1")
+        device(type='cuda', index=1)
+    """
+    text = str(device) if isinstance(device, torch.device) else device
+    if not isinstance(text, str) or not DEVICE_PATTERN.fullmatch(text):
+        raise ValueError(f"{name}={device!r}; expected cpu, cuda, cuda:N (N = GPU index) or mps")
+    return torch.device(text)
+
+
+def _refuse_switches(kwargs: Mapping[str, Any], where: str) -> None:
+    """ValueError naming the first :data:`LOADER_SWITCHES` key in ``kwargs`` or a mapping nested in it."""
+    for key, value in kwargs.items():
+        if key in LOADER_SWITCHES:
+            raise ValueError(
+                f"model kwarg {where}{key!r} is a weight-loading switch of timm / open_clip and is never taken from "
+                "model.kwargs (--model-kwargs): checkpoints are read weights-only from model.checkpoint (--checkpoint); "
+                "remove it")
+        if isinstance(value, Mapping):
+            _refuse_switches(value, f"{where}{key!r} -> ")
+
+
+def _init_parameters(cls: type) -> set[str]:
+    """Keyword parameters of ``cls``'s constructor, following ``**kwargs`` up the class hierarchy."""
+    names: set[str] = set()
+    for base in cls.__mro__:
+        if "__init__" not in vars(base):
+            continue
+        parameters = inspect.signature(vars(base)["__init__"]).parameters.values()
+        names |= {p.name for p in parameters if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+def _unsupported(spec: str, reason: str) -> ValueError:
+    """The refusal of a model the attribution methods cannot explain, with ``reason``."""
+    from captum_fgattr.adapters import SUPPORTED
+
+    return ValueError(f"{spec}: {reason}; the attribution methods need a ViT with an attention adapter ({SUPPORTED})")
+
+
+def _timm_class(name: str) -> type:
+    """The class timm builds for ``name`` (a weightless build on the meta device, without model kwargs); ValueError
+    for a name timm does not know or a model that is not a timm ``VisionTransformer``."""
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown timm model {name!r}; e.g. {close}")
+    with torch.device("meta"):
+        cls = type(timm.create_model(name, pretrained=False))
+    if not issubclass(cls, VisionTransformer):
+        raise _unsupported(f"timm:{name}", f"a {cls.__name__} is not a ViT")
+    return cls
+
+
+def _clip_parameters(name: str) -> set[str]:
+    """Model kwargs open_clip accepts for ``name``: the model config's keys, the model class's constructor
+    parameters and ``create_model``'s own architecture arguments (``precision``, ``force_*``, ...)."""
+    import open_clip
+
+    config = open_clip.get_model_config(name) or {}
+    model_class = open_clip.CoCa if "multimodal_cfg" in config else open_clip.CLIP  # CustomTextCLIP: as CLIP
+    factory = set(inspect.signature(open_clip.create_model).parameters) - {"model_kwargs"}
+    return set(config) | _init_parameters(model_class) | factory
+
+
+def check_kwarg_names(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` (model kwargs: untrusted input) as a dict once its names are checked without building a model (cheap:
+    for validating a configuration): a mapping with string keys, no :data:`LOADER_SWITCHES` key at any depth, no
+    :data:`OWN_SETTINGS` key; else a one-line ValueError naming the key."""
+    if not isinstance(kwargs, Mapping) or not all(isinstance(key, str) for key in kwargs):
+        raise ValueError(f"model kwargs {kwargs!r}; expected a mapping of argument names to values")
+    _refuse_switches(kwargs, "")
+    for key in kwargs:
+        if key in OWN_SETTINGS:
+            raise ValueError(f"model kwarg {key!r} is a setting of its own: set {OWN_SETTINGS[key]}, not model.kwargs "
+                             "(--model-kwargs)")
+    return dict(kwargs)
+
+
+def check_model_kwargs(spec: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``kwargs`` (model kwargs: untrusted input) as a dict, once checked for the model ``spec``.
+
+    Refused with a one-line ValueError: what :func:`check_kwarg_names` refuses (loader switches, own settings, not a
+    mapping); for ``timm:`` a model that is not a timm ``VisionTransformer`` and keys its constructor does not take;
+    for ``clip:`` keys outside :func:`_clip_parameters`. Values are checked by the constructor when the model is
+    built (:func:`load_model`).
+
+    Example:
+        >>> check_model_kwargs("clip:ViT-B-32", {"weights_only": False})
+        Traceback (most recent call last):
+        ...
+        ValueError: model kwarg 'weights_only' is a weight-loading switch of timm / open_clip and is never taken from model.kwargs (--model-kwargs): checkpoints are read weights-only from model.checkpoint (--checkpoint); remove it
+    """
+    kwargs = check_kwarg_names(kwargs)
+    kind, _, name = spec.partition(":")
+    if kind == "timm":
+        cls = _timm_class(name)
+        accepted, owner = _init_parameters(cls), cls.__name__
+    elif kind == "clip":
+        accepted, owner = _clip_parameters(name), "open_clip.create_model"
+    else:
+        return kwargs
+    accepted -= LOADER_SWITCHES | set(OWN_SETTINGS)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise ValueError(f"unknown model kwargs {unknown} for {spec} ({owner}); accepted: {sorted(accepted)}")
+    return kwargs
+
+
+def _construct(what: str, arguments: Mapping[str, Any], build: Callable[[], _T]) -> _T:
+    """``build()``; any failure of the (third-party) constructor given the untrusted ``arguments`` as one ValueError
+    naming them (the constructor's own error chained)."""
+    try:
+        return build()
+    except Exception as err:  # timm / open_clip refuse bad values with many types (Type/Assertion/Index/Key/...Error)
+        raise ValueError(f"cannot build {what} with {dict(arguments)}: {_short(err)}; check model.kwargs "
+                         "(--model-kwargs), num_classes and img_size") from err
 
 
 def _num_classes(state: Mapping[str, Tensor]) -> int | None:
@@ -106,27 +268,27 @@ def load_timm_model(
         num_classes: classifier width; default: the checkpoint's ``head.weight`` rows, else timm's default.
         img_size: passed to timm when given (must match the checkpoint).
         rename: key-prefix renames applied to the checkpoint (see :func:`load_state_dict`).
-        **kwargs: further ``timm.create_model`` arguments.
+        **kwargs: architecture arguments of the model's constructor (e.g. ``depth``; checked by
+            :func:`check_model_kwargs`).
 
     Returns:
         The model in eval mode on the CPU.
 
     Raises:
-        ValueError: unknown model name, unreadable checkpoint, missing / unexpected / mis-shaped keys.
+        ValueError: unknown model name or not a ViT, refused or unknown model kwargs, arguments the constructor
+            refuses, unreadable checkpoint, missing / unexpected / mis-shaped keys.
     """
     import timm
 
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise ValueError(f"unknown timm model {name!r}; e.g. {close}")
+    arguments = check_model_kwargs(f"timm:{name}", kwargs)
     state = load_state_dict(checkpoint, rename=rename) if checkpoint is not None else None
     if num_classes is None and state is not None:
         num_classes = _num_classes(state)
     if num_classes is not None:
-        kwargs["num_classes"] = num_classes
+        arguments["num_classes"] = num_classes
     if img_size is not None:
-        kwargs["img_size"] = img_size
-    model = timm.create_model(name, pretrained=False, **kwargs)
+        arguments["img_size"] = img_size
+    model = _construct(f"timm model {name!r}", arguments, lambda: timm.create_model(name, pretrained=False, **arguments))
     if state is not None:
         own = model.state_dict()
         state = _strip_outer_prefix(state, set(own))
@@ -145,6 +307,7 @@ def load_timm_model(
                 f"{_shape_hint(state, own)}"
             )
         model.load_state_dict(state)
+    _require_adapter(model, f"timm:{name}")
     return model.eval()
 
 
@@ -170,14 +333,15 @@ def load_clip_classifier(
         checkpoint: a local checkpoint file, an open_clip pretrained tag (e.g. ``"openai"``; downloads), or
             None for random weights.
         img_size: input size when not the model's default (``force_image_size``).
-        device: where the model is built and the class embeddings are computed.
-        **kwargs: further ``open_clip.create_model`` arguments.
+        device: where the model is placed and the class embeddings are computed (it is built on the CPU).
+        **kwargs: architecture arguments of ``open_clip.create_model`` (checked by :func:`check_model_kwargs`).
 
     Returns:
         The classifier in eval mode; images (B, 3, H, W) -> logits (B, C).
 
     Raises:
-        ValueError: unknown model, no class names, corrupt or mismatched checkpoint file.
+        ValueError: unknown model or not a supported ViT, no class names, refused or unknown model kwargs, arguments
+            the model refuses, corrupt or mismatched checkpoint file.
         FileNotFoundError: ``checkpoint`` is neither a file nor a pretrained tag of ``name``.
         ConnectionError: the weights of a pretrained tag cannot be downloaded (offline).
     """
@@ -188,34 +352,71 @@ def load_clip_classifier(
         raise ValueError(f"unknown open_clip model {name!r}; e.g. {close}")
     if not class_names:
         raise ValueError("CLIP zero-shot needs class_names (e.g. the dataset's class_names)")
+    arguments = check_model_kwargs(f"clip:{name}", kwargs)
     if img_size is not None:
-        kwargs["force_image_size"] = img_size
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    if checkpoint is None:
-        clip = open_clip.create_model(name, pretrained=None, device=device, **kwargs)
-    elif Path(checkpoint).is_file():
-        try:
-            clip = open_clip.create_model(name, pretrained=str(checkpoint), device=device, **kwargs)
-        except Exception as err:  # torch.load / safetensors / load_state_dict raise many types
-            raise ValueError(
-                f"cannot load checkpoint {checkpoint} into open_clip model {name!r} (corrupt, or keys of another "
-                f"model): {_short(err)}"
-            ) from err
-    elif str(checkpoint) in tags:
-        try:
-            clip = open_clip.create_model(name, pretrained=str(checkpoint), device=device, **kwargs)
-        except RuntimeError as err:
-            raise ConnectionError(
-                f"cannot download open_clip weights {name!r} / {str(checkpoint)!r} (offline?): {_short(err)}; "
-                f"download them where there is network and pass checkpoint=<local file>"
-            ) from err
-    else:
-        raise FileNotFoundError(
-            f"checkpoint {str(checkpoint)!r} is neither a file nor an open_clip pretrained tag of {name!r} "
-            f"(tags: {tags})"
-        )
-    tokenizer = open_clip.get_tokenizer(name)
-    return CLIPZeroShotClassifier(clip.eval(), class_names, tokenizer, templates=templates).eval()
+        arguments["force_image_size"] = img_size
+    source: Path | None = None  # the weights' file: read weights-only here, never by open_clip
+    if checkpoint is not None:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if Path(checkpoint).is_file():
+            source = Path(checkpoint)
+        elif str(checkpoint) in tags:
+            source = _download_clip(name, str(checkpoint))
+        else:
+            raise FileNotFoundError(
+                f"checkpoint {str(checkpoint)!r} is neither a file nor an open_clip pretrained tag of {name!r} "
+                f"(tags: {tags})"
+            )
+    state = load_state_dict(source) if source is not None else None
+    clip = _construct(f"open_clip model {name!r}", arguments, lambda: open_clip.create_model(name, pretrained=None,
+                                                                                               **arguments))
+    if state is not None:
+        _load_clip_state(clip, state, source, name)
+    clip = clip.to(device).eval()
+    classifier = CLIPZeroShotClassifier(clip, class_names, open_clip.get_tokenizer(name), templates=templates)
+    _require_adapter(classifier, f"clip:{name}")
+    return classifier.eval()
+
+
+def _download_clip(name: str, tag: str) -> Path:
+    """The local file of open_clip's pretrained weights ``tag`` of ``name`` (downloaded unless in its cache)."""
+    from open_clip import pretrained
+
+    try:
+        return Path(pretrained.download_pretrained(pretrained.get_pretrained_cfg(name, tag)))
+    except Exception as err:  # network and hub clients raise many types
+        raise ConnectionError(
+            f"cannot download open_clip weights {name!r} / {tag!r} (offline?): {_short(err)}; "
+            f"download them where there is network and pass checkpoint=<local file>"
+        ) from err
+
+
+def _load_clip_state(clip: nn.Module, state: dict[str, Tensor], checkpoint: str | os.PathLike[str], name: str) -> None:
+    """Load ``state`` (read weights-only) into the open_clip model ``clip`` as open_clip would: third-party key
+    layouts converted, position embeddings resized to the model's input size; then strictly."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import resize_pos_embed, resize_text_pos_embed
+
+    state = convert_state_dict(clip, state)
+    resize_pos_embed(state, clip)
+    resize_text_pos_embed(state, clip)
+    try:
+        clip.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(
+            f"cannot load checkpoint {checkpoint} into open_clip model {name!r} (keys or shapes of another model): "
+            f"{_short(err)}"
+        ) from err
+
+
+def _require_adapter(model: nn.Module, spec: str) -> None:
+    """ValueError unless ``model`` holds exactly one ViT an attention adapter supports."""
+    from captum_fgattr.adapters import get_adapter
+
+    try:
+        get_adapter(model)
+    except TypeError as err:
+        raise _unsupported(spec, f"not supported: {err}") from err
 
 
 def _load_fgattr_model(
@@ -230,10 +431,28 @@ def _load_fgattr_model(
         raise ValueError(f"unknown model fgattr:{name}; the project's own model is fgattr:{MODEL_NAME}")
     fixed = {"num_classes": (num_classes, DEFAULT_VIT.num_classes), "img_size": (img_size, DEFAULT_VIT.img_size)}
     wrong = [f"{key}={given!r} (it is {value})" for key, (given, value) in fixed.items() if given not in (None, value)]
-    wrong += [f"{key}={value!r}" for key, value in (("rename", rename), *kwargs.items()) if value]
+    wrong += [f"rename={rename!r}"] if rename else []
+    wrong += [f"{key}={value!r}" for key, value in kwargs.items()]
     if wrong:
         raise ValueError(f"fgattr:{MODEL_NAME} has a fixed shape; remove {', '.join(wrong)}")
     return load_br35h_vit(None if checkpoint is None else str(checkpoint), cache_dir, device, progress)
+
+
+def _load_folder_model(folder: Path, checkpoint: str | os.PathLike[str] | None, num_classes: int | None,
+                       img_size: int | None, rename: Mapping[str, str] | None, kwargs: Mapping[str, Any]) -> nn.Module:
+    """The timm model of a checkpoint folder with its weights (given arguments override its config.json)."""
+    spec = read_model_folder(folder)
+    if checkpoint is not None:
+        raise ValueError(f"model folder {folder} holds its weights ({spec.weights.name}); remove the checkpoint "
+                         f"{str(checkpoint)!r}")
+    if None not in (num_classes, spec.num_classes) and num_classes != spec.num_classes:
+        raise ValueError(f"num_classes={num_classes} but {folder / 'config.json'} says {spec.num_classes}")
+    height, width = spec.img_size
+    model = load_timm_model(spec.architecture, spec.weights, num_classes=num_classes or spec.num_classes,
+                            img_size=img_size or (height if height == width else spec.img_size),
+                            rename=DEFAULT_RENAMES if rename is None else rename, **{**spec.model_args, **kwargs})
+    model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), **spec.preprocessing()}
+    return model
 
 
 def load_model(
@@ -250,8 +469,8 @@ def load_model(
     progress: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
-    """A classifier from ``spec`` (``"timm:<name>"``, ``"clip:<name>"`` or ``"fgattr:br35h-vit"``; see the module
-    docstring).
+    """A classifier from ``spec`` (``"timm:<name>"``, ``"clip:<name>"``, ``"fgattr:br35h-vit"`` or a checkpoint
+    folder; see the module docstring).
 
     Args:
         spec: model kind and name, e.g. ``"timm:vit_base_patch16_224"`` or ``"clip:ViT-B-32"``.
@@ -266,17 +485,24 @@ def load_model(
         device: where the model is placed.
         cache_dir: fgattr models: where retrained weights are cached (default: the user cache folder).
         progress: fgattr models: progress bars while training.
-        **kwargs: further ``timm.create_model`` / ``open_clip.create_model`` arguments.
+        **kwargs: model kwargs: architecture arguments of the model's constructor (:func:`check_model_kwargs`).
 
     Returns:
         The model in eval mode on ``device``: images (B, 3, H, W) -> logits (B, C).
 
     Raises:
-        ValueError: unknown spec or model, corrupt or mismatched checkpoint, CLIP without ``class_names`` or
-            with a ``num_classes`` that disagrees with them.
+        ValueError: unknown spec or model, not a supported ViT, a device other than cpu / cuda / cuda:N / mps,
+            refused or unknown model kwargs or ones the constructor refuses, corrupt or mismatched checkpoint, CLIP
+            without ``class_names`` or with a ``num_classes`` that disagrees with them.
         FileNotFoundError: ``checkpoint`` is not a file (nor, for CLIP, a pretrained tag).
         ConnectionError: a CLIP pretrained tag whose weights cannot be downloaded (offline).
     """
+    device = check_device(device)
+    folder = model_folder(spec)
+    if folder is not None:
+        return _load_folder_model(folder, checkpoint, num_classes, img_size, rename, kwargs).to(device)
+    if "/" in spec.removeprefix("timm:") or os.sep in spec.removeprefix("timm:"):
+        raise FileNotFoundError(f"model folder {spec.removeprefix('timm:')!r} does not exist")
     kind, sep, name = spec.partition(":")
     if not sep or kind not in MODEL_KINDS or not name:
         raise ValueError(
@@ -284,7 +510,8 @@ def load_model(
             f"'clip:<open_clip model>' (e.g. clip:ViT-B-32) or 'fgattr:br35h-vit' (the default ViT)"
         )
     if kind == "fgattr":
-        return _load_fgattr_model(name, checkpoint, num_classes, img_size, rename, kwargs, cache_dir, device, progress)
+        return _load_fgattr_model(name, checkpoint, num_classes, img_size, rename, check_model_kwargs(spec, kwargs),
+                                  cache_dir, device, progress)
     if kind == "timm":
         rename = DEFAULT_RENAMES if rename is None else rename
         return load_timm_model(name, checkpoint, num_classes=num_classes, img_size=img_size, rename=rename,

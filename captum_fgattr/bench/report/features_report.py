@@ -22,6 +22,7 @@ from captum_fgattr.bench.evaluate import display_image
 from captum_fgattr.bench.analysis.feature_findings import GROUPS, FeatureAnalysis, FeatureStats, PatchFinding
 from captum_fgattr.bench.analysis.prototypes import Prototypes
 from captum_fgattr.bench.metrics import MetricSpec, metric_specs
+from captum_fgattr.files import atomic_write
 
 __all__ = ["write_feature_report"]
 
@@ -92,7 +93,7 @@ def _case_figure(result: FeatureAnalysis, group: str, dataset: Dataset, shares: 
         axes[r, 4].text(0, 0.5, "\n".join(text), fontsize=7, va="center", family="monospace")
     fig.suptitle(f"Most {group} images: {result.method.label}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     return True
 
 
@@ -112,7 +113,7 @@ def _prototype_figure(proto: Prototypes, stats: FeatureStats, reference: Dataset
     fig.suptitle(f"L{stats.layer} f{stats.feature}: {stats.role}, {stats.boosts} boosts / {stats.suppressions} "
                  "suppressions", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def _feature_table(stats: list[FeatureStats], files: dict[tuple[int, int], str]) -> list[str]:
@@ -145,17 +146,20 @@ def write_feature_report(result: FeatureAnalysis, dataset: Dataset, reference: D
         proto_files[key] = path.name
 
     names = [m.name for m in metric_specs()]
-    with (out / "features.csv").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["group", "image_id", "class", "composite", *(f"delta_{m}" for m in names), "rank", "patch",
-                         "row", "col", "transmm_share", "fg_share", "delta_share", "layer", "feature", "sign",
-                         "contribution", "z", "gate"])
-        for case in result.cases:
-            for rank, row in enumerate(result.findings[case.image_id], start=1):
-                r, c = divmod(row.patch, result.grid[1])
-                writer.writerow([case.group, case.image_id, name_of(case.target), case.composite,
-                                 *(case.deltas[m] for m in names), rank, row.patch, r, c, row.transmm, row.fg,
-                                 row.delta, row.layer, row.feature, row.sign, row.contribution, row.z, row.gate])
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["group", "image_id", "class", "composite", *(f"delta_{m}" for m in names), "rank",
+                             "patch", "row", "col", "transmm_share", "fg_share", "delta_share", "layer", "feature",
+                             "sign", "contribution", "z", "gate"])
+            for case in result.cases:
+                for rank, row in enumerate(result.findings[case.image_id], start=1):
+                    r, c = divmod(row.patch, result.grid[1])
+                    writer.writerow([case.group, case.image_id, name_of(case.target), case.composite,
+                                     *(case.deltas[m] for m in names), rank, row.patch, r, c, row.transmm, row.fg,
+                                     row.delta, row.layer, row.feature, row.sign, row.contribution, row.z, row.gate])
+    atomic_write(out / "features.csv", write)
     files["features_csv"] = out / "features.csv"
 
     lines = [f"# SAE feature case studies: {result.method.label}", "",
@@ -187,6 +191,6 @@ def write_feature_report(result: FeatureAnalysis, dataset: Dataset, reference: D
     if mixed:
         lines += ["## Features with mixed roles", "", *_feature_table(mixed, proto_files), ""]
     lines += ["Per-patch rows: `features.csv`.", ""]
-    (out / "features.md").write_text("\n".join(lines))
+    atomic_write(out / "features.md", lambda tmp: tmp.write_text("\n".join(lines)))
     files["features_md"] = out / "features.md"
     return files

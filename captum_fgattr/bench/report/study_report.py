@@ -25,17 +25,20 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from captum_fgattr.bench.analysis.comparisons import Comparison, claim_comparisons, format_p, verdict_lines
+from captum_fgattr.bench.analysis.comparisons import (
+    Comparison, baseline_comparisons, claim_comparisons, format_p, verdict_lines,
+)
 from captum_fgattr.bench.config import PF_SCALES
 from captum_fgattr.bench.experiments import (
     GRID, MULTI, SINGLE, TEST, control_groups, control_name, selection_score, standardised_effects,
 )
-from captum_fgattr.bench.methods import MethodSpec
+from captum_fgattr.bench.methods import OPTIONAL_METHODS, MethodSpec
 from captum_fgattr.bench.analysis.stats import (
     Summary, TTest, paired_ttest, percent_improvement, summarize, welch_ttest,
 )
 from captum_fgattr.bench.metrics import metric_spec, metric_specs
 from captum_fgattr.bench.store import STORE_NAME, ResultStore
+from captum_fgattr.files import atomic_write
 
 __all__ = ["MetricCell", "TableRow", "experiment_table", "write_report", "summary_text", "PF_SCALES"]
 
@@ -152,6 +155,15 @@ def _convergence_lines(store: ResultStore, rows: Sequence[TableRow], split: str)
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def _skipped_baselines(config: dict, rows: Sequence[TableRow]) -> str:
+    """A line per optional baseline of the stored protocol that is not in the test table: its extra was missing."""
+    run = {row.method.name for row in rows}
+    configured = (config.get("protocol") or {}).get("baselines") or []
+    return "".join(f"\nSkipped baseline {name}: it needs an optional package that could not be imported when the test "
+                   f"experiment ran ({OPTIONAL_METHODS[name][1]}).\n"
+                   for name in configured if name in OPTIONAL_METHODS and name not in run)
+
+
 def _integrates_from_zero(spec: MethodSpec) -> bool:
     """Integrated Gradients whose baseline is the model-input 0 (the normalisation mean)."""
     baseline = spec.params.get("baseline", 0.0)
@@ -162,17 +174,22 @@ def _csv(rows: Sequence[TableRow], experiment: str, split: str, path: Path) -> N
     fields = ["experiment", "split", "method", "method_key", "layers", "n_images"]
     for m in (spec.name for spec in metric_specs()):
         fields += [f"{m}_{k}" for k in ("mean", "se", "n", "n_nan", "pct", "t_welch", "p_welch", "t_paired", "p_paired")]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for row in rows:
-            record: dict[str, object] = {"experiment": experiment, "split": split, "method": row.method.label,
-                                         "method_key": row.method.key, "layers": row.layers, "n_images": row.n_images}
-            for m, c in row.cells.items():
-                record.update({f"{m}_mean": c.summary.mean, f"{m}_se": c.summary.se, f"{m}_n": c.summary.n,
-                               f"{m}_n_nan": c.summary.n_nan, f"{m}_pct": c.pct, f"{m}_t_welch": c.welch.t,
-                               f"{m}_p_welch": c.welch.p, f"{m}_t_paired": c.paired.t, f"{m}_p_paired": c.paired.p})
-            writer.writerow(record)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            for row in rows:
+                record: dict[str, object] = {"experiment": experiment, "split": split, "method": row.method.label,
+                                             "method_key": row.method.key, "layers": row.layers,
+                                             "n_images": row.n_images}
+                for m, c in row.cells.items():
+                    record.update({f"{m}_mean": c.summary.mean, f"{m}_se": c.summary.se, f"{m}_n": c.summary.n,
+                                   f"{m}_n_nan": c.summary.n_nan, f"{m}_pct": c.pct, f"{m}_t_welch": c.welch.t,
+                                   f"{m}_p_welch": c.welch.p, f"{m}_t_paired": c.paired.t,
+                                   f"{m}_p_paired": c.paired.p})
+                writer.writerow(record)
+    atomic_write(path, write)
 
 
 def _baseline(rows: Sequence[TableRow]) -> TableRow | None:
@@ -198,7 +215,7 @@ def _finish_panels(fig: Figure, axes: Sequence[Axes], path: Path) -> None:
         ax.set_title(f"{ax.get_title()}  (mean ± SE)")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right upper", fontsize=8)
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def _layer_curves(rows: Sequence[TableRow], path: Path) -> None:
@@ -254,7 +271,7 @@ def _heatmaps(rows: Sequence[TableRow], path: Path) -> None:
         ax.set(title=f"{title} (% vs TransMM)", xlabel="c_max", ylabel="κ")
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def _gallery_ids(store: ResultStore, split: str, ids: Sequence[int], base: MethodSpec | None,
@@ -329,13 +346,14 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
     for ax in axes.flat:
         ax.axis("off")
     fig.colorbar(heat, ax=axes, shrink=0.5, label="attribution (min–max per map)")
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return True
 
 
-def _comparisons_markdown(comparisons: Sequence[Comparison]) -> str:
+def _comparisons_markdown(comparisons: Sequence[Comparison], title: str = "Paired comparisons (test)",
+                          note: str = "") -> str:
     header = ["FG configuration", "vs", "metric", "n", "mean Δ [95 % CI]", "d_z", "p paired", "p Holm", "MDE"]
-    lines = ["### Paired comparisons (test)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in comparisons:
         r = c.result
         lines.append("| " + " | ".join([
@@ -348,7 +366,8 @@ def _comparisons_markdown(comparisons: Sequence[Comparison]) -> str:
     lines += ["", "Δ = FG (real SAE) − reference on the same images (pairs with an undefined value dropped; n = pairs "
               f"used), on the stored scale (PF AUC in [0, 1]). {directions}. d_z = mean Δ / SD Δ. p Holm: "
               f"Holm-adjusted over all {len(comparisons)} comparisons of this table (*** p<0.001, ** p<0.01, "
-              "* p<0.05). MDE: the smallest |mean Δ| this n detects with 80 % power at α = 0.05 (paired t-test)."]
+              "* p<0.05). MDE: the smallest |mean Δ| this n detects with 80 % power at α = 0.05 (paired t-test)."
+              + (f" {note}" if note else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -361,15 +380,18 @@ def _and(names: Iterable[str]) -> str:
 def _comparisons_csv(comparisons: Sequence[Comparison], path: Path) -> None:
     fields = ["configuration", "configuration_key", "against", "n_references", "metric", "n", "n_dropped", "delta",
               "ci_low", "ci_high", "sd", "d_z", "t", "p", "p_holm", "mde"]
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for c in comparisons:
-            r = c.result
-            writer.writerow({"configuration": c.configuration.label, "configuration_key": c.configuration.key,
-                             "against": c.against, "n_references": c.n_references, "metric": c.metric, "n": r.n,
-                             "n_dropped": r.n_dropped, "delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                             "sd": r.sd, "d_z": r.d_z, "t": r.t, "p": r.p, "p_holm": r.p_holm, "mde": r.mde})
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            for c in comparisons:
+                r = c.result
+                writer.writerow({"configuration": c.configuration.label, "configuration_key": c.configuration.key,
+                                 "against": c.against, "n_references": c.n_references, "metric": c.metric, "n": r.n,
+                                 "n_dropped": r.n_dropped, "delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                                 "sd": r.sd, "d_z": r.d_z, "t": r.t, "p": r.p, "p_holm": r.p_holm, "mde": r.mde})
+    atomic_write(path, write)
 
 
 def _comparisons_figure(comparisons: Sequence[Comparison], path: Path) -> None:
@@ -388,7 +410,7 @@ def _comparisons_figure(comparisons: Sequence[Comparison], path: Path) -> None:
         better = "→ FG better" if metric.higher_is_better else "← FG better"
         ax.set(title=f"{metric.title}: mean paired Δ, 95 % CI", xlabel=f"Δ (FG real − reference)  {better}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
 def _validation_summary(store: ResultStore) -> str | None:
@@ -462,7 +484,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
             name = experiment if names.count(experiment) == 1 else f"{experiment}_{split}"
             table = _markdown(rows, f"{experiment} ({split}, {len(store.experiment_ids(experiment, split))} images)")
             table += _convergence_lines(store, rows, split)
-            (out / f"{name}.md").write_text(table)
+            table += _skipped_baselines(config, rows) if experiment == TEST else ""
+            atomic_write(out / f"{name}.md", lambda tmp: tmp.write_text(table))
             _csv(rows, experiment, split, out / f"{name}.csv")
             sections += [table, f"CSV: `{name}.csv`", ""]
             figure = {SINGLE: _layer_curves, MULTI: _bars, GRID: _heatmaps}.get(experiment)
@@ -473,11 +496,17 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
             if comparisons:
                 text = _comparisons_markdown(comparisons)
                 verdicts = "\n".join(["### Verdicts", "", *[f"* {line}" for line in verdict_lines(comparisons)]]) + "\n"
-                (out / f"comparisons_{name}.md").write_text(text + "\n" + verdicts)
+                atomic_write(out / f"comparisons_{name}.md", lambda tmp: tmp.write_text(text + "\n" + verdicts))
                 _comparisons_csv(comparisons, out / f"comparisons_{name}.csv")
                 _comparisons_figure(comparisons, out / f"comparisons_{name}.png")
                 sections += [text, f"CSV: `comparisons_{name}.csv`", "", verdicts,
                              f"![paired differences](comparisons_{name}.png)", ""]
+            secondary = baseline_comparisons(store, experiment, split) if figure is None else []
+            if secondary:
+                text = _comparisons_markdown(secondary, "FG vs the baselines (test)", BASELINE_FAMILY_NOTE)
+                atomic_write(out / f"baselines_{name}.md", lambda tmp: tmp.write_text(text))
+                _comparisons_csv(secondary, out / f"baselines_{name}.csv")
+                sections += [text, f"CSV: `baselines_{name}.csv`", ""]
             if figure is None and _overlays(store, experiment, split, out / f"overlays_{name}.png"):
                 sections += [f"![overlays]({f'overlays_{name}.png'})", ""]
         if invocations:
@@ -485,8 +514,13 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
             sections += ["## Configuration (last command)", "", f"`{command}` at {started}", "", "```json",
                          json.dumps(config, indent=2, sort_keys=True), "```", ""]
     path = out / "report.md"
-    path.write_text("\n".join(sections))
+    atomic_write(path, lambda tmp: tmp.write_text("\n".join(sections)))
     return path
+
+
+#: what the baselines' table is, and is not
+BASELINE_FAMILY_NOTE = ("A family of its own, apart from the claims above: it places FG among the field's methods and "
+                        "does not enter the verdicts; adding a baseline changes no p-value of the claims.")
 
 
 #: what the report's methods are (the metrics are defined by their specs: ``MetricSpec.definition``)
@@ -542,13 +576,13 @@ def _selections(store: ResultStore) -> list[str]:
 
 def summary_text(run_dir: str | Path) -> str:
     """What a run found, as printed at its end: the validation selections, the test table, the paired comparisons
-    and the verdicts (from the files :func:`write_report` wrote)."""
+    and the verdicts, then FG vs the baselines (from the files :func:`write_report` wrote)."""
     run_dir = Path(run_dir)
     with ResultStore(run_dir) as store:
         selections = [s for s in (store.selection(n) for n in (SINGLE, MULTI, GRID)) if s is not None]
     parts = ["Selected on validation (mean standardised paired effect vs TransMM):"]
     parts += [f"  {s.name}: {s.details['candidates'][s.method_key]['label']}" for s in selections]
-    for name in (TEST, f"comparisons_{TEST}"):
+    for name in (TEST, f"comparisons_{TEST}", f"baselines_{TEST}"):
         path = run_dir / "report" / f"{name}.md"
         if path.is_file():
             parts += ["", path.read_text()]
