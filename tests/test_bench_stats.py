@@ -124,4 +124,4 @@ def test_holm_adjust_and_verdicts():
     assert adjusted[1].p_holm == pytest.approx(max(min(1.0, 2 * better.p), same.p))
     assert verdict(adjusted[0], higher_is_better=True) == "better"
     assert verdict(adjusted[0], higher_is_better=False) == "worse"
-    assert verdict(adjusted[1], higher_is_better=True) == "no detectable difference"
+    assert verdict(adjusted[1], higher_is_better=True) == "inconclusive"  # no margin: no equivalence test

@@ -71,8 +71,15 @@ ROWS = [
     ("cache-dir-list", "run", yaml_file("cache_dir: [x]\n"), [], "cache_dir=['x']; expected a string or null"),
     ("unknown-key", "sweep", yaml_file("protocol: {layer: [1]}\n"), [],
      "unknown keys ['layer'] in configuration section 'protocol'; expected some of ['baselines', 'black_input', "
-     "'c_max', 'c_maxes', 'controls', 'gate_mad_eps', 'kappa', 'kappas', 'layers', 'method_variant', 'multi_layers', "
-     "'permute_seed', 'shuffle_seeds', 'subset_seed', 'test_images', 'val_images', 'variants']"),
+     "'c_max', 'c_maxes', 'controls', 'equivalence_fraction', 'equivalence_margins', 'gate_mad_eps', 'kappa', "
+     "'kappas', 'layers', 'method_variant', 'multi_layers', 'permute_seeds', 'shuffle_seeds', 'subset_seed', "
+     "'test_images', 'val_images', 'variants']"),
+    ("equivalence-margin", "sweep", yaml_file("protocol: {equivalence_margins: {saco: -0.1}}\n"), [],
+     "equivalence_margins {'saco': -0.1}; expected numbers > 0 (in the metric's units)"),
+    ("equivalence-fraction", "sweep", yaml_file("protocol: {equivalence_fraction: 0}\n"), [],
+     "equivalence_fraction=0.0; expected a number > 0"),
+    ("permute-seeds-repeat", "sweep", yaml_file("protocol: {permute_seeds: [1, 1]}\n"), [],
+     "permute_seeds=[1, 1] repeats a seed"),
     ("gate-scale", "sweep", yaml_file("protocol: {gate_mad_eps: bogus}\n"), [],
      "gate_mad_eps='bogus'; expected null (the metric preset's) or one of ['after_scale', 'in_mad']"),
     ("flag-model-kwargs-list", "run", None, ["--model-kwargs", "[1]"],

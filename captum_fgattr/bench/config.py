@@ -240,8 +240,12 @@ class Protocol:
     baselines: tuple[str, ...] = ("gradcam", "integrated_gradients", "saliency", "rollout", "raw_attention", "random",
                                    "attnlrp")  # attnlrp: skipped (with a note) without the lrp extra
     controls: tuple[str, ...] = DEFAULT_CONTROLS  # controls of every selected configuration on the test set
-    shuffle_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds of the shuffled-decoder control
-    permute_seed: int = 0  # seed of the permuted-gates control
+    shuffle_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds of the shuffled-decoder control (a random effect)
+    permute_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # seeds of the permuted-gates control (a random effect)
+    equivalence_fraction: float = 0.5  # default equivalence margin δ per metric: this fraction of the selected
+    # configuration's paired validation gain over TransMM, |mean Δ| (fixed before the test set is read)
+    equivalence_margins: Mapping[str, float] = field(default_factory=dict)  # metric name -> δ (metric units),
+    # replacing the fraction's margin for that metric
     gate_mad_eps: str | None = None  # robust scale of FG's scores (gates.MAD_EPS_PLACEMENTS); None: the metric
     # preset's ("in_mad", the author's 1.4826·(MAD + 1e-8), under thesis-code; else "after_scale")
     black_input: tuple[float, ...] | None = None  # model-input value of a black pixel per channel, (0 − mean)/std:
@@ -272,8 +276,19 @@ class Protocol:
         if self.gate_mad_eps is not None and self.gate_mad_eps not in MAD_EPS_PLACEMENTS:
             raise ValueError(f"gate_mad_eps={self.gate_mad_eps!r}; expected null (the metric preset's) or one of "
                              f"{list(MAD_EPS_PLACEMENTS)}")
-        if "shuffled_decoder" in self.controls and not self.shuffle_seeds:
-            raise ValueError("the shuffled-decoder control needs at least one seed (shuffle_seeds)")
+        object.__setattr__(self, "permute_seeds", tuple(int(seed) for seed in self.permute_seeds))
+        for control, seeds in (("shuffled_decoder", "shuffle_seeds"), ("permuted_gates", "permute_seeds")):
+            values = getattr(self, seeds)
+            if control in self.controls and not values:
+                raise ValueError(f"the {control} control needs at least one seed ({seeds})")
+            if len(set(values)) != len(values):
+                raise ValueError(f"{seeds}={list(values)!r} repeats a seed")
+        if not (math.isfinite(self.equivalence_fraction) and self.equivalence_fraction > 0):
+            raise ValueError(f"equivalence_fraction={self.equivalence_fraction!r}; expected a number > 0")
+        bad_margins = {k: v for k, v in self.equivalence_margins.items() if not (math.isfinite(v) and v > 0)}
+        if bad_margins:
+            raise ValueError(f"equivalence_margins {bad_margins}; expected numbers > 0 (in the metric's units)")
+        object.__setattr__(self, "equivalence_margins", dict(self.equivalence_margins))
         if self.black_input is not None:
             object.__setattr__(self, "black_input", tuple(float(v) for v in self.black_input))
         object.__setattr__(self, "multi_layers", tuple(_layer_tuple("multi_layers", m) for m in self.multi_layers))
@@ -293,6 +308,11 @@ class Protocol:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name}={value!r}; expected None (all images) or an int >= 1")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Protocol:
+        """The protocol of plain values (a stored configuration's ``protocol``), every field checked by type."""
+        return _build(cls, values, "protocol")
 
     def gated_layers(self) -> list[int]:
         """Every layer an SAE is needed for."""

@@ -8,8 +8,8 @@ Experiments, in order (each also evaluates TransMM, the baseline every effect re
 2. ``multi_layer`` (validation): each of ``multi_layers`` with the method's variant, at (κ, c_max).
 3. ``kappa_cmax`` (validation): ``kappas × c_maxes`` on the selected multi-layer configuration.
 4. ``test``: TransMM; FG (real SAE) at the selected single-layer and multi-layer configurations, each with
-   its controls (``Protocol.controls``: shuffled decoder over several seeds, grad_input, grad_input_centered,
-   bias_projection, permuted gates; same layers, κ, c_max and gate formula); the baselines.
+   its controls (``Protocol.controls``: shuffled decoder and permuted gates over several seeds each, grad_input,
+   grad_input_centered, bias_projection; same layers, κ, c_max and gate formula); the baselines.
 
 Selection rule (:func:`selection_rule`), stored in the run's ``selections`` table with every candidate's
 scores: highest mean over the registered metrics (SaCo, FC and PF) of the standardised paired effect vs TransMM
@@ -106,7 +106,7 @@ def fg_spec_of(params: FGParams) -> MethodSpec:
     if params.shuffle_seed is not None:
         label += f" shuffled decoder s{params.shuffle_seed}"
     if params.permute_seed is not None:
-        label += " permuted gates"
+        label += f" permuted gates s{params.permute_seed}"
     if params.mad_eps != "after_scale":
         label += f" scale {params.mad_eps}"
     return MethodSpec("fg", params.to_params(), label)
@@ -120,7 +120,7 @@ def control_specs(real: MethodSpec, protocol: Protocol) -> dict[str, list[Method
         if control == "shuffled_decoder":
             out[control] = [fg_spec_of(replace(p, shuffle_seed=seed)) for seed in protocol.shuffle_seeds]
         elif control == "permuted_gates":
-            out[control] = [fg_spec_of(replace(p, permute_seed=protocol.permute_seed))]
+            out[control] = [fg_spec_of(replace(p, permute_seed=seed)) for seed in protocol.permute_seeds]
         else:
             out[control] = [fg_spec_of(replace(p, variant=control))]
     return out
@@ -249,7 +249,8 @@ class StudyClock:
         val = min(n_val, protocol.val_images or n_val)
         test = min(n_test, protocol.test_images or n_test)
         configurations = 1 + bool(protocol.multi_layers)
-        controls = sum(len(protocol.shuffle_seeds) if c == "shuffled_decoder" else 1 for c in protocol.controls)
+        seeds = {"shuffled_decoder": len(protocol.shuffle_seeds), "permuted_gates": len(protocol.permute_seeds)}
+        controls = sum(seeds.get(c, 1) for c in protocol.controls)
         sweep = 1 + len(protocol.layers) * len(protocol.variants)
         if protocol.multi_layers:
             sweep += len(protocol.multi_layers) + len(protocol.kappas) * len(protocol.c_maxes)

@@ -469,6 +469,12 @@ class ResultStore:
             (split, method_key, image_id)).fetchone()
         return None if row is None else np.frombuffer(row[2], dtype=np.float32).reshape(row[0], row[1])
 
+    def attributions(self, split: str, method_key: str) -> dict[int, np.ndarray]:
+        """Every stored patch map of one method: image id -> (gh, gw) float32."""
+        rows = self._conn.execute("SELECT image_id, grid_h, grid_w, attr FROM attributions WHERE split = ? AND "
+                                  "method_key = ? ORDER BY image_id", (split, method_key)).fetchall()
+        return {i: np.frombuffer(blob, dtype=np.float32).reshape(h, w) for i, h, w, blob in rows}
+
     def images(self, split: str) -> dict[int, np.ndarray]:
         """Stored display images of ``split``: image id -> (H, W, C) uint8."""
         rows = self._conn.execute("SELECT image_id, height, width, channels, pixels FROM images WHERE split = ? "

@@ -1,28 +1,40 @@
-"""The test experiment's claims as paired comparisons: FG (real SAE) vs TransMM and vs each of its controls.
+"""The test experiment's claims and rankings as paired comparisons with four-outcome verdicts.
 
-For every selected FG configuration and every registered metric, the per-image scores of the real method are paired
-with those of TransMM and of each control on the same image ids (the shuffled decoder: the per-image mean
-over its seeds). One family: all comparisons of the experiment, Holm-adjusted together; the verdicts read it.
+**Claims** (:func:`claim_comparisons`): for every selected FG configuration (real SAE) and every registered metric,
+FG vs TransMM and vs each control on the same image ids. Fixed references are paired over the images; the random
+controls (:data:`RANDOM_CONTROLS`: shuffled decoder, permuted gates) are random effects, compared at the level of
+their seeds (:func:`~captum_fgattr.bench.analysis.stats.seed_comparison`). One Holm family over all of them.
 
-A second family places FG among the field's methods: each configuration vs each baseline of the experiment
-(Integrated Gradients, AttnLRP, ...), Holm-adjusted among themselves (:func:`baseline_comparisons`), so adding a
-baseline never changes the claims' p-values.
+**Rankings** (:func:`ranking_comparisons`): TransMM, the FG configurations and the baselines, each vs TransMM and vs
+the selected (last) FG configuration, and the best method of each metric vs every other one: a second Holm family,
+so that a "most faithful" method is only named where its tests support it (:func:`ranking_lines`).
+
+Every comparison ends in one of :data:`~captum_fgattr.bench.analysis.stats.OUTCOMES` at the family-wise α = 0.05:
+better / worse (Holm-adjusted paired test), equivalent (Holm-adjusted TOST at the margin ±δ), inconclusive. The margin
+of a metric is fixed before the test set is read (:func:`equivalence_margins`): from the run description, or a
+fraction of the configuration's paired validation gain over TransMM.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.stats import rankdata
 
-from captum_fgattr.bench.experiments import ControlGroup, control_groups
+from captum_fgattr.bench.config import Protocol
+from captum_fgattr.bench.experiments import ControlGroup, control_groups, control_name, transmm_spec
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.metrics import metric_names, metric_spec
-from captum_fgattr.bench.analysis.stats import PairedComparison, holm_adjust, paired_comparison, stars, verdict
+from captum_fgattr.bench.analysis.stats import (
+    ALPHA, PairedComparison, holm_adjust, paired_comparison, seed_comparison, stars, verdict,
+)
 from captum_fgattr.bench.store import ResultStore
 
-__all__ = ["Comparison", "AGAINST_TITLES", "claim_comparisons", "baseline_comparisons", "format_p", "verdict_lines"]
+__all__ = ["Comparison", "Margin", "Ranking", "AGAINST_TITLES", "RANDOM_CONTROLS", "NO_SAE_CONTROLS",
+           "stored_protocol", "equivalence_margins", "claim_comparisons", "ranking_comparisons", "format_p",
+           "verdict_lines", "ranking_lines"]
 
 
 #: how each comparison reads in tables and verdicts
@@ -35,108 +47,283 @@ AGAINST_TITLES = {
     "token_norm": "token_norm ‖x‖",
     "permuted_gates": "permuted gates",
 }
+#: controls drawn at random (several seeds): compared with FG at the level of their seeds
+RANDOM_CONTROLS = ("shuffled_decoder", "permuted_gates")
+#: controls that use no SAE feature: one equivalent to FG means the gain does not need the features
+NO_SAE_CONTROLS = ("grad_input", "grad_input_centered", "bias_projection", "token_norm")
+
+
+@dataclass(frozen=True)
+class Margin:
+    """The equivalence margin δ of one metric (metric units; NaN: no equivalence test) and where it came from."""
+
+    value: float
+    origin: str
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """FG (real SAE) at one configuration vs one reference, on one metric."""
+    """One method (an FG configuration for the claims) vs one reference, on one metric."""
 
-    configuration: MethodSpec  # the real-feature FG method
-    against: str  # key of :data:`AGAINST_TITLES`, or a baseline's label
-    n_references: int  # methods averaged per image into the reference (the shuffled-decoder seeds), else 1
+    configuration: MethodSpec  # A: the real-feature FG configuration (claims), or the ranked method
+    against: str  # key of :data:`AGAINST_TITLES`, or the reference method's label
+    references: tuple[MethodSpec, ...]  # B: one method, or a random control's seeds
     metric: str  # name of a registered metric
-    result: PairedComparison  # real − reference, p_holm over the experiment's family
+    result: PairedComparison  # A − B; p_holm and p_tost_holm over the family
+    per_seed: tuple[PairedComparison, ...] = ()  # a random control: A vs each seed over the images (not tested)
+    agreement: float = math.nan  # median per-image Spearman ρ between A's and B's stored patch maps
+
+    @property
+    def n_references(self) -> int:
+        return len(self.references)
 
     @property
     def title(self) -> str:
         title = AGAINST_TITLES.get(self.against, self.against)
-        return f"{title} (mean of {self.n_references} seeds)" if self.n_references > 1 else title
+        n = self.n_references
+        return f"{title} ({n} seed{'s' * (n != 1)})" if self.result.unit == "seeds" else title
+
+    @property
+    def outcome(self) -> str:
+        """better / worse / equivalent / inconclusive, A's side (:func:`~captum_fgattr.bench.analysis.stats.verdict`)."""
+        return verdict(self.result, metric_spec(self.metric).higher_is_better)
 
 
-def _aligned(store: ResultStore, split: str, specs: Sequence[MethodSpec], ids: Sequence[int], metric: str) -> np.ndarray:
-    """(len(ids),) per-image mean over ``specs`` of ``metric`` (NaN where undefined or missing)."""
-    index = {image_id: i for i, image_id in enumerate(ids)}
-    table = np.full((len(specs), len(ids)), math.nan)
-    for row, spec in enumerate(specs):
-        columns = store.scores(split, spec.key, ids)
-        for image_id, value in zip(columns["image_id"], columns[metric]):
-            table[row, index[int(image_id)]] = value
-    with np.errstate(all="ignore"):
-        mean = np.nanmean(table, axis=0) if len(specs) > 1 else table[0]
-    return np.where(np.isnan(table).all(axis=0), math.nan, mean)
+def stored_protocol(store: ResultStore) -> Protocol:
+    """The protocol of the run's latest command that recorded one (the defaults if none did)."""
+    for _, _, config in reversed(store.invocations()):
+        if isinstance(config.get("protocol"), dict):
+            return Protocol.from_dict(config["protocol"])
+    return Protocol()
 
 
-def _family(store: ResultStore, split: str, ids: Sequence[int], specs: Sequence[MethodSpec],
-            references: Callable[[ControlGroup], list[tuple[str, list[MethodSpec]]]]) -> list[Comparison]:
-    """FG real vs each of ``references(group)`` for every configuration and metric, Holm-adjusted together."""
-    raw: list[Comparison] = []
-    for group in control_groups(specs):
-        for metric in metric_names():
-            real = _aligned(store, split, [group.real], ids, metric)
-            for against, reference in references(group):
-                result = paired_comparison(real, _aligned(store, split, reference, ids, metric))
-                raw.append(Comparison(group.real, against, len(reference), metric, result))
-    adjusted = holm_adjust([c.result for c in raw])
+class _Columns:
+    """Per-image scores and patch maps of one split, read once per method."""
+
+    def __init__(self, store: ResultStore, split: str, ids: Sequence[int]) -> None:
+        self.store, self.split, self.ids = store, split, list(ids)
+        self._scores: dict[str, dict[str, np.ndarray]] = {}
+        self._maps: dict[str, dict[int, np.ndarray]] = {}
+
+    def scores(self, spec: MethodSpec, metric: str) -> np.ndarray:
+        """(len(ids),) scores of ``spec`` (NaN where undefined or missing)."""
+        if spec.key not in self._scores:
+            index = {image_id: i for i, image_id in enumerate(self.ids)}
+            stored = self.store.scores(self.split, spec.key, self.ids)
+            table = {}
+            for name in metric_names():
+                column = np.full(len(self.ids), math.nan)
+                for image_id, value in zip(stored["image_id"], stored[name]):
+                    column[index[int(image_id)]] = value
+                table[name] = column
+            self._scores[spec.key] = table
+        return self._scores[spec.key][metric]
+
+    def agreement(self, spec: MethodSpec, references: Sequence[MethodSpec]) -> float:
+        """Median over images (and seeds) of the Spearman ρ between the stored patch maps of ``spec`` and of each
+        reference; NaN where no image has both maps or every pair is constant."""
+        mine = self._maps_of(spec)
+        rhos = []
+        for reference in references:
+            theirs = self._maps_of(reference)
+            for image_id in self.ids:
+                if image_id in mine and image_id in theirs:
+                    rho = _spearman(mine[image_id].reshape(-1), theirs[image_id].reshape(-1))
+                    if math.isfinite(rho):
+                        rhos.append(rho)
+        return float(np.median(rhos)) if rhos else math.nan
+
+    def _maps_of(self, spec: MethodSpec) -> dict[int, np.ndarray]:
+        if spec.key not in self._maps:
+            self._maps[spec.key] = self.store.attributions(self.split, spec.key)
+        return self._maps[spec.key]
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman ρ of two maps (average ranks for ties); NaN when either is constant."""
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def equivalence_margins(store: ResultStore, configuration: MethodSpec, protocol: Protocol) -> dict[str, Margin]:
+    """Metric -> equivalence margin for comparisons of ``configuration``, from validation only: the run description's
+    ``protocol.equivalence_margins[metric]`` if given, else ``protocol.equivalence_fraction`` × |paired mean
+    difference of ``configuration`` − TransMM| on the validation images of the first validation experiment that ran
+    both (the selection's data). NaN (no equivalence test) without such results or for a zero gain."""
+    unknown = sorted(set(protocol.equivalence_margins) - set(metric_names()))
+    if unknown:
+        raise ValueError(f"equivalence_margins names {unknown}; expected registered metrics {metric_names()}")
+    transmm = transmm_spec()
+    validation = [experiment for experiment, split in store.experiments() if split == "val" and
+                  {configuration.key, transmm.key} <= {s.key for s in store.experiment_methods(experiment, split)}]
+    columns = _Columns(store, "val", store.experiment_ids(validation[0], "val")) if validation else None
+    out = {}
+    for metric in metric_names():
+        if metric in protocol.equivalence_margins:
+            out[metric] = Margin(protocol.equivalence_margins[metric], "the run description (equivalence_margins)")
+        elif columns is None:
+            out[metric] = Margin(math.nan, "none: no validation results of this configuration with TransMM")
+        else:
+            gain = paired_comparison(columns.scores(configuration, metric), columns.scores(transmm, metric))
+            value = protocol.equivalence_fraction * abs(gain.delta)
+            out[metric] = Margin(value if value > 0 else math.nan,
+                                 f"{protocol.equivalence_fraction:g} × |validation gain over TransMM| "
+                                 f"= {protocol.equivalence_fraction:g} × {abs(gain.delta):.3f} "
+                                 f"({validation[0]}, {gain.n} images)")
+    return out
+
+
+def _compare(columns: _Columns, a: MethodSpec, against: str, references: Sequence[MethodSpec], metric: str,
+             margin: float, agreement: dict[tuple[str, ...], float]) -> Comparison:
+    """A vs the references on one metric: paired over images, or at the seed level for a random control."""
+    mine = columns.scores(a, metric)
+    key = (a.key, *(r.key for r in references))
+    if key not in agreement:
+        agreement[key] = columns.agreement(a, references)
+    if against in RANDOM_CONTROLS:
+        seeds = np.stack([columns.scores(r, metric) for r in references])
+        result = seed_comparison(mine, seeds, margin)
+        per_seed = tuple(paired_comparison(mine, row) for row in seeds)
+        return Comparison(a, against, tuple(references), metric, result, per_seed, agreement[key])
+    result = paired_comparison(mine, columns.scores(references[0], metric), margin)
+    return Comparison(a, against, tuple(references), metric, result, (), agreement[key])
+
+
+def _holm(raw: list[Comparison]) -> list[Comparison]:
+    adjusted = holm_adjust([c.result for c in raw], ALPHA)
     return [replace(c, result=r) for c, r in zip(raw, adjusted)]
 
 
-def claim_comparisons(store: ResultStore, experiment: str, split: str) -> list[Comparison]:
-    """Every paired comparison of ``experiment`` (FG real vs TransMM and vs each control), Holm-adjusted."""
+def claim_comparisons(store: ResultStore, experiment: str, split: str,
+                      protocol: Protocol | None = None) -> list[Comparison]:
+    """Every claim of ``experiment`` (FG real vs TransMM and vs each control, every metric) in one Holm family,
+    with the equivalence margins of each configuration (``protocol``: default the run's stored one)."""
+    protocol = protocol if protocol is not None else stored_protocol(store)
     specs = store.experiment_methods(experiment, split)
+    columns = _Columns(store, split, store.experiment_ids(experiment, split))
     transmm = [s for s in specs if s.is_transmm]
-    return _family(store, split, store.experiment_ids(experiment, split), specs,
-                   lambda group: ([("transmm", transmm)] if transmm else []) + list(group.controls.items()))
+    agreement: dict[tuple[str, ...], float] = {}
+    raw = []
+    for group in control_groups(specs):
+        margins = equivalence_margins(store, group.real, protocol)
+        references = ([("transmm", transmm)] if transmm else []) + list(group.controls.items())
+        for metric in metric_names():
+            raw += [_compare(columns, group.real, against, reference, metric, margins[metric].value, agreement)
+                    for against, reference in references]
+    return _holm(raw)
 
 
-def baseline_comparisons(store: ResultStore, experiment: str, split: str) -> list[Comparison]:
-    """FG real vs each baseline of ``experiment`` (every method that is neither FG nor TransMM), per configuration
-    and metric: a family of its own, Holm-adjusted among themselves; [] without baselines."""
+@dataclass(frozen=True)
+class Ranking:
+    """The ranking family: its comparisons and, per metric, the method with the best mean."""
+
+    comparisons: list[Comparison]
+    best: dict[str, MethodSpec]  # metric -> highest mean (lowest where lower is better)
+    methods: list[MethodSpec]  # the ranked methods: TransMM, the FG configurations, the baselines
+    margins: dict[str, Margin]  # the selected configuration's (every comparison of the family uses them)
+
+    def outcome(self, a: MethodSpec, b: MethodSpec, metric: str) -> str:
+        """The family's outcome of a vs b on ``metric`` from a's side (a stored b-vs-a comparison read reversed)."""
+        for c in self.comparisons:
+            if c.metric == metric and c.configuration == a and c.references == (b,):
+                return c.outcome
+            if c.metric == metric and c.configuration == b and c.references == (a,):
+                return {"better": "worse", "worse": "better"}.get(c.outcome, c.outcome)
+        raise KeyError(f"{a.label} vs {b.label} on {metric} is not in the ranking family")
+
+
+def ranking_comparisons(store: ResultStore, experiment: str, split: str,
+                        protocol: Protocol | None = None) -> Ranking | None:
+    """The methods of ``experiment`` other than FG's controls, each vs TransMM and vs the selected (last) FG
+    configuration, and each metric's best-mean method vs every other: one Holm family, at the selected
+    configuration's equivalence margins. None with fewer than two such methods."""
+    protocol = protocol if protocol is not None else stored_protocol(store)
     specs = store.experiment_methods(experiment, split)
-    baselines = [(s.label, [s]) for s in specs if not s.is_fg and not s.is_transmm]
-    if not baselines:
-        return []
-    return _family(store, split, store.experiment_ids(experiment, split), specs, lambda group: baselines)
+    methods = [s for s in specs if not (s.is_fg and control_name(s) is not None)]
+    if len(methods) < 2:
+        return None
+    columns = _Columns(store, split, store.experiment_ids(experiment, split))
+    groups: list[ControlGroup] = control_groups(specs)
+    selected = groups[-1].real if groups else None
+    margins = (equivalence_margins(store, selected, protocol) if selected is not None else
+               {m: Margin(math.nan, "none: no FG configuration in the experiment") for m in metric_names()})
+    anchors = [s for s in methods if s.is_transmm] + ([selected] if selected is not None else [])
+    agreement: dict[tuple[str, ...], float] = {}
+    raw, best = [], {}
+    for metric in metric_names():
+        sign = 1.0 if metric_spec(metric).higher_is_better else -1.0
+        means = {s: np.nanmean(columns.scores(s, metric)) if np.isfinite(columns.scores(s, metric)).any() else -np.inf
+                 for s in methods}
+        best[metric] = max(methods, key=lambda s: sign * means[s] if math.isfinite(means[s]) else -math.inf)
+        pairs: list[tuple[MethodSpec, MethodSpec]] = []
+        for anchor in anchors:
+            pairs += [(s, anchor) for s in methods if s != anchor and (anchor, s) not in pairs]
+        pairs += [(best[metric], s) for s in methods
+                  if s != best[metric] and (best[metric], s) not in pairs and (s, best[metric]) not in pairs]
+        raw += [_compare(columns, a, b.label, [b], metric, margins[metric].value, agreement) for a, b in pairs]
+    return Ranking(_holm(raw), best, methods, margins)
 
 
-def format_p(p: float) -> str:
-    """A p-value for tables: two significant digits with stars (*** < 0.001, ** < 0.01, * < 0.05), – for NaN."""
-    return "–" if not math.isfinite(p) else f"{p:.2g}{stars(p)}"
+def format_p(p: float, marks: bool = True) -> str:
+    """A p-value for tables: two significant digits, with stars (*** < 0.001, ** < 0.01, * < 0.05) only where
+    ``marks`` (Holm-adjusted p-values: the stars are the verdict's α), – for NaN."""
+    return "–" if not math.isfinite(p) else f"{p:.2g}{stars(p) if marks else ''}"
+
+
+def _evidence(c: Comparison) -> str:
+    """'Δ +0.100 [+0.050, +0.150], p_Holm 0.001, n 300' (+ the margin and the equivalence test where there is one)."""
+    r = c.result
+    n = f"{r.n} seeds" if r.unit == "seeds" else f"n {r.n}"
+    text = f"Δ {r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], p_Holm {format_p(r.p_holm)}"
+    if math.isfinite(r.margin):
+        text += f", margin ±{r.margin:.3f}, p_TOST,Holm {format_p(r.p_tost_holm)}"
+    return f"{text}, {n}"
 
 
 def _claim(comparisons: Sequence[Comparison]) -> str:
-    """'SaCo better (Δ +0.10 [0.05, 0.15], p_Holm 0.001), FC no detectable difference (…), …'."""
-    parts = []
-    for c in comparisons:
-        r = c.result
-        spec = metric_spec(c.metric)
-        parts.append(f"{spec.short} {verdict(r, spec.higher_is_better)} "
-                     f"(Δ {r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}], p_Holm {format_p(r.p_holm)}, n {r.n})")
-    return ", ".join(parts)
+    """'SaCo better (Δ +0.10 [0.05, 0.15], p_Holm 0.001, …), FC equivalent (…), …'."""
+    return ", ".join(f"{metric_spec(c.metric).short} {c.outcome} ({_evidence(c)})" for c in comparisons)
 
 
 def _conclusion(configuration: MethodSpec, comparisons: Sequence[Comparison]) -> str:
-    """Whether the configuration improves on TransMM, and whether every control falls short of that gain."""
-    said = {(c.against, c.metric): verdict(c.result, metric_spec(c.metric).higher_is_better) for c in comparisons}
+    """Whether the configuration improves on TransMM and whether its controls explain the gain, as the outcomes
+    allow: "not attributable" needs a no-SAE control *equivalent* to FG on every metric FG improves; "attributable"
+    needs FG *better* than every no-SAE and random control there; anything else is inconclusive."""
+    by = {(c.against, c.metric): c for c in comparisons}
+    said = {key: c.outcome for key, c in by.items()}
     gains = [m for m in metric_names() if said.get(("transmm", m)) == "better"]
     losses = [m for m in metric_names() if said.get(("transmm", m)) == "worse"]
-    head = f"Conclusion for {configuration.label}: "
     names = lambda metrics: ", ".join(metric_spec(m).short for m in metrics)  # noqa: E731
+    head = f"Conclusion for {configuration.label}: "
     if not gains:
-        return head + "no detectable improvement over TransMM" + (f" (worse on {names(losses)})" if losses else "") + "."
-    controls = list(dict.fromkeys(c.against for c in comparisons if c.against != "transmm"))
-    matched = [a for a in controls if not any(said.get((a, m)) == "better" for m in gains)]
+        rest = [f"{metric_spec(m).short} {said[('transmm', m)]}" for m in metric_names() if ("transmm", m) in said]
+        return head + "no improvement over TransMM shown (" + ", ".join(rest) + ")."
     head += f"better than TransMM on {names(gains)}" + (f", worse on {names(losses)}" if losses else "")
+    controls = list(dict.fromkeys(c.against for c in comparisons if c.against != "transmm"))
     if not controls:
         return head + "; no controls were run, so nothing credits the SAE's features."
-    if matched:
-        return head + ("; matched by " + ", ".join(AGAINST_TITLES[a] for a in matched)
-                       + " (not better than it on any of those metrics): the gain is not attributable to the SAE's features.")
-    return head + "; better than every control on at least one of those metrics: consistent with a gain due to the SAE's features."
+    explaining = [a for a in controls if a in NO_SAE_CONTROLS and all(said.get((a, m)) == "equivalent" for m in gains)]
+    if explaining:
+        return head + ("; " + " and ".join(AGAINST_TITLES[a] for a in explaining)
+                       + f" equivalent to it on {names(gains)} (TOST at the margins): the gain is not attributable to "
+                       "the SAE's features.")
+    if all(said.get((a, m)) == "better" for a in controls for m in gains):
+        return head + f"; better than every control on {names(gains)}: the gain is attributable to the SAE's features."
+    open_ = []
+    for a in controls:
+        for m in gains:
+            if said.get((a, m)) != "better":
+                gain = by[("transmm", m)].result.delta
+                open_.append(f"{by[(a, m)].title} {said.get((a, m))} on {metric_spec(m).short} "
+                             f"({_evidence(by[(a, m)])}; FG's gain over TransMM {gain:+.3f})")
+    return head + "; whether the SAE's features cause the gain is inconclusive: " + "; ".join(open_) + "."
 
 
 def verdict_lines(comparisons: Sequence[Comparison]) -> list[str]:
-    """One plain-language line per claim (configuration × reference, every metric's verdict), then one conclusion
-    per configuration (Holm-adjusted p < 0.05 throughout)."""
+    """One plain-language line per claim (configuration × reference, every metric's outcome), then one conclusion
+    per configuration (Holm family-wise α = 0.05 throughout)."""
     lines = []
     claims: dict[tuple[str, str], list[Comparison]] = {}
     for c in comparisons:
@@ -147,4 +334,22 @@ def verdict_lines(comparisons: Sequence[Comparison]) -> list[str]:
     configurations = {c.configuration.key: c.configuration for c in comparisons}
     for key, configuration in configurations.items():
         lines.append(_conclusion(configuration, [c for c in comparisons if c.configuration.key == key]))
+    return lines
+
+
+def ranking_lines(ranking: Ranking) -> list[str]:
+    """Per metric, the best method where the family supports it (better than every other ranked method), else the
+    methods it cannot be told from."""
+    lines = []
+    for metric, top in ranking.best.items():
+        short = metric_spec(metric).short
+        others = [s for s in ranking.methods if s != top]
+        outcomes = {s: ranking.outcome(top, s, metric) for s in others}
+        if all(o == "better" for o in outcomes.values()):
+            lines.append(f"{short}: {top.label} is the most faithful method (better than each of the other "
+                         f"{len(others)}, Holm).")
+            continue
+        tied = ", ".join(f"{s.label} ({o})" for s, o in outcomes.items() if o != "better")
+        lines.append(f"{short}: {top.label} has the best mean but is not better than {tied}: no single most faithful "
+                     "method is supported.")
     return lines

@@ -5,8 +5,11 @@ Conventions: mean ± standard error (sample std with ddof=1 over √n); Welch's 
 % improvement = 100 · Δ / |baseline mean|, sign flipped for lower-is-better metrics (Pixel-Flipping AUC),
 so positive always means better (Δ / baseline for positive baselines, as in the thesis tables).
 NaN scores (undefined SaCo) are dropped and counted. The headline comparison is paired
-(:func:`paired_comparison`: mean Δ, 95 % CI, Cohen's d_z, paired t-test, minimum detectable effect),
-Holm-adjusted over a test family (:func:`holm_adjust`).
+(:func:`paired_comparison`: mean Δ, 95 % CI, Cohen's d_z, paired t-test, minimum detectable effect, and the
+equivalence test TOST at a margin ±δ), Holm-adjusted over a test family (:func:`holm_adjust`: the difference
+tests, the equivalence tests and the MDE at the family's strictest threshold α/m). A random control (several
+seeds) is compared at the level of its seeds (:func:`seed_comparison`: t on the per-seed mean differences,
+seeds − 1 df). :func:`verdict` reads four outcomes: better, worse, equivalent, inconclusive.
 """
 from __future__ import annotations
 
@@ -31,8 +34,17 @@ __all__ = [
     "minimum_detectable_dz",
     "holm",
     "holm_adjust",
+    "tost_p",
+    "seed_comparison",
+    "ALPHA",
+    "OUTCOMES",
     "verdict",
 ]
+
+#: the family-wise α of every verdict (Holm)
+ALPHA = 0.05
+#: what a comparison can conclude (:func:`verdict`)
+OUTCOMES = ("better", "worse", "equivalent", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -128,20 +140,27 @@ class PairedComparison:
     """A − B on the same images: the paired effect with its uncertainty (pairs with a NaN dropped).
 
     ``delta`` is the raw mean difference (A − B, in the metric's units); ``d_z`` = mean Δ / SD Δ (Cohen's
-    d_z); ``better`` orients it: +1 when A is better than B on this metric (lower-is-better metrics flipped).
+    d_z). With ``unit == "seeds"`` (a random control, :func:`seed_comparison`) the units of inference are the
+    seeds: ``n`` seeds, ``sd`` the SD of the per-seed mean differences ``per_seed``, and every test has n − 1 df.
     """
 
     delta: float  # mean of A − B
     ci_low: float  # 95 % CI of the mean difference (t distribution)
     ci_high: float
-    sd: float  # SD (ddof=1) of the differences
+    sd: float  # SD (ddof=1) of the differences (per image, or per seed)
     d_z: float  # delta / sd
     t: float
     p: float  # two-sided paired t-test
-    n: int  # pairs used
+    n: int  # pairs used (images, or seeds)
     n_dropped: int  # pairs with a NaN on either side
-    mde: float  # minimum detectable |mean Δ| at this n (80 % power, α = 0.05), in the metric's units
+    mde: float  # minimum detectable |mean Δ| at this n (80 % power, α = 0.05 unadjusted), in the metric's units
     p_holm: float = math.nan  # Holm-adjusted p over the comparison family (set by :func:`holm_adjust`)
+    margin: float = math.nan  # equivalence margin δ > 0 (metric units); NaN: no equivalence test
+    p_tost: float = math.nan  # equivalence (TOST): the larger p of the one-sided tests of Δ > −δ and Δ < +δ
+    p_tost_holm: float = math.nan  # p_tost Holm-adjusted over the family (set by :func:`holm_adjust`)
+    mde_holm: float = math.nan  # MDE at α/m, the strictest Holm threshold of the family (set by :func:`holm_adjust`)
+    unit: str = "images"  # "images" (paired over images) or "seeds" (random effects over a control's seeds)
+    per_seed: tuple[float, ...] = ()  # per-seed mean differences (``unit == "seeds"``)
 
     def oriented_d_z(self, higher_is_better: bool) -> float:
         """d_z with the sign flipped for lower-is-better metrics, so positive means A is better."""
@@ -158,7 +177,8 @@ def minimum_detectable_dz(n: int, power: float = 0.8, alpha: float = 0.05) -> fl
 
     def shortfall(d: float) -> float:
         nc = d * math.sqrt(n)
-        return _scipy_stats.nct.sf(crit, df, nc) + _scipy_stats.nct.cdf(-crit, df, nc) - power
+        wrong_sign = _scipy_stats.nct.cdf(-crit, df, nc)  # NaN from scipy far in the tail, where it is ~0
+        return _scipy_stats.nct.sf(crit, df, nc) + (wrong_sign if math.isfinite(wrong_sign) else 0.0) - power
 
     high = 3.0 / math.sqrt(n)  # ≈ the normal approximation 2.8/√n; doubled until the power exceeds the target
     while shortfall(high) < 0:
@@ -168,23 +188,67 @@ def minimum_detectable_dz(n: int, power: float = 0.8, alpha: float = 0.05) -> fl
     return float(_brentq(shortfall, 1e-9, high))
 
 
-def paired_comparison(a: ArrayLike, b: ArrayLike) -> PairedComparison:
-    """Paired comparison of aligned per-image scores a, b (n,): mean Δ = a − b, 95 % CI, d_z, t-test, MDE."""
+def tost_p(mean: float, sd: float, n: int, margin: float) -> float:
+    """Two one-sided t-tests (TOST) of |true mean| < ``margin`` from ``n`` differences with this mean and SD:
+    max(P(T ≥ (mean + δ)/se), P(T ≤ (mean − δ)/se)), T ~ t(n − 1), se = sd/√n. Small p: equivalent within ±δ.
+    NaN without a finite margin > 0 or with n < 2; for sd = 0, 0 inside the margin and 1 outside."""
+    if not (math.isfinite(margin) and margin > 0) or n < 2 or not math.isfinite(mean):
+        return math.nan
+    if sd == 0:
+        return 0.0 if abs(mean) < margin else 1.0
+    se, df = sd / math.sqrt(n), n - 1
+    above_lower = float(_scipy_stats.t.sf((mean + margin) / se, df))  # H0: mean <= -margin
+    below_upper = float(_scipy_stats.t.cdf((mean - margin) / se, df))  # H0: mean >= +margin
+    return max(above_lower, below_upper)
+
+
+def _from_differences(d: np.ndarray, dropped: int, margin: float, unit: str = "images",
+                      per_seed: tuple[float, ...] = ()) -> PairedComparison:
+    """The one-sample inference on differences ``d`` (n,): mean, 95 % CI, d_z, t-test, MDE, TOST at ``margin``."""
+    n = len(d)
+    if n < 2:
+        nan = math.nan
+        return PairedComparison(float(d.mean()) if n else nan, nan, nan, nan, nan, nan, nan, n, dropped, nan,
+                                margin=margin, unit=unit, per_seed=per_seed)
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    half = float(_scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
+    if sd > 0:
+        t = mean / (sd / math.sqrt(n))
+        p = float(2.0 * _scipy_stats.t.sf(abs(t), n - 1))
+    else:
+        t, p = math.nan, math.nan
+    return PairedComparison(mean, mean - half, mean + half, sd, mean / sd if sd > 0 else math.nan, t, p, n, dropped,
+                            minimum_detectable_dz(n) * sd, margin=margin, p_tost=tost_p(mean, sd, n, margin),
+                            unit=unit, per_seed=per_seed)
+
+
+def paired_comparison(a: ArrayLike, b: ArrayLike, margin: float = math.nan) -> PairedComparison:
+    """Paired comparison of aligned per-image scores a, b (n,): mean Δ = a − b, 95 % CI, d_z, t-test, MDE, and
+    TOST at the equivalence margin ±``margin`` (NaN: none)."""
     x, y = _finite(a), _finite(b)
     if x.shape != y.shape:
         raise ValueError(f"paired samples must have the same length; got {len(x)} and {len(y)}")
     keep = ~(np.isnan(x) | np.isnan(y))
-    d = (x - y)[keep]
-    n, dropped = len(d), int((~keep).sum())
-    if n < 2:
-        nan = math.nan
-        return PairedComparison(float(d.mean()) if n else nan, nan, nan, nan, nan, nan, nan, n, dropped, nan)
-    mean, sd = float(d.mean()), float(d.std(ddof=1))
-    half = float(_scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
-    test = paired_ttest(x[keep], y[keep])
-    d_z = mean / sd if sd > 0 else math.nan
-    return PairedComparison(mean, mean - half, mean + half, sd, d_z, test.t, test.p, n, dropped,
-                            minimum_detectable_dz(n) * sd)
+    return _from_differences((x - y)[keep], int((~keep).sum()), margin)
+
+
+def seed_comparison(a: ArrayLike, seeds: ArrayLike, margin: float = math.nan) -> PairedComparison:
+    """A (n,) vs a random control run with S seeds (S, n), seeds as random effects: the per-seed mean paired
+    differences e_s = mean_i(a_i − seeds_si) (pairs with a NaN dropped per seed) are the S observations of a
+    one-sample t-test (S − 1 df), so the variation between seeds enters the uncertainty; TOST alike.
+    ``n`` = S, ``n_dropped`` = pairs dropped over all seeds; S < 2 gives NaN tests (no seed-level inference)."""
+    x, table = _finite(a), np.asarray(seeds, dtype=np.float64)
+    if table.ndim != 2 or table.shape[1] != len(x):
+        raise ValueError(f"seeds must be (S, {len(x)}) per-seed scores aligned with a; got {table.shape}")
+    if np.isinf(table).any():
+        raise ValueError("scores contain Inf; only finite values or NaN (undefined) are accepted")
+    effects, dropped = [], 0
+    for row in table:
+        keep = ~(np.isnan(x) | np.isnan(row))
+        dropped += int((~keep).sum())
+        if keep.any():
+            effects.append(float((x[keep] - row[keep]).mean()))
+    return _from_differences(np.array(effects), dropped, margin, unit="seeds", per_seed=tuple(effects))
 
 
 def holm(pvalues: ArrayLike) -> np.ndarray:
@@ -201,15 +265,23 @@ def holm(pvalues: ArrayLike) -> np.ndarray:
     return out
 
 
-def holm_adjust(comparisons: list[PairedComparison]) -> list[PairedComparison]:
-    """The comparisons with ``p_holm`` set, Holm-adjusted over the whole list (one test family)."""
-    adjusted = holm([c.p for c in comparisons])
-    return [replace(c, p_holm=float(q)) for c, q in zip(comparisons, adjusted)]
+def holm_adjust(comparisons: list[PairedComparison], alpha: float = ALPHA) -> list[PairedComparison]:
+    """The comparisons as one test family: ``p_holm`` and ``p_tost_holm`` Holm-adjusted over the whole list (the
+    difference and the equivalence tests each), ``mde_holm`` the MDE at α/m (m finite p-values: the threshold
+    Holm applies to the smallest p, so a |Δ| above it is detected with 80 % power whatever its rank)."""
+    adjusted, tost = holm([c.p for c in comparisons]), holm([c.p_tost for c in comparisons])
+    m = max(1, sum(math.isfinite(c.p) for c in comparisons))
+    return [replace(c, p_holm=float(q), p_tost_holm=float(e),
+                    mde_holm=minimum_detectable_dz(c.n, alpha=alpha / m) * c.sd if c.n >= 2 else math.nan)
+            for c, q, e in zip(comparisons, adjusted, tost)]
 
 
-def verdict(comparison: PairedComparison, higher_is_better: bool, alpha: float = 0.05) -> str:
-    """"better" / "worse" (Holm-adjusted p < alpha, direction from the mean Δ) or "no detectable difference"."""
+def verdict(comparison: PairedComparison, higher_is_better: bool, alpha: float = ALPHA) -> str:
+    """One of :data:`OUTCOMES`: "better" / "worse" (Holm-adjusted p < alpha, direction from the mean Δ, A's side),
+    else "equivalent" (Holm-adjusted TOST p < alpha: Δ inside ±margin), else "inconclusive". Unadjusted p-values
+    are read where the comparison was never adjusted (a family of one)."""
     p = comparison.p_holm if math.isfinite(comparison.p_holm) else comparison.p
-    if not (math.isfinite(p) and p < alpha):
-        return "no detectable difference"
-    return "better" if (comparison.delta > 0) == higher_is_better else "worse"
+    if math.isfinite(p) and p < alpha:
+        return "better" if (comparison.delta > 0) == higher_is_better else "worse"
+    q = comparison.p_tost_holm if math.isfinite(comparison.p_tost_holm) else comparison.p_tost
+    return "equivalent" if math.isfinite(q) and q < alpha else "inconclusive"

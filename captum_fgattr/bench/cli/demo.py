@@ -43,13 +43,13 @@ __all__ = ["FULL", "QUICK", "demo_config", "retrain_saes", "run_demo", "add_pars
 _MODEL = ModelConfig(name=f"fgattr:{MODEL_NAME}", checkpoint="shipped")
 _DATA = DataConfig(kind="br35h")
 
-#: ``fgattr demo``: sized to answer (see the README): 200 validation and 300 test images; 3 shuffled-decoder seeds
-#: (the protocol's default is 5) and FC 30 subsets / PF 2 patches per step keep ≈ 75 forwards per image and method;
+#: ``fgattr demo``: sized to answer (see the README): 200 validation and 300 test images; the protocol's 5 seeds of
+#: each random control; FC 30 subsets / PF 2 patches per step keep ≈ 75 forwards per image and method;
 #: every test image's attribution is kept (a few MB): the report shows the most improved / degraded
 FULL = RunConfig(
     run_dir="fgattr-runs/demo", model=_MODEL, data=_DATA, saes=SHIPPED_SAES,
     protocol=Protocol(layers=(1, 2, 3, 4), multi_layers=((1, 2), (2, 3), (1, 2, 3)), kappas=(0.1, 0.5, 1.0),
-                      c_maxes=(2.0, 10.0, 50.0), shuffle_seeds=(0, 1, 2), black_input=(-MEAN / STD,),
+                      c_maxes=(2.0, 10.0, 50.0), black_input=(-MEAN / STD,),
                       val_images=200, test_images=300),
     evaluation=EvalConfig(batch_size=16, gallery=300,
                           metrics=MetricConfig(saco_groups=10, fc_subset_size=6, fc_runs=30, pf_patches_per_step=2)),
@@ -58,7 +58,8 @@ FULL = RunConfig(
 QUICK = RunConfig(
     run_dir="fgattr-runs/demo-quick", model=_MODEL, data=_DATA, saes=SHIPPED_SAES,
     protocol=Protocol(layers=(2, 3), variants=("combined", "activation"), multi_layers=((2, 3),), kappas=(0.5,),
-                      c_maxes=(10.0,), baselines=("gradcam", "rollout", "random"), shuffle_seeds=(0,),
+                      c_maxes=(10.0,), baselines=("gradcam", "rollout", "random"), shuffle_seeds=(0, 1),
+                      permute_seeds=(0, 1),
                       black_input=(-MEAN / STD,), val_images=8, test_images=16),
     evaluation=EvalConfig(batch_size=16, metrics=MetricConfig(saco_groups=8, fc_subset_size=6, fc_runs=20)),
 )

@@ -109,7 +109,11 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "grad_input_centered bias_projection permuted_gates)")
     add(g, "--shuffle-seeds", "protocol.shuffle_seeds", type=int, nargs="+",
         help="seeds of the shuffled-decoder control (default 0 1 2 3 4)")
-    add(g, "--permute-seed", "protocol.permute_seed", type=int, help="seed of the permuted-gates control (default 0)")
+    add(g, "--permute-seeds", "protocol.permute_seeds", type=int, nargs="+",
+        help="seeds of the permuted-gates control (default 0 1 2 3 4)")
+    add(g, "--equivalence-fraction", "protocol.equivalence_fraction", type=float,
+        help="equivalence margin per metric as this fraction of the selected configuration's validation gain over "
+        "TransMM (default 0.5; fixed margins: protocol.equivalence_margins in a --config file)")
     add(parser, "--cache-dir", "cache_dir", help="decoded br35h images and the retrained fgattr:br35h-vit (default: "
         "$FGATTR_CACHE or ~/.cache/captum-fgattr)")
     g = parser.add_argument_group("evaluation")

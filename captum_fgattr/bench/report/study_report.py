@@ -1,14 +1,17 @@
 """Tables and figures of a run, read from its store only (thesis Tables 7.2/7.3 and Chapter 7 figures).
 
 Per experiment: ``{experiment}.md`` / ``{experiment}.csv`` (method, layers, every registered metric — SaCo ↑, FC ↑,
-PF ↓, … — as mean ± SE, % improvement over TransMM, Welch and paired p-values with stars, undefined-value counts),
+PF ↓, … — as mean ± SE, % improvement over TransMM, unadjusted Welch and paired p-values, undefined-value counts),
 and figures (one panel per metric):
 ``single_layer.png`` (per-layer curves per variant, TransMM line), ``multi_layer.png`` (bars),
 ``kappa_cmax.png`` (heatmaps of % improvement), ``overlays_{experiment}.png`` (image / TransMM / FG, for
 the test and any other non-sweep experiment).
-Test experiment: ``comparisons.md`` / ``comparisons.csv`` (FG real vs TransMM and vs each control, per metric:
-mean paired Δ with 95 % CI, Cohen's d_z, paired p, Holm-adjusted p, n; the minimum detectable effect),
-``comparisons.png`` (paired Δ with 95 % CIs) and one verdict line per claim.
+Test experiment: ``comparisons_test.md`` / ``.csv`` (the claims family: FG real vs TransMM and vs each control, per
+metric: mean paired Δ with 95 % CI, d_z, paired and Holm-adjusted p, equivalence margin and Holm-adjusted TOST p, the
+outcome, the MDE at the family's α/m, the maps' median Spearman ρ; random controls at the level of their seeds with
+each seed's row), ``comparisons_test.png`` (paired Δ with 95 % CIs and outcomes), one verdict line per claim; and
+``ranking_test.md`` / ``.csv`` (the ranking family: every method vs TransMM and vs the selected FG configuration,
+the best mean per metric vs every other method) with the rankings the tests support.
 ``report.md`` gathers the run's header (data, model, SAEs, metric settings, definitions), the validation
 selections, the tables, the verdicts and the figures.
 """
@@ -26,7 +29,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from captum_fgattr.bench.analysis.comparisons import (
-    Comparison, baseline_comparisons, claim_comparisons, format_p, verdict_lines,
+    Comparison, Margin, Ranking, claim_comparisons, equivalence_margins, format_p, ranking_comparisons, ranking_lines,
+    stored_protocol, verdict_lines,
 )
 from captum_fgattr.bench.config import PF_SCALES
 from captum_fgattr.bench.experiments import (
@@ -34,7 +38,7 @@ from captum_fgattr.bench.experiments import (
 )
 from captum_fgattr.bench.methods import OPTIONAL_METHODS, MethodSpec
 from captum_fgattr.bench.analysis.stats import (
-    Summary, TTest, paired_ttest, percent_improvement, summarize, welch_ttest,
+    ALPHA, Summary, TTest, paired_ttest, percent_improvement, summarize, welch_ttest,
 )
 from captum_fgattr.bench.metrics import metric_spec, metric_specs
 from captum_fgattr.bench.store import STORE_NAME, ResultStore
@@ -111,7 +115,7 @@ def _fmt(value: float, digits: int = 3) -> str:
 
 
 def _p(test: TTest) -> str:
-    return format_p(test.p)
+    return format_p(test.p, marks=False)
 
 
 def _markdown(rows: Sequence[TableRow], title: str) -> str:
@@ -129,8 +133,9 @@ def _markdown(rows: Sequence[TableRow], title: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lower = ", ".join(m.short for m in specs if not m.higher_is_better)
     flipped = f" ({lower} sign flipped)" if lower else ""
-    lines += ["", f"Mean ± standard error; % = improvement over TransMM{flipped}; p: two-sided t-tests vs TransMM "
-              "(*** p<0.001, ** p<0.01, * p<0.05)."]
+    lines += ["", f"Mean ± standard error; % = improvement over TransMM{flipped}; p: two-sided t-tests vs TransMM, "
+              "unadjusted and without stars (the verdicts and stars come from the Holm families of the comparisons "
+              "and the ranking)."]
     for metric in specs:
         nan = [(row.method.label, row.cells[metric.name].summary.n_nan) for row in rows
                if row.cells[metric.name].summary.n_nan]
@@ -350,25 +355,48 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
     return True
 
 
-def _comparisons_markdown(comparisons: Sequence[Comparison], title: str = "Paired comparisons (test)",
-                          note: str = "") -> str:
-    header = ["FG configuration", "vs", "metric", "n", "mean Δ [95 % CI]", "d_z", "p paired", "p Holm", "MDE"]
+def _n(c: Comparison) -> str:
+    r = c.result
+    return f"{r.n} seeds (SD {_fmt(r.sd)})" if r.unit == "seeds" else str(r.n)
+
+
+def _comparisons_markdown(comparisons: Sequence[Comparison], title: str, family: str, margins: Sequence[str]) -> str:
+    """The table of one Holm family: one row per comparison, a random control's seeds as untested rows beneath."""
+    header = ["method", "vs", "metric", "n", "mean Δ [95 % CI]", "d_z", "p", "p Holm", "margin ±δ", "p TOST Holm",
+              "outcome", "MDE α/m", "ρ maps"]
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in comparisons:
         r = c.result
         lines.append("| " + " | ".join([
-            c.configuration.label, c.title, metric_spec(c.metric).short, str(r.n),
-            f"{_fmt(r.delta)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]", _fmt(r.d_z, 2), format_p(r.p), format_p(r.p_holm),
-            _fmt(r.mde)]) + " |")
+            c.configuration.label, c.title, metric_spec(c.metric).short, _n(c),
+            f"{_fmt(r.delta)} [{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]", _fmt(r.d_z, 2), format_p(r.p, marks=False),
+            format_p(r.p_holm), _fmt(r.margin), format_p(r.p_tost_holm), f"**{c.outcome}**", _fmt(r.mde_holm),
+            _fmt(c.agreement, 2)]) + " |")
+        for seed, s in zip(c.references, c.per_seed):
+            lines.append("| " + " | ".join(["", f"↳ {seed.label.rsplit(' ', 1)[-1]}", "", str(s.n),
+                                            f"{_fmt(s.delta)} [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]", _fmt(s.d_z, 2)]
+                                           + ["–"] * 7) + " |")
+    n_tests = sum(math.isfinite(c.result.p) for c in comparisons)
     directions = "; ".join(f"{_and(m.short for m in metric_specs() if m.higher_is_better == higher)}: "
                            f"{'positive' if higher else 'negative'} Δ is better"
                            for higher in (True, False) if any(m.higher_is_better == higher for m in metric_specs()))
-    lines += ["", "Δ = FG (real SAE) − reference on the same images (pairs with an undefined value dropped; n = pairs "
-              f"used), on the stored scale (PF AUC in [0, 1]). {directions}. d_z = mean Δ / SD Δ. p Holm: "
-              f"Holm-adjusted over all {len(comparisons)} comparisons of this table (*** p<0.001, ** p<0.01, "
-              "* p<0.05). MDE: the smallest |mean Δ| this n detects with 80 % power at α = 0.05 (paired t-test)."
-              + (f" {note}" if note else "")]
+    lines += ["", f"Δ = method − reference on the same images (pairs with an undefined value dropped; n = pairs used), "
+              f"on the stored scale (PF AUC in [0, 1]). {directions}. d_z = mean Δ / SD Δ. **{family}**: one Holm "
+              f"family of {n_tests} tests at family-wise α = {ALPHA:g}; p is unadjusted (no stars), p Holm and p TOST Holm "
+              "are Holm-adjusted over the family (stars *** < 0.001, ** < 0.01, * < 0.05 only there). Outcome: "
+              "*better* / *worse* (p Holm < α), else *equivalent* (TOST: both one-sided tests at ±δ reject, p TOST "
+              "Holm < α), else *inconclusive*. A random control (shuffled decoder, permuted gates) is a random "
+              "effect: its row tests the per-seed mean differences (n = seeds, seeds − 1 df, SD between seeds); the "
+              "↳ rows show each seed over the images, untested. MDE α/m: the smallest |mean Δ| detected with 80 % "
+              f"power at α/m = {ALPHA:g}/{n_tests}, Holm's strictest threshold (the unadjusted MDE is in the CSV). ρ maps: "
+              "median over images of the Spearman correlation between the two methods' patch maps (why two methods "
+              "score alike).", "", "Equivalence margins δ (fixed from validation, before the test set is read):", "",
+              *[f"* {line}" for line in margins]]
     return "\n".join(lines) + "\n"
+
+
+def _margin_lines(label: str, margins: dict[str, Margin]) -> list[str]:
+    return [f"{label}, {metric_spec(metric).short}: ±{_fmt(m.value)} — {m.origin}" for metric, m in margins.items()]
 
 
 def _and(names: Iterable[str]) -> str:
@@ -377,9 +405,10 @@ def _and(names: Iterable[str]) -> str:
     return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
 
 
-def _comparisons_csv(comparisons: Sequence[Comparison], path: Path) -> None:
-    fields = ["configuration", "configuration_key", "against", "n_references", "metric", "n", "n_dropped", "delta",
-              "ci_low", "ci_high", "sd", "d_z", "t", "p", "p_holm", "mde"]
+def _comparisons_csv(comparisons: Sequence[Comparison], family: str, path: Path) -> None:
+    fields = ["family", "method", "method_key", "against", "n_references", "metric", "unit", "n", "n_dropped", "delta",
+              "ci_low", "ci_high", "sd", "d_z", "t", "p", "p_holm", "margin", "p_tost", "p_tost_holm", "outcome",
+              "mde", "mde_holm", "alpha", "agreement", "per_seed_delta"]
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
@@ -387,15 +416,19 @@ def _comparisons_csv(comparisons: Sequence[Comparison], path: Path) -> None:
             writer.writeheader()
             for c in comparisons:
                 r = c.result
-                writer.writerow({"configuration": c.configuration.label, "configuration_key": c.configuration.key,
-                                 "against": c.against, "n_references": c.n_references, "metric": c.metric, "n": r.n,
-                                 "n_dropped": r.n_dropped, "delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high,
-                                 "sd": r.sd, "d_z": r.d_z, "t": r.t, "p": r.p, "p_holm": r.p_holm, "mde": r.mde})
+                writer.writerow({"family": family, "method": c.configuration.label, "method_key": c.configuration.key,
+                                 "against": c.against, "n_references": c.n_references, "metric": c.metric,
+                                 "unit": r.unit, "n": r.n, "n_dropped": r.n_dropped, "delta": r.delta,
+                                 "ci_low": r.ci_low, "ci_high": r.ci_high, "sd": r.sd, "d_z": r.d_z, "t": r.t, "p": r.p,
+                                 "p_holm": r.p_holm, "margin": r.margin, "p_tost": r.p_tost,
+                                 "p_tost_holm": r.p_tost_holm, "outcome": c.outcome, "mde": r.mde,
+                                 "mde_holm": r.mde_holm, "alpha": ALPHA, "agreement": c.agreement,
+                                 "per_seed_delta": ";".join(repr(e) for e in r.per_seed)})
     atomic_write(path, write)
 
 
 def _comparisons_figure(comparisons: Sequence[Comparison], path: Path) -> None:
-    """Paired Δ (FG real − reference) with 95 % CIs, one panel per metric, a zero line."""
+    """Paired Δ (FG real − reference) with 95 % CIs and each comparison's outcome, one panel per metric, a zero line."""
     specs = metric_specs()
     fig = Figure(figsize=(4.6 * len(specs), 0.5 + 0.32 * max(1, len(comparisons) // len(specs))))
     axes = fig.subplots(1, len(specs), sharey=True, squeeze=False)[0]
@@ -405,10 +438,14 @@ def _comparisons_figure(comparisons: Sequence[Comparison], path: Path) -> None:
         deltas = np.array([c.result.delta for c in rows])
         err = np.array([[c.result.delta - c.result.ci_low for c in rows], [c.result.ci_high - c.result.delta for c in rows]])
         ax.errorbar(deltas, y, xerr=err, fmt="o", capsize=3, color="tab:blue")
+        for c, row_y in zip(rows, y):
+            ax.annotate(c.outcome, (1.0, row_y), xycoords=("axes fraction", "data"), xytext=(3, 0),
+                        textcoords="offset points", fontsize=6, va="center")
         ax.axvline(0.0, color="black", linewidth=0.8)
         ax.set_yticks(y, [f"{c.configuration.label.split(' ')[1]} vs {c.title}" for c in rows], fontsize=7)
         better = "→ FG better" if metric.higher_is_better else "← FG better"
         ax.set(title=f"{metric.title}: mean paired Δ, 95 % CI", xlabel=f"Δ (FG real − reference)  {better}")
+    fig.suptitle(f"outcomes at family-wise α = {ALPHA:g} (Holm over the {len(comparisons)} claims)", fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
@@ -492,21 +529,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
             if figure is not None and any(row.method.is_fg for row in rows):
                 figure(rows, out / f"{name}.png")
                 sections += [f"![{experiment}]({name}.png)", ""]
-            comparisons = claim_comparisons(store, experiment, split) if figure is None else []
-            if comparisons:
-                text = _comparisons_markdown(comparisons)
-                verdicts = "\n".join(["### Verdicts", "", *[f"* {line}" for line in verdict_lines(comparisons)]]) + "\n"
-                atomic_write(out / f"comparisons_{name}.md", lambda tmp: tmp.write_text(text + "\n" + verdicts))
-                _comparisons_csv(comparisons, out / f"comparisons_{name}.csv")
-                _comparisons_figure(comparisons, out / f"comparisons_{name}.png")
-                sections += [text, f"CSV: `comparisons_{name}.csv`", "", verdicts,
-                             f"![paired differences](comparisons_{name}.png)", ""]
-            secondary = baseline_comparisons(store, experiment, split) if figure is None else []
-            if secondary:
-                text = _comparisons_markdown(secondary, "FG vs the baselines (test)", BASELINE_FAMILY_NOTE)
-                atomic_write(out / f"baselines_{name}.md", lambda tmp: tmp.write_text(text))
-                _comparisons_csv(secondary, out / f"baselines_{name}.csv")
-                sections += [text, f"CSV: `baselines_{name}.csv`", ""]
+            if figure is None:
+                sections += _claims_and_ranking(store, experiment, split, name, out)
             if figure is None and _overlays(store, experiment, split, out / f"overlays_{name}.png"):
                 sections += [f"![overlays]({f'overlays_{name}.png'})", ""]
         if invocations:
@@ -518,9 +542,33 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
     return path
 
 
-#: what the baselines' table is, and is not
-BASELINE_FAMILY_NOTE = ("A family of its own, apart from the claims above: it places FG among the field's methods and "
-                        "does not enter the verdicts; adding a baseline changes no p-value of the claims.")
+def _claims_and_ranking(store: ResultStore, experiment: str, split: str, name: str, out: Path) -> list[str]:
+    """The claims family (table, CSV, figure, verdicts) and the ranking family (table, CSV, supported rankings) of a
+    non-sweep experiment, written to ``out``; the report's sections."""
+    sections = []
+    protocol = stored_protocol(store)
+    comparisons = claim_comparisons(store, experiment, split, protocol)
+    if comparisons:
+        configurations = list({c.configuration.key: c.configuration for c in comparisons}.values())
+        margins = [line for spec in configurations
+                   for line in _margin_lines(spec.label, equivalence_margins(store, spec, protocol))]
+        text = _comparisons_markdown(comparisons, f"Paired comparisons ({split})", "The claims family", margins)
+        verdicts = "\n".join(["### Verdicts", "", *[f"* {line}" for line in verdict_lines(comparisons)]]) + "\n"
+        atomic_write(out / f"comparisons_{name}.md", lambda tmp: tmp.write_text(text + "\n" + verdicts))
+        _comparisons_csv(comparisons, "claims", out / f"comparisons_{name}.csv")
+        _comparisons_figure(comparisons, out / f"comparisons_{name}.png")
+        sections += [text, f"CSV: `comparisons_{name}.csv`", "", verdicts,
+                     f"![paired differences](comparisons_{name}.png)", ""]
+    ranking = ranking_comparisons(store, experiment, split, protocol)
+    if ranking is not None:
+        text = _comparisons_markdown(ranking.comparisons, f"Methods ranked ({split})", "The ranking family",
+                                     _margin_lines("every comparison (the selected configuration's)", ranking.margins))
+        text += "\n" + "\n".join(["### Rankings the tests support", "",
+                                   *[f"* {line}" for line in ranking_lines(ranking)]]) + "\n"
+        atomic_write(out / f"ranking_{name}.md", lambda tmp: tmp.write_text(text))
+        _comparisons_csv(ranking.comparisons, "ranking", out / f"ranking_{name}.csv")
+        sections += [text, f"CSV: `ranking_{name}.csv`", ""]
+    return sections
 
 
 #: what the report's methods are (the metrics are defined by their specs: ``MetricSpec.definition``)
@@ -530,8 +578,8 @@ METHOD_DEFINITIONS = [
     "**Controls** (same layers, κ, c_max and gate formula; only the score changes): *shuffled decoder* — decoder rows "
     "permuted, codes kept; *grad_input* — ⟨g_t, x_t⟩, no SAE; *grad_input_centered* — ⟨g_t, x_t − b_dec⟩, what the "
     "combined score equals for a perfect SAE; *bias_projection* — −⟨g_t, b_dec⟩, one direction for every token; "
-    "*permuted gates* — the real gates shuffled over patch positions. FG beating all of them is what credits the SAE's "
-    "features.",
+    "*permuted gates* — the real gates shuffled over patch positions. FG better than all of them credits the SAE's "
+    "features; a no-SAE control equivalent to FG shows the gain does not need them.",
 ]
 
 
@@ -576,13 +624,13 @@ def _selections(store: ResultStore) -> list[str]:
 
 def summary_text(run_dir: str | Path) -> str:
     """What a run found, as printed at its end: the validation selections, the test table, the paired comparisons
-    and the verdicts, then FG vs the baselines (from the files :func:`write_report` wrote)."""
+    and the verdicts, then the ranking (from the files :func:`write_report` wrote)."""
     run_dir = Path(run_dir)
     with ResultStore(run_dir) as store:
         selections = [s for s in (store.selection(n) for n in (SINGLE, MULTI, GRID)) if s is not None]
     parts = ["Selected on validation (mean standardised paired effect vs TransMM):"]
     parts += [f"  {s.name}: {s.details['candidates'][s.method_key]['label']}" for s in selections]
-    for name in (TEST, f"comparisons_{TEST}", f"baselines_{TEST}"):
+    for name in (TEST, f"comparisons_{TEST}", f"ranking_{TEST}"):
         path = run_dir / "report" / f"{name}.md"
         if path.is_file():
             parts += ["", path.read_text()]
