@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from captum_fgattr.adapters import Captured, capture
 from captum_fgattr.gates import (
     CODE_VARIANTS, DECODER_PAIRED_VARIANTS, MAD_EPS_PLACEMENTS, SAE_VARIANTS, VARIANTS, exp_tanh_gates, feature_gradient_scores, gate_columns,
-    patch_permutations, residual_scores, robust_z,
+    patch_permutations, residual_scores, robust_z, sae_space_gradient,
 )
 from captum_fgattr.patch_attribution import PatchAttribution, check_finite
 from captum_fgattr.relevancy import class_token_row, gradient_weighted_attention, transmm_relevancy
@@ -117,8 +117,9 @@ class GatedLayer:
     Attributes:
         scores: (B, T) feature-gradient scores s_t of the patch tokens.
         gates: (B, T) gates w_t.
-        top_features: (B, T, n) indices of the features with the largest |f_k·⟨g, d_k⟩|, or ``None``.
-        top_contributions: (B, T, n) those contributions f_k·⟨g, d_k⟩ (sign: + boosts, − suppresses).
+        top_features: (B, T, n) indices of the features with the largest |f_k·⟨g̃, d_k⟩|, or ``None``.
+        top_contributions: (B, T, n) those contributions f_k·⟨g̃, d_k⟩ (sign: + boosts, − suppresses), in the
+            units of the ``combined`` score (g̃: the gradient in the SAE's space, see :class:`FeatureGradientTransMM`).
     """
 
     scores: Tensor
@@ -135,14 +136,18 @@ class FeatureGradientTransMM(TransMM):
     and gradient g_t = ∂y/∂x_t, a score s_t (``variant``), ŝ = (s − median)/(1.4826·MAD + 1e-8),
     w_t = exp(ln c_max · tanh(κ ŝ_t)); cam_ℓ's patch columns are multiplied by w_t.
 
-    Scores, with f_t = SAE.encode(x_t) and d_k the decoder rows:
+    Scores, with f_t = SAE.encode(x_t), d_k the decoder rows and g̃_t = scale_t·g_t the gradient in the SAE's
+    normalised input space (scale_t: the token's ``NormStats.scale``, held fixed as ``SAE.decode`` does;
+    g̃_t = g_t for an SAE without input normalisation):
 
-    * the method, ``combined``: Σ_k f_tk⟨g_t, d_k⟩ = ⟨g_t, W_decᵀ f_t⟩;
-    * ablations: ``activation`` Σ_k f_tk, ``gradient`` Σ_k |⟨g_t, d_k⟩|, ``gradient_signed`` Σ_k ⟨g_t, d_k⟩;
-    * controls without SAE codes: ``grad_input`` ⟨g_t, x_t⟩; ``grad_input_centered`` ⟨g_t, norm(x_t) − b_dec⟩
-      (norm = the SAE's input normalisation, so for a normalising SAE the control lives in the space the
-      decoder reconstructs, where ``combined`` = ⟨g_t, x̂_t − b_dec⟩); ``bias_projection`` −⟨g_t, b_dec⟩;
-      ``token_norm`` ‖x_t‖₂.
+    * the method, ``combined``: Σ_k f_tk⟨g̃_t, d_k⟩ = ⟨g̃_t, W_decᵀ f_t⟩;
+    * ablations: ``activation`` Σ_k f_tk, ``gradient`` Σ_k |⟨g̃_t, d_k⟩|,
+      ``gradient_signed`` Σ_k ⟨g̃_t, d_k⟩;
+    * controls without SAE codes: ``grad_input`` ⟨g_t, x_t⟩;
+      ``grad_input_centered`` ⟨g̃_t, norm(x_t) − b_dec⟩
+      (norm = the SAE's input normalisation: the space the decoder reconstructs, where ``combined`` =
+      ⟨g̃_t, û_t − b_dec⟩ with û_t = W_decᵀ f_t + b_dec, so the two agree for a perfect SAE);
+      ``bias_projection`` −⟨g̃_t, b_dec⟩; ``token_norm`` ‖x_t‖₂.
 
     Args:
         model: as for :class:`TransMM`.
@@ -264,27 +269,30 @@ class FeatureGradientTransMM(TransMM):
                 sae, decoder = sae.upcast(), self.decoder(layer)
                 x = captured.resid[layer][:, prefix:].to(decoder)
                 grad = captured.resid_grad[layer][:, prefix:].to(decoder)
+                x_norm, stats = sae.normalize(x)
+                sae_grad = sae_space_gradient(grad, stats.scale)
                 codes = sae.encode_sparse(x) if needs_codes else None
-                scores = self._scores(sae, x, grad, decoder, codes)
+                scores = self._scores(sae, x, x_norm, grad, sae_grad, decoder, codes)
                 gates = exp_tanh_gates(robust_z(scores, self.mad_eps), self.kappa[layer], self.c_max[layer])
                 if self.permute_gates_seed is not None:
                     if permutations is None:
                         permutations = self._gate_permutations(self.permute_gates_seed, *gates.shape).to(gates.device)
                     gates = gates.gather(1, permutations)
                 cams[layer] = gate_columns(cams[layer], gates.to(cams[layer]), prefix)
-                top = self._top_features(*codes, grad, decoder) if codes is not None else (None, None)
+                top = self._top_features(*codes, sae_grad, decoder) if codes is not None else (None, None)
                 gated[layer] = GatedLayer(scores, gates, *top)
         self.last_gated_layers = gated
         return cams
 
-    def _scores(self, sae: SparseAutoencoder, x: Tensor, grad: Tensor, decoder: Tensor,
-                codes: tuple[Tensor, Tensor] | None) -> Tensor:
-        """(B, T) scores of :attr:`variant` from the patch tokens x and gradients grad (B, T, D)."""
+    def _scores(self, sae: SparseAutoencoder, x: Tensor, x_norm: Tensor, grad: Tensor, sae_grad: Tensor,
+                decoder: Tensor, codes: tuple[Tensor, Tensor] | None) -> Tensor:
+        """(B, T) scores of :attr:`variant` from the patch tokens x, their normalisation norm(x), the gradients
+        grad and their SAE-space counterparts sae_grad (all (B, T, D))."""
         if self.variant in SAE_VARIANTS:
-            return feature_gradient_scores(grad, decoder, self.variant, codes)
+            return feature_gradient_scores(sae_grad, decoder, self.variant, codes)
         b_dec = sae.b_dec.detach().to(x)
-        centered = sae.normalize(x)[0].to(x) - b_dec if self.variant == "grad_input_centered" else x
-        return residual_scores(x, grad, centered, b_dec, self.variant)
+        centered = x_norm - b_dec if self.variant == "grad_input_centered" else x
+        return residual_scores(x, grad, sae_grad, centered, b_dec, self.variant)
 
     def _gate_permutations(self, seed: int, batch: int, num_patches: int) -> Tensor:
         """(B, T) patch permutations of the permuted-gates control, one per image: of (seed, sample id)."""
@@ -296,8 +304,8 @@ class FeatureGradientTransMM(TransMM):
         return patch_permutations(seed, self._sample_ids, num_patches)
 
     def _top_features(self, values: Tensor, indices: Tensor, grad: Tensor, decoder: Tensor) -> tuple[Tensor | None, Tensor | None]:
-        """(B, T, n) indices and values of the largest |f_k·⟨g, d_k⟩| among each patch's active features
-        (if asked for)."""
+        """(B, T, n) indices and values of the largest |f_k·⟨g̃, d_k⟩| among each patch's active features
+        (if asked for); ``grad`` is the SAE-space gradient g̃ (B, T, D)."""
         if not self.top_features:
             return None, None
         contributions = values * (grad @ decoder.T).gather(-1, indices)  # (B, T, m)

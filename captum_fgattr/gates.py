@@ -1,6 +1,10 @@
 """Feature-gradient gates (docs/method.md §2), as pure tensor functions.
 
 Shapes: B images, T patch tokens, D residual width, K SAE features.
+
+The SAE's decoder rows d_k and bias b_dec live in its normalised input space (u = norm(x)), the gradient
+g_t = ∂y/∂x_t in the residual stream's. The scores that pair them take the gradient into the SAE's space first
+(:func:`sae_space_gradient`, docs/method.md §2.1 "SAEs with input normalisation").
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from torch import Tensor
 SAE_VARIANTS = ("combined", "activation", "gradient", "gradient_signed")
 #: the SAE scores that read the codes f_t (the gradient-only ones sum over every decoder row instead)
 CODE_VARIANTS = ("combined", "activation")
-#: controls computed from the residual stream alone (``b_dec`` is the only SAE quantity they read)
+#: controls without SAE codes; ``grad_input_centered`` and ``bias_projection`` read the SAE's normalisation and b_dec
 RESIDUAL_VARIANTS = ("grad_input", "grad_input_centered", "bias_projection", "token_norm")
 VARIANTS = SAE_VARIANTS + RESIDUAL_VARIANTS
 #: the only score that pairs f_k with d_k, hence the only one a shuffled decoder can change
@@ -34,15 +38,36 @@ def decode_codes(values: Tensor, indices: Tensor, decoder: Tensor) -> Tensor:
     return flat.reshape(*values.shape[:-1], decoder.shape[1])
 
 
+def sae_space_gradient(grad: Tensor, scale: Tensor | float) -> Tensor:
+    """The gradient in the SAE's normalised space: g̃_t = scale_t · g_t.
+
+    The SAE reconstructs x̂_t = denorm(û_t) = scale_t·û_t + shift_t with the token's own statistics held fixed
+    (as :meth:`SparseAutoencoder.decode` with ``stats=``), so ∂y/∂û_t = scale_t · ∂y/∂x_t, the covector that
+    pairs with the decoder rows, b_dec and norm(x_t).
+
+    Args:
+        grad: (B, T, D) gradient g_t of the target logit at the gated resid_post.
+        scale: (B, T, 1) per-token ``NormStats.scale`` of ``SparseAutoencoder.normalize``, or the Python
+            number 1 of an SAE without normalisation (``grad`` is then returned as it is).
+
+    Returns:
+        (B, T, D) g̃_t.
+    """
+    if isinstance(scale, (int, float)) and scale == 1:
+        return grad
+    return grad * scale
+
+
 def feature_gradient_scores(grad: Tensor, decoder: Tensor, variant: str = "combined",
                             codes: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Per-patch scores s_t.
 
     Args:
-        grad: (B, T, D) gradient g_t of the target logit at the gated resid_post.
+        grad: (B, T, D) gradient g̃_t of the target logit in the SAE's space (:func:`sae_space_gradient`;
+            g_t = ∂y/∂x_t itself for an SAE without input normalisation).
         decoder: (K, D) decoder directions d_k (rows), as stored (or row-permuted for the control).
-        variant: ``combined``: Σ_k f_tk⟨g_t, d_k⟩ = ⟨g_t, Dᵀf_t⟩; ``activation``: Σ_k f_tk;
-            ``gradient``: Σ_k |⟨g_t, d_k⟩|; ``gradient_signed``: Σ_k ⟨g_t, d_k⟩ = ⟨g_t, Σ_k d_k⟩
+        variant: ``combined``: Σ_k f_tk⟨g̃_t, d_k⟩ = ⟨g̃_t, Dᵀf_t⟩; ``activation``: Σ_k f_tk;
+            ``gradient``: Σ_k |⟨g̃_t, d_k⟩|; ``gradient_signed``: Σ_k ⟨g̃_t, d_k⟩ = ⟨g̃_t, Σ_k d_k⟩
             (the last two sum over all K features and need no codes).
         codes: (values, indices), each (B, T, m): the SAE codes f_t in sparse form (``f_t[indices] = values``,
             others 0); needed for :data:`CODE_VARIANTS`.
@@ -63,17 +88,20 @@ def feature_gradient_scores(grad: Tensor, decoder: Tensor, variant: str = "combi
     raise ValueError(f"variant={variant!r}; expected one of {list(SAE_VARIANTS)}")
 
 
-def residual_scores(x: Tensor, grad: Tensor, centered_x: Tensor, b_dec: Tensor, variant: str) -> Tensor:
-    """Per-patch scores of the no-SAE controls.
+def residual_scores(x: Tensor, grad: Tensor, sae_grad: Tensor, centered_x: Tensor, b_dec: Tensor,
+                    variant: str) -> Tensor:
+    """Per-patch scores of the controls without SAE codes.
 
     Args:
         x: (B, T, D) resid_post patch tokens as captured.
-        grad: (B, T, D) gradient g_t of the target logit at x.
+        grad: (B, T, D) gradient g_t of the target logit at x (residual space).
+        sae_grad: (B, T, D) the same gradient in the SAE's space, g̃_t (:func:`sae_space_gradient`; ``grad``
+            itself for an SAE without input normalisation).
         centered_x: (B, T, D) the tokens in the SAE's input space minus its decoder bias, norm(x_t) − b_dec
             (norm = the SAE's input normalisation; the identity for most SAEs).
         b_dec: (D,) the SAE's decoder bias.
-        variant: ``grad_input``: ⟨g_t, x_t⟩; ``grad_input_centered``: ⟨g_t, norm(x_t) − b_dec⟩;
-            ``bias_projection``: −⟨g_t, b_dec⟩; ``token_norm``: ‖x_t‖₂.
+        variant: ``grad_input``: ⟨g_t, x_t⟩; ``grad_input_centered``: ⟨g̃_t, norm(x_t) − b_dec⟩;
+            ``bias_projection``: −⟨g̃_t, b_dec⟩; ``token_norm``: ‖x_t‖₂.
 
     Returns:
         (B, T) scores.
@@ -81,9 +109,9 @@ def residual_scores(x: Tensor, grad: Tensor, centered_x: Tensor, b_dec: Tensor, 
     if variant == "grad_input":
         return (grad * x).sum(dim=-1)
     if variant == "grad_input_centered":
-        return (grad * centered_x).sum(dim=-1)
+        return (sae_grad * centered_x).sum(dim=-1)
     if variant == "bias_projection":
-        return -(grad @ b_dec)
+        return -(sae_grad @ b_dec)
     if variant == "token_norm":
         return x.norm(dim=-1)
     raise ValueError(f"variant={variant!r}; expected one of {list(RESIDUAL_VARIANTS)}")

@@ -100,6 +100,17 @@ def sae_normalize(sae, x):
     return x
 
 
+def sae_scale(sae, x):
+    """The per-token scale the SAE denormalises x's reconstruction with (x̂ = û·scale + shift); 1 without normalisation."""
+    if sae.config.normalize == "layer_norm":
+        return x.std(ddof=1) + 1e-5
+    if sae.config.normalize == "layer_norm_saelens":
+        return x.std(ddof=1)
+    if sae.config.normalize == "constant_norm_rescale":
+        return np.linalg.norm(x) / np.sqrt(x.shape[0])
+    return 1.0
+
+
 def sae_encode(sae, x):
     """Explicit SAE encoder on one token x (d,) numpy -> f (K,) float64."""
     W_enc, b_enc, b_dec = (p.detach().double().numpy() for p in (sae.W_enc, sae.b_enc, sae.b_dec))
@@ -118,9 +129,12 @@ def lower_median(values):
 
 
 def token_score(variant, f, g, x, decoder, sae):
-    """One token's score, written out: f (K,) codes, g (D,) gradient, x (D,) resid_post, decoder (K, D)."""
+    """One token's score, written out: f (K,) codes, g (D,) gradient, x (D,) resid_post, decoder (K, D).
+    The scores that pair the gradient with SAE quantities use it in the SAE's normalised space, g̃ = scale·g."""
     K = decoder.shape[0]
     b_dec = sae.b_dec.detach().double().numpy()
+    if variant not in ("grad_input", "token_norm"):
+        g = sae_scale(sae, x) * g
     if variant == "combined":
         return sum(f[k] * float(g @ decoder[k]) for k in np.flatnonzero(f))
     if variant == "activation":

@@ -81,7 +81,8 @@ def test_train_sweep_evaluate_report(study, tmp_path):
     assert set(selected) == {"single_layer", "multi_layer", "kappa_cmax"}
     test_keys = [k for k, in conn.execute("SELECT method_key FROM experiment_methods WHERE experiment = 'test' "
                                           "ORDER BY position")]
-    assert len(test_keys) == 1 + 2 * (1 + 5 + 3 + 1) + 2 and selected["single_layer"] in test_keys  # FG real + controls
+    # TransMM, per configuration FG real + 5 shuffled + 3 residual + 5 permuted, 2 baselines
+    assert len(test_keys) == 1 + 2 * (1 + 5 + 3 + 5) + 2 and selected["single_layer"] in test_keys
 
     def column(key: str, metric: str) -> np.ndarray:  # straight from SQLite, NULL = NaN
         rows = conn.execute("SELECT value FROM scores WHERE split = 'test' AND method_key = ? AND metric = ? "

@@ -210,7 +210,8 @@ def test_run_study_python_api_on_tensors(tmp_path, capsys):
     model, data, saes = tiny_setup(8)
     images, labels = data.tensors
     protocol = Protocol(layers=(1,), variants=("combined", "activation"), multi_layers=((0, 2),), kappas=(0.5,),
-                        c_maxes=(2.0,), baselines=("random",), shuffle_seeds=(0, 1), val_images=None, test_images=3)
+                        c_maxes=(2.0,), baselines=("random",), shuffle_seeds=(0, 1), permute_seeds=(3,), val_images=None,
+                        test_images=3)
     run_dir = run_study(model, (images, labels), (images[:6], labels[:6]), saes, tmp_path / "run", protocol, CFG)
     with ResultStore(run_dir) as store:
         assert store.experiment_ids("test", "test") == select_ids(6, 3, protocol.subset_seed)
@@ -219,14 +220,14 @@ def test_run_study_python_api_on_tensors(tmp_path, capsys):
     controls = lambda cfg, layers: [  # noqa: E731
         f"FG {cfg} combined κ=0.5 c={layers} shuffled decoder s0", f"FG {cfg} combined κ=0.5 c={layers} shuffled decoder s1",
         f"FG {cfg} grad_input κ=0.5 c={layers}", f"FG {cfg} grad_input_centered κ=0.5 c={layers}",
-        f"FG {cfg} bias_projection κ=0.5 c={layers}", f"FG {cfg} combined κ=0.5 c={layers} permuted gates"]
+        f"FG {cfg} bias_projection κ=0.5 c={layers}", f"FG {cfg} combined κ=0.5 c={layers} permuted gates s3"]
     assert labels_in_test == ["TransMM", "FG L1 combined κ=0.5 c=10", *controls("L1", 10),
                               "FG L[0,2] combined κ=0.5 c=2", *controls("L[0,2]", 2), "random"]
     report = (run_dir / "report" / "report.md").read_text()
     assert "## Selections on validation" in report and "FG L[0,2] combined κ=0.5 c=2" in report
     assert report.index("## Selections on validation") < report.index("### test (test")
     assert "### Paired comparisons (test)" in report and "### Verdicts" in report
-    assert "FG L1 combined κ=0.5 c=10 vs shuffled decoder (mean of 2 seeds): SaCo" in report
+    assert "FG L1 combined κ=0.5 c=10 vs shuffled decoder (2 seeds): SaCo" in report
     assert (run_dir / "report" / "comparisons_test.png").is_file()
     assert "FG L1 activation" in (run_dir / "report" / "single_layer.md").read_text()  # ablation reported
     progress = capsys.readouterr().err.splitlines()

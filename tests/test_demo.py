@@ -19,7 +19,7 @@ def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cach
     labels = [row.split("|")[1].strip() for row in rows]
     assert labels[0] == "TransMM"
     assert any(lab.startswith("FG") and lab.endswith("combined κ=0.5 c=10") for lab in labels)
-    for control in ("shuffled decoder s0", "permuted gates"):
+    for control in ("shuffled decoder s0", "shuffled decoder s1", "permuted gates s0", "permuted gates s1"):
         assert any(lab.startswith("FG") and lab.endswith(control) for lab in labels)
     for control in ("grad_input", "grad_input_centered", "bias_projection"):
         assert any(lab.startswith("FG") and f" {control} " in lab for lab in labels)

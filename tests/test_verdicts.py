@@ -101,3 +101,55 @@ def test_report_stars_read_holm_p_only():
     from captum_fgattr.bench.analysis.comparisons import format_p
     assert format_p(0.0004) == "0.0004***" and format_p(0.0004, marks=False) == "0.0004"
     assert format_p(math.nan) == "–"
+
+
+def test_the_report_names_the_alpha_and_family_and_stars_only_holm_p(tmp_path):
+    """The written tables: stars only on Holm-adjusted p-values, the family and α named, a random control's seeds
+    beneath its seed-level row, the margins with their origin, and the ranking family in a file of its own."""
+    import csv
+
+    from captum_fgattr.bench.config import Protocol
+    from captum_fgattr.bench.experiments import control_specs, fg_spec, transmm_spec
+    from captum_fgattr.bench.report.study_report import write_report
+    from captum_fgattr.bench.store import ResultStore
+    from captum_fgattr.bench.methods import MethodSpec
+    from tests.test_protocol_planted import N, store_scores
+
+    rng = np.random.default_rng(5)
+    protocol = Protocol(layers=(1,), multi_layers=(), controls=("permuted_gates", "bias_projection"),
+                        permute_seeds=(0, 1, 2))
+    real = fg_spec([1], "combined", 0.5, 10.0)
+    controls = control_specs(real, protocol)
+    base = (rng.normal(0.1, 0.2, N), rng.normal(0.2, 0.1, N), rng.normal(0.6, 0.1, N))
+    fg = (base[0] + 0.3 + rng.normal(0, 0.05, N), base[1] + rng.normal(0, 0.05, N), base[2] + rng.normal(0, 0.02, N))
+    columns = {transmm_spec(): base, real: fg, MethodSpec("random"): base,
+               controls["bias_projection"][0]: tuple(f + rng.normal(0, 0.01, N) for f in fg)}
+    columns.update({spec: tuple(b + rng.normal(0, 0.05, N) for b in base) for spec in controls["permuted_gates"]})
+    with ResultStore(tmp_path) as store:
+        store_scores(store, "single_layer", "val", {transmm_spec(): base, real: fg})
+        store_scores(store, "test", "test", columns)
+        store.log_invocation("run", {"protocol": {"layers": [1], "multi_layers": [],
+                                                  "controls": ["permuted_gates", "bias_projection"],
+                                                  "permute_seeds": [0, 1, 2]}})
+    write_report(tmp_path)
+    report = tmp_path / "report"
+    claims = (report / "comparisons_test.md").read_text()
+    n_claims = 3 * 3  # (TransMM, permuted gates, bias_projection) × 3 metrics
+    assert f"**The claims family**: one Holm family of {n_claims} tests at family-wise α = 0.05" in claims
+    assert f"α/m = 0.05/{n_claims}" in claims
+    assert "| FG L1 combined κ=0.5 c=10 | permuted gates (3 seeds) | SaCo | 3 seeds (SD " in claims
+    assert claims.count("| ↳ s") == 3 * 3  # each seed beneath, per metric
+    assert "FG L1 combined κ=0.5 c=10, SaCo: ±" in claims and "× |validation gain over TransMM|" in claims
+    with (report / "comparisons_test.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["family"] for r in rows} == {"claims"} and {r["alpha"] for r in rows} == {"0.05"}
+    for line in claims.splitlines():
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        if len(cells) == 13 and cells[6] not in ("p", "–", "---"):
+            assert "*" not in cells[6], line  # the unadjusted p has no stars
+    bias = next(r for r in rows if r["against"] == "bias_projection" and r["metric"] == "saco")
+    assert bias["outcome"] == "equivalent" and abs(float(bias["delta"])) < float(bias["margin"])
+    ranking = (report / "ranking_test.md").read_text()
+    assert "**The ranking family**" in ranking and "### Rankings the tests support" in ranking
+    table = (report / "test.md").read_text()
+    assert "*" not in "".join(line for line in table.splitlines() if line.startswith("| FG"))
