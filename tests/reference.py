@@ -113,8 +113,13 @@ def sae_scale(sae, x):
 
 def sae_encode(sae, x):
     """Explicit SAE encoder on one token x (d,) numpy -> f (K,) float64."""
+    return sae_encode_normalised(sae, sae_normalize(sae, x))
+
+
+def sae_encode_normalised(sae, u):
+    """Explicit SAE encoder on one normalised token u = norm(x) (d,) numpy -> f (K,) float64."""
     W_enc, b_enc, b_dec = (p.detach().double().numpy() for p in (sae.W_enc, sae.b_enc, sae.b_dec))
-    pre = (sae_normalize(sae, x) - b_dec) @ W_enc + b_enc
+    pre = (u - b_dec) @ W_enc + b_enc
     if sae.config.activation == "relu":
         return np.maximum(pre, 0.0)
     f = np.zeros_like(pre)

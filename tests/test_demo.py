@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 from captum_fgattr.bench.cli.main import main
@@ -25,6 +26,10 @@ def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cach
         assert any(lab.startswith("FG") and f" {control} " in lab for lab in labels)
     assert "Selected on validation" in printed and "### Paired comparisons (test)" in printed
     assert "### Verdicts" in printed and " vs TransMM: SaCo " in printed
+    outcomes = re.findall(r" vs [^:]+: SaCo (\w+) \(Δ", printed)  # one four-outcome verdict per claim
+    assert len(outcomes) == 2 * 6 and set(outcomes) <= {"better", "worse", "equivalent", "inconclusive"}
+    assert "permuted gates (2 seeds): SaCo " in printed and "Conclusion for FG L" in printed
+    assert "### Rankings the tests support" in printed and "The claims family" in printed
     assert set(QUICK.protocol.baselines) <= set(labels)
     assert all(row.count("±") == 3 for row in rows)  # SaCo, FC, PF as mean ± SE
     header = table.splitlines()[2]

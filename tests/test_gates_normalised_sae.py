@@ -15,6 +15,7 @@ from captum_fgattr import FeatureGradientTransMM, SparseAutoencoder
 from captum_fgattr.adapters import capture
 from captum_fgattr.gates import SAE_VARIANTS, VARIANTS, decode_codes, sae_space_gradient
 from captum_fgattr.sae import SAEConfig
+from tests.reference import sae_encode_normalised as encode
 
 D, K, TOKENS = 32, 64, 16
 NORMALISED = ("layer_norm", "constant_norm_rescale", "layer_norm_saelens")
@@ -63,18 +64,6 @@ def token_normalisation(normalize: str, x: np.ndarray) -> tuple[float, float, np
     assert normalize == "constant_norm_rescale"
     scale = np.linalg.norm(x) / np.sqrt(len(x))
     return 0.0, scale, x / scale
-
-
-def encode(sae: SparseAutoencoder, u: np.ndarray) -> np.ndarray:
-    """Codes f (K,) float64 of one normalised token u = norm(x)."""
-    W_enc, b_enc, b_dec = (p.detach().double().numpy() for p in (sae.W_enc, sae.b_enc, sae.b_dec))
-    pre = (u - b_dec) @ W_enc + b_enc
-    if sae.config.activation == "relu":
-        return np.maximum(pre, 0.0)
-    f = np.zeros_like(pre)
-    keep = np.argsort(-pre)[: sae.config.k]
-    f[keep] = np.maximum(pre[keep], 0.0)
-    return f
 
 
 def resid_and_grad(vit, image: torch.Tensor, target: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
