@@ -7,7 +7,7 @@ during the call (MiB, weights included); on CPU the growth of the process's peak
 call (``resource.getrusage``; coarse: a call that stays below an earlier peak reports 0).
 
 Models (random weights: timing does not depend on them): ``tiny`` = the default benchmark ViT's
-shape (:data:`captum_fgattr.bench.models.br35h_vit.DEFAULT_VIT`), ``clip_b32`` = open_clip ViT-B-32 vision
+shape (:data:`captum_fgattr.bench.default.vit.DEFAULT_VIT`), ``clip_b32`` = open_clip ViT-B-32 vision
 tower as a zero-shot classifier, ``vit_b16`` = timm ``vit_base_patch16_224``.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_fgattr import FeatureGradientTransMM, SparseAutoencoder, TransMM
-from captum_fgattr.bench.models.br35h_vit import DEFAULT_VIT, ViTConfig, build_vit
+from captum_fgattr.bench.default.vit import DEFAULT_VIT, ViTConfig, build_vit
 from captum_fgattr.bench.metrics import metric_names
 from captum_fgattr.sae import SAEConfig
 from quantus_saco import PatchFaithfulnessCorrelation, PatchPixelFlipping, SaCo, evaluate_patch_metrics
@@ -112,11 +112,11 @@ class BenchModel:
 
 
 def tiny_model(device: torch.device, cfg: ViTConfig = DEFAULT_VIT) -> BenchModel:
-    """The default benchmark ViT's architecture (``bench.models.br35h_vit.build_vit``) with random weights."""
+    """The default benchmark ViT's architecture (``bench.default.vit.build_vit``) with random weights."""
     torch.manual_seed(0)
     model = build_vit(cfg).eval().to(device)
     return BenchModel("tiny", model, cfg.img_size, cfg.patch_size, cfg.num_classes, cfg.embed_dim, cfg.depth,
-                      "random init, shape of bench.models.br35h_vit.DEFAULT_VIT (Br35H ViT)")
+                      "random init, shape of bench.default.vit.DEFAULT_VIT (Br35H ViT)")
 
 
 def build_model(name: str, device: torch.device) -> BenchModel:

@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from captum_fgattr.bench.cli.demo import FULL  # noqa: E402
+from captum_fgattr.bench.default.demo import FULL  # noqa: E402
 from captum_fgattr.bench.evaluate import evaluate_methods  # noqa: E402
 from captum_fgattr.bench.experiments import baseline_spec, control_specs, fg_spec, transmm_spec  # noqa: E402
 from captum_fgattr.bench.methods import MethodSpec  # noqa: E402

@@ -9,17 +9,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __all__ = ["TransMM", "FeatureGradientTransMM", "GatedLayer", "TokenGradCAM", "AttentionRollout", "RawAttention",
-           "CLIPZeroShotClassifier", "SparseAutoencoder", "AttnLRP"]  # a literal list: static tools read it
+           "PatchIntegratedGradients", "PatchSaliency", "RandomPatches", "CLIPZeroShotClassifier", "SparseAutoencoder",
+           "AttnLRP"]  # a literal list: static tools read it
 
 _WHERE = {"TransMM": "captum_fgattr.attr", "FeatureGradientTransMM": "captum_fgattr.attr",
           "GatedLayer": "captum_fgattr.attr", "TokenGradCAM": "captum_fgattr.baselines",
           "AttentionRollout": "captum_fgattr.baselines", "RawAttention": "captum_fgattr.baselines",
+          "PatchIntegratedGradients": "captum_fgattr.baselines", "PatchSaliency": "captum_fgattr.baselines",
+          "RandomPatches": "captum_fgattr.baselines",
           "CLIPZeroShotClassifier": "captum_fgattr.clip", "SparseAutoencoder": "captum_fgattr.sae",
           "AttnLRP": "captum_fgattr.lrp"}
 
 if TYPE_CHECKING:
     from captum_fgattr.attr import FeatureGradientTransMM, GatedLayer, TransMM
-    from captum_fgattr.baselines import AttentionRollout, RawAttention, TokenGradCAM
+    from captum_fgattr.baselines import (AttentionRollout, PatchIntegratedGradients, PatchSaliency, RandomPatches,
+                                         RawAttention, TokenGradCAM)
     from captum_fgattr.clip import CLIPZeroShotClassifier
     from captum_fgattr.lrp import AttnLRP
     from captum_fgattr.sae import SparseAutoencoder

@@ -1,19 +1,27 @@
-"""Baseline ViT attributions as Captum classes: token Grad-CAM, attention rollout, raw attention.
+"""Baseline ViT attributions as Captum classes: token Grad-CAM, attention rollout, raw attention, Integrated
+Gradients and Saliency summed per patch, random patch maps.
 
 Each yields one raw value per patch token and follows :class:`PatchAttribution`'s contract (pixel map
 by default, ``return_patches=True`` for the (B, gh, gw) grid).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
+from captum.attr import IntegratedGradients, Saliency
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from captum_fgattr.adapters import capture
+from captum_fgattr.adapters.tokens import pixels_to_patches
 from captum_fgattr.patch_attribution import PatchAttribution, check_finite
 from captum_fgattr.relevancy import attention_rollout, class_token_row
 from captum_fgattr.targets import TargetLike, resolve_target
 
-__all__ = ["TokenGradCAM", "AttentionRollout", "RawAttention"]
+__all__ = ["TokenGradCAM", "AttentionRollout", "RawAttention", "PatchIntegratedGradients", "PatchSaliency",
+           "RandomPatches"]
 
 
 def _pre_attention_norm(block: nn.Module) -> nn.Module:
@@ -88,3 +96,118 @@ class RawAttention(PatchAttribution):
     def _patch_relevance(self, images: Tensor, target: TargetLike, extra: tuple) -> Tensor:
         last = _attention_maps(self, images, target, extra)[-1].mean(dim=1)
         return class_token_row(last, self.adapter.num_prefix_tokens, self.adapter.readout_rows)
+
+
+def _checked_target(attribution: PatchAttribution, images: Tensor, target: TargetLike, extra: tuple) -> Tensor:
+    """(B,) target classes for Captum's pixel methods, checked (``None``: the predicted class) against the logits of
+    one no-grad forward, as the other methods check them."""
+    with torch.no_grad():
+        return resolve_target(target, attribution.forward_func(images, *extra))
+
+
+class PatchIntegratedGradients(PatchAttribution):
+    """Captum's :class:`~captum.attr.IntegratedGradients` from a constant baseline image x', summed per patch:
+
+        relevance_p = Σ_{c, (i, j) ∈ p} (x − x')_cij · ∫₀¹ ∂y/∂x_cij(x' + α (x − x')) dα
+
+    with ``n_steps`` Gauss-Legendre points, run as one batch of B · n_steps images.
+
+    Args:
+        model: as for :class:`PatchAttribution`.
+        baseline: x' as one model-input value for all channels, or one per channel (a black image is
+            (0 − mean) / std).
+        n_steps: integration points.
+
+    As with Captum's class, ``attribute(..., return_convergence_delta=True)`` returns (attributions, (B,)
+    completeness gaps Σ_p relevance_p − (y(x) − y(x'))).
+
+    Example:
+        >>> import timm, torch
+        >>> vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=3).eval()
+        >>> patches, delta = PatchIntegratedGradients(vit, n_steps=8).attribute(
+        ...     torch.randn(2, 3, 32, 32), target=1, return_patches=True, return_convergence_delta=True)
+        >>> patches.shape, delta.shape
+        (torch.Size([2, 2, 2]), torch.Size([2]))
+    """
+
+    def __init__(self, model: nn.Module, baseline: float | Sequence[float] = 0.0, n_steps: int = 50) -> None:
+        super().__init__(model)
+        self.integrated_gradients = IntegratedGradients(model)
+        self.baseline, self.n_steps = baseline, n_steps
+        self._delta: Tensor | None = None
+
+    @log_usage()
+    def attribute(self, inputs: Tensor | tuple[Tensor], *args: Any, return_convergence_delta: bool = False,
+                  **kwargs: Any) -> Tensor | tuple[Tensor] | tuple[Tensor | tuple[Tensor], Tensor]:
+        """As :meth:`PatchAttribution.attribute`; with ``return_convergence_delta`` the pair (that, (B,) deltas)."""
+        try:
+            out = super().attribute(inputs, *args, **kwargs)
+            return (out, self._delta) if return_convergence_delta else out
+        finally:
+            self._delta = None
+
+    def _patch_relevance(self, images: Tensor, target: TargetLike, extra: tuple) -> Tensor:
+        values = torch.as_tensor(self.baseline, dtype=images.dtype, device=images.device).reshape(-1)
+        if values.numel() not in (1, images.shape[1]):
+            raise ValueError(f"the Integrated Gradients baseline has {values.numel()} values for {images.shape[1]} "
+                             "channels; expected one value or one per channel")
+        reference = values.reshape(1, -1, 1, 1).expand_as(images)
+        target_idx = _checked_target(self, images, target, extra)
+        with torch.enable_grad():
+            attr, delta = self.integrated_gradients.attribute(
+                images, baselines=reference, target=target_idx, additional_forward_args=extra or None,
+                n_steps=self.n_steps, internal_batch_size=images.shape[0] * self.n_steps, return_convergence_delta=True)
+        self._delta = delta.detach()
+        return pixels_to_patches(attr.detach(), self.adapter.patch_size)
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return True
+
+    def has_convergence_delta(self) -> bool:
+        return True
+
+
+class PatchSaliency(PatchAttribution):
+    """Captum's :class:`~captum.attr.Saliency` summed per patch: relevance_p = Σ_{c, (i, j) ∈ p} |∂y/∂x_cij|."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        self.saliency = Saliency(model)
+
+    def _patch_relevance(self, images: Tensor, target: TargetLike, extra: tuple) -> Tensor:
+        target_idx = _checked_target(self, images, target, extra)
+        with torch.enable_grad():
+            grads = self.saliency.attribute(images.detach().requires_grad_(True), target=target_idx,
+                                            additional_forward_args=extra or None)
+        return pixels_to_patches(grads.detach(), self.adapter.patch_size)
+
+
+class RandomPatches(PatchAttribution):
+    """Uniform random patch relevance in [0, 1): image i's (P,) map is ``torch.rand(P)`` from a generator seeded
+    with seed · 1000003 + id_i, so it depends on ``seed`` and the image's id only, not on the batching. The
+    model is not run; ``target`` is ignored."""
+
+    def __init__(self, model: nn.Module, seed: int = 0) -> None:
+        super().__init__(model)
+        self.seed = seed
+        self._sample_ids: Tensor | None = None
+
+    @log_usage()
+    def attribute(self, inputs: Tensor | tuple[Tensor], *args: Any, sample_ids: Sequence[int] | Tensor | None = None,
+                  **kwargs: Any) -> Tensor | tuple[Tensor]:
+        """As :meth:`PatchAttribution.attribute`; ``sample_ids`` (B,) stable image ids (default: 0 for every
+        image, i.e. one map for all)."""
+        self._sample_ids = None if sample_ids is None else torch.as_tensor(sample_ids).reshape(-1)
+        try:
+            return super().attribute(inputs, *args, **kwargs)
+        finally:
+            self._sample_ids = None
+
+    def _patch_relevance(self, images: Tensor, target: TargetLike, extra: tuple) -> Tensor:
+        ids = torch.zeros(len(images), dtype=torch.long) if self._sample_ids is None else self._sample_ids
+        if ids.numel() != len(images):
+            raise ValueError(f"sample_ids has {ids.numel()} entries for a batch of {len(images)} images")
+        gh, gw = self.adapter.grid_size(images)
+        seeded = (torch.Generator().manual_seed(self.seed * 1_000_003 + int(i)) for i in ids)
+        return torch.stack([torch.rand(gh * gw, generator=generator) for generator in seeded]).to(images.device)

@@ -15,7 +15,7 @@ from captum_fgattr.bench.config import Protocol
 from captum_fgattr.bench.evaluate import evaluate_methods
 from captum_fgattr.bench.experiments import TEST, transmm_spec
 from captum_fgattr.bench.metrics import MetricBatch, MetricSpec, metric_names, register_metric, unregister_metric
-from captum_fgattr.bench.analysis.stats import verdict
+from captum_fgattr.bench.stats import verdict
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.bench.study import run_study
 from tests.test_bench_evaluate import CFG, tiny_setup

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from captum_fgattr.bench import assets as A
-from captum_fgattr.bench.data import br35h as B
-from captum_fgattr.bench.models import br35h_vit as D
+from captum_fgattr.bench.default import assets as A
+from captum_fgattr.bench.default import br35h as B
+from captum_fgattr.bench.default import vit as D
 from captum_fgattr.sae.collect import iter_patch_activations
 from captum_fgattr.sae.train import TrainConfig as SAETrainConfig
 from captum_fgattr.sae.train import evaluate_sae
@@ -21,6 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_shipped_files_match_the_recorded_recipe_and_hashes():
     info = A.shipped_info()
+    # the command as recorded when the files were built, before the module moved to captum_fgattr.bench.default.assets
+    # (same code; fgattr demo --retrain checks that it still trains these exact weights)
     assert info["command"].startswith("python -m captum_fgattr.bench.assets --output captum_fgattr/bench/default_assets")
     assert info["model"]["vit"] == dataclasses.asdict(D.DEFAULT_VIT)
     assert info["model"]["train"] == json.loads(json.dumps(dataclasses.asdict(D.DEFAULT_TRAIN)))

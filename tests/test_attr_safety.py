@@ -24,7 +24,7 @@ from tests.conftest import make_vit
 from tests.reference import assert_close_relative, attention_and_grads, sae_encode, timm_forward, token_score
 from tests.test_fg_transmm import make_sae
 
-SHIPPED_SAES = Path(__file__).resolve().parents[1] / "captum_fgattr" / "bench" / "default_assets" / "saes"
+SHIPPED_SAES = Path(__file__).resolve().parents[1] / "captum_fgattr" / "bench" / "default" / "shipped" / "saes"
 
 
 def _no_forward_hooks(model: nn.Module) -> bool:

@@ -1,4 +1,4 @@
-"""bench.analysis.stats against scipy.stats on known inputs."""
+"""bench.stats against scipy.stats on known inputs."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from captum_fgattr.bench.analysis.stats import paired_ttest, percent_improvement, stars, summarize, welch_ttest
+from captum_fgattr.bench.stats import paired_ttest, percent_improvement, stars, summarize, welch_ttest
 
 RNG = np.random.default_rng(0)
 A = RNG.normal(0.40, 0.10, size=37)
@@ -72,7 +72,7 @@ def test_stars(p, mark):
 
 
 # ---------------------------------------------------------------- paired comparisons, Holm, power
-from captum_fgattr.bench.analysis.stats import (  # noqa: E402
+from captum_fgattr.bench.stats import (  # noqa: E402
     holm, holm_adjust, minimum_detectable_dz, paired_comparison, verdict,
 )
 

@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from captum_fgattr.bench.data import br35h as B
+from captum_fgattr.bench.default import br35h as B
 from captum_fgattr.bench.cli.main import main
 from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
 from captum_fgattr.bench.data.layouts import LAYOUTS, load_dataset
-from captum_fgattr.bench.cli.demo import QUICK, demo_config
-from captum_fgattr.bench.cli.features import load_run_components
+from captum_fgattr.bench.default.demo import QUICK, demo_config
+from captum_fgattr.bench.features.inputs import load_run_components
 from captum_fgattr.bench.models.loading import load_model
 from captum_fgattr.bench.resolve import load_saes, load_split, model_shape, preprocessing
 from captum_fgattr.bench.store import ResultStore
@@ -93,15 +93,3 @@ def test_demo_presets_are_run_descriptions(tmp_path):
     assert config.protocol == QUICK.protocol and config.saes == "shipped" and config.cache_dir == str(tmp_path)
     assert RunConfig.from_dict(config.to_dict()) == config
     assert demo_config().run_dir == "fgattr-runs/demo" and demo_config(quick=True).model.checkpoint == "shipped"
-
-
-def test_a_demo_folder_of_the_previous_version_is_refused(tmp_path, capsys):
-    from captum_fgattr.bench.experiments import fg_spec, transmm_spec
-
-    with ResultStore(tmp_path / "run") as store:
-        store.register_experiment("test", "test", [transmm_spec(), fg_spec([2], "combined", 0.5, 10.0)], [0])
-        store.log_invocation("run_study", {"demo": "quick", "plan": {"model_training": {}}, "model": {},
-                                           "cache_dir": str(tmp_path)})
-    assert main(["features", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "older `fgattr demo`" in err and "re-run `fgattr demo` into a new folder" in err

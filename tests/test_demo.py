@@ -7,7 +7,7 @@ import sqlite3
 
 from captum_fgattr.bench.cli.main import main
 from captum_fgattr.bench.config import RunConfig
-from captum_fgattr.bench.cli.demo import QUICK, demo_config
+from captum_fgattr.bench.default.demo import QUICK, demo_config
 
 
 def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cache, capsys):
@@ -48,3 +48,9 @@ def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cach
     # a second run finds everything cached and stored: nothing is recomputed, the table is the same
     assert main(["demo", "--quick", "--output", str(run_dir), "--cache-dir", str(demo_cache), "--quiet"]) == 0
     assert (run_dir / "report" / "test.md").read_text() == table
+    # fgattr run with the stored description writes the demo's report, its setup section (data, model, SAEs) included
+    setup = (run_dir / "report" / "report.md").read_text().split("## Setup")[1].split("## Selections")[0]
+    assert "* **data**: Br35H brain MRI" in setup and "* **model**: timm ViT" in setup and "* **SAEs**: TopK" in setup
+    assert main(["run", "--config", str(run_dir / "config.json")]) == 0
+    rerun = (run_dir / "report" / "report.md").read_text().split("## Setup")[1].split("## Selections")[0]
+    assert rerun == setup

@@ -12,13 +12,13 @@ from safetensors.torch import save_file
 
 from captum_fgattr import SparseAutoencoder
 from captum_fgattr.adapters import capture, get_adapter
-from captum_fgattr.bench.analysis import prototypes as features_prototypes
 from captum_fgattr.bench.cli.main import main
+from captum_fgattr.bench.config import RunConfig
 from captum_fgattr.bench.experiments import fg_spec, transmm_spec
-from captum_fgattr.bench.analysis.features import (
+from captum_fgattr.bench.features import prototypes as features_prototypes
+from captum_fgattr.bench.features.study import (
     CACHE_FOLDER, analyze_features, composite_improvement, rank_cases, select_fg_method,
 )
-from captum_fgattr.bench.config import RunConfig
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from captum_fgattr.sae import SAEConfig
 from tests.conftest import make_vit
@@ -220,9 +220,8 @@ def test_features_cli_errors(tmp_path, capsys):
     assert "no real-SAE FG-TransMM" in capsys.readouterr().err
     with ResultStore(tmp_path / "run") as store:
         store.register_experiment("test", "test", [spec], [0])
-        store.log_invocation("run_study", {"demo": "quick", "plan": {"changed": True}, "model": {}, "cache_dir": "x"})
     assert main(["features", "--run-dir", str(tmp_path / "run")]) == 2
-    assert "demo plan that differs" in capsys.readouterr().err
+    assert "stores no `fgattr sweep/evaluate/run/demo` configuration" in capsys.readouterr().err
     with ResultStore(tmp_path / "run") as store:
         with pytest.raises(ValueError, match="n_images=0"):
             analyze_features(make_vit(), torch.utils.data.TensorDataset(torch.zeros(1, 3, 32, 32), torch.zeros(1)),

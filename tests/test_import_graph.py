@@ -1,5 +1,6 @@
-"""The package's import graph, read from the source files (function-level imports included): no circles, and
-nothing outside ``captum_fgattr.bench`` imports the benchmark (the library does not depend on its CLI)."""
+"""The package's import graph, read from the source files (function-level imports included): no circles,
+nothing outside ``captum_fgattr.bench`` imports the benchmark (the library does not depend on its CLI), and no
+module of the benchmark imports one of a higher level (:data:`LEVELS`)."""
 from __future__ import annotations
 
 import ast
@@ -7,6 +8,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("captum_fgattr", "quantus_saco")
+_B = "captum_fgattr.bench."
+#: the benchmark's levels, lowest first (a module or package name covers what is inside it): a module imports its
+#: own level or lower ones only
+LEVELS: tuple[tuple[str, ...], ...] = (
+    tuple(_B + m for m in ("plugins", "distributed", "stats", "data", "models", "methods", "methods_json", "metrics",
+                           "config")),  # registries, loaders, the run description, pure statistics
+    (_B + "store", _B + "resolve"),
+    (_B + "evaluate", _B + "experiments"),  # the protocol
+    (_B + "analysis",),  # what finished runs show
+    (_B + "report",),
+    (_B + "study",),  # the one pipeline, its report included
+    (_B + "features", _B + "train_saes", _B + "default"),  # built on runs and run descriptions
+    (_B + "cli",),  # parsing and printing
+)
 
 
 def module_name(path: Path) -> str:
@@ -73,4 +88,21 @@ def test_only_the_benchmark_imports_the_benchmark():
     upward = sorted(f"{module} imports {target}" for module, targets in graph().items()
                     if not module.startswith("captum_fgattr.bench")
                     for target in targets if target.startswith("captum_fgattr.bench"))
+    assert not upward, "; ".join(upward)
+
+
+def level(module: str) -> int | None:
+    """The index in :data:`LEVELS` of a benchmark module (None outside the benchmark or for its package)."""
+    return next((i for i, names in enumerate(LEVELS)
+                 for name in names if module == name or module.startswith(name + ".")), None)
+
+
+def test_every_benchmark_module_has_a_level():
+    unplaced = sorted(m for m in graph() if m.startswith(_B) and level(m) is None)
+    assert not unplaced, "add to LEVELS: " + ", ".join(unplaced)
+
+
+def test_no_import_from_a_lower_to_a_higher_level():
+    upward = sorted(f"{module} imports {target}" for module, targets in graph().items() if level(module) is not None
+                    for target in targets if (level(target) or 0) > level(module))
     assert not upward, "; ".join(upward)

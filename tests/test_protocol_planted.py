@@ -13,9 +13,9 @@ from captum_fgattr.bench.analysis.comparisons import (
 )
 from captum_fgattr.bench.config import Protocol
 from captum_fgattr.bench.experiments import control_groups, control_specs, fg_spec, select_best, transmm_spec
-from captum_fgattr.bench.analysis.stats import percent_improvement
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.metrics import metric_names
+from captum_fgattr.bench.stats import percent_improvement
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from tests.test_fg_transmm import make_sae
 

@@ -64,7 +64,7 @@ def test_train_sae_cli_writes_one_folder_per_layer_and_metrics(tmp_path, capsys)
 
 
 def test_heldout_split_is_per_class_seeded_and_disjoint() -> None:
-    from captum_fgattr.bench.cli.train_sae import heldout_split
+    from captum_fgattr.bench.train_saes import heldout_split
 
     labels = [0] * 20 + [1] * 10 + [2]
     train, held = heldout_split(labels, 0.1, seed=0)
@@ -211,7 +211,7 @@ def test_a_checkpoint_of_another_architecture_names_the_arguments_to_give(tmp_pa
 
 
 def test_train_sae_defaults_follow_the_model_and_are_printed(tmp_path, capsys) -> None:
-    from captum_fgattr.bench.cli.train_sae import sized_defaults
+    from captum_fgattr.bench.train_saes import sized_defaults
 
     make_image_folder(tmp_path / "images", per_class=3)
     out = tmp_path / "out"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from captum_fgattr.bench.analysis.stats import (
+from captum_fgattr.bench.stats import (
     holm, holm_adjust, minimum_detectable_dz, paired_comparison, seed_comparison, tost_p, verdict,
 )
 

@@ -14,16 +14,16 @@ File format (JSON; YAML with the same keys when PyYAML is installed; every secti
                 "img_size": 224, "rename": {"lin_head.": "head."}, "kwargs": {}},
       "data": {"kind": "covid-qu-ex", "root": "data/COVID-QU-Ex"},
       "saes": "saes/",                     # folder with layer_{L}/ (fgattr train-sae), {"9": "path", ...} or
-                                           # "shipped" (the SAEs shipped for fgattr:br35h-vit)
+                                           # a registered SAE source's name (resolve.SAE_SOURCES)
       "protocol": {"layers": [2, 3], "multi_layers": [[2, 3]], "val_images": 500, ...},   # Protocol fields
       "evaluation": {"batch_size": 16, "device": "cuda", "metrics": {"saco_groups": 10}, ...},  # EvalConfig
-      "cache_dir": null                    # decoded Br35H images, retrained default ViT (default: user cache)
+      "cache_dir": null                    # cached decoded images, retrained project models (default: user cache)
     }
 
 ``model.name`` is ``"timm:<name>"``, ``"clip:<open_clip name>"`` (zero-shot over the dataset's class names;
 ``checkpoint``: a local file, an open_clip pretrained tag, or none for random weights), a plain timm name, or
-``"fgattr:br35h-vit"``, the project's own ViT for ``data.kind = "br35h"`` (``checkpoint``: none or
-``"shipped"`` for the weights shipped with the package, ``"retrain"`` to train them into the cache).
+``"fgattr:<name>"``, a model the project defines itself (``models.loading.PROJECT_MODELS``; ``checkpoint`` as its
+loader accepts, e.g. the embedded default's: none for its packaged weights, ``"retrain"`` to train them).
 ``data`` (:class:`DataConfig`) per dataset of the study (docs/method.md §5)::
 
     {"val": "images/val", "test": "images/test"}                   # "folder" (default): <class>/<image> folders
@@ -31,7 +31,6 @@ File format (JSON; YAML with the same keys when PyYAML is installed; every secti
     {"kind": "hyperkvasir", "root": "hyper-kvasir", "seed": 42}     # seeded 80/10/10 split: val / test
     {"kind": "imagenet", "root": "imagenet", "class_names": "LOC_synset_mapping.txt"}
                                                                     # test: 10,000 of val/ (seed 42); val: the rest
-    {"kind": "br35h"}                                               # the installed Br35H scans' fixed split
 
 Unknown keys raise a ``ValueError`` naming them and the accepted ones; every value is checked against its
 field's type annotation (:func:`_build`: the dataclasses are the schema), e.g. ``protocol.layers=1; expected a
@@ -42,14 +41,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import UnionType
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from captum_fgattr.bench.data.layouts import IMAGENET_SUBSET, LAYOUTS
 from captum_fgattr.bench.methods import METHODS
+from captum_fgattr.bench.metrics import METRICS
 from captum_fgattr.bench.models.loading import check_device, check_kwarg_names
 from captum_fgattr.gates import DECODER_PAIRED_VARIANTS, MAD_EPS_PLACEMENTS
 from captum_fgattr.gates import VARIANTS as ALL_VARIANTS
@@ -74,10 +74,18 @@ def positive_int(name: str, value: Any) -> None:
 
 METRIC_PRESETS = ("paper", "thesis-code")
 PF_SCALES = ("unit", "patches")
-#: MetricConfig's options for the thesis author's variants (docs/method.md §4): in a run's fingerprint only where
-#: they differ from their defaults, so run folders written before they existed (same rules) stay resumable
-METRIC_VARIANT_OPTIONS = ("saco_target", "saco_tie_order", "saco_pairing", "fc_sampling", "pf_tie_order",
-                          "pf_replacement", "undefined_score")
+#: the evaluation settings every run folder has recorded in its fingerprint, at any value; every other setting (one
+#: added later, e.g. the thesis author's variants or a registered metric's own) only where it differs from its
+#: default, so run folders written before it existed stay resumable. Never extend this list.
+_ALWAYS_FINGERPRINTED = ("saco_groups", "fc_subset_size", "fc_runs", "fc_correlation", "fc_repeats",
+                         "pf_patches_per_step", "pf_scale", "seed", "preset", "target", "batch_size", "autocast")
+
+
+def _without_defaults(values: Mapping[str, Any], defaults: Mapping[str, Any],
+                      keep: Collection[str] = ()) -> dict[str, Any]:
+    """``values`` without those equal to their ``defaults`` (but the ``keep`` ones): a fingerprint that a setting
+    added later, with a default, leaves unchanged."""
+    return {name: value for name, value in values.items() if name in keep or value != defaults[name]}
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,9 @@ class MetricConfig:
       numpy's legacy generator; undefined SaCo / FC scored 0; PF with the running-mean replacement, × P.
 
     The other fields' defaults are the library's own rules (the numbers of runs without a preset).
+
+    ``settings`` holds the registered metrics' own settings, ``{metric: {setting: value}}``, over the defaults their
+    :class:`~captum_fgattr.bench.metrics.MetricSpec` declares (read with :meth:`settings_of`; presets keep them).
     """
 
     saco_groups: int = 10  # SaCo's K groups of the attribution ranking
@@ -113,6 +124,7 @@ class MetricConfig:
     pf_replacement: str = "original_mean"  # or "running_mean": step by step, the perturbed image's mean each step
     undefined_score: str = "nan"  # undefined SaCo / FC: "nan" (excluded, counted) or "zero"
     preset: str | None = None  # "paper" or "thesis-code": replaces the fields above (see :meth:`resolved`)
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # registered metrics' own settings
 
     def __post_init__(self) -> None:
         for name in ("saco_groups", "fc_subset_size", "fc_runs", "fc_repeats", "pf_patches_per_step"):
@@ -128,12 +140,25 @@ class MetricConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(choices)}")
         if self.preset is not None and self.preset not in METRIC_PRESETS:
             raise ValueError(f"metric preset {self.preset!r}; expected one of {list(METRIC_PRESETS)}")
+        with_settings = [name for name, spec in METRICS.items() if spec.settings]
+        for metric, values in self.settings.items():
+            if metric not in with_settings:
+                raise ValueError(f"settings for {metric!r}; expected registered metrics with settings: {with_settings}")
+            unknown = sorted(set(values) - set(METRICS[metric].settings))
+            if unknown:
+                raise ValueError(f"settings.{metric}: unknown settings {unknown}; expected some of "
+                                 f"{sorted(METRICS[metric].settings)}")
+
+    def settings_of(self, metric: str) -> dict[str, Any]:
+        """The settings of the registered ``metric``: its declared defaults with this run's values over them."""
+        return {**METRICS[metric].settings, **self.settings.get(metric, {})}
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fields as a dict, the variant options only where they differ from their defaults."""
-        defaults = MetricConfig()
-        return {name: value for name, value in asdict(self).items()
-                if name not in METRIC_VARIANT_OPTIONS or value != getattr(defaults, name)}
+        """The fields as a dict, each only where it differs from its default (but :data:`_ALWAYS_FINGERPRINTED`)."""
+        values = asdict(self)
+        values["settings"] = {metric: changed for metric, given in self.settings.items()
+                              if (changed := _without_defaults(given, METRICS[metric].settings))}
+        return _without_defaults(values, asdict(MetricConfig()), keep=_ALWAYS_FINGERPRINTED)
 
     def resolved(self, num_patches: int) -> MetricConfig:
         """The concrete settings for a model with ``num_patches`` patches (self if no preset).
@@ -154,17 +179,21 @@ class MetricConfig:
         return out
 
     def _preset_values(self, num_patches: int) -> MetricConfig:
-        """The settings of :attr:`preset` for ``num_patches`` patches (self if no preset)."""
+        """The settings of :attr:`preset` for ``num_patches`` patches (self if no preset); the fields a preset
+        does not name (``seed`` under "paper", ``settings``) stay as given."""
         if self.preset == "paper":
-            subset = 20 if num_patches >= 40 else max(1, num_patches // 2)
-            return MetricConfig(10, subset, 100, "pearson", 1, 1, "unit", self.seed, saco_pairing="salience",
-                                preset=self.preset)
+            return replace(self, saco_groups=10, fc_subset_size=20 if num_patches >= 40 else max(1, num_patches // 2),
+                           fc_runs=100, fc_correlation="pearson", fc_repeats=1, pf_patches_per_step=1,
+                           pf_scale="unit", saco_target="original", saco_tie_order="stable", saco_pairing="salience",
+                           fc_sampling="per_image", pf_tie_order="stable", pf_replacement="original_mean",
+                           undefined_score="nan")
         if self.preset == "thesis-code":  # subsets: 20 for the 14×14 grid of ViT-B/16, scaled with the grid side
-            return MetricConfig(math.ceil(num_patches / 4), max(1, round(20 * math.sqrt(num_patches / 196))), 20,
-                                "spearman", 3, 1, "patches", 42, saco_target="perturbed_top",
-                                saco_tie_order="numpy_reversed", saco_pairing="salience", fc_sampling="numpy_global",
-                                pf_tie_order="numpy_negated", pf_replacement="running_mean", undefined_score="zero",
-                                preset=self.preset)
+            return replace(self, saco_groups=math.ceil(num_patches / 4),
+                           fc_subset_size=max(1, round(20 * math.sqrt(num_patches / 196))), fc_runs=20,
+                           fc_correlation="spearman", fc_repeats=3, pf_patches_per_step=1, pf_scale="patches", seed=42,
+                           saco_target="perturbed_top", saco_tie_order="numpy_reversed", saco_pairing="salience",
+                           fc_sampling="numpy_global", pf_tie_order="numpy_negated", pf_replacement="running_mean",
+                           undefined_score="zero")
         return self
 
 
@@ -196,9 +225,11 @@ class EvalConfig:
             object.__setattr__(self, "metrics", MetricConfig(**self.metrics))
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that determine the stored numbers (checked when a run folder is reused)."""
-        return {"metrics": self.metrics.fingerprint(), "target": self.target, "batch_size": self.batch_size,
-                "autocast": self.autocast}
+        """The settings that determine the stored numbers (checked when a run folder is reused), each only where
+        it differs from its default (but :data:`_ALWAYS_FINGERPRINTED`)."""
+        values = {name: getattr(self, name) for name in ("target", "batch_size", "autocast")}
+        return {"metrics": self.metrics.fingerprint(),
+                **_without_defaults(values, asdict(EvalConfig()), keep=_ALWAYS_FINGERPRINTED)}
 
 
 #: score variants of the single-layer sweep: the method (``combined``) and its ablations
@@ -425,9 +456,9 @@ def _build(cls: type, values: Any, where: str = "") -> Any:
 class ModelConfig:
     """A classifier built with :func:`captum_fgattr.bench.models.loading.load_model` (timm ViT or CLIP zero-shot)."""
 
-    name: str = ""  # "timm:<name>", "clip:<open_clip name>", "fgattr:br35h-vit" or a plain timm name
+    name: str = ""  # "timm:<name>", "clip:<open_clip name>", "fgattr:<project model>" or a plain timm name
     checkpoint: str | None = None  # local file (CLIP: or an open_clip pretrained tag); None = random weights
-    #                                (fgattr:br35h-vit: "shipped" (also None) or "retrain")
+    #                                (fgattr: what the project model accepts, e.g. "retrain")
     num_classes: int | None = None  # timm head width (default: the checkpoint's); CLIP: the dataset's classes
     img_size: int | None = None
     rename: Mapping[str, str] = field(default_factory=dict)  # timm checkpoint key-prefix renames ({}: lin_head.->head.)
@@ -446,7 +477,7 @@ class ModelConfig:
     @property
     def random_weights(self) -> bool:
         """Whether the model is built with random weights: no checkpoint (the project's own ``fgattr:`` models
-        default to their shipped weights)."""
+        default to their packaged weights)."""
         return self.checkpoint is None and not self.spec.startswith("fgattr:")
 
 
@@ -456,9 +487,9 @@ class DataConfig:
 
     * ``kind="folder"`` (default): ``val`` / ``test`` are image folders ``<class>/<image>``; or, with ``root``,
       sub-folder names of ``root`` (default "val" / "test").
-    * a published layout (``"covid-qu-ex"``, ``"hyperkvasir"``, ``"imagenet"``, ``"br35h"``; see
-      :mod:`captum_fgattr.bench.data.layouts`): ``root`` is the dataset folder (optional for ``"br35h"``: the installed
-      scans) and ``val`` / ``test`` are split names (default: :data:`DEFAULT_SPLITS`, else "val" / "test"). COVID-QU-Ex: the official Val / Test folders;
+    * a published layout (``"covid-qu-ex"``, ``"hyperkvasir"``, ``"imagenet"``, or a registered one; see
+      :mod:`captum_fgattr.bench.data.layouts`): ``root`` is the dataset folder (optional for a layout with computed
+      splits and a default folder) and ``val`` / ``test`` are split names (default: :data:`DEFAULT_SPLITS`, else "val" / "test"). COVID-QU-Ex: the official Val / Test folders;
       HyperKvasir: the stratified 80/10/10 split seeded by ``seed``; ImageNet: only the class-folder
       validation set exists, so both name it.
 
@@ -474,7 +505,7 @@ class DataConfig:
     """
 
     kind: str = "folder"  # dataset layout, one of bench.data.layouts.LAYOUTS
-    root: str | None = None  # dataset folder (required for the published layouts but br35h)
+    root: str | None = None  # dataset folder (required for the published folder layouts)
     val: str | None = None  # validation folder ("folder" without root) or split name (sweeps, selection)
     test: str | None = None  # test folder ("folder" without root) or split name
     subset: int | None = None  # test images drawn with ``seed`` (None: all; imagenet: DEFAULT_SUBSETS)
@@ -495,7 +526,7 @@ class DataConfig:
 
     def location(self, split: str) -> tuple[str | None, str | None]:
         """``(folder, split name below it or None)`` of ``split`` ("val" / "test"), as :func:`load_dataset` takes
-        (folder None: the layout's default folder, e.g. br35h's installed scans).
+        (folder None: the layout's default folder, for a layout with computed splits).
 
         Raises:
             ValueError: unknown split; no ``root`` for a published layout; no folder for a "folder" split.
@@ -505,7 +536,7 @@ class DataConfig:
         given = getattr(self, split)
         if self.root is not None:
             return self.root, given or DEFAULT_SPLITS.get(self.kind, {}).get(split, split)
-        if LAYOUTS[self.kind].source is not None:  # computed splits with a default folder (br35h)
+        if LAYOUTS[self.kind].source is not None:  # computed splits with a default folder
             return None, given or split
         if self.kind != "folder":
             raise ValueError(f"data.kind={self.kind!r} needs data.root, the dataset folder (--data-root DIR)")
@@ -544,10 +575,12 @@ class RunConfig:
     run_dir: str = "runs/fgattr"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    saes: str | Mapping[str, str] | None = None  # folder of layer_{L}/ SAEs, {layer: SAE folder}, or "shipped"
+    saes: str | Mapping[str, str] | None = None  # folder of layer_{L}/ SAEs, {layer: SAE folder}, or an SAE source
     protocol: Protocol = field(default_factory=Protocol)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     cache_dir: str | None = None  # decoded images, retrained models (default $FGATTR_CACHE or ~/.cache/captum-fgattr)
+    report_header: str | None = None  # a registered report header (study.REPORT_HEADERS) describing the run's data,
+    # model and SAEs at the top of its report (the demo presets name theirs)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:

@@ -37,7 +37,7 @@ from captum_fgattr.bench.distributed import current_shard, sync_ranks
 from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
 from captum_fgattr.bench.methods import FGParams, MethodSpec, fg_layers, unavailable_methods
 from captum_fgattr.bench.metrics import metric_specs
-from captum_fgattr.bench.analysis.stats import paired_comparison, percent_improvement, summarize
+from captum_fgattr.bench.stats import paired_comparison, percent_improvement, summarize
 from captum_fgattr.bench.store import ResultStore, Selection
 from captum_fgattr.gates import RESIDUAL_VARIANTS
 from captum_fgattr.sae import SparseAutoencoder

@@ -1,31 +1,37 @@
 """Registry of attribution methods for the benchmark; every method yields raw patch maps (B, P).
 
-A method is described by a hashable :class:`MethodSpec` (name + parameters) and built by
-:func:`build_method` into a callable ``(images (B, C, H, W), targets (B,), sample_ids (B,)) -> (B, P)``;
-a method with a convergence delta (Integrated Gradients) keeps its last (B,) deltas as ``convergence_delta``.
-``sample_ids`` lets stochastic baselines be reproducible per image, whatever the batching.
+A method is described by a hashable :class:`MethodSpec` (name + stored parameters); its parameters are typed by
+its family's frozen dataclass (:class:`FGParams`, :class:`IntegratedGradientsParams`, :class:`RandomParams`; the
+field-less :class:`MethodParams` for methods without any), checked once when the spec is made. The registry entry
+(:class:`MethodEntry`) builds the method from the model, the SAEs and those typed parameters: a Captum attribution
+seen by the benchmark as ``(images (B, C, H, W), targets (B,), sample_ids (B,)) -> (B, P)``
+(:class:`CaptumPatchMethod`); a method with a convergence delta (Integrated Gradients) keeps its last (B,) deltas
+as ``convergence_delta``. ``sample_ids`` lets stochastic methods be reproducible per image, whatever the batching.
 """
 from __future__ import annotations
 
 import json
+import math
+import re
+import types
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
-import torch
-from captum.attr import IntegratedGradients, Saliency
 from torch import Tensor, nn
 
-from captum_fgattr.adapters import ViTAdapter, get_adapter
-from captum_fgattr.adapters.tokens import pixels_to_patches
 from captum_fgattr.attr import FeatureGradientTransMM, TransMM
-from captum_fgattr.baselines import AttentionRollout, RawAttention, TokenGradCAM
+from captum_fgattr.baselines import (AttentionRollout, PatchIntegratedGradients, PatchSaliency, RandomPatches,
+                                     RawAttention, TokenGradCAM)
+from captum_fgattr.gates import MAD_EPS_PLACEMENTS, VARIANTS
 from captum_fgattr.lrp import AttnLRP, lxt_available
+from captum_fgattr.patch_attribution import PatchAttribution
+from captum_fgattr.registry import Registry
 from captum_fgattr.sae import SparseAutoencoder
 
 PatchMethod = Callable[[Tensor, Tensor, Tensor], Tensor]
-Builder = Callable[..., PatchMethod]
-METHODS: dict[str, Builder] = {}
+Builder = Callable[[nn.Module, Mapping[int, SparseAutoencoder], Any], PatchMethod]
+P = TypeVar("P", bound="MethodParams")
 #: methods that need an optional extra: name -> (check () -> (available, why not), install hint)
 OPTIONAL_METHODS: dict[str, tuple[Callable[[], tuple[bool, str]], str]] = {
     "attnlrp": (lxt_available, "pip install 'captum-fgattr[lrp]'"),
@@ -43,14 +49,115 @@ def unavailable_methods(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def register_method(name: str) -> Callable[[Builder], Builder]:
-    """Register ``builder(model, adapter, saes, **params) -> PatchMethod`` under ``name``."""
-    def register(builder: Builder) -> Builder:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is already registered")
-        METHODS[name] = builder
-        return builder
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value``, as JSON gives it, fits the annotation ``hint`` (int, float, str, tuple[X, ...] or
+    list[X] as a list or tuple, X | None, ...)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin in (tuple, list):
+        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or hint)
+
+
+def _json_type(hint: Any) -> str:
+    """``hint`` as its JSON values are spelled, e.g. ``int | None``, ``list[int]`` for ``tuple[int, ...]``."""
+    text = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+    return re.sub(r"tuple\[(\w+), \.\.\.\]", r"list[\1]", text)
+
+
+def _check_range(name: str, value: float, minimum: float) -> None:
+    if not (math.isfinite(value) and value >= minimum):
+        raise ValueError(f"{name}={value!r}; expected a finite number >= {minimum:g}")
+
+
+def _check_choice(name: str, value: str, choices: Iterable[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {list(choices)}")
+
+
+@dataclass(frozen=True)
+class MethodParams:
+    """The typed parameters of one method family; this base, without fields, is that of the methods without
+    parameters. :meth:`__post_init__` checks every field's type (named in the error); a family adds its ranges."""
+
+    def __post_init__(self) -> None:
+        for name, hint in get_type_hints(type(self)).items():
+            value = getattr(self, name)
+            if not _fits(value, hint):
+                raise ValueError(f"{name}={value!r} is not {_json_type(hint)}")
+
+    @classmethod
+    def accepted(cls) -> str:
+        """The fields with their JSON types, e.g. ``"seed: int"`` (``"none"`` without fields)."""
+        hints = get_type_hints(cls)
+        return ", ".join(f"{f.name}: {_json_type(hints[f.name])}" for f in fields(cls)) or "none"
+
+    @classmethod
+    def from_params(cls: type[P], params: Mapping[str, Any]) -> P:
+        """The typed parameters of a stored mapping.
+
+        Raises:
+            ValueError: an unknown or missing parameter, or a value of the wrong type or range (named).
+        """
+        unknown = sorted(set(params) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {unknown}; accepted: {cls.accepted()}")
+        missing = [f.name for f in fields(cls) if f.name not in params and f.default is MISSING]
+        if missing:
+            hint = _json_type(get_type_hints(cls)[missing[0]])
+            raise ValueError(f"missing required parameter {missing[0]!r} ({hint}); accepted: {cls.accepted()}")
+        return cls(**params)
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method: its parameters' type and ``build(model, saes, params) -> PatchMethod``."""
+
+    params_type: type[MethodParams]
+    build: Builder
+
+
+METHODS = Registry[MethodEntry]("method")
+
+
+def register_method(name: str, params: type[MethodParams] = MethodParams) -> Callable[[Builder], Builder]:
+    """Decorator: register ``build(model, saes, params) -> PatchMethod`` under ``name``, with typed ``params``.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+    def register(build: Builder) -> Builder:
+        METHODS.add(name, MethodEntry(params, build))
+        return build
     return register
+
+
+class CaptumPatchMethod:
+    """A :class:`PatchAttribution` as the benchmark calls it: ``(images (B, C, H, W), targets (B,), ids (B,)) ->
+    (B, P)`` raw patch maps; ``by_sample_id``: the attribution takes ``ids`` as its ``sample_ids`` (per-image seeds).
+    :attr:`convergence_delta`: the last call's (B,) deltas if the attribution has them, else None."""
+
+    def __init__(self, attribution: PatchAttribution, by_sample_id: bool = False) -> None:
+        self.attribution, self.by_sample_id = attribution, by_sample_id
+        self.convergence_delta: Tensor | None = None
+
+    def __call__(self, images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
+        kwargs: dict[str, Any] = {"target": targets, "return_patches": True}
+        if self.by_sample_id:
+            kwargs["sample_ids"] = ids
+        if self.attribution.has_convergence_delta():
+            patches, delta = self.attribution.attribute(images, return_convergence_delta=True, **kwargs)
+            self.convergence_delta = delta
+        else:
+            patches = self.attribution.attribute(images, **kwargs)
+        return patches.flatten(1)
 
 
 @dataclass(frozen=True)
@@ -59,8 +166,12 @@ class MethodSpec:
 
     Attributes:
         name: registry key (see :data:`METHODS`).
-        params: keyword parameters of the builder (JSON-serialisable).
+        params: the stored parameters (JSON-serialisable), as given: defaults left out stay out of :attr:`key`;
+            checked against the method's typed parameters (:attr:`typed_params`).
         label: display name in tables and figures (defaults to name + parameters).
+
+    Raises:
+        ValueError: an unknown method, or parameters its typed parameters refuse.
     """
 
     name: str
@@ -71,6 +182,7 @@ class MethodSpec:
         if self.name not in METHODS:
             raise ValueError(f"unknown method {self.name!r}; expected one of {sorted(METHODS)}")
         object.__setattr__(self, "params", dict(sorted(self.params.items())))
+        METHODS[self.name].params_type.from_params(self.params)  # refuses bad parameters, naming them
         if not self.label:
             shown = ", ".join(f"{k}={v}" for k, v in self.params.items())
             object.__setattr__(self, "label", f"{self.name}({shown})" if shown else self.name)
@@ -94,6 +206,11 @@ class MethodSpec:
         return self.name == "transmm"
 
     @property
+    def typed_params(self) -> MethodParams:
+        """The parameters as the method family's dataclass (defaults filled in)."""
+        return METHODS[self.name].params_type.from_params(self.params)
+
+    @property
     def fg(self) -> FGParams:
         """The typed parameters of an ``fg`` spec.
 
@@ -106,26 +223,29 @@ class MethodSpec:
 
 
 @dataclass(frozen=True)
-class FGParams:
+class FGParams(MethodParams):
     """Parameters of an FG-TransMM method (the method or one of its controls); :meth:`to_params` gives the stored
     keys (``None`` seeds omitted, so specs written before the permuted-gates control keep their keys)."""
 
     layers: tuple[int, ...]  # gated blocks (0-based), sorted
-    variant: str = "combined"  # the score (the method, an ablation or a residual control)
-    kappa: float = 0.5
-    c_max: float = 10.0
+    variant: str = "combined"  # the score (the method, an ablation or a residual control): gates.VARIANTS
+    kappa: float = 0.5  # gate strength >= 0
+    c_max: float = 10.0  # gate range >= 1
     shuffle_seed: int | None = None  # shuffled-decoder control
     permute_seed: int | None = None  # permuted-gates control
     mad_eps: str = "after_scale"  # robust scale of the scores (gates.MAD_EPS_PLACEMENTS); "in_mad": thesis code
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(sorted(int(layer) for layer in self.layers)))
+        super().__post_init__()
+        if not self.layers or min(self.layers) < 0:
+            raise ValueError(f"layers={list(self.layers)!r}; expected at least one block index >= 0")
+        _check_choice("variant", self.variant, VARIANTS)
+        _check_range("kappa", self.kappa, 0.0)
+        _check_range("c_max", self.c_max, 1.0)
+        _check_choice("mad_eps", self.mad_eps, MAD_EPS_PLACEMENTS)
+        object.__setattr__(self, "layers", tuple(sorted(self.layers)))
         object.__setattr__(self, "kappa", float(self.kappa))
         object.__setattr__(self, "c_max", float(self.c_max))
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> FGParams:
-        return cls(**params)
 
     def to_params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"layers": list(self.layers), "variant": self.variant, "kappa": self.kappa,
@@ -150,110 +270,67 @@ def fg_layers(specs: Iterable[MethodSpec]) -> list[int]:
 
 def build_method(spec: MethodSpec, model: nn.Module, saes: Mapping[int, SparseAutoencoder] | None = None) -> PatchMethod:
     """Instantiate ``spec`` for ``model`` (and the SAEs of the gated layers, for ``fg``)."""
-    return METHODS[spec.name](model, get_adapter(model), saes or {}, **spec.params)
+    return METHODS[spec.name].build(model, saes or {}, spec.typed_params)
 
 
-@register_method("transmm")
-def _transmm(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
-    method = TransMM(model)
-    return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True).flatten(1)
+@dataclass(frozen=True)
+class IntegratedGradientsParams(MethodParams):
+    """Parameters of Integrated Gradients (:class:`PatchIntegratedGradients`)."""
+
+    baseline: float | tuple[float, ...] = 0.0  # model-input value(s) of the baseline image: one, or one per channel
+    n_steps: int = 50  # Gauss-Legendre steps >= 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one = isinstance(self.baseline, (int, float))
+        values = (float(self.baseline),) if one else tuple(float(v) for v in self.baseline)
+        if not values or not all(math.isfinite(v) for v in values):
+            raise ValueError(f"baseline={self.baseline!r}; expected a finite number or a non-empty list of them")
+        if self.n_steps < 1:
+            raise ValueError(f"n_steps={self.n_steps!r}; expected an int >= 1")
+        object.__setattr__(self, "baseline", values[0] if one else values)
 
 
-@register_method("fg")
-def _feature_gradient(
-    model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder], layers: list[int],
-    variant: str = "combined", kappa: float = 0.5, c_max: float = 10.0, shuffle_seed: int | None = None,
-    permute_seed: int | None = None, mad_eps: str = "after_scale",
-) -> PatchMethod:
+@dataclass(frozen=True)
+class RandomParams(MethodParams):
+    """Parameters of the random baseline (:class:`RandomPatches`)."""
+
+    seed: int = 0
+
+
+def _without_params(attribution: Callable[[nn.Module], PatchAttribution]) -> Builder:
+    """The builder of a method without parameters: ``attribution(model)``."""
+    return lambda model, saes, params: CaptumPatchMethod(attribution(model))
+
+
+# the methods without parameters (rollout and raw attention are class-agnostic: they check the target, then ignore it;
+# attnlrp needs the ``lrp`` extra)
+for _name, _attribution in (("transmm", TransMM), ("gradcam", TokenGradCAM), ("saliency", PatchSaliency),
+                            ("rollout", AttentionRollout), ("raw_attention", RawAttention), ("attnlrp", AttnLRP)):
+    register_method(_name)(_without_params(_attribution))
+
+
+@register_method("fg", FGParams)
+def _feature_gradient(model: nn.Module, saes: Mapping[int, SparseAutoencoder], params: FGParams) -> PatchMethod:
     """FG-TransMM or one of its controls (a score variant, the shuffled decoder or permuted gates); the
     permuted-gates control is seeded per sample id, so it does not depend on the batching."""
-    missing = [layer for layer in layers if layer not in saes]
+    missing = [layer for layer in params.layers if layer not in saes]
     if missing:
         raise ValueError(f"no SAE for gated layers {missing}; SAEs are available for layers {sorted(saes)}")
-    method = FeatureGradientTransMM(model, {layer: saes[layer] for layer in layers}, kappa=kappa, c_max=c_max,
-                                    variant=variant, shuffle_decoder_seed=shuffle_seed, permute_gates_seed=permute_seed,
-                                    mad_eps=mad_eps)
-    return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True,
-                                                         sample_ids=ids).flatten(1)
+    method = FeatureGradientTransMM(model, {layer: saes[layer] for layer in params.layers}, kappa=params.kappa,
+                                    c_max=params.c_max, variant=params.variant, mad_eps=params.mad_eps,
+                                    shuffle_decoder_seed=params.shuffle_seed, permute_gates_seed=params.permute_seed)
+    return CaptumPatchMethod(method, by_sample_id=True)
 
 
-@register_method("gradcam")
-def _gradcam(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
-    """:class:`TokenGradCAM` on the output of the last block's norm1 (pytorch-grad-cam's ViT recipe)."""
-    method = TokenGradCAM(model)
-    return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True).flatten(1)
+@register_method("integrated_gradients", IntegratedGradientsParams)
+def _integrated_gradients(model: nn.Module, saes: Mapping[int, SparseAutoencoder],
+                          params: IntegratedGradientsParams) -> PatchMethod:
+    """:class:`PatchIntegratedGradients`; each call's convergence deltas are kept (``convergence_delta``)."""
+    return CaptumPatchMethod(PatchIntegratedGradients(model, params.baseline, params.n_steps))
 
 
-class _IntegratedGradientsPatches:
-    """Captum Integrated Gradients from a constant baseline image, summed over channels and patch pixels;
-    :attr:`convergence_delta` holds the last call's (B,) completeness gaps."""
-
-    def __init__(self, model: nn.Module, adapter: ViTAdapter, baseline: float | list[float], n_steps: int) -> None:
-        self.method, self.adapter = IntegratedGradients(model), adapter
-        self.baseline, self.n_steps = baseline, n_steps
-        self.convergence_delta: Tensor | None = None
-
-    def __call__(self, images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
-        values = torch.as_tensor(self.baseline, dtype=images.dtype, device=images.device).reshape(-1)
-        if values.numel() not in (1, images.shape[1]):
-            raise ValueError(f"integrated_gradients baseline has {values.numel()} values for {images.shape[1]} channels")
-        reference = values.reshape(1, -1, 1, 1).expand_as(images)
-        with torch.enable_grad():
-            attr, delta = self.method.attribute(images, baselines=reference, target=targets, n_steps=self.n_steps,
-                                                internal_batch_size=images.shape[0] * self.n_steps,
-                                                return_convergence_delta=True)
-        self.convergence_delta = delta.detach()
-        return pixels_to_patches(attr.detach(), self.adapter.patch_size)
-
-
-@register_method("integrated_gradients")
-def _integrated_gradients(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder],
-                          baseline: float | list[float] = 0.0, n_steps: int = 50) -> PatchMethod:
-    """Integrated Gradients from a constant ``baseline`` image (one model-input value per channel, or one for
-    all; a black image is (0 − mean) / std), ``n_steps`` Gauss-Legendre steps, summed over channels and patch
-    pixels; the convergence delta of each call is kept (``convergence_delta``)."""
-    return _IntegratedGradientsPatches(model, adapter, baseline, n_steps)
-
-
-@register_method("saliency")
-def _saliency(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
-    """Captum Saliency (|∂y/∂x|), summed over channels and patch pixels."""
-    method = Saliency(model)
-
-    def attribute(images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
-        with torch.enable_grad():
-            grads = method.attribute(images.detach().requires_grad_(True), target=targets)
-        return pixels_to_patches(grads.detach(), adapter.patch_size)
-    return attribute
-
-
-@register_method("rollout")
-def _rollout(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
-    """:class:`AttentionRollout` (class-agnostic)."""
-    method = AttentionRollout(model)
-    return lambda images, targets, ids: method.attribute(images, return_patches=True).flatten(1)
-
-
-@register_method("raw_attention")
-def _raw_attention(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
-    """:class:`RawAttention`: the last block's head-mean class-token attention (class-agnostic)."""
-    method = RawAttention(model)
-    return lambda images, targets, ids: method.attribute(images, return_patches=True).flatten(1)
-
-
-@register_method("attnlrp")
-def _attnlrp(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder]) -> PatchMethod:
-    """:class:`AttnLRP` (lxt's efficient-mode rules, signed relevance summed over each patch); needs the ``lrp`` extra."""
-    method = AttnLRP(model)
-    return lambda images, targets, ids: method.attribute(images, target=targets, return_patches=True).flatten(1)
-
-
-@register_method("random")
-def _random(model: nn.Module, adapter: ViTAdapter, saes: Mapping[int, SparseAutoencoder], seed: int = 0) -> PatchMethod:
-    """Uniform random patch maps, reproducible per (seed, sample id)."""
-    num_patches = adapter.grid_size()[0] * adapter.grid_size()[1]
-
-    def attribute(images: Tensor, targets: Tensor, ids: Tensor) -> Tensor:
-        rows = [torch.rand(num_patches, generator=torch.Generator().manual_seed(seed * 1_000_003 + int(i))) for i in ids]
-        return torch.stack(rows).to(images.device)
-    return attribute
+@register_method("random", RandomParams)
+def _random(model: nn.Module, saes: Mapping[int, SparseAutoencoder], params: RandomParams) -> PatchMethod:
+    """:class:`RandomPatches`, reproducible per (seed, sample id)."""
+    return CaptumPatchMethod(RandomPatches(model, params.seed), by_sample_id=True)

@@ -1,9 +1,12 @@
 """The benchmark's metrics, registered once: how each is computed, its title, the direction of "better".
 
-A metric is one :class:`MetricSpec` in the registry: ``compute`` turns a :class:`MetricBatch` (a batch of
+A metric is one :class:`MetricSpec` in :data:`METRICS`: ``compute`` turns a :class:`MetricBatch` (a batch of
 images with their attributions) into (B,) per-image scores. Every part of the benchmark that lists metrics
 (evaluation, store, statistics, selection, comparisons, report, feature study) reads :func:`metric_specs`
 when it runs, so a metric added with :func:`register_metric` is computed, stored and reported everywhere.
+A metric's own settings are declared with their defaults in its spec (``settings={"k": 3}``), set in a run as
+``evaluation.metrics.settings.<metric>.<setting>`` and read by ``compute`` as
+``batch.metrics.settings_of(<metric>)[<setting>]`` (see :class:`~captum_fgattr.bench.config.MetricConfig`).
 
 The built-in SaCo, FC and PF share one joint call of :func:`quantus_saco.engine.evaluate_patch_metrics` per
 batch (:meth:`MetricBatch.patch_metrics`), whose perturbed images go through one batched forward; the methods
@@ -14,17 +17,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from captum_fgattr.bench.config import MetricConfig
+from captum_fgattr.registry import Registry
 from quantus_saco.engine import METRICS as ENGINE_METRICS, evaluate_patch_metrics
 from quantus_saco.forwards import PerturbedForwards
 
-__all__ = ["MetricBatch", "MetricSpec", "metric_specs", "metric_names", "metric_spec", "register_metric",
+
+__all__ = ["MetricBatch", "MetricSpec", "METRICS", "metric_specs", "metric_names", "metric_spec", "register_metric",
            "unregister_metric"]
 
 
@@ -39,7 +44,7 @@ class MetricBatch:
     sample_ids: Tensor  # (B,) dataset image ids (seed per-image randomness independently of batching)
     logits: Tensor  # (B, classes) the model's outputs on ``images``
     patch_size: int  # square patches of patch_size × patch_size pixels
-    metrics: MetricConfig  # resolved metric settings (no preset left)
+    metrics: Any  # the resolved bench.config.MetricConfig (no preset left); not imported: config imports this module
     max_batch: int = 256  # most perturbed images per forward
     autocast: bool = False  # forwards under torch.autocast
     forwards: PerturbedForwards | None = None  # outputs on perturbed images, shared by the methods of the batch
@@ -75,6 +80,7 @@ class MetricSpec:
     higher_is_better: bool
     compute: Callable[[MetricBatch], Tensor]  # batch -> (B,) float64 per-image scores, NaN where undefined
     definition: str = ""  # one sentence for the report's setup section (Markdown)
+    settings: Mapping[str, Any] = field(default_factory=dict)  # its own settings with their defaults, e.g. {"k": 3}
 
     @property
     def title(self) -> str:
@@ -105,17 +111,18 @@ def _pf_auc(batch: MetricBatch) -> Tensor:
 
 #: names a metric cannot take: the other columns of :meth:`ResultStore.scores`
 _RESERVED = frozenset({"image_id", "label", "prediction", "target", "n_patches"})
-_REGISTRY: dict[str, MetricSpec] = {}  # name -> spec, in table order
+#: the registered metrics by name, in table order; add one with :func:`register_metric` (it checks the name)
+METRICS = Registry[MetricSpec]("metric")
 
 
 def metric_specs() -> tuple[MetricSpec, ...]:
     """The registered metrics, in table order (the built-ins SaCo, FC, PF first)."""
-    return tuple(_REGISTRY.values())
+    return tuple(METRICS.values())
 
 
 def metric_names() -> tuple[str, ...]:
     """Names of the registered metrics, in table order."""
-    return tuple(_REGISTRY)
+    return tuple(METRICS)
 
 
 def metric_spec(name: str) -> MetricSpec:
@@ -124,9 +131,7 @@ def metric_spec(name: str) -> MetricSpec:
     Raises:
         KeyError: no such metric (names the registered ones).
     """
-    if name not in _REGISTRY:
-        raise KeyError(f"no metric {name!r}; registered: {list(_REGISTRY)}")
-    return _REGISTRY[name]
+    return METRICS[name]
 
 
 def register_metric(spec: MetricSpec) -> MetricSpec:
@@ -137,10 +142,7 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
     """
     if not re.fullmatch(r"[a-z][a-z0-9_]*", spec.name) or spec.name in _RESERVED:
         raise ValueError(f"metric name {spec.name!r}: expected a lower-case identifier other than {sorted(_RESERVED)}")
-    if spec.name in _REGISTRY:
-        raise ValueError(f"a metric named {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    return METRICS.add(spec.name, spec)
 
 
 def unregister_metric(name: str) -> None:
@@ -149,8 +151,7 @@ def unregister_metric(name: str) -> None:
     Raises:
         KeyError: no such metric.
     """
-    metric_spec(name)
-    del _REGISTRY[name]
+    METRICS.remove(name)
 
 
 register_metric(MetricSpec(

@@ -4,15 +4,15 @@ uses, and the model-sized defaults of a run.
 
 ``model.name`` is ``"timm:<name>"``, ``"clip:<open_clip name>"`` (zero-shot over the dataset's class names;
 ``checkpoint``: a local file, an open_clip pretrained tag, or none for random weights), a plain timm name, or
-``"fgattr:br35h-vit"`` (the project's own ViT; ``checkpoint`` none / "shipped" or "retrain"). ``saes`` is a
-``layer_{L}/`` folder, a ``{layer: folder}`` map, or ``"shipped"`` (:data:`SHIPPED_SAES`).
+``"fgattr:<name>"`` (a project model, :data:`~captum_fgattr.bench.models.loading.PROJECT_MODELS`). ``saes`` is a
+``layer_{L}/`` folder, a ``{layer: folder}`` map, or the name of a registered SAE source (:data:`SAE_SOURCES`).
 """
 from __future__ import annotations
 
 import os
 import re
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -26,12 +26,15 @@ from captum_fgattr.bench.data.layouts import (
 )
 from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
 from captum_fgattr.bench.models.folders import model_folder, read_model_folder
+from captum_fgattr.bench.models.loading import PROJECT_MODELS
+from captum_fgattr.bench.plugins import BENCH_PLUGINS
 from captum_fgattr.files import content_sha256
+from captum_fgattr.registry import Registry
 from captum_fgattr.sae import SparseAutoencoder, load_sae
 
 __all__ = [
     "StudyInputs", "load_study_inputs", "check_model_classes",
-    "SHIPPED_SAES", "load_model", "load_split", "preprocessing", "load_inputs", "load_saes", "RandomWeightsWarning", "SIZED_KEYS",
+    "SAESource", "SAE_SOURCES", "load_model", "load_split", "preprocessing", "load_inputs", "load_saes", "RandomWeightsWarning", "SIZED_KEYS",
     "thesis_layers", "sized_settings", "model_shape", "size_to_model", "dotted_keys", "input_digests",
 ]
 
@@ -45,8 +48,22 @@ RANDOM_WEIGHTS_WARNING = (
     "not a trained model.\n" + "!" * 78)
 
 
-#: ``saes`` value for the SAEs shipped with the package, trained on the default ViT (``fgattr:br35h-vit``)
-SHIPPED_SAES = "shipped"
+@dataclass(frozen=True)
+class SAESource:
+    """SAEs given by name (``saes = "<name>"``) instead of folders, e.g. ones packaged with a project model."""
+
+    what: str  # in words, for digests and errors, e.g. "the packaged SAE"
+    #: (layers, the model, to check the SAEs belong to it) -> {layer: SAE}
+    load: Callable[[list[int], nn.Module | None], dict[int, SparseAutoencoder]]
+    digests: Callable[[], dict[int, str]]  # layer -> sha256 of the weights of each SAE it provides
+
+
+#: named SAE sources (``saes`` values; registered by the packages that provide them, duplicates refused)
+SAE_SOURCES: Registry[SAESource] = Registry("SAE source", BENCH_PLUGINS)
+
+
+def _sae_source(saes: str | Mapping[str, str] | None) -> SAESource | None:
+    return SAE_SOURCES[saes] if isinstance(saes, str) and saes in SAE_SOURCES else None
 
 
 def load_model(config: ModelConfig, class_names: Sequence[str] | None = None,
@@ -129,9 +146,7 @@ def model_shape(config: ModelConfig) -> tuple[int, int] | None:
         name, num_classes, img_size = spec.architecture, num_classes or spec.num_classes, img_size or spec.img_size
         kwargs = {**spec.model_args, **kwargs}
     if kind == "fgattr":
-        from captum_fgattr.bench.models.br35h_vit import DEFAULT_VIT, MODEL_NAME
-
-        return (DEFAULT_VIT.depth, DEFAULT_VIT.num_patches) if name == MODEL_NAME else None
+        return (PROJECT_MODELS[name].depth, PROJECT_MODELS[name].num_patches) if name in PROJECT_MODELS else None
     from captum_fgattr.bench.models.loading import check_model_kwargs
 
     # ValueError before any constructor sees the kwargs: an unknown timm name or non-ViT, refused or unknown kwargs
@@ -180,7 +195,7 @@ def load_split(config: DataConfig, split: str, preprocess: Preprocess | None = N
                cache_dir: str | os.PathLike[str] | None = None) -> ImageListDataset:
     """The ``split`` ("val" / "test") images as ``config`` says, with ``preprocess`` (default: the kind's
     standard preprocessing; :func:`preprocessing` gives the one for a model); ``cache_dir``: decoded images of
-    layouts that cache them (br35h).
+    layouts that cache them.
 
     Raises:
         ValueError: see :meth:`DataConfig.location` and :func:`captum_fgattr.bench.data.layouts.load_dataset`;
@@ -269,19 +284,20 @@ def load_inputs(config: RunConfig, split: str) -> tuple[nn.Module, ImageListData
 def load_saes(saes: str | Mapping[str, str] | None, layers: Sequence[int],
               model: nn.Module | None = None) -> dict[int, SparseAutoencoder]:
     """SAEs of ``layers`` (on the CPU) from a ``layer_{L}/`` folder (``fgattr train-sae`` output), a {layer: folder}
-    map, or :data:`SHIPPED_SAES`: the SAEs shipped with the package, only for a ``model`` with the weights they
-    were trained on (the default ViT's, compared by sha256).
+    map, or a registered SAE source's name (:data:`SAE_SOURCES`; it may check that ``model`` is the one they were
+    trained on).
 
     Raises:
-        ValueError: no SAE configured, none for some of ``layers`` (names them), or shipped SAEs for another model.
+        ValueError: no SAE configured, none for some of ``layers`` (names them), or an SAE source refusing ``model``.
     """
     layers = list(layers)
     if not layers:
         return {}
     if saes is None:
         raise ValueError(f"FG-TransMM needs SAEs for layers {layers}; set saes (--saes FOLDER)")
-    if saes == SHIPPED_SAES:
-        return _shipped_saes(layers, model)
+    source = _sae_source(saes)
+    if source is not None:
+        return source.load(layers, model)
     paths = _sae_folders(saes)
     missing = [layer for layer in layers if layer not in paths]
     if missing:
@@ -304,8 +320,8 @@ def _sae_folders(saes: str | Mapping[str, str]) -> dict[int, Path]:
 
 def input_digests(config: RunConfig, cache_file: str | os.PathLike[str] | None = None) -> dict[str, tuple[str, str]]:
     """The sha256 of the input files whose contents decide a run's numbers, as {name: (what, sha256)}: the
-    model's checkpoint (a local file or folder; for the shipped ``fgattr:`` ViT its recorded digest) and the SAE
-    of every layer ``config.saes`` provides (for the shipped SAEs their recorded digests). ``what`` names the
+    model's checkpoint (a local file or folder; for a project model what it records) and the SAE of every layer
+    ``config.saes`` provides (for a named SAE source the digests it records). ``what`` names the
     input in words. Files are hashed with :func:`~captum_fgattr.files.content_sha256` (``cache_file``: its cache).
 
     Random weights (fingerprinted by their seed with the model's settings), open_clip pretrained tags and
@@ -314,47 +330,27 @@ def input_digests(config: RunConfig, cache_file: str | os.PathLike[str] | None =
     Raises:
         ValueError: ``config.saes`` names no folder (as :func:`load_saes`).
     """
-    from captum_fgattr.bench.assets import shipped_info
-    from captum_fgattr.bench.models.br35h_vit import MODEL_NAME
-
     model, digests = config.model, {}
-    if model.spec == f"fgattr:{MODEL_NAME}" and model.checkpoint in (None, "shipped"):
-        digests["content.checkpoint"] = (f"the shipped {model.spec} weights",
-                                         shipped_info()["model"]["weights_sha256"])
+    kind, _, name = model.spec.partition(":")
+    if kind == "fgattr" and name in PROJECT_MODELS:
+        recorded = PROJECT_MODELS[name].digest(model.checkpoint)
+        if recorded is not None:
+            digests["content.checkpoint"] = recorded
     elif model.checkpoint is not None and Path(model.checkpoint).exists():
         digests["content.checkpoint"] = (f"the checkpoint {model.checkpoint}",
                                          content_sha256(model.checkpoint, cache_file))
     elif (folder := model_folder(model.spec)) is not None:
         digests["content.checkpoint"] = (f"the model folder {folder}", content_sha256(folder, cache_file))
-    if config.saes == SHIPPED_SAES:
-        for layer, entry in shipped_info()["saes"].items():
-            digests[f"content.sae.layer_{layer}"] = (f"the shipped SAE of layer {layer}", entry["weights_sha256"])
+    source = _sae_source(config.saes)
+    if source is not None:
+        for layer, sha256 in source.digests().items():
+            digests[f"content.sae.layer_{layer}"] = (f"{source.what} of layer {layer}", sha256)
     elif config.saes is not None:
         for layer, folder in sorted(_sae_folders(config.saes).items()):
             if folder.exists():
                 digests[f"content.sae.layer_{layer}"] = (f"the SAE of layer {layer} ({folder})",
                                                          content_sha256(folder, cache_file))
     return digests
-
-
-def _shipped_saes(layers: list[int], model: nn.Module | None) -> dict[int, SparseAutoencoder]:
-    """The shipped SAEs of ``layers``, after checking that ``model`` has the weights they were trained on."""
-    from captum_fgattr.bench.assets import load_shipped_saes, shipped_info
-    from captum_fgattr.bench.models.br35h_vit import MODEL_NAME, weights_sha256
-
-    if model is None:
-        raise ValueError(f"saes={SHIPPED_SAES!r} needs the model, to check they were trained on it")
-    expected = shipped_info()["model"]["weights_sha256"]
-    try:
-        actual = weights_sha256(model)
-    except RuntimeError as err:  # e.g. tied weights: not a plain state dict, so not the default ViT
-        actual = f"unhashable ({err})"
-    if actual != expected:
-        raise ValueError(f"the shipped SAEs were trained on the shipped fgattr:{MODEL_NAME} (weights sha256 "
-                         f"{expected[:12]}...) but this model's weights differ (sha256 {actual[:12]}...); use "
-                         f"--model fgattr:{MODEL_NAME} without a checkpoint, or SAEs trained on this model "
-                         "(fgattr train-sae)")
-    return load_shipped_saes(layers)
 
 
 @dataclass
@@ -369,7 +365,7 @@ class StudyInputs:
 
 def load_study_inputs(config: RunConfig) -> StudyInputs:
     """The model, both splits and the SAEs of ``config`` (class names -> model -> preprocessing -> datasets ->
-    SAEs, checked against the model where they are the shipped ones)."""
+    SAEs, checked against the model by a named SAE source)."""
     model, val = load_inputs(config, "val")
     test = load_split(config.data, "test", preprocessing(config.data, model), config.cache_dir)
     check_model_classes(model, test, "test")

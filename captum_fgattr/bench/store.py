@@ -27,9 +27,8 @@ Writes go through ``BEGIN IMMEDIATE`` transactions (one per batch) with WAL jour
 timeout, so several ``torchrun`` ranks can write into the same file; a killed process loses at most its
 open transaction. NaN scores are stored as NULL and read back as NaN.
 
-``meta`` holds the schema version (:data:`SCHEMA_VERSION`). A store of version 1 (the scores as columns
-``saco``, ``fc``, ``pf_auc`` of ``results``) is migrated when opened, in one write transaction; a store of
-another version is refused.
+``meta`` holds the schema version (:data:`SCHEMA_VERSION`); a store of another version (or one with results but
+no recorded version: version 1, the scores as columns of ``results``) is refused.
 """
 from __future__ import annotations
 
@@ -98,20 +97,6 @@ CREATE VIEW IF NOT EXISTS experiment_results AS
     JOIN experiment_images ei ON ei.experiment = em.experiment AND ei.split = em.split
     JOIN results r ON r.split = em.split AND r.method_key = em.method_key AND r.image_id = ei.image_id
     JOIN scores s ON s.split = r.split AND s.method_key = r.method_key AND s.image_id = r.image_id;
-"""
-#: version 1 -> 2, part 1 (before ``_SCHEMA`` creates the new tables): the old results set aside
-_SET_ASIDE_V1 = """
-DROP VIEW experiment_results;
-ALTER TABLE results RENAME TO results_v1;
-"""
-#: version 1 -> 2, part 2 (after ``_SCHEMA``): the score columns become rows of ``scores`` (NULL stays NULL)
-_COPY_V1 = """
-INSERT INTO results SELECT split, method_key, image_id, image_name, label, prediction, target, n_patches, created
-    FROM results_v1;
-INSERT INTO scores SELECT split, method_key, image_id, 'saco', saco FROM results_v1;
-INSERT INTO scores SELECT split, method_key, image_id, 'fc', fc FROM results_v1;
-INSERT INTO scores SELECT split, method_key, image_id, 'pf_auc', pf_auc FROM results_v1;
-DROP TABLE results_v1;
 """
 
 
@@ -225,15 +210,14 @@ class ResultStore:
             self._conn.execute("PRAGMA foreign_keys = ON")
             with self._write() as conn:
                 version = self._schema_version()
-                if version not in (None, "1", str(SCHEMA_VERSION)):
+                if version not in (None, str(SCHEMA_VERSION)):
                     raise StoreError(
                         f"{self.path} holds results of store schema version {version}; this fgattr reads version "
-                        f"{SCHEMA_VERSION} (and migrates version 1), so a newer fgattr wrote it: re-run in a new "
-                        "folder (another --run-dir), or read it with the fgattr that wrote it")
-                for script in (_SET_ASIDE_V1, _SCHEMA, _COPY_V1) if version == "1" else (_SCHEMA,):
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                        f"{SCHEMA_VERSION} only: re-run in a new folder (another --run-dir), or read it with the "
+                        "fgattr that wrote it")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         except sqlite3.Error as err:
             raise _store_error(self.path, err) from err
@@ -312,12 +296,9 @@ class ResultStore:
                 "use a new run folder or the stored settings"
             )
 
-    def check_content(self, name: str, sha256: str, what: str) -> bool:
+    def check_content(self, name: str, sha256: str, what: str) -> None:
         """Record the sha256 of an input's contents (e.g. a checkpoint, an SAE) under ``name``; a later run whose
         input has other contents raises. ``what`` names the input in the error (e.g. "the checkpoint w.pt").
-
-        Returns:
-            True when recorded now: the folder's first run, or a folder from before content fingerprints.
 
         Raises:
             ValueError: the folder's results were computed from other contents.
@@ -327,7 +308,6 @@ class ResultStore:
         if stored is not None and stored != sha256:
             raise ValueError(f"{what} changed since the results in {self.run_dir} were computed (sha256 "
                              f"{sha256[:12]}... now vs {stored[:12]}... then); use a new --run-dir")
-        return row is None
 
     def log_invocation(self, command: str, config: Mapping[str, Any]) -> None:
         """Store the resolved configuration of a command run in this folder."""

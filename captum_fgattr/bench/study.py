@@ -4,8 +4,7 @@ run it."""
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,23 @@ from torch import nn
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.config import EvalConfig, Protocol, RunConfig
 from captum_fgattr.bench.distributed import current_shard
+from captum_fgattr.bench.plugins import BENCH_PLUGINS
 from captum_fgattr.bench.experiments import DataSource, StudyClock, as_dataset, run_sweep, run_test
 from captum_fgattr.bench.report.study_report import write_report
 from captum_fgattr.bench.resolve import StudyInputs, input_digests, load_study_inputs, preprocessing
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.files import atomic_write
+from captum_fgattr.registry import Registry
 from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = ["run_study", "run_configured_study", "record_config", "check_metrics",
-           "with_black_input", "stored_run_config", "HEADER_KEY", "HASH_CACHE"]
+           "with_black_input", "stored_run_config", "HEADER_KEY", "HASH_CACHE", "REPORT_HEADERS"]
 
 #: key of the run's description (``[[name, text], ...]``: data, model, SAEs) stored with its configuration
 HEADER_KEY = "header"
+#: ``RunConfig.report_header`` names: (run description, its resolved inputs) -> ``[[name, text], ...]`` rows at the
+#: top of the report (registered by the packages whose presets name them)
+REPORT_HEADERS: Registry[Callable[[RunConfig, StudyInputs], list[list[str]]]] = Registry("report header", BENCH_PLUGINS)
 #: file in the run folder remembering input files' sha256 by size / mtime / inode (a resume does not rehash them)
 HASH_CACHE = ".input_sha256.json"
 
@@ -101,21 +105,16 @@ def record_config(store: ResultStore, config: RunConfig, splits: Sequence[str], 
     """Refuse metric settings ``model`` cannot be evaluated with, a run folder filled from another model / data
     (the ``splits`` of ``config``) or from other checkpoint / SAE contents (their sha256,
     :func:`~captum_fgattr.bench.resolve.input_digests`, cached in ``RUN_DIR/`` :data:`HASH_CACHE`), before anything
-    is recorded; on rank 0 write ``RUN_DIR/config.json`` (atomically). A folder with results but no recorded digest
-    (written before digests were recorded) resumes: the digests are recorded then, with a note on stderr. Returns
-    the configuration to store with the command (``header`` rows added)."""
+    is recorded; on rank 0 write ``RUN_DIR/config.json`` (atomically). An input without a recorded digest (e.g. the
+    SAE of a layer new to the folder) has it recorded. Returns the configuration to store with the command
+    (``header`` rows added)."""
     check_metrics(config.evaluation, model)
     store.check_fingerprint(asdict(config.model), "model")
     for split in splits:
         store.check_fingerprint(config.data.fingerprint(split), f"data.{split}")
-    had_results = store.count_rows() > 0
-    recorded = [what for name, (what, sha256) in input_digests(config, store.run_dir / HASH_CACHE).items()
-                if store.check_content(name, sha256, what)]
+    for name, (what, sha256) in input_digests(config, store.run_dir / HASH_CACHE).items():
+        store.check_content(name, sha256, what)
     if current_shard().rank == 0:
-        if recorded and had_results:
-            print(f"note: {store.run_dir} holds results but no sha256 of {', '.join(recorded)} (a folder from before "
-                  "input contents were recorded, or new layers): recorded now; later runs are checked against them",
-                  file=sys.stderr)
         text = json.dumps(config.to_dict(), indent=2) + "\n"
         atomic_write(Path(config.run_dir) / "config.json", lambda tmp: tmp.write_text(text))
     return {**config.to_dict(), **({HEADER_KEY: [list(row) for row in header]} if header else {})}
@@ -130,9 +129,17 @@ def run_configured_study(config: RunConfig, inputs: StudyInputs | None = None,
                          header: Sequence[Sequence[str]] | None = None, pf_scale: str | None = None) -> Path:
     """``fgattr run``: the whole protocol as ``config`` describes it, into ``config.run_dir`` (resumable), with
     the configuration recorded (``config.json`` and the store, command ``run``) and ``header`` (``[name, text]``
-    rows) at the top of the report. ``inputs``: already resolved ones (default :func:`load_study_inputs`).
-    Returns the run folder."""
+    rows; default: those of ``config.report_header``, :data:`REPORT_HEADERS`) at the top of the report.
+    ``inputs``: already resolved ones (default :func:`load_study_inputs`). Returns the run folder.
+
+    Raises:
+        ValueError: ``config.report_header`` names no registered report header.
+    """
+    if config.report_header is not None and config.report_header not in REPORT_HEADERS:
+        raise ValueError(f"report_header={config.report_header!r}; expected one of {sorted(REPORT_HEADERS)}")
     inputs = inputs if inputs is not None else load_study_inputs(config)
+    if header is None and config.report_header is not None:
+        header = REPORT_HEADERS[config.report_header](config, inputs)
     with ResultStore(config.run_dir) as store:
         stored = record_config(store, config, ("val", "test"), inputs.model, header)
     return run_study(inputs.model, inputs.val, inputs.test, inputs.saes, config.run_dir,

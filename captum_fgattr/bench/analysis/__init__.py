@@ -1,1 +1,1 @@
-"""Statistics and analyses of stored results: paired comparisons, the SAE feature study."""
+"""Analyses of finished runs: paired comparisons, claims, rankings and verdicts."""

@@ -3,13 +3,13 @@
 **Claims** (:func:`claim_comparisons`): for every selected FG configuration (real SAE) and every registered metric,
 FG vs TransMM and vs each control on the same image ids. Fixed references are paired over the images; the random
 controls (:data:`RANDOM_CONTROLS`: shuffled decoder, permuted gates) are random effects, compared at the level of
-their seeds (:func:`~captum_fgattr.bench.analysis.stats.seed_comparison`). One Holm family over all of them.
+their seeds (:func:`~captum_fgattr.bench.stats.seed_comparison`). One Holm family over all of them.
 
 **Rankings** (:func:`ranking_comparisons`): TransMM, the FG configurations and the baselines, each vs TransMM and vs
 the selected (last) FG configuration, and the best method of each metric vs every other one: a second Holm family,
 so that a "most faithful" method is only named where its tests support it (:func:`ranking_lines`).
 
-Every comparison ends in one of :data:`~captum_fgattr.bench.analysis.stats.OUTCOMES` at the family-wise α = 0.05:
+Every comparison ends in one of :data:`~captum_fgattr.bench.stats.OUTCOMES` at the family-wise α = 0.05:
 better / worse (Holm-adjusted paired test), equivalent (Holm-adjusted TOST at the margin ±δ), inconclusive. The margin
 of a metric is fixed before the test set is read (:func:`equivalence_margins`): from the run description, or a
 fraction of the configuration's paired validation gain over TransMM.
@@ -27,7 +27,7 @@ from captum_fgattr.bench.config import Protocol
 from captum_fgattr.bench.experiments import ControlGroup, control_groups, control_name, transmm_spec
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.metrics import metric_names, metric_spec
-from captum_fgattr.bench.analysis.stats import (
+from captum_fgattr.bench.stats import (
     ALPHA, PairedComparison, holm_adjust, paired_comparison, seed_comparison, stars, verdict,
 )
 from captum_fgattr.bench.store import ResultStore
@@ -85,7 +85,7 @@ class Comparison:
 
     @property
     def outcome(self) -> str:
-        """better / worse / equivalent / inconclusive, A's side (:func:`~captum_fgattr.bench.analysis.stats.verdict`)."""
+        """better / worse / equivalent / inconclusive, A's side (:func:`~captum_fgattr.bench.stats.verdict`)."""
         return verdict(self.result, metric_spec(self.metric).higher_is_better)
 
 

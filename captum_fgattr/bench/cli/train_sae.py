@@ -1,4 +1,5 @@
-"""``fgattr train-sae``: train one SAE per layer of a timm ViT on an image folder.
+"""``fgattr train-sae``: train one SAE per layer of a timm ViT on an image folder
+(:mod:`captum_fgattr.bench.train_saes`).
 
 The model runs once over the images; patch-token activations of every requested layer go to an
 on-disk cache (``numpy.memmap``), from which each layer's SAE is trained (one run per learning rate,
@@ -16,19 +17,15 @@ training: the SAEs are judged on tokens they never saw, not only on their traini
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
-from pathlib import Path
-from typing import Any
-
-import torch
 
 from captum_fgattr.bench.cli.main import json_argument
+from captum_fgattr.bench.config import RunConfig, read_config_file
+from captum_fgattr.bench.train_saes import SAETraining, train_saes
 from captum_fgattr.sae.layers import METRIC_FIELDS
 
-__all__ = ["add_parser", "run_train_sae", "heldout_split", "sized_defaults"]
+__all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -88,47 +85,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     o.add_argument("--cache-dtype", choices=("float32", "float16"), default="float32")
     o.add_argument("--keep-cache", action="store_true", help="keep the activation cache after training")
     o.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_train_sae)
+    p.set_defaults(func=_main)
     return p
-
-
-def sized_defaults(depth: int, width: int, tokens: int) -> dict[str, Any]:
-    """SAE defaults sized by the model and the data (the thesis's values for ViT-B/16 on a large set).
-
-    layers: the thesis's positions 2..10 of 12 blocks scaled to ``depth``, as ``fgattr run`` sizes them
-    (:func:`captum_fgattr.bench.resolve.thesis_layers`); expansion: 64 from width
-    512 up, 32 from 256, else 16; k: width / 6 (128 for 768); batch_tokens: the power of two nearest
-    tokens / 256, within 64..4096 (a few hundred steps per epoch). The warm-up (5 % of all steps, at
-    most 500) follows once the batch size is known.
-
-    Example::
-
-        >>> sized_defaults(12, 768, 2_000_000) == {"layers": list(range(2, 11)), "expansion": 64, "k": 128,
-        ...                                        "batch_tokens": 4096}
-        True
-        >>> sized_defaults(6, 96, 134_464)
-        {'layers': [1, 2, 3, 4], 'expansion': 16, 'k': 16, 'batch_tokens': 512}
-    """
-    from captum_fgattr.bench.resolve import thesis_layers
-
-    batch = 2 ** round(math.log2(max(tokens / 256, 1)))
-    return {"layers": thesis_layers(depth), "expansion": 64 if width >= 512 else 32 if width >= 256 else 16,
-            "k": max(1, round(width / 6)), "batch_tokens": int(min(4096, max(64, batch)))}
-
-
-def heldout_split(labels: list[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """``(train indices, held-out indices)``: per class, a seeded ``round(fraction * n)`` of its images
-    (at least one when ``fraction > 0`` and the class has two or more) are held out; both sorted."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"--heldout-fraction={fraction}; expected a number in [0, 1)")
-    gen = torch.Generator().manual_seed(seed)
-    heldout: list[int] = []
-    for label in sorted(set(labels)):
-        members = [i for i, y in enumerate(labels) if y == label]
-        n = max(1, round(fraction * len(members))) if fraction > 0 and len(members) >= 2 else 0
-        heldout += [members[j] for j in torch.randperm(len(members), generator=gen)[:n].tolist()]
-    held = set(heldout)
-    return [i for i in range(len(labels)) if i not in held], sorted(heldout)
 
 
 def _fmt(value: object) -> str:
@@ -143,89 +101,22 @@ def _print_table(rows: list[dict[str, object]], fields: tuple[str, ...]) -> None
         print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
 
 
-def run_train_sae(args: argparse.Namespace) -> int:
-    """Entry point of ``fgattr train-sae``; returns the exit status (bad input: ``fgattr``'s one error path)."""
-    from captum_fgattr.adapters import get_adapter
-    from captum_fgattr.bench.data.layouts import ImageFolderDataset, build_transform
-    from captum_fgattr.bench.config import RunConfig, read_config_file
-    from captum_fgattr.bench.models.loading import check_device
-    from captum_fgattr.bench.resolve import load_model, preprocessing
-    from captum_fgattr.sae.layers import train_layer_saes
-    from captum_fgattr.sae.train import TrainConfig, sae_config_for
-
-    for name in ("batch_size", "epochs", "batch_tokens", "expansion", "k"):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')}={getattr(args, name)}; expected a positive int")
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = check_device(args.device, "--device")
-    torch.manual_seed(args.seed)
-    progress = not args.quiet
-
+def _main(args: argparse.Namespace) -> int:
     config = RunConfig.from_dict(read_config_file(args.config)) if args.config else RunConfig()
     config = config.merged({"model.name": args.model, "model.checkpoint": args.checkpoint,
                             "model.num_classes": args.num_classes, "model.img_size": args.img_size,
                             "model.kwargs": args.model_kwargs, "data.resize": args.resize,
                             "data.mean": args.mean, "data.std": args.std})
-    if not config.model.name:
-        raise ValueError("no model: give --model (e.g. timm:vit_base_patch16_224) or a --config file with model.name")
-    classes = ImageFolderDataset(args.data).classes  # a file listing: the class names CLIP classifies over
-    model = load_model(config.model, class_names=classes).to(device)
-    adapter = get_adapter(model)
-    if args.layers is not None:
-        bad = [layer for layer in args.layers if not 0 <= layer < adapter.depth]
-        if bad:
-            raise ValueError(f"--layers {bad} out of range for {config.model.name} with {adapter.depth} blocks "
-                             f"(0..{adapter.depth - 1})")
-    preprocess = preprocessing(config.data, model)
-    dataset = ImageFolderDataset(args.data, build_transform(preprocess))
-    train_ids, heldout_ids = heldout_split(dataset.targets, args.heldout_fraction, args.seed)
-
-    def loader_of(ids: list[int]) -> torch.utils.data.DataLoader:
-        subset = torch.utils.data.Subset(dataset, ids)
-        return torch.utils.data.DataLoader(subset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers)
-
-    grid = adapter.grid_size()
-    patches = grid[0] * grid[1]
-    tokens = len(train_ids) * patches
-    sized = sized_defaults(adapter.depth, adapter.embed_dim, tokens)
-    given = {"layers": args.layers, "expansion": args.expansion, "k": args.k, "batch_tokens": args.batch_tokens}
-    resolved = {name: value if value is not None else sized[name] for name, value in given.items()}
-    steps = math.ceil(tokens / resolved["batch_tokens"]) * args.epochs
-    resolved["warmup_steps"] = args.warmup_steps if args.warmup_steps is not None else min(500, max(1, steps // 20))
-    layers = sorted(set(resolved["layers"]))
-    sized_names = [name for name in (*given, "warmup_steps") if getattr(args, name) is None]
-    print(f"{config.model.name}: {adapter.depth} blocks of width {adapter.embed_dim}, {patches} patches; "
-          f"{tokens} training tokens -> layers {layers}, expansion {resolved['expansion']}, k {resolved['k']}, "
-          f"batch {resolved['batch_tokens']} tokens, {steps} steps, warm-up {resolved['warmup_steps']} steps "
-          f"(sized from the model and data: {', '.join(sized_names) or 'none'})", file=sys.stderr)
-    sae_configs = {
-        layer: sae_config_for(
-            adapter.embed_dim, expansion=resolved["expansion"], k=resolved["k"], activation=args.activation,
-            normalize=args.normalize, hook_layer=layer, model_name=config.model.name,
-        )
-        for layer in layers
-    }  # bad --k / --expansion fail here, before the model runs
-    train_cfg = TrainConfig(
-        lr=args.lr[0], epochs=args.epochs, batch_tokens=resolved["batch_tokens"], warmup_steps=resolved["warmup_steps"],
-        l1_coefficient=args.l1, seed=args.seed, progress=progress,
-    )
-
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    settings = {key: value for key, value in vars(args).items() if key != "func"}
-    settings["resolved"] = resolved
-    settings.update(model=config.to_dict()["model"], device=str(device), num_images=len(dataset), classes=dataset.classes, preprocess=repr(preprocess),
-                    heldout_images=[dataset.ids[i] for i in heldout_ids])
-    print(f"training on {len(train_ids)} images, {len(heldout_ids)} held out for the held-out metrics", file=sys.stderr)
-    (output / "run.json").write_text(json.dumps(settings, indent=2))
-
+    training = SAETraining(
+        data=args.data, output=args.output, layers=args.layers, expansion=args.expansion,
+        activation=args.activation, k=args.k, normalize=args.normalize, l1=args.l1, lrs=args.lr, epochs=args.epochs,
+        batch_tokens=args.batch_tokens, warmup_steps=args.warmup_steps, ev_threshold=args.ev_threshold,
+        seed=args.seed, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+        heldout_fraction=args.heldout_fraction, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
+        keep_cache=args.keep_cache, progress=not args.quiet)
     start = time.perf_counter()
-    rows = train_layer_saes(model, loader_of(train_ids), sae_configs, train_cfg, output, lrs=args.lr,
-                            ev_threshold=args.ev_threshold, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
-                            keep_cache=args.keep_cache, device=device,
-                            heldout_loader=loader_of(heldout_ids) if heldout_ids else None)
+    rows = train_saes(config, training)
     _print_table(rows, METRIC_FIELDS)
-    print(f"wrote {len(layers)} SAE folder(s) and metrics.csv to {output} in {time.perf_counter() - start:.1f}s", file=sys.stderr)
+    print(f"wrote {len({row['layer'] for row in rows})} SAE folder(s) and metrics.csv to {args.output} in "
+          f"{time.perf_counter() - start:.1f}s", file=sys.stderr)
     return 0

@@ -1,1 +1,1 @@
-"""Datasets: published layouts (``LAYOUTS``), preprocessing, and the embedded Br35H scans."""
+"""Datasets: published layouts (``LAYOUTS``: a registry other packages extend) and preprocessing."""

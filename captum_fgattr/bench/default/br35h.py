@@ -34,13 +34,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from captum_fgattr.bench.data.layouts import Layout, Preprocess, Samples, SplitSource, per_channel
 from captum_fgattr.files import atomic_write
 
 __all__ = [
     "CLASS_NAMES", "IMG_SIZE", "MEAN", "STD", "SPLIT_SEED", "SPLIT_FRACTIONS", "SPLITS", "DUPLICATE_RMS",
     "DUPLICATE_SIZE", "Br35HSplit", "default_cache_dir", "br35h_root", "br35h_files", "near_duplicate_groups",
-    "duplicate_summary", "split_br35h", "split_files", "cache_key", "load_image", "load_images", "normalize", "default_splits",
-    "per_channel",
+    "duplicate_summary", "split_br35h", "split_files", "cache_key", "load_image", "load_images", "normalize", "default_splits", "read_split", "LAYOUT",
 ]
 
 CLASS_NAMES: tuple[str, ...] = ("no", "yes")  # label 0 = no tumour, 1 = tumour
@@ -229,15 +229,6 @@ def load_images(paths: list[Path], img_size: int = IMG_SIZE, progress: bool = Tr
     return torch.stack(images)
 
 
-def per_channel(value: float | Sequence[float], name: str) -> tuple[float, float, float]:
-    """One number or three (one per channel) -> three floats; the error names ``name``."""
-    values = (float(value),) * 3 if isinstance(value, (int, float)) else tuple(float(v) for v in value)
-    values = values * 3 if len(values) == 1 else values
-    if len(values) != 3:
-        raise ValueError(f"{name}={value!r}; expected one number or three (per RGB channel)")
-    return values  # type: ignore[return-value]
-
-
 def normalize(images: Tensor, mean: float | Sequence[float] = MEAN, std: float | Sequence[float] = STD) -> Tensor:
     """uint8 grey ``(B, 1, S, S)`` -> float32 ``(B, 3, S, S)``: channel ``c`` is ``(x / 255 - mean[c]) / std[c]``
     (one number: the same in every channel)."""
@@ -401,3 +392,25 @@ def default_splits(
     """
     return {name: Br35HSplit.read(*split_files(None, name, cache_dir, progress), img_size, cache_dir=cache_dir,
                                   progress=progress) for name in SPLITS}
+
+
+def read_split(root: Path, samples: Samples, class_names: Sequence[str], preprocess: Preprocess,
+               cache_dir: Path | None) -> Br35HSplit:
+    """Br35H ``samples`` decoded as this module does, at ``preprocess``'s square size and normalised with its
+    mean / std (scans are padded to square: there is no resize / crop to set)."""
+    size = (preprocess.img_size,) * 2 if isinstance(preprocess.img_size, int) else tuple(preprocess.img_size)
+    if size[0] != size[1] or preprocess.resize not in (None, size[0], size):
+        raise ValueError(f"Br35H scans are padded to a square and decoded at the model's input size; got img_size "
+                         f"{preprocess.img_size!r}, resize {preprocess.resize!r} (leave data.resize unset)")
+    return Br35HSplit.read(root, samples, size[0], preprocess.mean, preprocess.std, class_names, cache_dir)
+
+
+#: ``data.kind = "br35h"``: the installed scans (``root`` optional), splits train / val / test of the seeded,
+#: near-duplicate-grouped split the default ViT was trained on (fixed: ``seed`` only draws subsets); each scan
+#: padded to square, decoded grey at the model's input size (cached in ``cache_dir``), normalised to 3 channels
+LAYOUT = Layout(
+    name="Br35H", class_dirs=("{cls}",), classes=CLASS_NAMES, image_dirs=("",),
+    preprocess=Preprocess(img_size=IMG_SIZE, mean=MEAN, std=STD),
+    source=SplitSource(SPLITS, split_files, read_split),
+    example="yes/y12.jpg",
+)

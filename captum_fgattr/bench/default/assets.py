@@ -2,13 +2,13 @@
 
 ``fgattr demo`` loads these files (no training on the first run). They were written by::
 
-    python -m captum_fgattr.bench.assets --output captum_fgattr/bench/default_assets
+    python -m captum_fgattr.bench.default.assets --output captum_fgattr/bench/default/shipped
 
-which trains the default ViT (:func:`captum_fgattr.bench.models.br35h_vit.train_default_model` with
-:data:`~captum_fgattr.bench.models.br35h_vit.DEFAULT_TRAIN`, through ``default_model(retrain=True)``) and one
+which trains the default ViT (:func:`captum_fgattr.bench.default.vit.train_default_model` with
+:data:`~captum_fgattr.bench.default.vit.DEFAULT_TRAIN`, through ``default_model(retrain=True)``) and one
 TopK SAE per block of :data:`SAE_LAYERS` (:func:`train_demo_saes`), each on one CPU thread with
 deterministic algorithms. ``fgattr demo --retrain`` runs the same training code and reports whether
-its weights are bit-identical to the shipped ones. Layout (``<folder>`` = :data:`~captum_fgattr.bench.models.br35h_vit.SHIPPED_DIR`)::
+its weights are bit-identical to the shipped ones. Layout (``<folder>`` = :data:`~captum_fgattr.bench.default.vit.SHIPPED_DIR`)::
 
     <folder>/model.safetensors                    ViT state dict (float32)
     <folder>/saes/layer_{L}/sae.safetensors, config.json   SAE of block L (0-based); config.json holds
@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from captum_fgattr.bench.data.br35h import Br35HSplit, default_splits
-from captum_fgattr.bench.models.br35h_vit import (
+from captum_fgattr.bench.default.br35h import Br35HSplit, default_splits
+from captum_fgattr.bench.default.vit import (
     DEFAULT_TRAIN, DEFAULT_VIT, SHIPPED_DIR, ViTConfig, ViTTrainConfig, default_model, save_model, sha256_file,
 )
 from captum_fgattr.determinism import deterministic
@@ -53,7 +53,9 @@ __all__ = [
 ]
 
 ASSETS_FORMAT = "captum_fgattr.default_assets.v1"
-COMMAND = "python -m captum_fgattr.bench.assets --output captum_fgattr/bench/default_assets"
+#: ``saes`` value (an SAE source) of the SAEs shipped here, for the shipped default ViT
+SHIPPED_SAES = "shipped"
+COMMAND = "python -m captum_fgattr.bench.default.assets --output captum_fgattr/bench/default/shipped"
 SAE_LAYERS: tuple[int, ...] = (1, 2, 3, 4)  # 0-based blocks of the 6-block default ViT
 SAE_LAYERS_WIDTH = DEFAULT_VIT.embed_dim  # d_in of the SAEs (96)
 SAE_EXPANSION = 16  # n_features = 16 × 96 = 1,536
@@ -122,7 +124,7 @@ def build_assets(
 ) -> dict[str, Any]:
     """Train the ViT and the SAEs and write them to ``output``; returns ``info``.
 
-    The ViT comes from :func:`captum_fgattr.bench.models.br35h_vit.default_model` with ``retrain=True``, the
+    The ViT comes from :func:`captum_fgattr.bench.default.vit.default_model` with ``retrain=True``, the
     path ``fgattr demo --retrain`` takes: trained from scratch, or taken from ``cache_dir`` (default:
     the user cache) where that path already trained this exact recipe. The SAEs are always trained.
     The defaults are the shipped recipe (default split, ViT and training; SAEs of :data:`SAE_LAYERS`
@@ -196,9 +198,9 @@ def load_shipped_saes(layers: Sequence[int], device: str | torch.device = "cpu",
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m captum_fgattr.bench.assets --output DIR``: train and write the default assets."""
-    parser = argparse.ArgumentParser(prog="python -m captum_fgattr.bench.assets", description=main.__doc__)
-    parser.add_argument("--output", required=True, help="folder to write (the package's is captum_fgattr/bench/default_assets)")
+    """``python -m captum_fgattr.bench.default.assets --output DIR``: train and write the default assets."""
+    parser = argparse.ArgumentParser(prog="python -m captum_fgattr.bench.default.assets", description=main.__doc__)
+    parser.add_argument("--output", required=True, help="folder to write (the package's is captum_fgattr/bench/default/shipped)")
     parser.add_argument("--cache-dir", default=None,
                         help="model/data cache (default: $FGATTR_CACHE or ~/.cache/captum-fgattr); a default model "
                         "that `fgattr demo --retrain` already trained there is reused")
@@ -206,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     info = build_assets(args.output, cache_dir=args.cache_dir, progress=not args.quiet,
-                        command=shlex.join(["python", "-m", "captum_fgattr.bench.assets", *argv]))
+                        command=shlex.join(["python", "-m", "captum_fgattr.bench.default.assets", *argv]))
     print(json.dumps({"test_accuracy": info["model"]["test_accuracy"],
                       "saes": {layer: s["metrics"] for layer, s in info["saes"].items()}}, indent=2))
     print(f"wrote {args.output} in {info['seconds']:.0f}s", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 Works on a fresh CPU-only machine with no hub access: the model is a timm
 :class:`~timm.models.vision_transformer.VisionTransformer` trained by :func:`train_default_model` on the
-training split of :mod:`captum_fgattr.bench.data.br35h` in a few CPU minutes; the package ships its weights
+training split of :mod:`captum_fgattr.bench.default.br35h` in a few CPU minutes; the package ships its weights
 (:data:`SHIPPED_DIR`, sha256-checked) and other settings are trained once and cached in the user cache folder.
 Model name ``"fgattr:br35h-vit"`` of :func:`captum_fgattr.bench.models.loading.load_model` (:func:`load_br35h_vit`).
 
@@ -19,7 +19,7 @@ naming it.
 
 Example::
 
-    >>> from captum_fgattr.bench.models.br35h_vit import DEFAULT_VIT, ViTConfig
+    >>> from captum_fgattr.bench.default.vit import DEFAULT_VIT, ViTConfig
     >>> DEFAULT_VIT.num_patches == (DEFAULT_VIT.img_size // DEFAULT_VIT.patch_size) ** 2
     True
 """
@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from captum_fgattr.bench.data.br35h import (
+from captum_fgattr.bench.default.br35h import (
     CLASS_NAMES, DUPLICATE_RMS, DUPLICATE_SIZE, IMG_SIZE, MEAN, SPLIT_FRACTIONS, SPLIT_SEED, STD, Br35HSplit,
     cache_key, default_cache_dir, default_splits, normalize,
 )
@@ -67,8 +67,8 @@ _WEIGHTS_NAME = "model.safetensors"
 _DEFAULT_SPLIT_INFO = {"split_seed": SPLIT_SEED, "split_fractions": list(SPLIT_FRACTIONS),
                        "duplicate_rms": DUPLICATE_RMS, "duplicate_size": DUPLICATE_SIZE}
 _INFO_NAME = "info.json"
-#: the default ViT and demo SAEs shipped as package data (see :mod:`captum_fgattr.bench.assets`)
-SHIPPED_DIR = Path(__file__).resolve().parents[1] / "default_assets"
+#: the default ViT and demo SAEs shipped as package data (see :mod:`captum_fgattr.bench.default.assets`)
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ def shipped_model(device: str | torch.device = "cpu", folder: str | os.PathLike[
     """The default ViT shipped with the package (sha256 checked): ``(model in eval mode, info)``.
 
     ``info`` is the model's training record (configs, split, ``test_accuracy``, ``weights_sha256``),
-    the ``model`` section of the ``info.json`` written by ``python -m captum_fgattr.bench.assets``.
+    the ``model`` section of the ``info.json`` written by ``python -m captum_fgattr.bench.default.assets``.
     """
     folder = Path(folder)
     remedy = "reinstall captum-fgattr or run `fgattr demo --retrain`"

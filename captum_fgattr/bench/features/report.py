@@ -19,8 +19,8 @@ from matplotlib.patches import Rectangle
 from torch.utils.data import Dataset
 
 from captum_fgattr.bench.evaluate import display_image
-from captum_fgattr.bench.analysis.feature_findings import GROUPS, FeatureAnalysis, FeatureStats, PatchFinding
-from captum_fgattr.bench.analysis.prototypes import Prototypes
+from captum_fgattr.bench.features.findings import GROUPS, FeatureAnalysis, FeatureStats, PatchFinding
+from captum_fgattr.bench.features.prototypes import Prototypes
 from captum_fgattr.bench.metrics import MetricSpec, metric_specs
 from captum_fgattr.files import atomic_write
 

@@ -21,8 +21,8 @@ Over an evaluated run (per-image rows of TransMM and a real-SAE FG-TransMM confi
 
 Outputs (``out_dir``): ``features.md``, ``features.csv`` (one row per case patch), ``case_improved.png``,
 ``case_degraded.png`` and ``prototypes_L{layer}_f{feature}.png``
-(:mod:`captum_fgattr.bench.report.features_report`). The command ``fgattr features --run-dir D`` is in
-:mod:`captum_fgattr.bench.cli.features`.
+(:mod:`.report`). :func:`analyze_run` does it all for a run folder, with the model, data and SAEs its stored
+configuration names (:mod:`.inputs`); ``fgattr features --run-dir D`` runs it.
 """
 from __future__ import annotations
 
@@ -37,17 +37,18 @@ from torch.utils.data import Dataset
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.attr import FeatureGradientTransMM, GatedLayer, TransMM
 from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST, control_groups, control_name, fg_spec_of
-from captum_fgattr.bench.analysis.feature_findings import Case, FeatureAnalysis, FeatureStats, PatchFinding
-from captum_fgattr.bench.analysis.prototypes import FeatureKey, feature_prototypes
-from captum_fgattr.bench.report.features_report import write_feature_report
+from captum_fgattr.bench.features.findings import Case, FeatureAnalysis, FeatureStats, PatchFinding
+from captum_fgattr.bench.features.inputs import load_run_components
+from captum_fgattr.bench.features.prototypes import FeatureKey, feature_prototypes
+from captum_fgattr.bench.features.report import write_feature_report
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.metrics import metric_names, metric_specs
-from captum_fgattr.bench.store import ResultStore
+from captum_fgattr.bench.store import STORE_NAME, ResultStore
 from captum_fgattr.gates import robust_center_scale
 from captum_fgattr.sae import SparseAutoencoder
 
-__all__ = ["composite_improvement", "rank_cases",
-           "attribution_shares", "patch_findings", "feature_cases", "select_fg_method", "analyze_features", "CACHE_FOLDER"]
+__all__ = ["composite_improvement", "rank_cases", "attribution_shares", "patch_findings", "feature_cases",
+           "select_fg_method", "analyze_features", "analyze_run", "CACHE_FOLDER"]
 
 CACHE_FOLDER = "feature_cache"  # prototype cache inside the run folder
 def composite_improvement(fg: Mapping[str, np.ndarray], base: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -305,3 +306,41 @@ def analyze_features(
         ref = reference if reference is not None else dataset
         result.files = write_feature_report(result, dataset, ref, out_dir, name_of, reference_split or split)
     return result
+
+
+def analyze_run(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    split: str = "test",
+    experiment: str = TEST,
+    selection: str | None = None,
+    reference_split: str = "val",
+    n_images: int = 4,
+    n_patches: int = 3,
+    top_features: int = 5,
+    prototypes: int = 10,
+    batch_size: int = 16,
+    device: str = "cpu",
+    progress: bool = True,
+) -> FeatureAnalysis:
+    """:func:`analyze_features` of a finished run folder: the FG configuration :func:`select_fg_method` picks
+    (``selection``), with the model, data and SAEs the run's stored configuration names
+    (:func:`~captum_fgattr.bench.features.inputs.load_run_components`); files into ``out_dir`` (default
+    ``RUN_DIR/features``).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no results.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / STORE_NAME).is_file():
+        raise FileNotFoundError(f"no {STORE_NAME} in {run_dir}; run `fgattr demo` or `fgattr run` first")
+    with ResultStore(run_dir) as store:
+        method = select_fg_method(store, split, experiment, selection)
+        parts = load_run_components(store, list(method.fg.layers), sorted({split, reference_split}), progress)
+        return analyze_features(
+            parts.model, parts.splits[split], parts.saes, method, store, split, experiment=experiment,
+            n_images=n_images, n_patches=n_patches, top_features=top_features,
+            reference=parts.splits[reference_split], reference_split=reference_split, prototypes=prototypes,
+            class_names=parts.class_names, out_dir=out_dir if out_dir is not None else run_dir / "features",
+            batch_size=batch_size, device=device, progress=progress)

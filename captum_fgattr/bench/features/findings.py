@@ -1,5 +1,5 @@
-"""What a feature case study finds (the data types of :mod:`.features`, read by
-:mod:`captum_fgattr.bench.report.features_report`)."""
+"""What a feature case study finds (the data types of :mod:`.study`, read by
+:mod:`captum_fgattr.bench.features.report`)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captum_fgattr.bench.analysis.prototypes import FeatureKey, Prototypes
+from captum_fgattr.bench.features.prototypes import FeatureKey, Prototypes
 from captum_fgattr.bench.methods import MethodSpec
 
 __all__ = ["GROUPS", "Case", "PatchFinding", "FeatureStats", "FeatureAnalysis"]
