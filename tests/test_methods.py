@@ -137,12 +137,14 @@ def test_spec_identity_and_errors(vit):
         build_method(MethodSpec("fg", {"layers": [1, 2]}), vit, saes={1: make_sae(32)})
 
 
-@pytest.mark.parametrize("cls", ["TokenGradCAM", "AttentionRollout", "RawAttention"])
+@pytest.mark.parametrize("cls", ["TokenGradCAM", "AttentionRollout", "RawAttention", "PatchIntegratedGradients",
+                                 "PatchSaliency", "RandomPatches"])
 def test_baseline_classes_follow_the_captum_contract(vit, cls):
     from captum.attr import NoiseTunnel
 
     import captum_fgattr
 
+    assert cls in captum_fgattr.__all__
     method = getattr(captum_fgattr, cls)(vit)
     images = torch.randn(2, 3, 32, 32)
     pixels = method.attribute(images, target=1)

@@ -29,7 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from captum_fgattr.bench.analysis.comparisons import (
-    Comparison, Margin, Ranking, claim_comparisons, equivalence_margins, format_p, ranking_comparisons, ranking_lines,
+    Comparison, Margin, claim_comparisons, equivalence_margins, format_p, ranking_comparisons, ranking_lines,
     stored_protocol, verdict_lines,
 )
 from captum_fgattr.bench.config import PF_SCALES
