@@ -6,7 +6,7 @@ by default, ``return_patches=True`` for the (B, gh, gw) grid).
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,7 @@ from captum_fgattr.adapters import capture
 from captum_fgattr.adapters.tokens import pixels_to_patches
 from captum_fgattr.patch_attribution import PatchAttribution, check_finite
 from captum_fgattr.relevancy import attention_rollout, class_token_row
-from captum_fgattr.targets import TargetLike, resolve_target
+from captum_fgattr.targets import TargetLike, check_target_classes, resolve_target, target_indices
 
 __all__ = ["TokenGradCAM", "AttentionRollout", "RawAttention", "PatchIntegratedGradients", "PatchSaliency",
            "RandomPatches"]
@@ -98,11 +98,21 @@ class RawAttention(PatchAttribution):
         return class_token_row(last, self.adapter.num_prefix_tokens, self.adapter.readout_rows)
 
 
-def _checked_target(attribution: PatchAttribution, images: Tensor, target: TargetLike, extra: tuple) -> Tensor:
-    """(B,) target classes for Captum's pixel methods, checked (``None``: the predicted class) against the logits of
-    one no-grad forward, as the other methods check them."""
-    with torch.no_grad():
-        return resolve_target(target, attribution.forward_func(images, *extra))
+def _pixel_targets(attribution: PatchAttribution, images: Tensor, target: TargetLike,
+                   extra: tuple) -> tuple[Tensor, Callable[..., Tensor]]:
+    """(B,) target classes for Captum's pixel methods and the forward function to give Captum for them. ``None``:
+    the predicted classes, from one no-grad forward; a given target: its indices, whose class range the returned
+    forward checks on the logits Captum computes anyway (no forward of its own), as the other methods check it."""
+    if target is None:
+        with torch.no_grad():
+            return resolve_target(None, attribution.forward_func(images, *extra)), attribution.forward_func
+    indices = target_indices(target, images.shape[0], images.device)
+
+    def checked_forward(inputs: Tensor, *args: Any) -> Tensor:
+        logits = attribution.forward_func(inputs, *args)
+        check_target_classes(indices, logits)
+        return logits
+    return indices, checked_forward
 
 
 class PatchIntegratedGradients(PatchAttribution):
@@ -132,7 +142,6 @@ class PatchIntegratedGradients(PatchAttribution):
 
     def __init__(self, model: nn.Module, baseline: float | Sequence[float] = 0.0, n_steps: int = 50) -> None:
         super().__init__(model)
-        self.integrated_gradients = IntegratedGradients(model)
         self.baseline, self.n_steps = baseline, n_steps
         self._delta: Tensor | None = None
 
@@ -152,9 +161,9 @@ class PatchIntegratedGradients(PatchAttribution):
             raise ValueError(f"the Integrated Gradients baseline has {values.numel()} values for {images.shape[1]} "
                              "channels; expected one value or one per channel")
         reference = values.reshape(1, -1, 1, 1).expand_as(images)
-        target_idx = _checked_target(self, images, target, extra)
+        target_idx, forward = _pixel_targets(self, images, target, extra)
         with torch.enable_grad():
-            attr, delta = self.integrated_gradients.attribute(
+            attr, delta = IntegratedGradients(forward).attribute(
                 images, baselines=reference, target=target_idx, additional_forward_args=extra or None,
                 n_steps=self.n_steps, internal_batch_size=images.shape[0] * self.n_steps, return_convergence_delta=True)
         self._delta = delta.detach()
@@ -171,14 +180,10 @@ class PatchIntegratedGradients(PatchAttribution):
 class PatchSaliency(PatchAttribution):
     """Captum's :class:`~captum.attr.Saliency` summed per patch: relevance_p = Σ_{c, (i, j) ∈ p} |∂y/∂x_cij|."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        self.saliency = Saliency(model)
-
     def _patch_relevance(self, images: Tensor, target: TargetLike, extra: tuple) -> Tensor:
-        target_idx = _checked_target(self, images, target, extra)
+        target_idx, forward = _pixel_targets(self, images, target, extra)
         with torch.enable_grad():
-            grads = self.saliency.attribute(images.detach().requires_grad_(True), target=target_idx,
+            grads = Saliency(forward).attribute(images.detach().requires_grad_(True), target=target_idx,
                                             additional_forward_args=extra or None)
         return pixels_to_patches(grads.detach(), self.adapter.patch_size)
 

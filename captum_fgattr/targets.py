@@ -41,8 +41,8 @@ def _as_index_tensor(target: object, device: torch.device) -> Tensor:
     return t
 
 
-def resolve_target(target: TargetLike, logits: Tensor) -> Tensor:
-    """Per-sample target indices (B,) for ``logits`` (B, C); ``None`` -> predicted class."""
+def _check_logits(logits: Tensor) -> tuple[int, int]:
+    """(B, C) of model output ``logits``, refused (by what it is) unless a (B, C) tensor."""
     if not isinstance(logits, Tensor):
         raise TypeError(
             f"the model must return a logits tensor (B, num_classes); got {type(logits).__name__} (e.g. a DeiT "
@@ -50,14 +50,33 @@ def resolve_target(target: TargetLike, logits: Tensor) -> Tensor:
         )
     if logits.dim() != 2:
         raise ValueError(f"the model must return logits of shape (B, num_classes); got shape {tuple(logits.shape)}")
-    B, C = logits.shape
+    return logits.shape[0], logits.shape[1]
+
+
+def target_indices(target: TargetLike, batch: int, device: torch.device) -> Tensor:
+    """(B,) class indices of a given (not ``None``) ``target`` for ``batch`` samples, checked for shape but not yet
+    against a number of classes (:func:`check_target_classes`)."""
+    t = _as_index_tensor(target, device)
+    if t.dim() == 0:
+        t = t.expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"target must be an int or have one entry per sample ({batch}); got shape {tuple(t.shape)}")
+    return t.long()
+
+
+def check_target_classes(indices: Tensor, logits: Tensor) -> None:
+    """Refuse ``indices`` outside the classes of model output ``logits`` (N, C) (any N: e.g. Captum's expanded
+    batches)."""
+    _, num_classes = _check_logits(logits)
+    if ((indices < 0) | (indices >= num_classes)).any():
+        raise ValueError(f"target {indices.tolist()} out of range for {num_classes} classes (0..{num_classes - 1})")
+
+
+def resolve_target(target: TargetLike, logits: Tensor) -> Tensor:
+    """Per-sample target indices (B,) for ``logits`` (B, C); ``None`` -> predicted class."""
+    batch, _ = _check_logits(logits)
     if target is None:
         return logits.detach().argmax(dim=1)
-    t = _as_index_tensor(target, logits.device)
-    if t.dim() == 0:
-        t = t.expand(B)
-    if t.shape != (B,):
-        raise ValueError(f"target must be an int or have one entry per sample ({B}); got shape {tuple(t.shape)}")
-    if ((t < 0) | (t >= C)).any():
-        raise ValueError(f"target {t.tolist()} out of range for {C} classes (0..{C - 1})")
-    return t.long()
+    t = target_indices(target, batch, logits.device)
+    check_target_classes(t, logits)
+    return t

@@ -84,6 +84,32 @@ def test_pixel_baselines_resolve_and_check_the_target_like_the_other_methods(vit
             cls(vit).attribute(images, target=bad)
 
 
+@pytest.mark.parametrize("cls", [PatchIntegratedGradients, PatchSaliency])
+def test_a_given_target_costs_no_forward_beyond_captums_own(vit, cls):
+    """The class-range check reads the logits Captum computes anyway: as many model calls as Captum's own method
+    (IntegratedGradients with its convergence delta, which the benchmark stores / Saliency) makes, same maps."""
+    from captum.attr import IntegratedGradients, Saliency
+
+    calls = []
+    handle = vit.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
+    try:
+        images, target = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+        ours = cls(vit).attribute(images, target=target)
+        ours_calls, calls[:] = list(calls), []
+        if cls is PatchSaliency:
+            theirs = Saliency(vit).attribute(images.clone().requires_grad_(True), target=target)
+        else:
+            theirs, _ = IntegratedGradients(vit).attribute(images, baselines=torch.zeros_like(images), target=target,
+                                                           n_steps=50, internal_batch_size=2 * 50,
+                                                           return_convergence_delta=True)
+    finally:
+        handle.remove()
+    assert ours_calls == calls and len(calls) >= 1
+    patch = vit.patch_embed.patch_size[0]
+    expected = theirs.sum(dim=1).unfold(1, patch, patch).unfold(2, patch, patch).sum(dim=(-1, -2))
+    torch.testing.assert_close(ours[:, 0, ::patch, ::patch], expected)
+
+
 def test_the_benchmark_keeps_the_integrated_gradients_delta_per_call(vit):
     method = build_method(MethodSpec("integrated_gradients", {"n_steps": 8}), vit)
     assert isinstance(method, CaptumPatchMethod) and method.convergence_delta is None
