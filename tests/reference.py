@@ -91,24 +91,30 @@ def assert_close_relative(actual, expected, tol=1e-5):
     assert err <= tol, f"relative max error {err:.3g} > {tol}"
 
 
+def token_normalisation(normalize: str, x: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """One token x (D,) float64 -> (shift, scale, norm(x)): norm(x) as the SAE encodes it, (shift, scale) the
+    statistics its reconstruction is denormalised with (x̂ = û·scale + shift)."""
+    if normalize == "none":
+        return 0.0, 1.0, x
+    if normalize == "layer_norm":
+        mean, std = x.mean(), x.std(ddof=1)
+        return mean, std + 1e-5, (x - mean) / (std + 1e-5)
+    if normalize == "layer_norm_saelens":  # divided by std + eps, restored with std
+        mean, std = x.mean(), x.std(ddof=1)
+        return mean, std, (x - mean) / (std + 1e-5)
+    assert normalize == "constant_norm_rescale"
+    scale = np.linalg.norm(x) / np.sqrt(len(x))
+    return 0.0, scale, x / scale
+
+
 def sae_normalize(sae, x):
     """Explicit SAE input normalisation of one token x (d,) numpy -> norm(x) (d,) float64."""
-    if sae.config.normalize == "layer_norm":
-        return (x - x.mean()) / (x.std(ddof=1) + 1e-5)
-    if sae.config.normalize == "constant_norm_rescale":
-        return x * np.sqrt(x.shape[0]) / np.linalg.norm(x)
-    return x
+    return token_normalisation(sae.config.normalize, x)[2]
 
 
 def sae_scale(sae, x):
     """The per-token scale the SAE denormalises x's reconstruction with (x̂ = û·scale + shift); 1 without normalisation."""
-    if sae.config.normalize == "layer_norm":
-        return x.std(ddof=1) + 1e-5
-    if sae.config.normalize == "layer_norm_saelens":
-        return x.std(ddof=1)
-    if sae.config.normalize == "constant_norm_rescale":
-        return np.linalg.norm(x) / np.sqrt(x.shape[0])
-    return 1.0
+    return token_normalisation(sae.config.normalize, x)[1]
 
 
 def sae_encode(sae, x):

@@ -16,6 +16,8 @@ from captum_fgattr.adapters import capture
 from captum_fgattr.gates import SAE_VARIANTS, VARIANTS, decode_codes, sae_space_gradient
 from captum_fgattr.sae import SAEConfig
 from tests.reference import sae_encode_normalised as encode
+from tests.reference import token_normalisation
+from tests.test_fg_controls import perfect_sae
 
 D, K, TOKENS = 32, 64, 16
 NORMALISED = ("layer_norm", "constant_norm_rescale", "layer_norm_saelens")
@@ -36,34 +38,6 @@ def make_sae(normalize: str, seed: int, activation: str = "topk") -> SparseAutoe
         sae.b_enc.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(seed))
         sae.b_dec.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(seed + 1))
     return sae
-
-
-def perfect_sae(normalize: str) -> SparseAutoencoder:
-    """ReLU SAE with W_enc = [I, −I], W_dec = [I; −I], b_enc = 0: f·W_dec + b_dec = norm(x) exactly."""
-    sae = SparseAutoencoder(SAEConfig(d_in=D, n_features=2 * D, activation="relu", k=None, normalize=normalize))
-    eye = torch.eye(D)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.b_enc.zero_()
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_dec.normal_(0.0, 0.3, generator=torch.Generator().manual_seed(0))
-    return sae
-
-
-def token_normalisation(normalize: str, x: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """One token x (D,) float64 -> (shift, scale, norm(x)): norm(x) as the SAE encodes it, (shift, scale) the
-    statistics its reconstruction is denormalised with (x̂ = û·scale + shift)."""
-    if normalize == "none":
-        return 0.0, 1.0, x
-    if normalize == "layer_norm":
-        mean, std = x.mean(), x.std(ddof=1)
-        return mean, std + 1e-5, (x - mean) / (std + 1e-5)
-    if normalize == "layer_norm_saelens":  # divided by std + eps, restored with std
-        mean, std = x.mean(), x.std(ddof=1)
-        return mean, std, (x - mean) / (std + 1e-5)
-    assert normalize == "constant_norm_rescale"
-    scale = np.linalg.norm(x) / np.sqrt(len(x))
-    return 0.0, scale, x / scale
 
 
 def resid_and_grad(vit, image: torch.Tensor, target: int, layer: int) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +148,7 @@ def test_sae_space_gradient_is_the_chain_rule_through_denorm(vit, normalize):
 def test_perfect_sae_combined_equals_grad_input_centered(vit, normalize):
     """For an SAE that reproduces norm(x) in its normalised space, Σ_k f_tk d_k = norm(x_t) − b_dec, so
     ``combined`` = ``grad_input_centered`` = ⟨g̃_t, norm(x_t) − b_dec⟩, with or without normalisation."""
-    sae = perfect_sae(normalize)
+    sae = perfect_sae(D, normalize)
     W_dec, b_dec = sae.W_dec.detach().double().numpy(), sae.b_dec.detach().double().numpy()
     records = {}
     for variant in ("combined", "grad_input_centered", "bias_projection"):
