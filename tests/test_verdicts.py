@@ -143,10 +143,11 @@ def test_the_report_names_the_alpha_and_family_and_stars_only_holm_p(tmp_path):
     with (report / "comparisons_test.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert {r["family"] for r in rows} == {"claims"} and {r["alpha"] for r in rows} == {"0.05"}
-    for line in claims.splitlines():
-        cells = [c.strip() for c in line.split("|")[1:-1]]
-        if len(cells) == 13 and cells[6] not in ("p", "–", "---"):
-            assert "*" not in cells[6], line  # the unadjusted p has no stars
+    rows_with_p = [cells for cells in ([c.strip() for c in line.split("|")[1:-1]] for line in claims.splitlines())
+                   if len(cells) == 13 and cells[6] not in ("p", "–", "---")]
+    assert len(rows_with_p) == n_claims  # every comparison row (the seeds' rows have no p)
+    assert not [cells for cells in rows_with_p if "*" in cells[6]]  # the unadjusted p has no stars
+    assert any("*" in cells[7] for cells in rows_with_p)  # the Holm-adjusted p does where it is small
     bias = next(r for r in rows if r["against"] == "bias_projection" and r["metric"] == "saco")
     assert bias["outcome"] == "equivalent" and abs(float(bias["delta"])) < float(bias["margin"])
     ranking = (report / "ranking_test.md").read_text()

@@ -212,12 +212,9 @@ def _from_differences(d: np.ndarray, dropped: int, margin: float, unit: str = "i
                                 margin=margin, unit=unit, per_seed=per_seed)
     mean, sd = float(d.mean()), float(d.std(ddof=1))
     half = float(_scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n))
-    if sd > 0:
-        t = mean / (sd / math.sqrt(n))
-        p = float(2.0 * _scipy_stats.t.sf(abs(t), n - 1))
-    else:
-        t, p = math.nan, math.nan
-    return PairedComparison(mean, mean - half, mean + half, sd, mean / sd if sd > 0 else math.nan, t, p, n, dropped,
+    test = _two_sided(mean / (sd / math.sqrt(n)) if sd > 0 else math.nan, float(n - 1), n)
+    return PairedComparison(mean, mean - half, mean + half, sd, mean / sd if sd > 0 else math.nan, test.t, test.p,
+                            n, dropped,
                             minimum_detectable_dz(n) * sd, margin=margin, p_tost=tost_p(mean, sd, n, margin),
                             unit=unit, per_seed=per_seed)
 

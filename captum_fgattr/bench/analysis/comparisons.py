@@ -28,7 +28,7 @@ from captum_fgattr.bench.experiments import ControlGroup, control_groups, contro
 from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.metrics import metric_names, metric_spec
 from captum_fgattr.bench.stats import (
-    ALPHA, PairedComparison, holm_adjust, paired_comparison, seed_comparison, stars, verdict,
+    ALPHA, PairedComparison, holm_adjust, paired_comparison, seed_comparison, stars, summarize, verdict,
 )
 from captum_fgattr.bench.store import ResultStore
 
@@ -72,6 +72,7 @@ class Comparison:
     result: PairedComparison  # A − B; p_holm and p_tost_holm over the family
     per_seed: tuple[PairedComparison, ...] = ()  # a random control: A vs each seed over the images (not tested)
     agreement: float = math.nan  # median per-image Spearman ρ between A's and B's stored patch maps
+    margin_origin: str = ""  # where ``result.margin`` came from (:class:`Margin`)
 
     @property
     def n_references(self) -> int:
@@ -176,7 +177,7 @@ def equivalence_margins(store: ResultStore, configuration: MethodSpec, protocol:
 
 
 def _compare(columns: _Columns, a: MethodSpec, against: str, references: Sequence[MethodSpec], metric: str,
-             margin: float, agreement: dict[tuple[str, ...], float]) -> Comparison:
+             margin: Margin, agreement: dict[tuple[str, ...], float]) -> Comparison:
     """A vs the references on one metric: paired over images, or at the seed level for a random control."""
     mine = columns.scores(a, metric)
     key = (a.key, *(r.key for r in references))
@@ -184,11 +185,11 @@ def _compare(columns: _Columns, a: MethodSpec, against: str, references: Sequenc
         agreement[key] = columns.agreement(a, references)
     if against in RANDOM_CONTROLS:
         seeds = np.stack([columns.scores(r, metric) for r in references])
-        result = seed_comparison(mine, seeds, margin)
+        result = seed_comparison(mine, seeds, margin.value)
         per_seed = tuple(paired_comparison(mine, row) for row in seeds)
-        return Comparison(a, against, tuple(references), metric, result, per_seed, agreement[key])
-    result = paired_comparison(mine, columns.scores(references[0], metric), margin)
-    return Comparison(a, against, tuple(references), metric, result, (), agreement[key])
+    else:
+        result, per_seed = paired_comparison(mine, columns.scores(references[0], metric), margin.value), ()
+    return Comparison(a, against, tuple(references), metric, result, per_seed, agreement[key], margin.origin)
 
 
 def _holm(raw: list[Comparison]) -> list[Comparison]:
@@ -210,7 +211,7 @@ def claim_comparisons(store: ResultStore, experiment: str, split: str,
         margins = equivalence_margins(store, group.real, protocol)
         references = ([("transmm", transmm)] if transmm else []) + list(group.controls.items())
         for metric in metric_names():
-            raw += [_compare(columns, group.real, against, reference, metric, margins[metric].value, agreement)
+            raw += [_compare(columns, group.real, against, reference, metric, margins[metric], agreement)
                     for against, reference in references]
     return _holm(raw)
 
@@ -254,15 +255,14 @@ def ranking_comparisons(store: ResultStore, experiment: str, split: str,
     raw, best = [], {}
     for metric in metric_names():
         sign = 1.0 if metric_spec(metric).higher_is_better else -1.0
-        means = {s: np.nanmean(columns.scores(s, metric)) if np.isfinite(columns.scores(s, metric)).any() else -np.inf
-                 for s in methods}
-        best[metric] = max(methods, key=lambda s: sign * means[s] if math.isfinite(means[s]) else -math.inf)
+        oriented = {s: sign * summarize(columns.scores(s, metric)).mean for s in methods}  # NaN: nothing defined
+        best[metric] = max(methods, key=lambda s: oriented[s] if math.isfinite(oriented[s]) else -math.inf)
         pairs: list[tuple[MethodSpec, MethodSpec]] = []
         for anchor in anchors:
             pairs += [(s, anchor) for s in methods if s != anchor and (anchor, s) not in pairs]
         pairs += [(best[metric], s) for s in methods
                   if s != best[metric] and (best[metric], s) not in pairs and (s, best[metric]) not in pairs]
-        raw += [_compare(columns, a, b.label, [b], metric, margins[metric].value, agreement) for a, b in pairs]
+        raw += [_compare(columns, a, b.label, [b], metric, margins[metric], agreement) for a, b in pairs]
     return Ranking(_holm(raw), best, methods, margins)
 
 

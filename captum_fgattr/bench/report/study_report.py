@@ -29,7 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from captum_fgattr.bench.analysis.comparisons import (
-    Comparison, Margin, claim_comparisons, equivalence_margins, format_p, ranking_comparisons, ranking_lines,
+    Comparison, Margin, claim_comparisons, format_p, ranking_comparisons, ranking_lines,
     stored_protocol, verdict_lines,
 )
 from captum_fgattr.bench.config import PF_SCALES
@@ -395,8 +395,8 @@ def _comparisons_markdown(comparisons: Sequence[Comparison], title: str, family:
     return "\n".join(lines) + "\n"
 
 
-def _margin_lines(label: str, margins: dict[str, Margin]) -> list[str]:
-    return [f"{label}, {metric_spec(metric).short}: ±{_fmt(m.value)} — {m.origin}" for metric, m in margins.items()]
+def _margin_line(label: str, metric: str, margin: Margin) -> str:
+    return f"{label}, {metric_spec(metric).short}: ±{_fmt(margin.value)} — {margin.origin}"
 
 
 def _and(names: Iterable[str]) -> str:
@@ -549,10 +549,9 @@ def _claims_and_ranking(store: ResultStore, experiment: str, split: str, name: s
     protocol = stored_protocol(store)
     comparisons = claim_comparisons(store, experiment, split, protocol)
     if comparisons:
-        configurations = list({c.configuration.key: c.configuration for c in comparisons}.values())
-        margins = [line for spec in configurations
-                   for line in _margin_lines(spec.label, equivalence_margins(store, spec, protocol))]
-        text = _comparisons_markdown(comparisons, f"Paired comparisons ({split})", "The claims family", margins)
+        margins = {(c.configuration.label, c.metric): Margin(c.result.margin, c.margin_origin) for c in comparisons}
+        text = _comparisons_markdown(comparisons, f"Paired comparisons ({split})", "The claims family",
+                                     [_margin_line(label, metric, m) for (label, metric), m in margins.items()])
         verdicts = "\n".join(["### Verdicts", "", *[f"* {line}" for line in verdict_lines(comparisons)]]) + "\n"
         atomic_write(out / f"comparisons_{name}.md", lambda tmp: tmp.write_text(text + "\n" + verdicts))
         _comparisons_csv(comparisons, "claims", out / f"comparisons_{name}.csv")
@@ -562,7 +561,8 @@ def _claims_and_ranking(store: ResultStore, experiment: str, split: str, name: s
     ranking = ranking_comparisons(store, experiment, split, protocol)
     if ranking is not None:
         text = _comparisons_markdown(ranking.comparisons, f"Methods ranked ({split})", "The ranking family",
-                                     _margin_lines("every comparison (the selected configuration's)", ranking.margins))
+                                     [_margin_line("every comparison (the selected configuration's)", metric, m)
+                                      for metric, m in ranking.margins.items()])
         text += "\n" + "\n".join(["### Rankings the tests support", "",
                                    *[f"* {line}" for line in ranking_lines(ranking)]]) + "\n"
         atomic_write(out / f"ranking_{name}.md", lambda tmp: tmp.write_text(text))
