@@ -33,9 +33,13 @@ class Registry(Mapping[str, T], Generic[T]):
         self._plugins = tuple(plugins)  # modules imported (once) before the first lookup
 
     def _load_plugins(self) -> None:
-        plugins, self._plugins = self._plugins, ()
-        for module in plugins:
-            importlib.import_module(module)
+        plugins, self._plugins = self._plugins, ()  # cleared first: a plugin looks its registry up while importing
+        try:
+            for module in plugins:
+                importlib.import_module(module)
+        except BaseException:
+            self._plugins = plugins  # a failed import is raised again at the next lookup, not hidden behind it
+            raise
 
     def add(self, name: str, entry: T) -> T:
         """Register ``entry`` under ``name``; returns it.

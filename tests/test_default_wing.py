@@ -54,3 +54,13 @@ def test_the_demo_preset_names_its_report_header_so_fgattr_run_writes_the_same_s
     for preset in (demo.FULL, demo.QUICK):
         stored = RunConfig.from_dict(preset.to_dict())  # what config.json holds and `fgattr run --config` reads
         assert stored.report_header == demo.REPORT_HEADER and REPORT_HEADERS[stored.report_header] is demo.header
+
+
+def test_a_plugin_that_fails_to_import_fails_every_lookup():
+    """A broken plugin is not forgotten after its first error (later lookups would just miss its entries)."""
+    from captum_fgattr.registry import Registry
+
+    registry = Registry("thing", plugins=("captum_fgattr.no_such_plugin",))
+    for _ in range(2):
+        with pytest.raises(ModuleNotFoundError, match="captum_fgattr.no_such_plugin"):
+            "x" in registry
