@@ -44,12 +44,12 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, get_type_hints
 
 from captum_fgattr.bench.data.layouts import IMAGENET_SUBSET, LAYOUTS
 from captum_fgattr.bench.methods import METHODS
 from captum_fgattr.bench.metrics import METRICS
+from captum_fgattr.bench.values import Mismatch, typed, words
 from captum_fgattr.bench.models.loading import check_device, check_kwarg_names
 from captum_fgattr.gates import DECODER_PAIRED_VARIANTS, MAD_EPS_PLACEMENTS
 from captum_fgattr.gates import VARIANTS as ALL_VARIANTS
@@ -358,71 +358,6 @@ DEFAULT_SPLITS: Mapping[str, Mapping[str, str]] = {"imagenet": {"val": "val", "t
 DEFAULT_SUBSETS: Mapping[str, int] = {"imagenet": IMAGENET_SUBSET}
 
 
-class _Mismatch(Exception):
-    """A value that does not match its field's type (turned into a ValueError naming the field by :func:`_build`)."""
-
-
-def _typed(hint: Any, value: Any) -> Any:
-    """``value`` checked against the type ``hint`` of a field: lists become tuples where a tuple is due, ints
-    floats where a float is due; bools are not ints here, strings are not numbers.
-
-    Raises:
-        _Mismatch: ``value`` does not match ``hint``.
-        TypeError: ``hint`` is a type this layer does not know (a field added with a new kind of type).
-    """
-    origin, args = get_origin(hint), get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (Union, UnionType):
-        for arm in args:
-            try:
-                return _typed(arm, value)
-            except _Mismatch:
-                pass
-        raise _Mismatch
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        return tuple(_typed(args[0], item) for item in value)
-    if origin is Mapping:
-        if not isinstance(value, Mapping):
-            raise _Mismatch
-        return {_typed(args[0], key): _typed(args[1], item) for key, item in value.items()}
-    if hint is type(None):
-        matches = value is None
-    elif hint is bool or hint is str:
-        matches = isinstance(value, hint)
-    elif hint is int or hint is float:
-        matches = isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
-        value = hint(value) if matches else value
-    else:
-        raise TypeError(f"configuration fields of type {hint!r} are not supported by config._typed")
-    if not matches:
-        raise _Mismatch
-    return value
-
-
-_NOUNS: dict[Any, tuple[str, str]] = {bool: ("true or false", "booleans"), int: ("an int", "ints"),
-                                      float: ("a number", "numbers"), str: ("a string", "strings"),
-                                      type(None): ("null", "nulls"), Any: ("any value", "values")}
-
-
-def _words(hint: Any, plural: bool = False) -> str:
-    """The type ``hint`` in words, as errors name what was expected (``tuple[int, ...]`` -> "a list of ints")."""
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, UnionType):
-        arms = [_words(arm, plural) for arm in args if arm is not type(None)]
-        arms += ["null"] if type(None) in args else []
-        return ", ".join(arms[:-1]) + f" or {arms[-1]}"
-    if origin is tuple:
-        return f"{'lists' if plural else 'a list'} of {_words(args[0], plural=True)}"
-    if origin is Mapping:
-        return f"{'mappings' if plural else 'a mapping'} of {_words(args[0], True)} to {_words(args[1], True)}"
-    if dataclasses.is_dataclass(hint):
-        return "mappings of settings" if plural else "a mapping of settings"
-    return _NOUNS[hint][plural]
-
-
 def _build(cls: type, values: Any, where: str = "") -> Any:
     """``cls(**values)`` for a configuration dataclass ``cls`` read from plain values at the dotted key ``where``
     ("" for the whole configuration): every value is checked against its field's type annotation (nested
@@ -432,7 +367,7 @@ def _build(cls: type, values: Any, where: str = "") -> Any:
         ValueError: ``where.key=value; expected <type in words>``, unknown keys, or ``cls``'s own range checks.
     """
     if not isinstance(values, Mapping):
-        raise ValueError(f"{where or 'the configuration'}={values!r}; expected {_words(cls)}")
+        raise ValueError(f"{where or 'the configuration'}={values!r}; expected {words(cls)}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names, key=str)
     if unknown:
@@ -446,9 +381,9 @@ def _build(cls: type, values: Any, where: str = "") -> Any:
             kwargs[key] = _build(hints[key], value, dotted)
             continue
         try:
-            kwargs[key] = _typed(hints[key], value)
-        except _Mismatch:
-            raise ValueError(f"{dotted}={value!r}; expected {_words(hints[key])}") from None
+            kwargs[key] = typed(hints[key], value)
+        except Mismatch:
+            raise ValueError(f"{dotted}={value!r}; expected {words(hints[key])}") from None
     return cls(**kwargs)
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import math
 import re
-import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 from torch import Tensor, nn
 
@@ -26,6 +25,7 @@ from captum_fgattr.baselines import (AttentionRollout, PatchIntegratedGradients,
 from captum_fgattr.gates import MAD_EPS_PLACEMENTS, VARIANTS
 from captum_fgattr.lrp import AttnLRP, lxt_available
 from captum_fgattr.patch_attribution import PatchAttribution
+from captum_fgattr.bench.values import Mismatch, typed
 from captum_fgattr.registry import Registry
 from captum_fgattr.sae import SparseAutoencoder
 
@@ -47,23 +47,6 @@ def unavailable_methods(names: Iterable[str]) -> dict[str, str]:
             if not ok:
                 out[name] = why
     return out
-
-
-def _fits(value: Any, hint: Any) -> bool:
-    """Whether ``value``, as JSON gives it, fits the annotation ``hint`` (int, float, str, tuple[X, ...] or
-    list[X] as a list or tuple, X | None, ...)."""
-    origin, args = get_origin(hint), get_args(hint)
-    if origin in (Union, types.UnionType):
-        return any(_fits(value, a) for a in args)
-    if origin in (tuple, list):
-        return isinstance(value, (list, tuple)) and all(_fits(v, args[0]) for v in value)
-    if hint is type(None):
-        return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, origin or hint)
 
 
 def _json_type(hint: Any) -> str:
@@ -90,8 +73,10 @@ class MethodParams:
     def __post_init__(self) -> None:
         for name, hint in get_type_hints(type(self)).items():
             value = getattr(self, name)
-            if not _fits(value, hint):
-                raise ValueError(f"{name}={value!r} is not {_json_type(hint)}")
+            try:
+                typed(hint, value)  # checked only: the parameters stay as given, so stored keys do not change
+            except Mismatch:
+                raise ValueError(f"{name}={value!r} is not {_json_type(hint)}") from None
 
     @classmethod
     def accepted(cls) -> str:
