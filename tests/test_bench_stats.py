@@ -61,8 +61,9 @@ def test_degenerate_tests_are_nan():
 def test_percent_improvement_sign_convention():
     assert percent_improvement(0.55, 0.50) == pytest.approx(10.0)
     assert percent_improvement(0.45, 0.50, higher_is_better=False) == pytest.approx(10.0)  # lower PF is better
-    assert percent_improvement(-0.1, -0.2) == pytest.approx(50.0)  # moving up from a negative baseline is better
-    assert math.isnan(percent_improvement(1.0, 0.0))
+    for baseline in (-0.2, 0.0, 0.049):  # a negative or near-zero baseline: no meaningful ratio
+        assert math.isnan(percent_improvement(0.3, baseline))
+    assert percent_improvement(0.1, 0.05) == pytest.approx(100.0)  # from the threshold on
 
 
 @pytest.mark.parametrize("p, mark", [(0.0009, "***"), (0.001, "**"), (0.009, "**"), (0.01, "*"), (0.049, "*"),

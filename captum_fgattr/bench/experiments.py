@@ -203,7 +203,8 @@ def select_best(
             record.update({f"{m.name}_mean": mean,
                            f"{m.name}_pct": percent_improvement(mean, base_means[m.name], m.higher_is_better),
                            f"{m.name}_dz": effects[m.name]})
-        record["mean_pct"] = sum(record[f"{m.name}_pct"] for m in specs) / len(specs)
+        defined = [record[f"{m.name}_pct"] for m in specs if math.isfinite(record[f"{m.name}_pct"])]
+        record["mean_pct"] = sum(defined) / len(defined) if defined else math.nan  # over the metrics with a %
         record["mean_dz"] = sum(effects.values()) / len(specs)
         scores[spec.key] = record
     best = max(candidates, key=lambda spec: ranking[spec.key])  # the first of equals

@@ -2,8 +2,9 @@
 
 Conventions: mean ± standard error (sample std with ddof=1 over √n); Welch's t-test
 (unequal variances) and the paired t-test (same images) of a method against the baseline, two-sided;
-% improvement = 100 · Δ / |baseline mean|, sign flipped for lower-is-better metrics (Pixel-Flipping AUC),
-so positive always means better (Δ / baseline for positive baselines, as in the thesis tables).
+% improvement = 100 · Δ / baseline mean, sign flipped for lower-is-better metrics (Pixel-Flipping AUC),
+so positive always means better, as in the thesis tables; only over a baseline mean of at least
+:data:`PCT_MIN_BASELINE` (over a negative or near-zero one the ratio is meaningless or explodes: NaN, "–").
 NaN scores (undefined SaCo) are dropped and counted. The headline comparison is paired
 (:func:`paired_comparison`: mean Δ, 95 % CI, Cohen's d_z, paired t-test, minimum detectable effect, and the
 equivalence test TOST at a margin ±δ), Holm-adjusted over a test family (:func:`holm_adjust`: the difference
@@ -28,6 +29,7 @@ __all__ = [
     "welch_ttest",
     "paired_ttest",
     "percent_improvement",
+    "PCT_MIN_BASELINE",
     "stars",
     "PairedComparison",
     "paired_comparison",
@@ -120,11 +122,17 @@ def paired_ttest(a: ArrayLike, b: ArrayLike) -> TTest:
     return _two_sided(float(d.mean() / (sd / math.sqrt(n))), float(n - 1), n)
 
 
+#: smallest baseline mean a % improvement is computed over (SaCo and FC lie in [−1, 1], PF AUC in [0, 1]): over a
+#: negative mean "+294 %" would read as a gain whatever happened, and near 0 the ratio explodes
+PCT_MIN_BASELINE = 0.05
+
+
 def percent_improvement(value: float, baseline: float, higher_is_better: bool = True) -> float:
-    """100 · (value − baseline) / |baseline|, negated when lower is better; NaN for a zero/NaN baseline."""
-    if not math.isfinite(baseline) or baseline == 0 or not math.isfinite(value):
+    """100 · (value − baseline) / baseline, negated when lower is better; NaN for a baseline mean below
+    :data:`PCT_MIN_BASELINE` (negative, zero, near zero) or a NaN value."""
+    if not math.isfinite(baseline) or baseline < PCT_MIN_BASELINE or not math.isfinite(value):
         return math.nan
-    pct = 100.0 * (value - baseline) / abs(baseline)
+    pct = 100.0 * (value - baseline) / baseline
     return pct if higher_is_better else -pct
 
 

@@ -16,6 +16,7 @@ from captum_fgattr.bench.config import EvalConfig, Protocol, RunConfig
 from captum_fgattr.bench.distributed import current_shard
 from captum_fgattr.bench.plugins import BENCH_PLUGINS
 from captum_fgattr.bench.experiments import DataSource, StudyClock, as_dataset, run_sweep, run_test
+from captum_fgattr.bench.report.setup import CLASS_NAMES_KEY, class_names, run_header
 from captum_fgattr.bench.report.study_report import write_report
 from captum_fgattr.bench.resolve import StudyInputs, input_digests, load_study_inputs, preprocessing
 from captum_fgattr.bench.store import ResultStore
@@ -24,12 +25,13 @@ from captum_fgattr.registry import Registry
 from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = ["run_study", "run_configured_study", "record_config", "check_metrics",
-           "with_black_input", "stored_run_config", "HEADER_KEY", "HASH_CACHE", "REPORT_HEADERS"]
+           "with_black_input", "stored_run_config", "HEADER_KEY", "CLASS_NAMES_KEY", "HASH_CACHE", "REPORT_HEADERS"]
 
 #: key of the run's description (``[[name, text], ...]``: data, model, SAEs) stored with its configuration
 HEADER_KEY = "header"
 #: ``RunConfig.report_header`` names: (run description, its resolved inputs) -> ``[[name, text], ...]`` rows at the
-#: top of the report (registered by the packages whose presets name them)
+#: top of the report (registered by the packages whose presets name them; other runs get
+#: :func:`~captum_fgattr.bench.report.setup.run_header`)
 REPORT_HEADERS: Registry[Callable[[RunConfig, StudyInputs], list[list[str]]]] = Registry("report header", BENCH_PLUGINS)
 #: file in the run folder remembering input files' sha256 by size / mtime / inode (a resume does not rehash them)
 HASH_CACHE = ".input_sha256.json"
@@ -101,13 +103,14 @@ def with_black_input(config: RunConfig, model: nn.Module) -> Protocol:
 
 
 def record_config(store: ResultStore, config: RunConfig, splits: Sequence[str], model: nn.Module,
-                  header: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
+                  header: Sequence[Sequence[str]] | None = None,
+                  names: Sequence[str] | None = None) -> dict[str, Any]:
     """Refuse metric settings ``model`` cannot be evaluated with, a run folder filled from another model / data
     (the ``splits`` of ``config``) or from other checkpoint / SAE contents (their sha256,
     :func:`~captum_fgattr.bench.resolve.input_digests`, cached in ``RUN_DIR/`` :data:`HASH_CACHE`), before anything
     is recorded; on rank 0 write ``RUN_DIR/config.json`` (atomically). An input without a recorded digest (e.g. the
     SAE of a layer new to the folder) has it recorded. Returns the configuration to store with the command
-    (``header`` rows added)."""
+    (``header`` rows and the class ``names`` added)."""
     check_metrics(config.evaluation, model)
     store.check_fingerprint(asdict(config.model), "model")
     for split in splits:
@@ -117,20 +120,24 @@ def record_config(store: ResultStore, config: RunConfig, splits: Sequence[str], 
     if current_shard().rank == 0:
         text = json.dumps(config.to_dict(), indent=2) + "\n"
         atomic_write(Path(config.run_dir) / "config.json", lambda tmp: tmp.write_text(text))
-    return {**config.to_dict(), **({HEADER_KEY: [list(row) for row in header]} if header else {})}
+    return {**config.to_dict(), **({HEADER_KEY: [list(row) for row in header]} if header else {}),
+            **({CLASS_NAMES_KEY: list(names)} if names else {})}
 
 
 def stored_run_config(stored: Mapping[str, Any]) -> RunConfig:
-    """The :class:`RunConfig` of a configuration :func:`record_config` stored (its header left out)."""
-    return RunConfig.from_dict({key: value for key, value in stored.items() if key != HEADER_KEY})
+    """The :class:`RunConfig` of a configuration :func:`record_config` stored (header and class names left out)."""
+    return RunConfig.from_dict({key: value for key, value in stored.items() if key not in (HEADER_KEY, CLASS_NAMES_KEY)})
 
 
 def run_configured_study(config: RunConfig, inputs: StudyInputs | None = None,
-                         header: Sequence[Sequence[str]] | None = None, pf_scale: str | None = None) -> Path:
+                         header: Sequence[Sequence[str]] | None = None, pf_scale: str | None = None,
+                         command: str = "run") -> Path:
     """``fgattr run``: the whole protocol as ``config`` describes it, into ``config.run_dir`` (resumable), with
     the configuration recorded (``config.json`` and the store, command ``run``) and ``header`` (``[name, text]``
-    rows; default: those of ``config.report_header``, :data:`REPORT_HEADERS`) at the top of the report.
-    ``inputs``: already resolved ones (default :func:`load_study_inputs`). Returns the run folder.
+    rows; default: those of ``config.report_header``, :data:`REPORT_HEADERS`, else
+    :func:`~captum_fgattr.bench.report.setup.run_header`) at the top of the report.
+    ``inputs``: already resolved ones (default :func:`load_study_inputs`); ``command``: the name stored with the
+    configuration (``fgattr demo`` stores "demo"). Returns the run folder.
 
     Raises:
         ValueError: ``config.report_header`` names no registered report header.
@@ -138,10 +145,11 @@ def run_configured_study(config: RunConfig, inputs: StudyInputs | None = None,
     if config.report_header is not None and config.report_header not in REPORT_HEADERS:
         raise ValueError(f"report_header={config.report_header!r}; expected one of {sorted(REPORT_HEADERS)}")
     inputs = inputs if inputs is not None else load_study_inputs(config)
-    if header is None and config.report_header is not None:
-        header = REPORT_HEADERS[config.report_header](config, inputs)
+    if header is None:
+        header = (REPORT_HEADERS[config.report_header](config, inputs) if config.report_header is not None
+                  else run_header(config, inputs))
     with ResultStore(config.run_dir) as store:
-        stored = record_config(store, config, ("val", "test"), inputs.model, header)
+        stored = record_config(store, config, ("val", "test"), inputs.model, header, class_names(inputs.test))
     return run_study(inputs.model, inputs.val, inputs.test, inputs.saes, config.run_dir,
-                     with_black_input(config, inputs.model), config.evaluation, resolved_config=stored, command="run",
+                     with_black_input(config, inputs.model), config.evaluation, resolved_config=stored, command=command,
                      pf_scale=pf_scale)

@@ -26,10 +26,10 @@ from torch import nn
 from captum_fgattr.files import atomic_write
 from captum_fgattr.sae.collect import ActivationCache
 from captum_fgattr.sae.io import read_sae_config
-from captum_fgattr.sae.model import SAEConfig
+from captum_fgattr.sae.model import SAEConfig, SparseAutoencoder
 from captum_fgattr.sae.train import TrainConfig, evaluate_sae, sweep_lr
 
-__all__ = ["METRIC_FIELDS", "HELDOUT_FIELDS", "train_layer_saes", "layer_folder"]
+__all__ = ["METRIC_FIELDS", "HELDOUT_FIELDS", "train_layer_saes", "layer_folder", "sae_quality"]
 
 #: quality on held-out tokens (images not used for training), prefixed ``heldout_`` in rows and saved metrics
 HELDOUT_FIELDS = ("heldout_explained_variance", "heldout_dead_fraction", "heldout_mean_l0", "heldout_num_tokens")
@@ -82,6 +82,7 @@ def train_layer_saes(
     *,
     lrs: Sequence[float] | None = None,
     ev_threshold: float = 0.95,
+    lr_extensions: int = 0,
     cache_dir: str | Path | None = None,
     cache_dtype: str = "float32",
     keep_cache: bool = False,
@@ -94,7 +95,8 @@ def train_layer_saes(
         model: the ViT, in eval mode; its patch tokens at each layer's resid_post are the data.
         loader: batches of images (or (images, labels)).
         train_config: optimisation settings; ``lrs`` (default ``[train_config.lr]``) are swept per
-            layer and one is selected (EV above ``ev_threshold``, then fewest dead features).
+            layer and one is selected (EV above ``ev_threshold``, then fewest dead features); a selection at
+            the grid's edge extends it by up to ``lr_extensions`` steps (:func:`~captum_fgattr.sae.train.sweep_lr`).
         output: folder for ``layer_{L}/`` and ``metrics.csv``.
         cache_dir: activation cache (default ``OUTPUT/activation_cache``), deleted afterwards unless
             ``keep_cache``.
@@ -129,8 +131,9 @@ def train_layer_saes(
             print(f"cached {heldout.num_tokens} held-out patch tokens per layer", file=sys.stderr)
         for layer in todo:
             start = time.perf_counter()
-            sweep = sweep_lr(cache.array(layer), lrs, sae_configs[layer], train_config, ev_threshold=ev_threshold, device=device)
-            seconds = (time.perf_counter() - start) / len(lrs)
+            sweep = sweep_lr(cache.array(layer), lrs, sae_configs[layer], train_config, ev_threshold=ev_threshold,
+                             lr_extensions=lr_extensions, device=device)
+            seconds = (time.perf_counter() - start) / len(sweep.results)
             held = [{} if heldout is None else _heldout_metrics(result.sae, heldout.array(layer), train_config)
                     for result in sweep.results]
             for i, result in enumerate(sweep.results):
@@ -152,3 +155,12 @@ def _heldout_metrics(sae: Any, tokens: Any, train_config: TrainConfig) -> dict[s
     """:data:`HELDOUT_FIELDS` of ``sae`` on all ``tokens`` (num_tokens, d_in)."""
     metrics = evaluate_sae(sae, tokens, batch_tokens=train_config.batch_tokens).as_dict()
     return {field: metrics[field.removeprefix("heldout_")] for field in HELDOUT_FIELDS}
+
+
+def sae_quality(sae: SparseAutoencoder) -> dict[str, float]:
+    """Quality saved with ``sae`` (:func:`train_layer_saes`): ``explained_variance``, ``dead_fraction``, ``mean_l0``
+    (training tokens) and :data:`HELDOUT_FIELDS` (held-out tokens); keys missing when not measured (e.g. an SAE
+    from elsewhere)."""
+    metrics = sae.config.extra.get("metrics", {})
+    keys = ("explained_variance", "dead_fraction", "mean_l0", *HELDOUT_FIELDS)
+    return {key: metrics[key] for key in keys if key in metrics}

@@ -73,6 +73,7 @@ class Comparison:
     per_seed: tuple[PairedComparison, ...] = ()  # a random control: A vs each seed over the images (not tested)
     agreement: float = math.nan  # median per-image Spearman ρ between A's and B's stored patch maps
     margin_origin: str = ""  # where ``result.margin`` came from (:class:`Margin`)
+    same_as: tuple[str, ...] = ()  # further references whose scores equal this one's on every image (reported once)
 
     @property
     def n_references(self) -> int:
@@ -82,7 +83,9 @@ class Comparison:
     def title(self) -> str:
         title = AGAINST_TITLES.get(self.against, self.against)
         n = self.n_references
-        return f"{title} ({n} seed{'s' * (n != 1)})" if self.result.unit == "seeds" else title
+        title = f"{title} ({n} seed{'s' * (n != 1)})" if self.result.unit == "seeds" else title
+        merged = " = ".join(AGAINST_TITLES.get(a, a) for a in self.same_as)
+        return f"{title} (= {merged}: identical scores)" if merged else title
 
     @property
     def outcome(self) -> str:
@@ -192,6 +195,50 @@ def _compare(columns: _Columns, a: MethodSpec, against: str, references: Sequenc
     return Comparison(a, against, tuple(references), metric, result, per_seed, agreement[key], margin.origin)
 
 
+#: why two references can score identically: their formulas differ by a term that vanished at the gated layers
+IDENTITY_REASONS = {
+    ("grad_input_centered", "bias_projection"): "⟨g̃, norm(x) − b_dec⟩ = ⟨g̃, norm(x)⟩ − ⟨g̃, b_dec⟩: the first term "
+    "vanished (as when the gradient is orthogonal to the token, e.g. before a LayerNorm)",
+    ("transmm", "grad_input"): "its gates were all neutral: ⟨g, x⟩ was at rounding level (e.g. before a LayerNorm)",
+    ("transmm", "grad_input_centered"): "its gates were all neutral: its scores were at rounding level",
+    ("transmm", "bias_projection"): "its gates were all neutral: its scores were at rounding level",
+}
+
+
+def _identical(columns: _Columns, a: MethodSpec, b: MethodSpec) -> bool:
+    """Whether two methods' stored scores are equal on every image and metric (NaN where the other is NaN)."""
+    return all(np.array_equal(columns.scores(a, m), columns.scores(b, m), equal_nan=True) for m in metric_names())
+
+
+def merged_references(columns: _Columns, references: list[tuple[str, list[MethodSpec]]]
+                      ) -> list[tuple[str, list[MethodSpec], tuple[str, ...]]]:
+    """``(against, specs)`` references with every fixed one whose scores equal an earlier fixed one's on every image
+    folded into that one (``(against, specs, same_as)``): two references identical at these layers are compared,
+    counted in the family and reported once."""
+    kept: list[tuple[str, list[MethodSpec], list[str]]] = []
+    for against, specs in references:
+        twin = next((k for k in kept if against not in RANDOM_CONTROLS and k[0] not in RANDOM_CONTROLS
+                     and _identical(columns, k[1][0], specs[0])), None)
+        if twin is None:
+            kept.append((against, specs, []))
+        else:
+            twin[2].append(against)
+    return [(against, specs, tuple(same)) for against, specs, same in kept]
+
+
+def identity_notes(comparisons: Sequence[Comparison]) -> list[str]:
+    """One sentence per merged reference: which references scored identically, and why where the formulas say."""
+    notes = {}
+    for c in comparisons:
+        for other in c.same_as:
+            reason = IDENTITY_REASONS.get((c.against, other), "")
+            notes[(c.configuration.key, c.against, other)] = (
+                f"{c.configuration.label}: {AGAINST_TITLES.get(other, other)} scored exactly as "
+                f"{AGAINST_TITLES.get(c.against, c.against)} on every image" + (f" ({reason})" if reason else "")
+                + "; compared and counted once.")
+    return list(notes.values())
+
+
 def _holm(raw: list[Comparison]) -> list[Comparison]:
     adjusted = holm_adjust([c.result for c in raw], ALPHA)
     return [replace(c, result=r) for c, r in zip(raw, adjusted)]
@@ -209,10 +256,10 @@ def claim_comparisons(store: ResultStore, experiment: str, split: str,
     raw = []
     for group in control_groups(specs):
         margins = equivalence_margins(store, group.real, protocol)
-        references = ([("transmm", transmm)] if transmm else []) + list(group.controls.items())
+        references = merged_references(columns, ([("transmm", transmm)] if transmm else []) + list(group.controls.items()))
         for metric in metric_names():
-            raw += [_compare(columns, group.real, against, reference, metric, margins[metric], agreement)
-                    for against, reference in references]
+            raw += [replace(_compare(columns, group.real, against, reference, metric, margins[metric], agreement),
+                            same_as=same_as) for against, reference, same_as in references]
     return _holm(raw)
 
 
@@ -287,28 +334,53 @@ def _claim(comparisons: Sequence[Comparison]) -> str:
     return ", ".join(f"{metric_spec(c.metric).short} {c.outcome} ({_evidence(c)})" for c in comparisons)
 
 
+def _and_list(items: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return " and ".join(filter(None, [", ".join(items[:-1]), items[-1]])) if items else ""
+
+
+def _controls_showed(by: dict[tuple[str, str], Comparison], controls: Sequence[str]) -> str:
+    """'FG vs bias_projection −⟨g, b_dec⟩: SaCo equivalent, FC inconclusive; FG vs …' (every metric, FG's side)."""
+    parts = []
+    for a in controls:
+        outcomes = [f"{metric_spec(m).short} {by[(a, m)].outcome}" for m in metric_names() if (a, m) in by]
+        first = next(by[(a, m)] for m in metric_names() if (a, m) in by)
+        parts.append(f"FG vs {first.title}: " + ", ".join(outcomes))
+    return "; ".join(parts)
+
+
 def _conclusion(configuration: MethodSpec, comparisons: Sequence[Comparison]) -> str:
     """Whether the configuration improves on TransMM and whether its controls explain the gain, as the outcomes
     allow: "not attributable" needs a no-SAE control *equivalent* to FG on every metric FG improves; "attributable"
-    needs FG *better* than every no-SAE and random control there; anything else is inconclusive."""
+    needs FG *better* than every no-SAE and random control there; anything else is inconclusive. What every control
+    showed is stated in every case."""
     by = {(c.against, c.metric): c for c in comparisons}
     said = {key: c.outcome for key, c in by.items()}
-    gains = [m for m in metric_names() if said.get(("transmm", m)) == "better"]
-    losses = [m for m in metric_names() if said.get(("transmm", m)) == "worse"]
     names = lambda metrics: ", ".join(metric_spec(m).short for m in metrics)  # noqa: E731
-    head = f"Conclusion for {configuration.label}: "
-    if not gains:
-        rest = [f"{metric_spec(m).short} {said[('transmm', m)]}" for m in metric_names() if ("transmm", m) in said]
-        return head + "no improvement over TransMM shown (" + ", ".join(rest) + ")."
-    head += f"better than TransMM on {names(gains)}" + (f", worse on {names(losses)}" if losses else "")
+    tested = [m for m in metric_names() if ("transmm", m) in said]
+    gains = [m for m in tested if said[("transmm", m)] == "better"]
+    losses = [m for m in tested if said[("transmm", m)] == "worse"]
     controls = list(dict.fromkeys(c.against for c in comparisons if c.against != "transmm"))
+    head = f"Conclusion for {configuration.label}: "
+    showed = f"; {_controls_showed(by, controls)}" if controls else "; no controls were run"
+    if not gains:
+        if tested and len(losses) == len(tested):
+            head += f"worse than TransMM on every metric ({names(losses)})"
+        else:
+            head += "no improvement over TransMM shown (" + ", ".join(
+                f"{metric_spec(m).short} {said[('transmm', m)]}" for m in tested) + ")"
+        return head + showed + "."
+    head += f"better than TransMM on {names(gains)}" + (f", worse on {names(losses)}" if losses else "")
     if not controls:
         return head + "; no controls were run, so nothing credits the SAE's features."
     explaining = [a for a in controls if a in NO_SAE_CONTROLS and all(said.get((a, m)) == "equivalent" for m in gains)]
     if explaining:
-        return head + ("; " + " and ".join(AGAINST_TITLES[a] for a in explaining)
-                       + f" equivalent to it on {names(gains)} (TOST at the margins): the gain is not attributable to "
-                       "the SAE's features.")
+        titles = [by[(a, gains[0])].title for a in explaining]
+        verb = "is" if len(titles) == 1 else "are each"
+        rest = [a for a in controls if a not in explaining]
+        return (head + f"; {_and_list(titles)} {verb} equivalent to FG on {names(gains)} (TOST at the margins): the "
+                "gain is not attributable to the SAE's features" + (f"; {_controls_showed(by, rest)}" if rest else "")
+                + ".")
     if all(said.get((a, m)) == "better" for a in controls for m in gains):
         return head + f"; better than every control on {names(gains)}: the gain is attributable to the SAE's features."
     open_ = []

@@ -42,7 +42,7 @@ from captum_fgattr.bench.default.vit import (
     DEFAULT_TRAIN, DEFAULT_VIT, SHIPPED_DIR, ViTConfig, ViTTrainConfig, default_model, save_model, sha256_file,
 )
 from captum_fgattr.determinism import deterministic
-from captum_fgattr.sae.layers import HELDOUT_FIELDS, layer_folder, train_layer_saes
+from captum_fgattr.sae.layers import layer_folder, sae_quality, train_layer_saes
 from captum_fgattr.sae.model import SparseAutoencoder
 from captum_fgattr.sae.train import TrainConfig as SAETrainConfig
 from captum_fgattr.sae.train import sae_config_for
@@ -99,15 +99,6 @@ def train_demo_saes(
         return train_layer_saes(
             model, torch.utils.data.DataLoader(train_split.tensors()[0], batch_size=256), configs,
             dataclasses.replace(training, progress=progress), output, device=device, heldout_loader=heldout)
-
-
-def sae_quality(sae: SparseAutoencoder) -> dict[str, float]:
-    """Quality saved with ``sae``: ``explained_variance``, ``dead_fraction``, ``mean_l0`` (training
-    tokens) and ``heldout_explained_variance``, ``heldout_dead_fraction``, ``heldout_mean_l0``,
-    ``heldout_num_tokens`` (validation images' tokens); keys missing when not measured."""
-    metrics = sae.config.extra.get("metrics", {})
-    keys = ("explained_variance", "dead_fraction", "mean_l0", *HELDOUT_FIELDS)
-    return {key: metrics[key] for key in keys if key in metrics}
 
 
 def build_assets(

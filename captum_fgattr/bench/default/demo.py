@@ -135,7 +135,7 @@ def run_demo(output: str | Path | None = None, quick: bool = False, device: str 
     if retrain:
         print(_compare_with_shipped(inputs.model, inputs.saes, Path(str(config.saes))), file=sys.stderr)
     print(f"SAEs for blocks {sorted(inputs.saes)} ready after {time.perf_counter() - start:.0f}s", file=sys.stderr)
-    run_dir = run_configured_study(config, inputs)
+    run_dir = run_configured_study(config, inputs, command="demo")
     report = run_dir / "report" / "report.md"
     print(summary_text(run_dir))
     print(f"demo finished in {time.perf_counter() - start:.0f}s; report: {report}")

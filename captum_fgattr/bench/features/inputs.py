@@ -16,7 +16,7 @@ from captum_fgattr.sae import SparseAutoencoder
 
 __all__ = ["RunComponents", "load_run_components"]
 
-_RUN_COMMANDS = ("sweep", "evaluate", "run")
+_RUN_COMMANDS = ("sweep", "evaluate", "run", "demo")
 
 
 @dataclass

@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from captum_fgattr.bench.analysis.comparisons import (
-    Comparison, Margin, claim_comparisons, format_p, ranking_comparisons, ranking_lines,
+    Comparison, Margin, Ranking, claim_comparisons, format_p, identity_notes, ranking_comparisons, ranking_lines,
     stored_protocol, verdict_lines,
 )
 from captum_fgattr.bench.config import PF_SCALES
@@ -38,8 +39,10 @@ from captum_fgattr.bench.experiments import (
 )
 from captum_fgattr.bench.methods import OPTIONAL_METHODS, MethodSpec
 from captum_fgattr.bench.metrics import metric_spec, metric_specs
+from captum_fgattr.bench.report.findings import findings_section
+from captum_fgattr.bench.report.setup import CLASS_NAMES_KEY, evaluated_images_line
 from captum_fgattr.bench.stats import (
-    ALPHA, Summary, TTest, paired_ttest, percent_improvement, summarize, welch_ttest,
+    ALPHA, PCT_MIN_BASELINE, Summary, TTest, paired_ttest, percent_improvement, summarize, welch_ttest,
 )
 from captum_fgattr.bench.store import STORE_NAME, ResultStore
 from captum_fgattr.files import atomic_write
@@ -133,9 +136,10 @@ def _markdown(rows: Sequence[TableRow], title: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lower = ", ".join(m.short for m in specs if not m.higher_is_better)
     flipped = f" ({lower} sign flipped)" if lower else ""
-    lines += ["", f"Mean ± standard error; % = improvement over TransMM{flipped}; p: two-sided t-tests vs TransMM, "
-              "unadjusted and without stars (the verdicts and stars come from the Holm families of the comparisons "
-              "and the ranking)."]
+    lines += ["", f"Mean ± standard error; % = improvement over TransMM{flipped}, \"–\" where TransMM's mean is below "
+              f"{PCT_MIN_BASELINE:g} (negative or near zero: the ratio would be meaningless; the paired comparisons give "
+              "the differences); p: two-sided t-tests vs TransMM, unadjusted and without stars (the verdicts and stars "
+              "come from the Holm families of the comparisons and the ranking)."]
     for metric in specs:
         nan = [(row.method.label, row.cells[metric.name].summary.n_nan) for row in rows
                if row.cells[metric.name].summary.n_nan]
@@ -156,7 +160,9 @@ def _convergence_lines(store: ResultStore, rows: Sequence[TableRow], split: str)
         deltas = np.abs(store.convergence_deltas(split, row.method.key))
         if len(deltas):
             lines.append(f"Convergence delta of {row.method.label} (Σ attributions − (f(x) − f(baseline)), target "
-                         f"logit): median |δ| {np.median(deltas):.3g}, max {deltas.max():.3g} over {len(deltas)} images.")
+                         f"logit): median |δ| {np.median(deltas):.3g}, max {deltas.max():.3g} over {len(deltas)} images. "
+                         "δ = 0 for exact Integrated Gradients; a large |δ| means its path integral is not converged at "
+                         "this number of steps, so its rows score an approximation whose maps more steps would change.")
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -202,8 +208,18 @@ def _baseline(rows: Sequence[TableRow]) -> TableRow | None:
 
 
 def _baseline_line(ax: Axes, base: TableRow | None, metric: str) -> None:
-    if base is not None:
-        ax.axhline(base.cells[metric].summary.mean, color="black", linestyle="--", label="TransMM")
+    """TransMM's mean as a dashed line over the data, the y range widened to keep it inside the frame."""
+    if base is None:
+        return
+    mean = base.cells[metric].summary.mean
+    if not math.isfinite(mean):
+        return
+    ax.autoscale_view()
+    low, high = ax.get_ylim()
+    low, high = min(low, mean), max(high, mean)
+    pad = 0.08 * (high - low) or 0.05 * (abs(mean) or 1.0)
+    ax.set_ylim(low - pad, high + pad)
+    ax.axhline(mean, color="black", linestyle="--", linewidth=1.2, zorder=3, label="TransMM")
 
 
 def _metric_panels() -> tuple[Figure, list[Axes]]:
@@ -224,13 +240,17 @@ def _finish_panels(fig: Figure, axes: Sequence[Axes], path: Path) -> None:
 
 
 def _layer_curves(rows: Sequence[TableRow], path: Path) -> None:
+    """Per gated layer, one series per score variant, each offset a little along x so that their error bars do not
+    overlap."""
     fg = [row for row in rows if row.method.is_fg and len(row.method.fg.layers) == 1]
+    variants = list(dict.fromkeys(row.method.fg.variant for row in fg))
     fig, axes = _metric_panels()
     for ax, metric in zip(axes, metric_specs()):
-        for variant in dict.fromkeys(row.method.fg.variant for row in fg):
+        for i, variant in enumerate(variants):
+            offset = 0.12 * (i - (len(variants) - 1) / 2)
             series = sorted((row.method.fg.layers[0], row.cells[metric.name].summary) for row in fg
                             if row.method.fg.variant == variant)
-            ax.errorbar([x for x, _ in series], [s.mean for _, s in series], yerr=[s.se for _, s in series],
+            ax.errorbar([x + offset for x, _ in series], [s.mean for _, s in series], yerr=[s.se for _, s in series],
                         marker="o", capsize=3, label=variant)
         _baseline_line(ax, _baseline(rows), metric.name)
         ax.set_xticks(sorted({row.method.fg.layers[0] for row in fg}))
@@ -254,27 +274,76 @@ def _bars(rows: Sequence[TableRow], path: Path) -> None:
     _finish_panels(fig, axes, path)
 
 
-def _heatmaps(rows: Sequence[TableRow], path: Path) -> None:
-    fg = [row for row in rows if row.method.is_fg]
-    kappas = sorted({row.method.fg.kappa for row in fg})
-    c_maxes = sorted({row.method.fg.c_max for row in fg})
-    per_metric = {m.title: {(r.method.fg.kappa, r.method.fg.c_max): r.cells[m.name].pct for r in fg}
-                  for m in metric_specs()}
-    cells = {(r.method.fg.kappa, r.method.fg.c_max) for r in fg}
-    panels = {**per_metric, "mean over the metrics": {k: float(np.mean([p[k] for p in per_metric.values()]))
-                                                       for k in cells}}
-    fig = Figure(figsize=(4.2 * len(panels), 3.6))
-    axes = fig.subplots(1, len(panels))
+@dataclass(frozen=True)
+class GridCell:
+    """One κ × c_max candidate of the grid experiment: its standardised effects vs TransMM (positive = better)."""
+
+    kappa: float
+    c_max: float
+    effects: dict[str, float]  # metric -> d_z, sign flipped where lower is better
+    selected: bool
+
+
+def _candidate_effects(store: ResultStore, experiment: str, split: str) -> list[tuple[MethodSpec, dict[str, float]]]:
+    """Each finished FG candidate of a validation experiment with its standardised effects vs TransMM on the same
+    images (the selection's quantity); [] without TransMM."""
+    ids = store.experiment_ids(experiment, split)
+    specs = store.experiment_methods(experiment, split)
+    base = next((s for s in specs if s.is_transmm), None)
+    if base is None:
+        return []
+    base_columns = store.scores(split, base.key, ids)
+    out = []
+    for spec in (s for s in specs if s.is_fg):
+        columns = store.scores(split, spec.key, ids)
+        if len(columns["image_id"]) == len(base_columns["image_id"]):  # else unfinished
+            out.append((spec, standardised_effects(columns, base_columns)))
+    return out
+
+
+def grid_cells(store: ResultStore, experiment: str, split: str) -> list[GridCell]:
+    """The κ × c_max candidates with the quantity selection ranks them by (d_z vs TransMM on the same images) and
+    which one the stored selection chose."""
+    chosen = store.selection(experiment)
+    return [GridCell(spec.fg.kappa, spec.fg.c_max, effects, chosen is not None and chosen.method_key == spec.key)
+            for spec, effects in _candidate_effects(store, experiment, split)]
+
+
+def is_grid_corner(cells: Sequence[GridCell]) -> bool:
+    """Whether the selected cell lies at the extreme κ and the extreme c_max of a grid of at least 2 × 2 (the best
+    setting may then lie outside the grid)."""
+    chosen = next((c for c in cells if c.selected), None)
+    kappas, c_maxes = sorted({c.kappa for c in cells}), sorted({c.c_max for c in cells})
+    if chosen is None or len(kappas) < 2 or len(c_maxes) < 2:
+        return False
+    return chosen.kappa in (kappas[0], kappas[-1]) and chosen.c_max in (c_maxes[0], c_maxes[-1])
+
+
+def _heatmaps(cells: Sequence[GridCell], path: Path) -> None:
+    """d_z per metric and their mean (the selection criterion) over κ × c_max, one diverging colour scale centred
+    at 0 with positive (blue) = better on every panel; the selected cell framed."""
+    kappas, c_maxes = sorted({c.kappa for c in cells}), sorted({c.c_max for c in cells})
+    panels = {f"{m.title}": {(c.kappa, c.c_max): c.effects[m.name] for c in cells} for m in metric_specs()}
+    panels["mean d_z (selection)"] = {(c.kappa, c.c_max): float(np.mean(list(c.effects.values()))) for c in cells}
+    chosen = next((c for c in cells if c.selected), None)
+    fig = Figure(figsize=(4.2 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, values) in zip(axes, panels.items()):
         grid = np.array([[values.get((k, c), math.nan) for c in c_maxes] for k in kappas])
         bound = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
         image = ax.imshow(grid, cmap="RdBu", vmin=-bound, vmax=bound)
         for (i, j), v in np.ndenumerate(grid):
-            ax.text(j, i, _fmt(v, 1), ha="center", va="center", fontsize=8)
+            ax.text(j, i, _fmt(v, 2), ha="center", va="center", fontsize=8,
+                    color="white" if abs(v) > 0.6 * bound else "black")
+        if chosen is not None:
+            i, j = kappas.index(chosen.kappa), c_maxes.index(chosen.c_max)
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.5))
         ax.set_xticks(range(len(c_maxes)), [f"{c:g}" for c in c_maxes])
         ax.set_yticks(range(len(kappas)), [f"{k:g}" for k in kappas])
-        ax.set(title=f"{title} (% vs TransMM)", xlabel="c_max", ylabel="κ")
+        ax.set(title=f"{title}\nd_z vs TransMM (+ = better)", xlabel="c_max", ylabel="κ")
         fig.colorbar(image, ax=ax, shrink=0.8)
+    if is_grid_corner(cells):
+        fig.suptitle("selected cell (framed) is a corner of the grid: the best setting may lie outside it", fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
@@ -312,9 +381,9 @@ def _short_label(spec: MethodSpec, real: MethodSpec | None) -> str:
     return "permuted gates" if control == "permuted_gates" else control or spec.label
 
 
-def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bool:
+def _overlays(store: ResultStore, experiment: str, split: str, path: Path, names: Sequence[str] | None = None) -> bool:
     """Image / TransMM / FG (real features) / its controls for images of every class and the most improved and
-    degraded (SaCo) images among the stored gallery; False if none stored."""
+    degraded (SaCo) images among the stored gallery, classes by ``names`` where known; False if none stored."""
     images = store.images(split)
     specs = store.experiment_methods(experiment, split)
     groups = control_groups(specs)
@@ -339,7 +408,8 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
         label, prediction = label_of.get(image_id, (-1, -1))
         axes[r, 0].imshow(image, cmap="gray")
         caption = f"\n{captions[image_id]}" if captions[image_id] else ""
-        axes[r, 0].set_title(f"image {image_id}\nclass {label}, predicted {prediction}{caption}", fontsize=7)
+        axes[r, 0].set_title(f"image {image_id}\nclass {_class(label, names)}, predicted {_class(prediction, names)}"
+                             f"{caption}", fontsize=7)
         for c, spec in enumerate(shown, start=1):
             attr = store.attribution(split, spec.key, image_id)
             lo, hi = float(attr.min()), float(attr.max())
@@ -353,6 +423,10 @@ def _overlays(store: ResultStore, experiment: str, split: str, path: Path) -> bo
     fig.colorbar(heat, ax=axes, shrink=0.5, label="attribution (min–max per map)")
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return True
+
+
+def _class(label: int, names: Sequence[str] | None) -> str:
+    return names[label] if names is not None and 0 <= label < len(names) else str(label)
 
 
 def _n(c: Comparison) -> str:
@@ -457,18 +531,8 @@ def _validation_summary(store: ResultStore) -> str | None:
     for experiment in (SINGLE, MULTI):
         if (experiment, "val") not in store.experiments():
             continue
-        specs = store.experiment_methods(experiment, "val")
-        ids = store.experiment_ids(experiment, "val")
-        base = next((s for s in specs if s.is_transmm), None)
-        if base is None:
-            continue
-        base_columns = store.scores("val", base.key, ids)
         best: dict[str, tuple[float, MethodSpec, dict[str, float]]] = {}
-        for spec in (s for s in specs if s.is_fg):
-            columns = store.scores("val", spec.key, ids)
-            if len(columns["image_id"]) != len(base_columns["image_id"]):
-                continue  # unfinished
-            effects = standardised_effects(columns, base_columns)
+        for spec, effects in _candidate_effects(store, experiment, "val"):
             key = spec.fg.variant if experiment == SINGLE else "multi-layer"
             score = selection_score(effects)
             if key not in best or score > best[key][0]:
@@ -483,6 +547,43 @@ def _validation_summary(store: ResultStore) -> str | None:
                       "|" + "---|" * len(header), *rows, "",
                       "d_z: standardised paired effect vs TransMM (positive = better, sign flipped if lower is "
                       "better). The non-combined variants are ablations: reported, never carried to the test."]) + "\n"
+
+
+def _figure(name: str, file: str, caption: str) -> list[str]:
+    """A figure and its caption, as report lines."""
+    return [f"![{name}]({file})", "", f"*{caption}*", ""]
+
+
+def _directions() -> str:
+    """"higher is better for SaCo and FC, lower for PF"."""
+    specs = metric_specs()
+    up = _and(m.short for m in specs if m.higher_is_better)
+    down = _and(m.short for m in specs if not m.higher_is_better)
+    return "; ".join(filter(None, [f"higher is better for {up}" if up else "", f"lower for {down}" if down else ""]))
+
+
+def _sweep_figure(store: ResultStore, experiment: str, split: str, rows: Sequence[TableRow], out: Path,
+                  name: str) -> list[str]:
+    """The sweep experiment's figure with its caption (report lines); [] where it has none."""
+    n = len(store.experiment_ids(experiment, split))
+    path, file = out / f"{name}.png", f"{name}.png"
+    if experiment == SINGLE:
+        _layer_curves(rows, path)
+        return _figure(experiment, file, f"Single-layer sweep on {n} {split} images: each metric's mean ± SE per gated "
+                       f"block and score variant (variants offset along x), dashed: TransMM; {_directions()}.")
+    if experiment == MULTI:
+        _bars(rows, path)
+        return _figure(experiment, file, f"Multi-layer configurations on {n} {split} images: mean ± SE per metric, "
+                       f"dashed: TransMM; {_directions()}.")
+    cells = grid_cells(store, experiment, split)
+    if not cells:
+        return []
+    _heatmaps(cells, path)
+    corner = (" The selected cell is a corner of the grid: the best setting may lie outside it."
+              if is_grid_corner(cells) else "")
+    return _figure(experiment, file, f"κ × c_max grid on {n} {split} images: the standardised paired effect d_z vs "
+                   "TransMM per metric and their mean, the quantity selection ranks by (sign flipped where lower is "
+                   f"better, so blue = better on every panel); the framed cell is the selected one.{corner}")
 
 
 def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scale: str | None = None) -> Path:
@@ -510,7 +611,15 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
         invocations = store.invocations()
         config = invocations[-1][2] if invocations else {}
         pf_scale = pf_scale or _stored_pf_scale(config)
-        sections = [f"# Results of {run_dir}", "", *_header(config, pf_scale)]
+        protocol = stored_protocol(store)
+        families = {(e, split): (claim_comparisons(store, e, split, protocol),
+                                 ranking_comparisons(store, e, split, protocol))
+                    for e, split in experiments if e not in (SINGLE, MULTI, GRID)}
+        test = next((family for (e, _), family in families.items() if e == TEST), ([], None))
+        single = store.selection(SINGLE)
+        sections = [f"# Results of {run_dir}", "",
+                    *findings_section(*test, single.details.get("n_images") if single is not None else None),
+                    *_header(config, pf_scale, store)]
         sections += _selections(store)
         summary = _validation_summary(store)
         if summary:
@@ -525,40 +634,54 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
             atomic_write(out / f"{name}.md", lambda tmp: tmp.write_text(table))
             _csv(rows, experiment, split, out / f"{name}.csv")
             sections += [table, f"CSV: `{name}.csv`", ""]
-            figure = {SINGLE: _layer_curves, MULTI: _bars, GRID: _heatmaps}.get(experiment)
-            if figure is not None and any(row.method.is_fg for row in rows):
-                figure(rows, out / f"{name}.png")
-                sections += [f"![{experiment}]({name}.png)", ""]
-            if figure is None:
-                sections += _claims_and_ranking(store, experiment, split, name, out)
-            if figure is None and _overlays(store, experiment, split, out / f"overlays_{name}.png"):
-                sections += [f"![overlays]({f'overlays_{name}.png'})", ""]
+            if (experiment, split) not in families:
+                if any(row.method.is_fg for row in rows):
+                    sections += _sweep_figure(store, experiment, split, rows, out, name)
+                continue
+            sections += _claims_and_ranking(*families[(experiment, split)], split, name, out)
+            n = len(store.experiment_ids(experiment, split))
+            if _overlays(store, experiment, split, out / f"overlays_{name}.png", config.get(CLASS_NAMES_KEY)):
+                sections += _figure("overlays", f"overlays_{name}.png", f"Patch maps on {split} images of each class "
+                                    "and on the images FG improved and degraded most (SaCo): the image, TransMM, the "
+                                    f"selected FG configuration and one map per control, each map min–max scaled "
+                                    f"(chosen among the {n} {split} images).")
         if invocations:
             command, started, _ = invocations[-1]
-            sections += ["## Configuration (last command)", "", f"`{command}` at {started}", "", "```json",
-                         json.dumps(config, indent=2, sort_keys=True), "```", ""]
+            sections += ["## Configuration (last command)", "",
+                         f"`fgattr {command}` started at {started} (finished work it found in the store was reused, "
+                         "not recomputed)", "", "```json", json.dumps(config, indent=2, sort_keys=True), "```", ""]
     path = out / "report.md"
     atomic_write(path, lambda tmp: tmp.write_text("\n".join(sections)))
     return path
 
 
-def _claims_and_ranking(store: ResultStore, experiment: str, split: str, name: str, out: Path) -> list[str]:
+def _claims_and_ranking(comparisons: Sequence[Comparison], ranking: Ranking | None, split: str, name: str,
+                        out: Path) -> list[str]:
     """The claims family (table, CSV, figure, verdicts) and the ranking family (table, CSV, supported rankings) of a
     non-sweep experiment, written to ``out``; the report's sections."""
     sections = []
-    protocol = stored_protocol(store)
-    comparisons = claim_comparisons(store, experiment, split, protocol)
     if comparisons:
         margins = {(c.configuration.label, c.metric): Margin(c.result.margin, c.margin_origin) for c in comparisons}
         text = _comparisons_markdown(comparisons, f"Paired comparisons ({split})", "The claims family",
                                      [_margin_line(label, metric, m) for (label, metric), m in margins.items()])
-        verdicts = "\n".join(["### Verdicts", "", *[f"* {line}" for line in verdict_lines(comparisons)]]) + "\n"
+        notes = identity_notes(comparisons)
+        if notes:
+            text += "\nReferences reported once:\n\n" + "\n".join(f"* {note}" for note in notes) + "\n"
+        n_tests = sum(math.isfinite(c.result.p) for c in comparisons)
+        verdicts = "\n".join([
+            "### Verdicts", "",
+            f"Claims family: Holm over {n_tests} tests at family-wise α = {ALPHA:g}; the intervals are unadjusted 95 % "
+            "CIs and the outcomes read the Holm-adjusted p, so an interval that excludes 0 can still be inconclusive.",
+            "", *[f"* {line}" for line in verdict_lines(comparisons)]]) + "\n"
         atomic_write(out / f"comparisons_{name}.md", lambda tmp: tmp.write_text(text + "\n" + verdicts))
         _comparisons_csv(comparisons, "claims", out / f"comparisons_{name}.csv")
         _comparisons_figure(comparisons, out / f"comparisons_{name}.png")
+        n = max(c.result.n for c in comparisons)
         sections += [text, f"CSV: `comparisons_{name}.csv`", "", verdicts,
-                     f"![paired differences](comparisons_{name}.png)", ""]
-    ranking = ranking_comparisons(store, experiment, split, protocol)
+                     *_figure("paired differences", f"comparisons_{name}.png",
+                              f"Mean paired difference (FG − reference) with its unadjusted 95 % CI on {n} {split} "
+                              f"images (random controls: over their seeds), per metric; {_directions()}; the outcome "
+                              f"beside each row at family-wise α = {ALPHA:g} (Holm over the {n_tests} claims).")]
     if ranking is not None:
         text = _comparisons_markdown(ranking.comparisons, f"Methods ranked ({split})", "The ranking family",
                                      [_margin_line("every comparison (the selected configuration's)", metric, m)
@@ -593,14 +716,18 @@ def _stored_pf_scale(config: dict) -> str:
     return "patches" if metrics.get("preset") == "thesis-code" else metrics.get("pf_scale", "unit")
 
 
-def _header(config: dict, pf_scale: str) -> list[str]:
+def _header(config: dict, pf_scale: str, store: ResultStore) -> list[str]:
     """The run's own description: data, model, SAEs (from the configuration's ``header``, [name, text] pairs, if
-    the caller stored one), metric settings and definitions."""
+    the caller stored one), the evaluated images with the model's accuracy on them (from the store), metric settings
+    (those set; a preset by name) and definitions."""
     lines = ["## Setup", ""]
     header = config.get("header") or []
     for key, text in header.items() if isinstance(header, dict) else header:
         lines.append(f"* **{key}**: {text}")
-    metrics = _stored_metrics(config)
+    evaluated = evaluated_images_line(store, ("test", "val"), config.get(CLASS_NAMES_KEY))
+    if evaluated:
+        lines.append(f"* **evaluated images**: {evaluated}")
+    metrics = {k: v for k, v in _stored_metrics(config).items() if v is not None and v != {}}
     if metrics:
         lines.append("* **metric settings**: " + ", ".join(f"{k} = {v}" for k, v in sorted(metrics.items())))
     lines.append(f"* **PF AUC scale**: {pf_scale} ({'× number of patches' if pf_scale == 'patches' else 'in [0, 1]'})")
@@ -617,8 +744,18 @@ def _selections(store: ResultStore) -> list[str]:
         chosen = s.details["candidates"][s.method_key]
         effect = (f"mean standardised effect {_fmt(chosen['mean_dz'], 2)}, " if "mean_dz" in chosen else "")
         lines.append(f"* {s.name}: **{chosen['label']}** ({effect}mean % improvement {_fmt(chosen['mean_pct'], 2)}; "
-                     f"{s.details.get('n_images', '?')} images)")
+                     f"{s.details.get('n_images', '?')} images){_worse_note(chosen)}")
     return lines + [""]
+
+
+def _worse_note(chosen: dict) -> str:
+    """' — worse than TransMM on validation …' for a selected candidate whose mean standardised effect is negative
+    (the best of the candidates; the protocol still carries it to the test)."""
+    effect = chosen.get("mean_dz", math.nan)
+    if not (isinstance(effect, (int, float)) and math.isfinite(effect) and effect < 0):
+        return ""
+    return (f" — the best candidate is worse than TransMM on validation (mean d_z {effect:.2f}); it is carried on as "
+            "the protocol fixes, expect no gain on test")
 
 
 def summary_text(run_dir: str | Path) -> str:
@@ -628,7 +765,8 @@ def summary_text(run_dir: str | Path) -> str:
     with ResultStore(run_dir) as store:
         selections = [s for s in (store.selection(n) for n in (SINGLE, MULTI, GRID)) if s is not None]
     parts = ["Selected on validation (mean standardised paired effect vs TransMM):"]
-    parts += [f"  {s.name}: {s.details['candidates'][s.method_key]['label']}" for s in selections]
+    parts += [f"  {s.name}: {s.details['candidates'][s.method_key]['label']}"
+              f"{_worse_note(s.details['candidates'][s.method_key])}" for s in selections]
     for name in (TEST, f"comparisons_{TEST}", f"ranking_{TEST}"):
         path = run_dir / "report" / f"{name}.md"
         if path.is_file():
