@@ -504,7 +504,7 @@ def _comparisons_csv(comparisons: Sequence[Comparison], family: str, path: Path)
 def _comparisons_figure(comparisons: Sequence[Comparison], path: Path) -> None:
     """Paired Δ (FG real − reference) with 95 % CIs and each comparison's outcome, one panel per metric, a zero line."""
     specs = metric_specs()
-    fig = Figure(figsize=(4.6 * len(specs), 0.5 + 0.32 * max(1, len(comparisons) // len(specs))))
+    fig = Figure(figsize=(4.6 * len(specs), 1.6 + 0.32 * max(1, len(comparisons) // len(specs))), layout="constrained")
     axes = fig.subplots(1, len(specs), sharey=True, squeeze=False)[0]
     for ax, metric in zip(axes, specs):
         rows = [c for c in comparisons if c.metric == metric.name]
@@ -520,7 +520,6 @@ def _comparisons_figure(comparisons: Sequence[Comparison], path: Path) -> None:
         better = "→ FG better" if metric.higher_is_better else "← FG better"
         ax.set(title=f"{metric.title}: mean paired Δ, 95 % CI", xlabel=f"Δ (FG real − reference)  {better}")
     fig.suptitle(f"outcomes at family-wise α = {ALPHA:g} (Holm over the {len(comparisons)} claims)", fontsize=8)
-    fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
 
 
