@@ -177,3 +177,25 @@ def test_torchrun_two_ranks_match_one_process(study, tmp_path):
     assert [r[:6] for r in two] == [r[:6] for r in one]
     np.testing.assert_allclose(np.array([r[6:] for r in two], dtype=float), np.array([r[6:] for r in one], dtype=float),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_on_an_own_model_and_folder_data_reports_its_setup(study, tmp_path):
+    """`fgattr run` on class folders with an own checkpoint: the report opens with the data (kind, folders, classes,
+    split sizes, normalisation), the model (checkpoint, patch grid, depth, classes), the SAEs (size and the held-out
+    quality train-sae saved), the evaluated images with the model's accuracy on them, and the metric settings."""
+    run = tmp_path / "own"
+    protocol = ["--layers", "1", "--variants", "combined", "--multi-layers", "--kappas", "--c-maxes",
+                "--controls", "bias_projection", "--baselines"]
+    assert main(["run", "--config", str(study / "config.json"), "--run-dir", str(run), *protocol]) == 0
+    report = (run / "report" / "report.md").read_text()
+    setup = report.split("## Setup", 1)[1].split("\n## ", 1)[0]
+    assert f"* **data**: folder (val {study / 'val'}, test {study / 'test'}); classes cat / dog / lung; splits val 9, " \
+           "test 6 images" in setup
+    assert f"* **model**: timm:test_vit ({study / 'vit.safetensors'}), 64×64 input, 4×4 = 16 patch tokens + 1 prefix, " \
+           "6 blocks, 3 classes" in setup
+    conn = sqlite3.connect(run / "results.sqlite")
+    facts = conn.execute("SELECT DISTINCT image_id, label, prediction FROM results WHERE split = 'test'").fetchall()
+    accuracy = np.mean([label == prediction for _, label, prediction in facts])  # counted from the stored rows
+    assert len(facts) == 6 and f"test 6 images (cat 2, dog 2, lung 2), model accuracy {accuracy:.3f}" in setup
+    assert "* **SAEs**: block 1: 128 features, k = 8, held-out EV " in setup  # --expansion 2 × width 64
+    assert "* **metric settings**: " in setup and "saco_groups = 4" in setup and "preset = None" not in setup

@@ -4,7 +4,7 @@ Per experiment: ``{experiment}.md`` / ``{experiment}.csv`` (method, layers, ever
 PF ↓, … — as mean ± SE, % improvement over TransMM, unadjusted Welch and paired p-values, undefined-value counts),
 and figures (one panel per metric):
 ``single_layer.png`` (per-layer curves per variant, TransMM line), ``multi_layer.png`` (bars),
-``kappa_cmax.png`` (heatmaps of % improvement), ``overlays_{experiment}.png`` (image / TransMM / FG, for
+``kappa_cmax.png`` (heatmaps of the selection's d_z, selected cell framed), ``overlays_{experiment}.png`` (image / TransMM / FG, for
 the test and any other non-sweep experiment).
 Test experiment: ``comparisons_test.md`` / ``.csv`` (the claims family: FG real vs TransMM and vs each control, per
 metric: mean paired Δ with 95 % CI, d_z, paired and Holm-adjusted p, equivalence margin and Holm-adjusted TOST p, the
@@ -12,8 +12,11 @@ outcome, the MDE at the family's α/m, the maps' median Spearman ρ; random cont
 each seed's row), ``comparisons_test.png`` (paired Δ with 95 % CIs and outcomes), one verdict line per claim; and
 ``ranking_test.md`` / ``.csv`` (the ranking family: every method vs TransMM and vs the selected FG configuration,
 the best mean per metric vs every other method) with the rankings the tests support.
-``report.md`` gathers the run's header (data, model, SAEs, metric settings, definitions), the validation
-selections, the tables, the verdicts and the figures.
+``report.md`` opens with the generated Findings (:mod:`~captum_fgattr.bench.report.findings`), then the run's setup
+(data, model, SAEs, the evaluated images with the model's accuracy on them, metric settings, definitions:
+:mod:`~captum_fgattr.bench.report.setup`), the validation selections (a selection worse than TransMM said so), the
+tables, the verdicts and the figures, each with a caption. % improvement is only shown over a TransMM mean of at
+least :data:`~captum_fgattr.bench.stats.PCT_MIN_BASELINE`.
 """
 from __future__ import annotations
 
