@@ -38,6 +38,8 @@ __all__ = [
     "holm_adjust",
     "tost_p",
     "seed_comparison",
+    "PooledEffect",
+    "random_effects",
     "ALPHA",
     "OUTCOMES",
     "verdict",
@@ -254,6 +256,54 @@ def seed_comparison(a: ArrayLike, seeds: ArrayLike, margin: float = math.nan) ->
         if keep.any():
             effects.append(float((x[keep] - row[keep]).mean()))
     return _from_differences(np.array(effects), dropped, margin, unit="seeds", per_seed=tuple(effects))
+
+
+@dataclass(frozen=True)
+class PooledEffect:
+    """One comparison pooled over replicates (e.g. SAEs or models trained from different seeds) by a random-effects
+    meta-analysis; ``comparison`` carries the pooled estimate in the fields every verdict reads (``unit ==
+    "replicates"``, ``n`` = replicates, tests on n − 1 df)."""
+
+    comparison: PairedComparison  # pooled: delta = μ̂, CI, t, p, TOST at the margin; sd = se·√n
+    replicates: tuple[PairedComparison, ...]  # each replicate's own paired comparison over its images
+    tau: float  # between-replicate SD of the true effects (DerSimonian–Laird τ̂)
+    q: float  # Cochran's Q (heterogeneity)
+
+    @property
+    def agree_in_sign(self) -> int:
+        """Replicates whose mean difference has the pooled estimate's sign."""
+        return sum(np.sign(r.delta) == np.sign(self.comparison.delta) for r in self.replicates)
+
+
+def random_effects(replicates: list[PairedComparison], margin: float = math.nan) -> PooledEffect:
+    """Pool per-replicate paired comparisons (each: mean Δ over its images, se = sd/√n) with a random-effects
+    meta-analysis: DerSimonian–Laird τ̂² = max(0, (Q − (k − 1)) / (Σw − Σw²/Σw)), w = 1/se², Q = Σw(Δ − Δ̄_w)²;
+    μ̂ = Σw*Δ / Σw*, w* = 1/(se² + τ̂²); inference with the Hartung–Knapp–Sidik–Jonkman variance
+    max(1, Σw*(Δ − μ̂)²/(k − 1)) / Σw* on k − 1 df (the max(1, ·) keeps it from falling below the fixed-effect
+    variance with few replicates). k < 2 or a replicate without a standard error gives NaN tests."""
+    k = len(replicates)
+    deltas = np.array([r.delta for r in replicates], dtype=np.float64)
+    variances = np.array([(r.sd / math.sqrt(r.n)) ** 2 if r.n >= 2 else math.nan for r in replicates])
+    nan = math.nan
+    if k < 2 or not np.isfinite(variances).all() or not np.isfinite(deltas).all() or (variances <= 0).any():
+        pooled = PairedComparison(float(deltas.mean()) if k else nan, nan, nan, nan, nan, nan, nan, k, 0, nan,
+                                  margin=margin, unit="replicates", per_seed=tuple(deltas.tolist()))
+        return PooledEffect(pooled, tuple(replicates), nan, nan)
+    w = 1.0 / variances
+    fixed = float((w * deltas).sum() / w.sum())
+    q = float((w * (deltas - fixed) ** 2).sum())
+    tau2 = max(0.0, (q - (k - 1)) / float(w.sum() - (w ** 2).sum() / w.sum()))
+    w_star = 1.0 / (variances + tau2)
+    mu = float((w_star * deltas).sum() / w_star.sum())
+    scale = max(1.0, float((w_star * (deltas - mu) ** 2).sum()) / (k - 1))
+    se, df = math.sqrt(scale / float(w_star.sum())), k - 1
+    half = float(_scipy_stats.t.ppf(0.975, df)) * se
+    sd = se * math.sqrt(k)  # the spread whose t-test on k values has this se
+    test = _two_sided(mu / se, float(df), k)
+    pooled = PairedComparison(mu, mu - half, mu + half, sd, mu / sd, test.t, test.p, k, 0,
+                              minimum_detectable_dz(k) * sd, margin=margin, p_tost=tost_p(mu, sd, k, margin),
+                              unit="replicates", per_seed=tuple(deltas.tolist()))
+    return PooledEffect(pooled, tuple(replicates), math.sqrt(tau2), q)
 
 
 def holm(pvalues: ArrayLike) -> np.ndarray:
