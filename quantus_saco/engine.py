@@ -72,6 +72,7 @@ def evaluate_patch_metrics(
     max_batch: int = 256,
     autocast: bool = False,
     forwards: PerturbedForwards | None = None,
+    fill: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """SaCo, patch Faithfulness Correlation and patch Pixel-Flipping of a batch (docs/method.md §4).
 
@@ -102,6 +103,9 @@ def evaluate_patch_metrics(
         forwards: the model's outputs on perturbed copies of ``x`` shared with other calls on the same ``x``
             (e.g. one per method on a batch; :class:`~quantus_saco.forwards.PerturbedForwards`): each distinct
             perturbed image is forwarded once, with the same scores as without it. Default: one for this call.
+        fill: (B, C, H, W) images whose pixels replace the removed patches (e.g. a black or a blurred copy of
+            ``x``: how much the ranking of methods depends on the replacement) instead of each image's mean; not
+            with ``pf_replacement="running_mean"``. ``forwards`` must have been made with the same fill.
     Returns:
         dict of (B,) float64 tensors on the device of ``x``: "saco", "fc" (NaN where undefined),
         "pf_auc" (in [0, 1]; multiply by P for the thesis scale), and "pf_curve" (B, S + 1)
@@ -133,9 +137,11 @@ def evaluate_patch_metrics(
             raise ValueError(f"{name} contains NaN or Inf values")
     if max_batch < 1:
         raise ValueError(f"max_batch={max_batch!r}; expected >= 1")
+    if fill is not None and pf_replacement == "running_mean":
+        raise ValueError("fill replaces patches by fixed images; pf_replacement='running_mean' needs the running means")
     if forwards is None:
-        forwards = PerturbedForwards(model, x, patch_size)
-    forwards.check(model, x, patch_size)
+        forwards = PerturbedForwards(model, x, patch_size, fill)
+    forwards.check(model, x, patch_size, fill)
     if "saco" in metrics and not 1 <= saco_groups <= P:
         raise ValueError(f"saco_groups={saco_groups!r}; expected 1 <= saco_groups <= {P} patches")
     for name, value, choices in (("saco_target", saco_target, SACO_TARGETS), ("saco_tie_order", saco_tie_order, TIE_ORDERS),

@@ -1,7 +1,8 @@
 """The model's outputs on perturbed copies of one batch of images, computed once per distinct perturbation.
 
 A perturbed image is determined by the original image, the patches replaced (a boolean mask over the patch
-grid) and the values they are replaced by. :class:`PerturbedForwards` keys its outputs by exactly that
+grid) and the values they are replaced by (or, with ``fill``, the pixels of a fixed replacement image such as a
+black or blurred copy). :class:`PerturbedForwards` keys its outputs by exactly that
 (the image's position in the batch, the mask's bytes, the replacement values' bytes), so every call of
 :func:`quantus_saco.engine.evaluate_patch_metrics` that is given the same instance — one per method on the
 same batch — forwards each distinct perturbed image once:
@@ -26,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .patches import replace_patches
+from .patches import patch_map, replace_patches
 
 __all__ = ["PerturbedForwards"]
 
@@ -38,6 +39,8 @@ class PerturbedForwards:
         model: classifier in eval mode on the device of ``x``, (N, C, H, W) -> (N, n_classes) logits.
         x: (B, C, H, W) the original images every call perturbs.
         patch_size: square patches of ``patch_size`` × ``patch_size`` pixels.
+        fill: (B, C, H, W) images whose pixels replace the removed patches (e.g. a black or blurred copy of ``x``)
+            instead of the values given to :meth:`logits`, which then only tell variants apart; None: the values.
 
     Attributes:
         requested: perturbed images asked for so far (hits and misses).
@@ -53,13 +56,18 @@ class PerturbedForwards:
         (torch.Size([2, 4, 3]), 8, 2)
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, patch_size: int) -> None:
-        self.model, self.x, self.patch_size = model, x, patch_size
+    def __init__(self, model: nn.Module, x: Tensor, patch_size: int, fill: Tensor | None = None) -> None:
+        if fill is not None and fill.shape != x.shape:
+            raise ValueError(f"fill has shape {tuple(fill.shape)}; expected the images' shape {tuple(x.shape)}")
+        self.model, self.x, self.patch_size, self.fill = model, x, patch_size, fill
         self.requested = self.forwarded = self.padded = 0
         self._logits: dict[tuple[int, bool, bytes, bytes], Tensor] = {}  # (image, autocast, mask, values) -> (C,)
 
-    def check(self, model: nn.Module, x: Tensor, patch_size: int) -> None:
-        """ValueError unless a call on ``model``, ``x`` and ``patch_size`` may use these outputs."""
+    def check(self, model: nn.Module, x: Tensor, patch_size: int, fill: Tensor | None = None) -> None:
+        """ValueError unless a call on ``model``, ``x``, ``patch_size`` and ``fill`` may use these outputs."""
+        if (fill is None) != (self.fill is None) or (fill is not None and fill is not self.fill
+                                                     and not torch.equal(fill, self.fill)):
+            raise ValueError("these PerturbedForwards replace patches by another fill; make one per replacement")
         if model is not self.model or patch_size != self.patch_size:
             raise ValueError("these PerturbedForwards hold another model's or patch size's outputs; make one per "
                              "model and batch")
@@ -92,8 +100,12 @@ class PerturbedForwards:
         for start in range(0, len(missing), max_batch):
             rows = missing[start:start + max_batch]
             run = torch.cat([rows, rows[-1:].expand(max_batch - len(rows))])  # always max_batch images (above)
-            perturbed = replace_patches(self.x[image[run]], flat_masks[run], flat_values[run].reshape(
-                max_batch, *baselines.shape[2:]), self.patch_size)
+            if self.fill is None:
+                perturbed = replace_patches(self.x[image[run]], flat_masks[run], flat_values[run].reshape(
+                    max_batch, *baselines.shape[2:]), self.patch_size)
+            else:
+                pixels = patch_map(flat_masks[run], tuple(self.x.shape[-2:]), self.patch_size)
+                perturbed = torch.where(pixels, self.fill[image[run]], self.x[image[run]])
             with torch.autocast(self.x.device.type, enabled=autocast):
                 out = self.model(perturbed).float()
             for row, logits in zip(rows.tolist(), out):

@@ -159,3 +159,40 @@ def test_engine_refuses_training_mode():
     with pytest.raises(ValueError, match="training mode"):
         evaluate_patch_metrics(model, torch.randn(2, 3, 16, 16), torch.randn(2, 4), None, 8, saco_groups=2, fc_subset_size=2, fc_runs=3)
     assert model.training  # left as the user set it
+
+
+def test_fill_replaces_patches_by_the_fill_images_pixels(setup):
+    """With ``fill`` (here a blurred copy), each removed patch takes the fill image's pixels: PF's curve equals a
+    per-image loop that pastes those pixels and forwards one image at a time."""
+    model, x, y, a = setup
+    images = torch.from_numpy(x)
+    fill = torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1)  # a blurred copy, not constant per patch
+    out = evaluate_patch_metrics(model, images, torch.from_numpy(a), torch.from_numpy(y), 8, metrics=("saco", "pf"),
+                                 saco_groups=4, pf_patches_per_step=4, fill=fill)
+    with torch.no_grad():
+        for i in range(len(x)):
+            order = np.argsort(-a[i], kind="stable")
+            probs = []
+            for removed in (0, 4, 8, 12, 16):
+                image = images[i].clone()
+                for patch in order[:removed]:
+                    r, c = divmod(int(patch), 4)
+                    image[:, 8 * r:8 * r + 8, 8 * c:8 * c + 8] = fill[i, :, 8 * r:8 * r + 8, 8 * c:8 * c + 8]
+                probs.append(float(model(image[None]).softmax(-1)[0, y[i]]))
+            np.testing.assert_allclose(out["pf_curve"][i].numpy(), probs, atol=1e-5)
+    without = evaluate_patch_metrics(model, images, torch.from_numpy(a), torch.from_numpy(y), 8, metrics=("pf",),
+                                     pf_patches_per_step=4)
+    assert not torch.allclose(without["pf_curve"], out["pf_curve"])  # the mean replacement scores otherwise
+
+
+def test_fill_errors(setup):
+    model, x, y, a = setup
+    images = torch.from_numpy(x)
+    with pytest.raises(ValueError, match="fill has shape"):
+        evaluate_patch_metrics(model, images, torch.from_numpy(a), None, 8, fill=images[:2])
+    with pytest.raises(ValueError, match="running_mean"):
+        evaluate_patch_metrics(model, images, torch.from_numpy(a), None, 8, fill=images, pf_replacement="running_mean")
+    from quantus_saco.forwards import PerturbedForwards
+    with pytest.raises(ValueError, match="another fill"):
+        evaluate_patch_metrics(model, images, torch.from_numpy(a), None, 8, fill=torch.zeros_like(images),
+                               forwards=PerturbedForwards(model, images, 8))
