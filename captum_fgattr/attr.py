@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 from captum_fgattr.adapters import Captured, capture
 from captum_fgattr.gates import (
-    CODE_VARIANTS, DECODER_PAIRED_VARIANTS, MAD_EPS_PLACEMENTS, SAE_VARIANTS, VARIANTS, exp_tanh_gates, feature_gradient_scores, gate_columns,
-    patch_permutations, residual_scores, robust_z, sae_space_gradient,
+    CODE_VARIANTS, DECODER_PAIRED_VARIANTS, MAD_EPS_PLACEMENTS, SAE_VARIANTS, VARIANTS, degenerate_scores, exp_tanh_gates,
+    feature_gradient_scores, gate_columns, patch_permutations, residual_scores, robust_z, sae_space_gradient,
+    score_magnitudes,
 )
 from captum_fgattr.patch_attribution import PatchAttribution, check_finite
 from captum_fgattr.relevancy import class_token_row, gradient_weighted_attention, transmm_relevancy
@@ -120,12 +121,15 @@ class GatedLayer:
         top_features: (B, T, n) indices of the features with the largest |f_k·⟨g̃, d_k⟩|, or ``None``.
         top_contributions: (B, T, n) those contributions f_k·⟨g̃, d_k⟩ (sign: + boosts, − suppresses), in the
             units of the ``combined`` score (g̃: the gradient in the SAE's space, see :class:`FeatureGradientTransMM`).
+        degenerate: (B,) bool, True where the image's scores are constant up to rounding
+            (:func:`captum_fgattr.gates.degenerate_scores`) and its gates were therefore all set to 1.
     """
 
     scores: Tensor
     gates: Tensor
     top_features: Tensor | None = None
     top_contributions: Tensor | None = None
+    degenerate: Tensor | None = None
 
 
 class FeatureGradientTransMM(TransMM):
@@ -173,6 +177,11 @@ class FeatureGradientTransMM(TransMM):
     After each call, :attr:`last_gated_layers` maps each gated block to a :class:`GatedLayer` (the gates
     as applied, i.e. permuted for the permuted-gates control); it is emptied at the start of each call, so
     it stays empty after a call that failed.
+
+    Degenerate scores: where an image's scores at a layer are constant up to the rounding error of their terms
+    (e.g. ``grad_input`` ⟨g, x⟩ at the input of the last block, where a scale-invariant LayerNorm makes it 0 up to
+    rounding), its gates there are all 1 and ``GatedLayer.degenerate`` says so
+    (:func:`captum_fgattr.gates.degenerate_scores`, ``docs/method.md`` §2.2).
 
     Precision: the scores, their normalisation and the gates are computed in float32 whatever the model's
     dtype (a bf16 / fp16 SAE is upcast, autocast is off for them). They are still built from the model's
@@ -272,27 +281,32 @@ class FeatureGradientTransMM(TransMM):
                 x_norm, stats = sae.normalize(x)
                 sae_grad = sae_space_gradient(grad, stats.scale)
                 codes = sae.encode_sparse(x) if needs_codes else None
-                scores = self._scores(sae, x, x_norm, grad, sae_grad, decoder, codes)
-                gates = exp_tanh_gates(robust_z(scores, self.mad_eps), self.kappa[layer], self.c_max[layer])
+                scores, magnitudes = self._scores(sae, x, x_norm, grad, sae_grad, decoder, codes)
+                degenerate = degenerate_scores(scores, magnitudes, x.shape[-1])
+                z = robust_z(scores, self.mad_eps).masked_fill(degenerate[:, None], 0.0)
+                gates = exp_tanh_gates(z, self.kappa[layer], self.c_max[layer])
                 if self.permute_gates_seed is not None:
                     if permutations is None:
                         permutations = self._gate_permutations(self.permute_gates_seed, *gates.shape).to(gates.device)
                     gates = gates.gather(1, permutations)
                 cams[layer] = gate_columns(cams[layer], gates.to(cams[layer]), prefix)
                 top = self._top_features(*codes, sae_grad, decoder) if codes is not None else (None, None)
-                gated[layer] = GatedLayer(scores, gates, *top)
+                gated[layer] = GatedLayer(scores, gates, *top, degenerate=degenerate)
         self.last_gated_layers = gated
         return cams
 
     def _scores(self, sae: SparseAutoencoder, x: Tensor, x_norm: Tensor, grad: Tensor, sae_grad: Tensor,
-                decoder: Tensor, codes: tuple[Tensor, Tensor] | None) -> Tensor:
-        """(B, T) scores of :attr:`variant` from the patch tokens x, their normalisation norm(x), the gradients
-        grad and their SAE-space counterparts sae_grad (all (B, T, D))."""
-        if self.variant in SAE_VARIANTS:
-            return feature_gradient_scores(sae_grad, decoder, self.variant, codes)
+                decoder: Tensor, codes: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """(B, T) scores of :attr:`variant` and their magnitudes (:func:`~captum_fgattr.gates.score_magnitudes`)
+        from the patch tokens x, their normalisation norm(x), the gradients grad and their SAE-space counterparts
+        sae_grad (all (B, T, D))."""
         b_dec = sae.b_dec.detach().to(x)
         centered = x_norm - b_dec if self.variant == "grad_input_centered" else x
-        return residual_scores(x, grad, sae_grad, centered, b_dec, self.variant)
+        if self.variant in SAE_VARIANTS:
+            scores = feature_gradient_scores(sae_grad, decoder, self.variant, codes)
+        else:
+            scores = residual_scores(x, grad, sae_grad, centered, b_dec, self.variant)
+        return scores, score_magnitudes(self.variant, scores, x, grad, sae_grad, centered, b_dec, decoder, codes)
 
     def _gate_permutations(self, seed: int, batch: int, num_patches: int) -> Tensor:
         """(B, T) patch permutations of the permuted-gates control, one per image: of (seed, sample id)."""

@@ -117,6 +117,66 @@ def residual_scores(x: Tensor, grad: Tensor, sae_grad: Tensor, centered_x: Tenso
     raise ValueError(f"variant={variant!r}; expected one of {list(RESIDUAL_VARIANTS)}")
 
 
+def score_magnitudes(variant: str, scores: Tensor, x: Tensor, grad: Tensor, sae_grad: Tensor, centered_x: Tensor,
+                     b_dec: Tensor, decoder: Tensor, codes: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Per-patch size M_t of the terms a score adds up, the scale of its rounding error (M_t ≥ |s_t|).
+
+    An inner product ⟨a_t, v_t⟩ gives ‖a_t‖·‖v_t‖ (its value can cancel to far below that, its rounding cannot):
+    ``combined`` ‖g̃_t‖·‖Dᵀf_t‖, ``gradient_signed`` ‖g̃_t‖·‖Σ_k d_k‖, ``grad_input`` ‖g_t‖·‖x_t‖,
+    ``grad_input_centered`` ‖g̃_t‖·‖norm(x_t) − b_dec‖, ``bias_projection`` ‖g̃_t‖·‖b_dec‖; ``gradient``
+    Σ_k ‖g̃_t‖·‖d_k‖; the sums of non-negative terms (``activation``, ``token_norm``) their value |s_t|.
+
+    Args:
+        variant: one of :data:`VARIANTS`; scores: (B, T) its scores; x, grad, sae_grad, centered_x, b_dec: as for
+            :func:`residual_scores`; decoder, codes: as for :func:`feature_gradient_scores`.
+
+    Returns:
+        (B, T) M_t.
+    """
+    if variant in ("activation", "token_norm"):
+        return scores.abs()
+    if variant == "grad_input":
+        return grad.norm(dim=-1) * x.norm(dim=-1)
+    sae_grad_norm = sae_grad.norm(dim=-1)
+    if variant == "combined":
+        return sae_grad_norm * decode_codes(*codes, decoder).norm(dim=-1)
+    if variant == "gradient":
+        return sae_grad_norm * decoder.norm(dim=-1).sum()
+    if variant == "gradient_signed":
+        return sae_grad_norm * decoder.sum(dim=0).norm()
+    if variant == "grad_input_centered":
+        return sae_grad_norm * centered_x.norm(dim=-1)
+    if variant == "bias_projection":
+        return sae_grad_norm * b_dec.norm()
+    raise ValueError(f"variant={variant!r}; expected one of {list(VARIANTS)}")
+
+
+#: C in the rounding tolerance C · eps(dtype) · √D of :func:`degenerate_scores`
+DEGENERATE_TOL_FACTOR = 4.0
+
+
+def degenerate_scores(scores: Tensor, magnitudes: Tensor, width: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Images whose scores are constant up to rounding: max_t |s_t − median(s)| ≤ C · eps · √D · max_t M_t.
+
+    The rounding error of a D-term inner product computed in precision eps is of order eps·√D·M_t (M_t the size of
+    its terms, :func:`score_magnitudes`); C = :data:`DEGENERATE_TOL_FACTOR`. Such scores rank the patches by
+    rounding noise, which the robust normalisation would stretch over the whole gate range: their gates are set to
+    1 (docs/method.md §2.2). Exactly constant scores (MAD 0, already neutral) are included.
+
+    Args:
+        scores: (B, T) scores s_t.
+        magnitudes: (B, T) M_t.
+        width: D, the length of the score's inner products (the residual width).
+        dtype: the precision the scores were computed in (default ``scores.dtype``).
+
+    Returns:
+        (B,) bool, True for a degenerate image.
+    """
+    tol = DEGENERATE_TOL_FACTOR * torch.finfo(dtype or scores.dtype).eps * math.sqrt(width)
+    spread = (scores - scores.median(dim=1, keepdim=True).values).abs().amax(dim=1)
+    return spread <= tol * magnitudes.amax(dim=1)
+
+
 def patch_permutations(seed: int, sample_ids: Tensor, num_patches: int) -> Tensor:
     """(B,) sample ids -> (B, T) permutations of the patch positions, one per sample, reproducible per
     (seed, sample id) whatever the batching."""

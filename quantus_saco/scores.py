@@ -14,13 +14,26 @@ from .checks import check_choice
 
 __all__ = [
     "saco", "removed_counts", "pf_auc", "pearson", "spearman", "correlation", "fill_undefined", "CORRELATIONS",
-    "PAIRINGS", "UNDEFINED_SCORES",
+    "PAIRINGS", "UNDEFINED_SCORES", "UndefinedScoreWarning",
 ]
 
 #: SaCo's pairs i < j: groups in ranking order, or re-sorted by salience (descending) first
 PAIRINGS = ("ranking", "salience")
 #: score of an undefined SaCo / FC sample: NaN (excluded, counted) or 0 (the thesis author's code)
 UNDEFINED_SCORES = ("nan", "zero")
+
+
+class UndefinedScoreWarning(RuntimeWarning):
+    """A score undefined for ``count`` of ``total`` samples (returned as NaN for them), e.g. SaCo where all group
+    saliences are equal; ``metric`` and ``reason`` name the score and the cause. Callers that count these
+    (the benchmark) read the attributes instead of parsing the message."""
+
+    def __init__(self, metric: str, reason: str, count: int, total: int) -> None:
+        super().__init__(f"{metric} is undefined ({reason}) for {count} of {total} samples; returning NaN for them")
+        self.metric, self.reason, self.count, self.total = metric, reason, count, total
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, int, int]]:  # copy / pickle (e.g. across processes)
+        return type(self), (self.metric, self.reason, self.count, self.total)
 
 
 def fill_undefined(scores: Tensor, undefined: str) -> Tensor:
@@ -57,12 +70,8 @@ def saco(salience: Tensor, drop: Tensor, pairing: str = "ranking", undefined: st
     total = w.abs().sum(dim=1)
     is_undefined = total == 0
     if is_undefined.any() and undefined == "nan":
-        warnings.warn(
-            f"SaCo is undefined (all group saliences equal) for {int(is_undefined.sum())} of "
-            f"{len(total)} samples; returning NaN for them",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        warnings.warn(UndefinedScoreWarning("SaCo", "all group saliences equal", int(is_undefined.sum()), len(total)),
+                      stacklevel=2)
     return fill_undefined(torch.where(is_undefined, torch.nan, w.sum(dim=1) / total), undefined)
 
 

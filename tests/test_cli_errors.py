@@ -30,9 +30,13 @@ def evaluate_args(folders, run_dir, methods='[{"name": "random"}]', *extra):
             "--fc-subset-size", "2", "--fc-runs", "2", "--methods", methods, "--run-dir", str(run_dir), *extra]
 
 
+#: the informational lines printed before any error: the model-sized defaults, the model's classes, the statistics
+INFORMATION = ("sized by the model: ", "model: ", "normalisation: ")
+
+
 def error_lines(err: str) -> list[str]:
-    """stderr without the informational line of the model-sized defaults, printed before any error."""
-    return [line for line in err.strip().splitlines() if not line.startswith("sized by the model: ")]
+    """stderr without the informational lines (:data:`INFORMATION`)."""
+    return [line for line in err.strip().splitlines() if not line.startswith(INFORMATION)]
 
 
 def one_error_line(capsys, command: str = "evaluate") -> str:

@@ -12,10 +12,11 @@ _B = "captum_fgattr.bench."
 #: the benchmark's levels, lowest first (a module or package name covers what is inside it): a module imports its
 #: own level or lower ones only
 LEVELS: tuple[tuple[str, ...], ...] = (
-    tuple(_B + m for m in ("plugins", "values", "distributed", "stats", "data", "models", "methods", "methods_json",
-                           "metrics", "config")),  # registries, loaders, the run description, pure statistics
+    tuple(_B + m for m in ("plugins", "choices", "values", "distributed", "stats", "data", "models", "sae_sources",
+                           "methods", "methods_json", "metrics", "config")),  # registries, loaders, the run
+    #                                                                      description, pure statistics
     (_B + "store", _B + "resolve"),
-    (_B + "evaluate", _B + "experiments"),  # the protocol
+    (_B + "evaluate", _B + "experiments", _B + "validity"),  # the protocol, its metric-validity checks
     (_B + "analysis",),  # what finished runs show
     (_B + "report",),
     (_B + "study",),  # the one pipeline, its report included

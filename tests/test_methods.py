@@ -128,7 +128,7 @@ def test_random_is_reproducible_per_sample_whatever_the_batch(vit):
 def test_spec_identity_and_errors(vit):
     a = MethodSpec("fg", {"variant": "combined", "layers": [2, 3]})
     b = MethodSpec("fg", {"layers": [2, 3], "variant": "combined"})
-    assert a.key == b.key and hash(a) == hash(b) and a.label == "fg(layers=[2, 3], variant=combined)"
+    assert a.key == b.key and hash(a) == hash(b) and a.label == "FG L[2,3] combined κ=0.5 c=10"
     with pytest.raises(ValueError, match="unknown method 'lime'"):
         MethodSpec("lime")
     with pytest.raises(ValueError, match="already registered"):

@@ -1,8 +1,11 @@
-"""The README's small own-model block, run as written on a temporary folder (own ViT, own images)."""
+"""The README's small own-model blocks, run as written on a temporary folder of generated images: the Python that
+fine-tunes and saves the checkpoint, then the ``.venv/bin/fgattr`` commands (in this process, as ``fgattr``)."""
 from __future__ import annotations
 
+import json
 import re
 import shlex
+from itertools import takewhile
 from pathlib import Path
 
 import pytest
@@ -12,22 +15,32 @@ from PIL import Image
 from captum_fgattr.bench.cli.main import main
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+SECTION = re.search(r"\*\*A small own model, end to end\*\*(.*?)\*\*A downloaded checkpoint folder\*\*", README,
+                    re.S).group(1)
+PYTHON, FGATTR = ".venv/bin/python - <<'EOF'", ".venv/bin/fgattr "
 
 
-def _own_data_commands() -> list[list[str]]:
-    block = re.search(r"\*\*A small own model, end to end\*\*.*?```bash\n(.*?)```", README, re.S).group(1)
-    lines = block.replace("\\\n", " ").splitlines()
-    return [shlex.split(line)[1:] for line in lines if line.startswith("fgattr ")]
+def _steps() -> list[tuple[str, str | list[str]]]:
+    """The section's bash blocks as ``("python", source)`` (a heredoc to the virtual environment's python) and
+    ``("fgattr", argv)`` steps, in order; any other line fails the test (it would not be run)."""
+    steps: list[tuple[str, str | list[str]]] = []
+    for block in re.findall(r"```bash\n(.*?)```", SECTION, re.S):
+        lines = iter(block.splitlines())
+        for line in lines:
+            if line == PYTHON:
+                steps.append(("python", "\n".join(takewhile(lambda code: code != "EOF", lines))))
+                continue
+            while line.endswith("\\"):
+                line = line[:-1] + next(lines)
+            if line.startswith(FGATTR):
+                steps.append(("fgattr", shlex.split(line)[1:]))
+            elif line.strip() and not line.startswith("#"):
+                raise AssertionError(f"a README line this test does not run: {line!r}")
+    return steps
 
 
-def _write_inputs(root: Path, model_kwargs: dict) -> None:
-    from safetensors.torch import save_file
-
-    from captum_fgattr.bench.models.loading import load_timm_model
-
-    torch.manual_seed(0)
-    vit = load_timm_model("vit_tiny_patch16_224", num_classes=2, img_size=32, **model_kwargs)
-    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(root / "own_vit.safetensors"))
+def _write_images(root: Path) -> None:
+    """``root/images/{train,val,test}/{benign,malignant}/*.png``: the classes differ in brightness."""
     g = torch.Generator().manual_seed(0)
     for split, n in (("train", 6), ("val", 4), ("test", 4)):
         for c, name in enumerate(("benign", "malignant")):
@@ -37,18 +50,34 @@ def _write_inputs(root: Path, model_kwargs: dict) -> None:
                 Image.fromarray(pixels).save(root / "images" / split / name / f"{i}.png")
 
 
-@pytest.mark.usefixtures("one_torch_thread")
-def test_readme_own_data_block_runs_as_written(tmp_path, monkeypatch):
-    import json
+def _flag(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
 
-    commands = _own_data_commands()
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_readme_own_data_blocks_run_as_written(tmp_path, monkeypatch, capsys):
+    steps = _steps()
+    assert [kind for kind, _ in steps] == ["python", "fgattr", "fgattr", "fgattr"]
+    source = steps[0][1]
+    commands = [argv for kind, argv in steps[1:]]
     assert [c[0] for c in commands] == ["train-sae", "run", "features"]
-    specs = [c[c.index("--model-kwargs") + 1] for c in commands if "--model-kwargs" in c]
-    assert len(specs) == 2 and specs[0] == specs[1]  # one model spec in every command that builds the model
-    _write_inputs(tmp_path, json.loads(specs[0]))
+    built = [c for c in commands if "--model-kwargs" in c]
+    assert len(built) == 2 and all(_flag(c, "--model-kwargs") == _flag(built[0], "--model-kwargs") for c in built)
+    for key, value in json.loads(_flag(built[0], "--model-kwargs")).items():  # the checkpoint's architecture
+        assert f"{key}={value}" in source, key
+    assert all(f"mean={_flag(c, '--mean')}, std={_flag(c, '--std')}" in source for c in built)  # its statistics
+
+    _write_images(tmp_path)
     monkeypatch.chdir(tmp_path)
+    exec(compile(source, "README.md own-model checkpoint block", "exec"), {})
+    assert (tmp_path / "own_vit.safetensors").is_file()
     for command in commands:
+        capsys.readouterr()
         assert main([*command, "--quiet"] if command[0] != "run" else command) == 0, command
+        if command[0] == "run":
+            err = capsys.readouterr().err
+            assert "model: 2 classes, from the checkpoint's head" in err
+            assert "normalisation:" not in err  # --mean / --std given: no note about the model's statistics
     assert sorted(p.name for p in (tmp_path / "saes" / "own").glob("layer_*")) == ["layer_1", "layer_2"]
     assert (tmp_path / "runs" / "own" / "report" / "report.md").is_file()
     assert any((tmp_path / "runs" / "own" / "features").iterdir())

@@ -34,7 +34,7 @@ def test_train_sae_cli_writes_one_folder_per_layer_and_metrics(tmp_path, capsys)
     code = main([
         "train-sae", "--model", "vit_tiny_patch16_224", "--img-size", "32", "--num-classes", "2",
         "--data", str(tmp_path / "images"), "--layers", "1", "3", "--expansion", "2", "--k", "8",
-        "--lr", "1e-3", "3e-3", "--epochs", "2", "--batch-tokens", "16", "--warmup-steps", "2",
+        "--lr", "1e-3", "3e-3", "--lr-extensions", "0", "--epochs", "2", "--batch-tokens", "16", "--warmup-steps", "2",
         "--output", str(out), "--seed", "0", "--device", "cpu", "--quiet", "--batch-size", "3",
     ])
     assert code == 0

@@ -31,6 +31,7 @@ class ViTAdapter(ABC):
         num_prefix_tokens: tokens before the patch tokens (class token first, then registers).
         patch_size: (ph, pw) pixels.
         img_size: (H, W) pixels the model expects.
+        in_chans: channels C of the images the model expects (3: RGB; 1: grayscale, e.g. timm ``in_chans=1``).
         embed_dim: width D of the residual stream.
         num_heads: attention heads per block.
         readout_rows: token rows whose relevance the output is read from (class token; DeiT distilled:
@@ -51,6 +52,7 @@ class ViTAdapter(ABC):
     readout_rows: tuple[int, ...] = (0,)
     dynamic_img_size: bool = False
     dynamic_img_pad: bool = False
+    in_chans: int = 3
 
     @property
     def depth(self) -> int:

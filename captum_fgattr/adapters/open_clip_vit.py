@@ -58,6 +58,7 @@ class OpenClipViTAdapter(ViTAdapter):
         self.num_prefix_tokens = 1
         self.patch_size = _pair(vit.patch_size)
         self.img_size = _pair(vit.image_size)
+        self.in_chans = vit.conv1.in_channels
         self.embed_dim = vit.transformer.width
         self.num_heads = self.blocks[0].attn.num_heads if self.blocks else 0
         self.sequence_first = not vit.transformer.batch_first

@@ -47,6 +47,7 @@ class TimmViTAdapter(ViTAdapter):
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.patch_size = tuple(vit.patch_embed.patch_size)
         self.img_size = tuple(vit.patch_embed.img_size)
+        self.in_chans = vit.patch_embed.proj.in_channels
         self.embed_dim = vit.embed_dim
         self.num_heads = vit.blocks[0].attn.num_heads if len(vit.blocks) else 0
         self.readout_rows = (0, 1) if isinstance(vit, VisionTransformerDistilled) else (0,)

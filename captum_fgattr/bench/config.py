@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from captum_fgattr.bench.choices import CONTROLS, DEFAULT_CONTROLS, METRIC_PRESETS, PF_SCALES, VARIANTS
 from captum_fgattr.bench.data.layouts import IMAGENET_SUBSET, LAYOUTS
 from captum_fgattr.bench.methods import METHODS
 from captum_fgattr.bench.metrics import METRICS
@@ -72,8 +73,6 @@ def positive_int(name: str, value: Any) -> None:
         raise ValueError(f"{name}={value!r}; expected an int >= 1")
 
 
-METRIC_PRESETS = ("paper", "thesis-code")
-PF_SCALES = ("unit", "patches")
 #: the evaluation settings every run folder has recorded in its fingerprint, at any value; every other setting (one
 #: added later, e.g. the thesis author's variants or a registered metric's own) only where it differs from its
 #: default, so run folders written before it existed stay resumable. Never extend this list.
@@ -125,6 +124,8 @@ class MetricConfig:
     undefined_score: str = "nan"  # undefined SaCo / FC: "nan" (excluded, counted) or "zero"
     preset: str | None = None  # "paper" or "thesis-code": replaces the fields above (see :meth:`resolved`)
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # registered metrics' own settings
+    extra: tuple[str, ...] = ()  # extra registered metrics (``MetricSpec.extra``, e.g. "srg") computed on the test
+    # experiment only: shown in its table and the validity section, never in the selection or the Holm families
 
     def __post_init__(self) -> None:
         for name in ("saco_groups", "fc_subset_size", "fc_runs", "fc_repeats", "pf_patches_per_step"):
@@ -140,6 +141,10 @@ class MetricConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected one of {list(choices)}")
         if self.preset is not None and self.preset not in METRIC_PRESETS:
             raise ValueError(f"metric preset {self.preset!r}; expected one of {list(METRIC_PRESETS)}")
+        object.__setattr__(self, "extra", tuple(self.extra))
+        extras = [name for name, spec in METRICS.items() if spec.extra]
+        if [name for name in self.extra if name not in extras] or len(set(self.extra)) != len(self.extra):
+            raise ValueError(f"extra={list(self.extra)!r}; expected distinct names of the extra metrics {extras}")
         with_settings = [name for name, spec in METRICS.items() if spec.settings]
         for metric, values in self.settings.items():
             if metric not in with_settings:
@@ -156,6 +161,7 @@ class MetricConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The fields as a dict, each only where it differs from its default (but :data:`_ALWAYS_FINGERPRINTED`)."""
         values = asdict(self)
+        del values["extra"]  # adds columns to the test experiment, changes no stored number
         values["settings"] = {metric: changed for metric, given in self.settings.items()
                               if (changed := _without_defaults(given, METRICS[metric].settings))}
         return _without_defaults(values, asdict(MetricConfig()), keep=_ALWAYS_FINGERPRINTED)
@@ -232,11 +238,6 @@ class EvalConfig:
                 **_without_defaults(values, asdict(EvalConfig()), keep=_ALWAYS_FINGERPRINTED)}
 
 
-#: score variants of the single-layer sweep: the method (``combined``) and its ablations
-VARIANTS = ("combined", "activation", "gradient", "gradient_signed")
-#: controls of the test experiment; ``shuffled_decoder`` runs once per ``Protocol.shuffle_seeds`` seed
-CONTROLS = ("shuffled_decoder", "grad_input", "grad_input_centered", "bias_projection", "token_norm", "permuted_gates")
-DEFAULT_CONTROLS = ("shuffled_decoder", "grad_input", "grad_input_centered", "bias_projection", "permuted_gates")
 #: registered methods that are no baseline: the reference and the method under test, which the protocol evaluates
 #: with their selected parameters
 NOT_BASELINES = ("transmm", "fg")
@@ -284,6 +285,8 @@ class Protocol:
     val_images: int | None = 500  # validation images (seeded subset; None = all)
     test_images: int | None = None  # test images (seeded subset; None = all)
     subset_seed: int = 42  # seed of the image subsets
+    validity_images: int | None = None  # test images (seeded subset) of the metric-validity checks
+    # (bench.validity: randomisation, test–retest, replacement value); None: not run
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", _layer_tuple("layers", self.layers))
@@ -335,10 +338,11 @@ class Protocol:
         if unknown:
             raise ValueError(f"baselines={list(self.baselines)!r}; expected names from {accepted} (TransMM and FG "
                              "are evaluated by the protocol itself)")
-        for name in ("val_images", "test_images"):
+        for name in ("val_images", "test_images", "validity_images"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name}={value!r}; expected None (all images) or an int >= 1")
+                raise ValueError(f"{name}={value!r}; expected None ({'not run' if name == 'validity_images' else 'all images'}) "
+                                 "or an int >= 1")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> Protocol:

@@ -1,4 +1,5 @@
-"""Batched, resumable, shardable evaluation: attribution + every registered metric per image into the store.
+"""Batched, resumable, shardable evaluation: attribution + the run's metrics per image into the store (every
+registered metric but the extra ones, and the extra ones ``config.metrics.extra`` names).
 
 For each batch of images: one no-grad forward for the predictions, then per pending method one
 attribution call (one forward + backward for TransMM / FG-TransMM) and each registered metric's
@@ -6,18 +7,27 @@ attribution call (one forward + backward for TransMM / FG-TransMM) and each regi
 engine :func:`quantus_saco.engine.evaluate_patch_metrics`, and the methods share the model's outputs on
 the batch's perturbed images, :class:`~quantus_saco.forwards.PerturbedForwards`: FC's subsets are drawn per
 image, so they are forwarded once per batch, not once per method); the batch's rows are committed at once. A
-method is pending on a batch while some image lacks a score of some registered metric.
+method is pending on a batch while some image lacks a score of one of the run's metrics.
 
 Batches are fixed chunks of the sorted image ids (``batch_size`` consecutive ids), whatever has already
 been done, and ``torchrun`` ranks take every ``world``-th chunk. Faithfulness Correlation draws its
 random patch subsets per position in the batch, so fixed chunks make a resumed or sharded run give the
 same numbers as one uninterrupted process (the batch size is therefore part of the run's fingerprint).
+
+Output goes to stderr between the lines of the progress bar (:func:`note`): the warnings raised while the metrics
+are computed (e.g. SaCo undefined for some images) are counted, not printed per batch, and summarised in one line
+each when the evaluation ends.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Protocol, TextIO
 
 import torch
 from torch import Tensor, nn
@@ -28,12 +38,59 @@ from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.config import EvalConfig, positive_int
 from captum_fgattr.bench.distributed import Shard
 from captum_fgattr.bench.methods import MethodSpec, build_method
-from captum_fgattr.bench.metrics import MetricBatch, metric_specs
+from captum_fgattr.bench.metrics import MetricBatch, run_metric_specs
 from captum_fgattr.bench.store import ResultRow, ResultStore
 from captum_fgattr.sae import SparseAutoencoder
 from quantus_saco.forwards import PerturbedForwards
+from quantus_saco.scores import UndefinedScoreWarning
 
-__all__ = ["select_ids", "display_image", "evaluate_methods"]
+__all__ = ["select_ids", "display_image", "evaluate_methods", "note", "EvaluationProgress"]
+
+
+def note(text: str, stream: TextIO | None = None) -> None:
+    """Print ``text`` as a line on ``stream`` (default: ``sys.stderr`` at the time of the call) without breaking a
+    progress bar: tqdm clears its bars, writes the line and draws them again."""
+    tqdm.write(text, file=stream or sys.stderr)
+
+
+class EvaluationProgress(Protocol):
+    """What :func:`evaluate_methods` reports while it runs (e.g. to
+    :class:`~captum_fgattr.bench.experiments.StudyClock`)."""
+
+    def start(self, pending: int) -> None:
+        """``pending`` evaluations (method × image) are left to compute; the others of the call are stored."""
+
+    def advance(self, evaluations: int) -> None:
+        """One batch of ``evaluations`` was computed and committed."""
+
+
+@dataclass
+class MetricWarnings:
+    """Warnings raised while the metrics are computed, counted (:meth:`counting`) instead of printed into a progress
+    bar, and summarised at the end (:meth:`summary`)."""
+
+    undefined: Counter[tuple[str, str]] = field(default_factory=Counter)  # (metric, reason) -> undefined scores
+    other: Counter[str] = field(default_factory=Counter)  # "Category: message" -> times raised
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        """Record the warnings raised inside instead of printing them: every
+        :class:`~quantus_saco.scores.UndefinedScoreWarning`, and the others the warning filters would show."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UndefinedScoreWarning)
+            yield
+        for record in caught:
+            if isinstance(record.message, UndefinedScoreWarning):
+                self.undefined[record.message.metric, record.message.reason] += record.message.count
+            else:
+                self.other[f"{record.category.__name__}: {record.message}"] += 1
+
+    def summary(self, evaluations: int) -> list[str]:
+        """One line per kind of warning counted over ``evaluations`` evaluations, e.g. "SaCo undefined (all group
+        saliences equal) for 3 of 480 evaluations; excluded and counted in the tables"."""
+        return ([f"{metric} undefined ({reason}) for {n:,} of {evaluations:,} evaluations; excluded and counted in "
+                 "the tables" for (metric, reason), n in self.undefined.items()]
+                + [f"{text} (raised {n:,}×)" for text, n in self.other.items()])
 
 
 def select_ids(n: int, limit: int | None = None, seed: int = 42) -> list[int]:
@@ -80,6 +137,7 @@ def evaluate_methods(
     config: EvalConfig = EvalConfig(),
     shard: Shard = Shard(),
     on_batch: Callable[[int], None] | None = None,
+    progress: EvaluationProgress | None = None,
 ) -> int:
     """Evaluate ``specs`` on ``image_ids`` of ``dataset`` and commit per-image rows; skips stored rows.
 
@@ -93,6 +151,7 @@ def evaluate_methods(
         saes: {layer: SAE} for ``fg`` methods; moved to ``config.device``.
         shard: this rank's share (every ``world``-th batch).
         on_batch: called with the number of batches committed so far by this process.
+        progress: told the evaluations left to compute, then each batch's as it is committed.
 
     Returns:
         Rows this process added.
@@ -125,14 +184,19 @@ def evaluate_methods(
     store.check_fingerprint(config.fingerprint())
     store.register_experiment(experiment, split, specs, ids)
 
-    done = {spec.key: store.done_ids(split, spec.key) for spec in specs}
+    names = [metric.name for metric in run_metric_specs(config.metrics.extra)]
+    done = {spec.key: store.done_ids(split, spec.key, names) for spec in specs}
     mine = _chunks(ids, config.batch_size)[shard.rank::shard.world]
     work = [(chunk, [s for s in specs if not set(chunk) <= done[s.key]]) for chunk in mine]
     work = [(chunk, todo) for chunk, todo in work if todo]
     gallery = set(ids[::max(1, len(ids) // config.gallery)][:config.gallery]) if config.gallery else set()
     loader = DataLoader(dataset, batch_sampler=[chunk for chunk, _ in work], num_workers=config.num_workers)
-    bar = tqdm(total=sum(len(todo) for _, todo in work), disable=not (config.progress and work), unit="batch",
-               desc=f"{experiment}/{split}" + (f" rank {shard.rank}" if shard.world > 1 else ""))
+    desc = f"{experiment}/{split}" + (f" rank {shard.rank}" if shard.world > 1 else "")
+    bar = tqdm(total=sum(len(todo) for _, todo in work), disable=not (config.progress and work), unit="batch", desc=desc)
+    pending = sum(len(chunk) * len(todo) for chunk, todo in work)
+    if progress is not None:
+        progress.start(pending)
+    warned = MetricWarnings()
     added = committed = 0
     with bar:
         for (chunk, todo), (images, labels) in zip(work, loader):
@@ -148,7 +212,7 @@ def evaluate_methods(
             forwards = PerturbedForwards(model, images, adapter.patch_size[0])  # shared by the batch's methods
             for spec in todo:
                 rows, attributions, deltas = _evaluate_batch(model, methods[spec.key], spec, images, logits, targets,
-                                                             batch_ids, forwards, config)
+                                                             batch_ids, forwards, config, warned)
                 added += store.add_batch(
                     [ResultRow(split, spec.key, i, name, int(y), int(p), int(t), scores, attributions.shape[1])
                      for i, name, y, p, t, scores in zip(chunk, names, labels.tolist(), predictions.tolist(),
@@ -161,15 +225,21 @@ def evaluate_methods(
                 bar.update(1)
                 if on_batch is not None:
                     on_batch(committed)
+                if progress is not None:
+                    progress.advance(len(chunk))
+    for line in warned.summary(pending):
+        note(f"fgattr: {desc}: {line}")
     return added
 
 
 def _evaluate_batch(
     model: nn.Module, method: Callable[[Tensor, Tensor, Tensor], Tensor], spec: MethodSpec, images: Tensor,
     logits: Tensor, targets: Tensor, ids: Tensor, forwards: PerturbedForwards, config: EvalConfig,
+    warned: MetricWarnings,
 ) -> tuple[list[dict[str, float]], Tensor, Tensor | None]:
     """``logits`` (B, C): the model's outputs on ``images``, computed once per batch; ``forwards``: its outputs on
-    perturbed ``images``, shared by the batch's methods; ``config.metrics`` resolved.
+    perturbed ``images``, shared by the batch's methods; ``config.metrics`` resolved; ``warned`` counts the metrics'
+    warnings.
     -> ({metric: score} per image for every registered metric, (B, P) float32 attributions, (B,) convergence
     deltas or None)."""
     with torch.autocast(images.device.type, enabled=config.autocast):
@@ -179,7 +249,9 @@ def _evaluate_batch(
         raise ValueError(f"method {spec.label} produced NaN/Inf attributions")
     batch = MetricBatch(model, images, attributions, targets, ids, logits, forwards.patch_size, config.metrics,
                         max_batch=config.metric_batch, autocast=config.autocast, forwards=forwards)
-    columns = {metric.name: _per_image(metric.name, metric.compute(batch), len(images)) for metric in metric_specs()}
+    with warned.counting():
+        columns = {metric.name: _per_image(metric.name, metric.compute(batch), len(images))
+                   for metric in run_metric_specs(config.metrics.extra)}
     rows = [dict(zip(columns, values)) for values in zip(*columns.values())]
     return rows, attributions, None if deltas is None else deltas.double().cpu()
 

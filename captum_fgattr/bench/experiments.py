@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO, Union
 
@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, TensorDataset
 from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.config import EvalConfig, MetricConfig, Protocol
 from captum_fgattr.bench.distributed import current_shard, sync_ranks
-from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
+from captum_fgattr.bench.evaluate import evaluate_methods, note, select_ids
 from captum_fgattr.bench.methods import FGParams, MethodSpec, fg_layers, unavailable_methods
 from captum_fgattr.bench.metrics import metric_specs
 from captum_fgattr.bench.stats import paired_comparison, percent_improvement, summarize
@@ -234,52 +234,113 @@ def _duration(seconds: float) -> str:
 
 @dataclass
 class StudyClock:
-    """One progress line per finished experiment: evaluations done of those planned, elapsed time, and an
-    ETA from this process's rate (rows already stored by an earlier, interrupted run cost nothing)."""
+    """The study's progress in evaluations (method × image) with its ETA, printed between the progress bars
+    (:func:`~captum_fgattr.bench.evaluate.note`): once ``first_eta`` seconds of computing are measured, then each
+    time that time has doubled but at least every ``every`` seconds, and when an experiment finishes.
 
-    planned: int  # method × image evaluations of the whole study (TransMM once per split)
+    ETA = seconds per evaluation × evaluations left. Seconds per evaluation: the time this process spent computing
+    (from the start of an experiment's first pending batch to its last commit) over the evaluations it computed.
+    Evaluations left: this process's pending ones in the current experiment plus the planned ones of the
+    experiments to come (shared by ``world`` ranks). Evaluations found stored (a resumed run) count as done and
+    enter neither the time nor the count of the rate.
+    """
+
+    planned: int  # method × image evaluations of the whole study (each method once per split)
+    world: int = 1  # ranks sharing the evaluations
     stream: TextIO | None = None  # None: sys.stderr at the time of printing
-    start: float = field(default_factory=time.perf_counter)
-    done: int = 0
-    computed: int = 0
-    counted: set[tuple[str, str]] = field(default_factory=set)  # (split, method key) already in ``done``
+    timer: Callable[[], float] = time.perf_counter  # seconds
+    first_eta: float = 15.0  # seconds of computing measured before the first ETA line
+    every: float = 300.0  # most seconds of computing between ETA lines
+    started: float = field(init=False)  # timer() at construction
+    experiment: str = field(default="", init=False)  # the current experiment, e.g. "single_layer/val"
+    done: int = field(default=0, init=False)  # evaluations of the experiments begun (stored, computed or pending)
+    pending: int = field(default=0, init=False)  # this process's evaluations still to compute in the experiment
+    computed: int = field(default=0, init=False)  # evaluations this process computed
+    busy: float = field(default=0.0, init=False)  # seconds this process spent computing them
+    counted: set[tuple[str, str]] = field(default_factory=set, init=False)  # (split, method key) already in ``done``
+    since: float = field(default=0.0, init=False)  # timer() at the experiment's start or its last commit
+    next_eta: float = field(init=False)  # ``busy`` at which the next ETA line is due
+
+    def __post_init__(self) -> None:
+        self.started, self.next_eta = self.timer(), self.first_eta
 
     @classmethod
     def for_study(cls, protocol: Protocol, n_val: int, n_test: int) -> StudyClock:
-        """Planned evaluations of ``protocol`` on splits of ``n_val`` and ``n_test`` images."""
+        """A clock for ``protocol`` on splits of ``n_val`` and ``n_test`` images, shared by this run's ranks. The plan
+        counts every distinct method of each split once and the available baselines; until the test experiment
+        begins (then its methods are known) it assumes two distinct selected configurations."""
         val = min(n_val, protocol.val_images or n_val)
         test = min(n_test, protocol.test_images or n_test)
+        sweep = {((layer,), variant) for layer in protocol.layers for variant in protocol.variants}
+        grid = 0
+        if protocol.multi_layers:
+            sweep |= {(layers, protocol.method_variant) for layers in protocol.multi_layers}
+            if protocol.kappas and protocol.c_maxes:  # the selected layers at (κ, c_max) were evaluated in MULTI
+                grid = len(protocol.kappas) * len(protocol.c_maxes) - (
+                    protocol.kappa in protocol.kappas and protocol.c_max in protocol.c_maxes)
         configurations = 1 + bool(protocol.multi_layers)
         seeds = {"shuffled_decoder": len(protocol.shuffle_seeds), "permuted_gates": len(protocol.permute_seeds)}
         controls = sum(seeds.get(c, 1) for c in protocol.controls)
-        sweep = 1 + len(protocol.layers) * len(protocol.variants)
-        if protocol.multi_layers:
-            sweep += len(protocol.multi_layers) + len(protocol.kappas) * len(protocol.c_maxes)
-        return cls(val * sweep + test * (1 + configurations * (1 + controls) + len(protocol.baselines)))
+        baselines = len(set(protocol.baselines) - set(unavailable_methods(protocol.baselines)))
+        return cls(val * (1 + len(sweep) + grid) + test * (1 + configurations * (1 + controls) + baselines),
+                   world=current_shard().world)
 
-    def finished(self, experiment: str, split: str, specs: Sequence[MethodSpec], n_images: int, computed: int) -> None:
-        """Record a finished experiment (``specs`` on ``n_images`` of ``split``, ``computed`` of those evaluations
-        by this process, the others stored before); print the line."""
-        new = [spec.key for spec in specs if (split, spec.key) not in self.counted]
+    def begin(self, experiment: str, split: str, specs: Sequence[MethodSpec], n_images: int) -> None:
+        """An experiment begins: ``specs`` on ``n_images`` of ``split`` (methods of the split counted before, e.g.
+        TransMM in every validation experiment, are not counted again), all pending until :meth:`start` says
+        which are stored."""
+        new = {spec.key for spec in specs} - {key for done_split, key in self.counted if done_split == split}
         self.counted.update((split, key) for key in new)
-        self.done, self.computed = self.done + len(new) * n_images, self.computed + computed
-        elapsed = time.perf_counter() - self.start
-        if experiment == TEST:  # the last experiment: the plan's estimate gives way to what was done
+        self.experiment, self.done = f"{experiment}/{split}", self.done + len(new) * n_images
+        self.pending = math.ceil(len(new) * n_images / self.world)
+        if experiment == TEST:  # the last experiment: the plan's estimate gives way to its methods
             self.planned = self.done
-        left = max(self.planned - self.done, 0)
-        eta = 0.0 if not left else elapsed / self.computed * left if self.computed else math.nan
-        print(f"fgattr: {experiment} finished ({self.done:,} of ~{self.planned:,} evaluations); elapsed "
-              f"{_duration(elapsed)}, ETA {_duration(eta)}", file=self.stream or sys.stderr, flush=True)
+
+    def start(self, pending: int) -> None:
+        """This process has ``pending`` evaluations of the experiment to compute; the others are stored."""
+        self.pending, self.since = pending, self.timer()
+
+    def advance(self, evaluations: int) -> None:
+        """A batch of ``evaluations`` was committed; prints the ETA line when one is due."""
+        now = self.timer()
+        self.busy += now - self.since
+        self.since, self.computed, self.pending = now, self.computed + evaluations, self.pending - evaluations
+        if self.busy >= self.next_eta:
+            self.next_eta = self.busy + min(self.busy, self.every)
+            self._print(f"{self.experiment} at {self._of_planned(self.done - self.pending * self.world)}")
+
+    def finished(self, experiment: str) -> None:
+        """The experiment ``experiment`` finished (on every rank); prints its line."""
+        self.pending = 0
+        self._print(f"{experiment} finished ({self._of_planned(self.done)})")
+
+    def eta(self) -> float:
+        """Seconds left: busy / computed × (pending + max(planned − done, 0) / world); 0 when nothing is left, NaN
+        before anything was computed."""
+        left = self.pending + max(self.planned - self.done, 0) / self.world
+        if not left:
+            return 0.0
+        return self.busy / self.computed * left if self.computed else math.nan
+
+    def _of_planned(self, done: int) -> str:
+        return f"{max(done, 0):,} of ~{self.planned:,} evaluations"
+
+    def _print(self, head: str) -> None:
+        note(f"fgattr: {head}; elapsed {_duration(self.timer() - self.started)}, ETA {_duration(self.eta())}",
+             self.stream)
 
 
 def _experiment(model: nn.Module, data: Dataset, specs: Sequence[MethodSpec], store: ResultStore, experiment: str,
                 split: str, ids: Sequence[int], saes: Mapping[int, SparseAutoencoder], config: EvalConfig,
                 clock: StudyClock | None) -> None:
-    added = evaluate_methods(model, data, specs, store, experiment=experiment, split=split, image_ids=ids, saes=saes,
-                             config=config, shard=current_shard())
+    clock = clock if current_shard().rank == 0 else None  # rank 0 reports
+    if clock is not None:
+        clock.begin(experiment, split, specs, len(ids))
+    evaluate_methods(model, data, specs, store, experiment=experiment, split=split, image_ids=ids, saes=saes,
+                     config=config, shard=current_shard(), progress=clock)
     sync_ranks()
-    if clock is not None and current_shard().rank == 0:
-        clock.finished(experiment, split, specs, len(ids), added)
+    if clock is not None:
+        clock.finished(experiment)
 
 
 def run_sweep(
@@ -298,6 +359,7 @@ def run_sweep(
     """
     data = as_dataset(val, "validation data")
     _check_saes(protocol.gated_layers(), saes, get_adapter(model).depth)
+    config = replace(config, metrics=replace(config.metrics, extra=()))  # extra metrics: the test experiment's only
     ids = select_ids(len(data), protocol.val_images, protocol.subset_seed)  # type: ignore[arg-type]
 
     def run(experiment: str, candidates: list[MethodSpec]) -> None:

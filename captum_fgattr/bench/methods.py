@@ -78,6 +78,12 @@ class MethodParams:
             except Mismatch:
                 raise ValueError(f"{name}={value!r} is not {_json_type(hint)}") from None
 
+    def label(self, name: str, params: Mapping[str, Any]) -> str:
+        """The default label of method ``name`` with these parameters, stored as ``params``: ``name(key=value, ...)``
+        of the stored ones, e.g. ``random(seed=4)`` (a family with a shorter one overrides this)."""
+        shown = ", ".join(f"{k}={v}" for k, v in params.items())
+        return f"{name}({shown})" if shown else name
+
     @classmethod
     def accepted(cls) -> str:
         """The fields with their JSON types, e.g. ``"seed: int"`` (``"none"`` without fields)."""
@@ -153,7 +159,8 @@ class MethodSpec:
         name: registry key (see :data:`METHODS`).
         params: the stored parameters (JSON-serialisable), as given: defaults left out stay out of :attr:`key`;
             checked against the method's typed parameters (:attr:`typed_params`).
-        label: display name in tables and figures (defaults to name + parameters).
+        label: display name in tables and figures (default: the typed parameters' :meth:`MethodParams.label`,
+            e.g. ``FG L[3,4] combined κ=0.5 c=10`` or ``random(seed=4)``).
 
     Raises:
         ValueError: an unknown method, or parameters its typed parameters refuse.
@@ -167,10 +174,9 @@ class MethodSpec:
         if self.name not in METHODS:
             raise ValueError(f"unknown method {self.name!r}; expected one of {sorted(METHODS)}")
         object.__setattr__(self, "params", dict(sorted(self.params.items())))
-        METHODS[self.name].params_type.from_params(self.params)  # refuses bad parameters, naming them
+        typed = METHODS[self.name].params_type.from_params(self.params)  # refuses bad parameters, naming them
         if not self.label:
-            shown = ", ".join(f"{k}={v}" for k, v in self.params.items())
-            object.__setattr__(self, "label", f"{self.name}({shown})" if shown else self.name)
+            object.__setattr__(self, "label", typed.label(self.name, self.params))
 
     @property
     def key(self) -> str:
@@ -231,6 +237,19 @@ class FGParams(MethodParams):
         object.__setattr__(self, "layers", tuple(sorted(self.layers)))
         object.__setattr__(self, "kappa", float(self.kappa))
         object.__setattr__(self, "c_max", float(self.c_max))
+
+    def label(self, name: str, params: Mapping[str, Any]) -> str:
+        """``FG L6 combined κ=0.5 c=10`` (``L[3,4]`` for several layers), then ``shuffled decoder s<seed>``,
+        ``permuted gates s<seed>`` and ``scale <mad_eps>`` where set: the protocol's labels."""
+        where = f"L{self.layers[0]}" if len(self.layers) == 1 else "L[" + ",".join(map(str, self.layers)) + "]"
+        label = f"FG {where} {self.variant} κ={self.kappa:g} c={self.c_max:g}"
+        if self.shuffle_seed is not None:
+            label += f" shuffled decoder s{self.shuffle_seed}"
+        if self.permute_seed is not None:
+            label += f" permuted gates s{self.permute_seed}"
+        if self.mad_eps != "after_scale":
+            label += f" scale {self.mad_eps}"
+        return label
 
     def to_params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"layers": list(self.layers), "variant": self.variant, "kappa": self.kappa,

@@ -13,11 +13,14 @@ _FIELDS = ("name", "params", "label")
 
 
 def parse_methods(text: str, source: str = "--methods") -> list[MethodSpec]:
-    """Method specs from JSON ``[{"name": ..., "params": {...}, "label": ...}, ...]``.
+    """Method specs from JSON ``[{"name": ..., "params": {...}, "label": ...}, ...]``; an entry without a label gets
+    its method's short default (:meth:`~captum_fgattr.bench.methods.MethodParams.label`, e.g. ``FG L[3,4] combined
+    κ=0.5 c=10``).
 
     Raises:
         ValueError: invalid JSON, or an entry with a wrong field, an unknown method name, an unknown or
-            missing parameter, or a parameter of the wrong type (names the entry and the field).
+            missing parameter, or a parameter of the wrong type (names the entry and the field); two entries with
+            the same method and parameters or the same label (names both).
     """
     example = '[{"name": "fg", "params": {"layers": [6], "variant": "combined"}}]'
     try:
@@ -42,7 +45,13 @@ def parse_methods(text: str, source: str = "--methods") -> list[MethodSpec]:
         if not isinstance(label, str):
             raise ValueError(f"{where} ({name}): label must be a string; got {label!r}")
         try:
-            specs.append(MethodSpec(name, params, label))
+            spec = MethodSpec(name, params, label)
         except ValueError as err:
             raise ValueError(f"{where} ({name}): {err}") from None
+        for j, other in enumerate(specs):
+            if other.key == spec.key or other.label == spec.label:
+                same = "method and parameters" if other.key == spec.key else f"label {spec.label!r}"
+                raise ValueError(f"{where} ({name}): the same {same} as {source}[{j}]; every method needs its own "
+                                 "(remove one, or give it a distinct \"label\")")
+        specs.append(spec)
     return specs

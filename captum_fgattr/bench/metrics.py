@@ -27,10 +27,11 @@ from torch import Tensor, nn
 from captum_fgattr.registry import Registry
 from quantus_saco.engine import METRICS as ENGINE_METRICS, evaluate_patch_metrics
 from quantus_saco.forwards import PerturbedForwards
+from quantus_saco.region import ORDERS, evaluate_region_perturbation
 
 
 __all__ = ["MetricBatch", "MetricSpec", "METRICS", "metric_specs", "metric_names", "metric_spec", "register_metric",
-           "unregister_metric"]
+           "unregister_metric", "run_metric_specs"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,6 +82,8 @@ class MetricSpec:
     compute: Callable[[MetricBatch], Tensor]  # batch -> (B,) float64 per-image scores, NaN where undefined
     definition: str = ""  # one sentence for the report's setup section (Markdown)
     settings: Mapping[str, Any] = field(default_factory=dict)  # its own settings with their defaults, e.g. {"k": 3}
+    extra: bool = False  # computed only where a run names it (``evaluation.metrics.extra``), on the test experiment;
+    # in its table and the validity section, never in the selection or the Holm families
 
     @property
     def title(self) -> str:
@@ -109,6 +112,16 @@ def _pf_auc(batch: MetricBatch) -> Tensor:
     return batch.patch_metrics["pf_auc"].double()
 
 
+def _srg(batch: MetricBatch) -> Tensor:
+    """Symmetric relevance gain AUC(LeRF) − AUC(MoRF), (B,) in [−1, 1], at PF's step and tie order with the image
+    mean replacing patches; the MoRF images are PF's (forwarded once through the batch's shared outputs)."""
+    m = batch.metrics
+    return evaluate_region_perturbation(
+        batch.model, batch.images, batch.attributions, batch.targets, batch.patch_size, orders=ORDERS,
+        patches_per_step=m.pf_patches_per_step, tie_order=m.pf_tie_order, logits=batch.logits,
+        max_batch=batch.max_batch, autocast=batch.autocast, forwards=batch.forwards)["srg"].double()
+
+
 #: names a metric cannot take: the other columns of :meth:`ResultStore.scores`
 _RESERVED = frozenset({"image_id", "label", "prediction", "target", "n_patches"})
 #: the registered metrics by name, in table order; add one with :func:`register_metric` (it checks the name)
@@ -116,13 +129,19 @@ METRICS = Registry[MetricSpec]("metric")
 
 
 def metric_specs() -> tuple[MetricSpec, ...]:
-    """The registered metrics, in table order (the built-ins SaCo, FC, PF first)."""
-    return tuple(METRICS.values())
+    """The registered metrics every run computes (not the extra ones), in table order (SaCo, FC, PF first): the
+    metrics of the selection, the comparisons and the figures."""
+    return tuple(spec for spec in METRICS.values() if not spec.extra)
 
 
 def metric_names() -> tuple[str, ...]:
-    """Names of the registered metrics, in table order."""
-    return tuple(METRICS)
+    """Names of :func:`metric_specs`, in table order."""
+    return tuple(spec.name for spec in metric_specs())
+
+
+def run_metric_specs(extra: Sequence[str] = ()) -> tuple[MetricSpec, ...]:
+    """The metrics an evaluation computes: :func:`metric_specs` and the named extra ones, in table order."""
+    return tuple(spec for spec in METRICS.values() if not spec.extra or spec.name in extra)
 
 
 def metric_spec(name: str) -> MetricSpec:
@@ -166,3 +185,8 @@ register_metric(MetricSpec(  # Pixel-Flipping AUC on the [0, 1] scale
     "pf_auc", "PF", False, _pf_auc,
     "**PF**, Pixel Flipping (Bach et al. 2015): patches replaced cumulatively, most relevant first; area under the "
     "target-probability curve. Lower is better."))
+register_metric(MetricSpec(
+    "srg", "SRG", True, _srg,
+    "**SRG**, symmetric relevance gain (Blücher et al. 2024): area under the target-probability curve when the least "
+    "relevant patches are replaced first (LeRF) minus the same area most relevant first (MoRF, PF's curve); it "
+    "cancels much of what the replacement value does to the model. In [−1, 1], higher is better.", extra=True))

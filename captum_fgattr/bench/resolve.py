@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import warnings
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -24,17 +25,17 @@ from torch.utils.data import Dataset
 from captum_fgattr.bench.data.layouts import (
     IMAGENET_MEAN, IMAGENET_STD, LAYOUTS, ImageListDataset, Preprocess, check_same_classes, load_dataset,
 )
+from captum_fgattr.bench.data.kinds import CHANNELS, per_channel
 from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
 from captum_fgattr.bench.models.folders import model_folder, read_model_folder
 from captum_fgattr.bench.models.loading import PROJECT_MODELS
-from captum_fgattr.bench.plugins import BENCH_PLUGINS
+from captum_fgattr.bench.sae_sources import SAE_SOURCES, SAESource
 from captum_fgattr.files import content_sha256
-from captum_fgattr.registry import Registry
 from captum_fgattr.sae import SparseAutoencoder, load_sae
 
 __all__ = [
     "StudyInputs", "load_study_inputs", "check_model_classes",
-    "SAESource", "SAE_SOURCES", "load_model", "load_split", "preprocessing", "load_inputs", "load_saes", "RandomWeightsWarning", "SIZED_KEYS",
+    "SAESource", "SAE_SOURCES", "load_model", "load_split", "preprocessing", "normalisation_note", "load_inputs", "load_saes", "RandomWeightsWarning", "SIZED_KEYS",
     "thesis_layers", "sized_settings", "model_shape", "size_to_model", "dotted_keys", "input_digests",
 ]
 
@@ -48,30 +49,37 @@ RANDOM_WEIGHTS_WARNING = (
     "not a trained model.\n" + "!" * 78)
 
 
-@dataclass(frozen=True)
-class SAESource:
-    """SAEs given by name (``saes = "<name>"``) instead of folders, e.g. ones packaged with a project model."""
-
-    what: str  # in words, for digests and errors, e.g. "the packaged SAE"
-    #: (layers, the model, to check the SAEs belong to it) -> {layer: SAE}
-    load: Callable[[list[int], nn.Module | None], dict[int, SparseAutoencoder]]
-    digests: Callable[[], dict[int, str]]  # layer -> sha256 of the weights of each SAE it provides
-
-
-#: named SAE sources (``saes`` values; registered by the packages that provide them, duplicates refused)
-SAE_SOURCES: Registry[SAESource] = Registry("SAE source", BENCH_PLUGINS)
-
-
 def _sae_source(saes: str | Mapping[str, str] | None) -> SAESource | None:
     return SAE_SOURCES[saes] if isinstance(saes, str) and saes in SAE_SOURCES else None
 
 
+def _num_classes(config: ModelConfig, class_names: Sequence[str] | None) -> tuple[int | None, str | None]:
+    """The ``num_classes`` to build the configured model with (None: its loader's) and where the model's number of
+    classes comes from, in words (None for a project model, whose shape is fixed): the setting, the checkpoint's
+    head, a model folder's config.json, the data's class folders (random timm weights) or CLIP's class names."""
+    if config.spec.startswith("fgattr:"):
+        return config.num_classes, None
+    if config.num_classes is not None:
+        return config.num_classes, "as set (--num-classes / model.num_classes)"
+    if config.spec.startswith("clip:"):
+        return None, "CLIP zero-shot over the data's class names"
+    if model_folder(config.spec) is not None:
+        return None, "from the model folder's config.json"
+    if config.checkpoint is not None:
+        return None, f"from the checkpoint's head (the rows of head.weight in {config.checkpoint})"
+    if class_names:
+        return len(class_names), "from the data's class folders (no checkpoint; --num-classes sets another)"
+    return None, "timm's default (no checkpoint, no data; --num-classes sets another)"
+
+
 def load_model(config: ModelConfig, class_names: Sequence[str] | None = None,
                cache_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> nn.Module:
-    """The configured model in eval mode on the CPU; ``class_names`` (the dataset's) are CLIP's classes;
-    ``cache_dir`` / ``progress``: where and how the project's own model is retrained (``checkpoint="retrain"``).
+    """The configured model in eval mode on the CPU; ``class_names`` (the dataset's) are CLIP's classes, and give
+    the number of classes of a timm model with random weights and no ``num_classes``; ``cache_dir`` /
+    ``progress``: where and how the project's own model is retrained (``checkpoint="retrain"``).
 
-    Warns loudly (:class:`RandomWeightsWarning`, on stderr) when the weights are random (no checkpoint).
+    Prints the model's number of classes and where it comes from (:func:`_num_classes`) on stderr. Warns loudly
+    (:class:`RandomWeightsWarning`, on stderr) when the weights are random (no checkpoint).
 
     Raises:
         ValueError: no or unknown model name, bad checkpoint, CLIP without ``class_names``.
@@ -86,9 +94,14 @@ def load_model(config: ModelConfig, class_names: Sequence[str] | None = None,
     if config.random_weights and model_folder(config.spec) is None:  # a checkpoint folder holds its weights
         warnings.warn(RANDOM_WEIGHTS_WARNING.format(name=config.name, seed=config.seed), RandomWeightsWarning, stacklevel=2)
     torch.manual_seed(config.seed)
-    return models.load_model(config.spec, checkpoint=config.checkpoint, num_classes=config.num_classes,
-                             class_names=class_names, img_size=config.img_size, rename=dict(config.rename) or None,
-                             cache_dir=cache_dir, progress=progress, **dict(config.kwargs))
+    num_classes, source = _num_classes(config, class_names)
+    model = models.load_model(config.spec, checkpoint=config.checkpoint, num_classes=num_classes,
+                              class_names=class_names, img_size=config.img_size, rename=dict(config.rename) or None,
+                              cache_dir=cache_dir, progress=progress, **dict(config.kwargs))
+    if source is not None:
+        outputs = getattr(model, "num_classes", None) or len(class_names or ())
+        print(f"model: {outputs} classes, {source}", file=sys.stderr)
+    return model
 
 
 #: run settings that default to values sized by the model when neither the file nor a flag sets them
@@ -236,22 +249,58 @@ def _scaled_resize(
     return tuple(max(1, round(r * new / o)) for r, new, o in zip(resize, img_size, old))  # type: ignore[return-value]
 
 
+def _for_channels(values: Sequence[float], channels: int) -> Sequence[float] | float:
+    """Per-channel RGB statistics for ``channels``-channel images: averaged into one for grayscale."""
+    return sum(values) / len(values) if channels == 1 and len(values) > 1 else values
+
+
 def preprocessing(config: DataConfig, model: nn.Module) -> Preprocess:
-    """The preprocessing of ``config``'s images for ``model`` (rules: :class:`DataConfig`)."""
+    """The preprocessing of ``config``'s images for ``model`` (rules: :class:`DataConfig`), in the model's channel
+    count: images are read as grayscale for a model built with ``in_chans=1``, and the default statistics (the
+    model's or the layout's) are then the mean of their RGB values; ``data.mean`` / ``data.std`` are taken as given.
+
+    Raises:
+        ValueError: the model takes neither 1 nor 3 channels, or ``data.mean`` / ``data.std`` do not match its
+            channels (names them).
+    """
     from captum_fgattr.adapters import get_adapter
 
-    img_size = tuple(get_adapter(model).img_size)
+    adapter = get_adapter(model)
+    img_size, channels = tuple(adapter.img_size), adapter.in_chans
+    if channels not in CHANNELS:
+        raise ValueError(f"the model takes {channels}-channel images, but images are read as grayscale (1 channel) or "
+                         "RGB (3); build it with in_chans 1 or 3 (--model-kwargs)")
     if config.kind == "folder":
         pretrained = getattr(model, "pretrained_cfg", None) or {}  # timm
         visual = getattr(model, "visual", None)  # open_clip (CLIPZeroShotClassifier)
-        base = Preprocess(img_size=img_size,
-                          mean=pretrained.get("mean") or getattr(visual, "image_mean", None) or IMAGENET_MEAN,
-                          std=pretrained.get("std") or getattr(visual, "image_std", None) or IMAGENET_STD)
+        mean = pretrained.get("mean") or getattr(visual, "image_mean", None) or IMAGENET_MEAN
+        std = pretrained.get("std") or getattr(visual, "image_std", None) or IMAGENET_STD
+        base = Preprocess(img_size=img_size, mean=_for_channels(mean, channels), std=_for_channels(std, channels),
+                          channels=channels)
     else:
         standard = LAYOUTS[config.kind].preprocess
-        base = replace(standard, img_size=img_size, resize=_scaled_resize(standard.resize, standard.img_size, img_size))
+        base = replace(standard, img_size=img_size, resize=_scaled_resize(standard.resize, standard.img_size, img_size),
+                       mean=_for_channels(standard.mean, channels), std=_for_channels(standard.std, channels),
+                       channels=channels)
     overrides = {name: getattr(config, name) for name in ("resize", "mean", "std") if getattr(config, name) is not None}
+    for name in ("mean", "std"):
+        if name in overrides:  # checked here to name the flag
+            overrides[name] = per_channel(overrides[name], f"--{name}", channels)
     return replace(base, **overrides)
+
+
+def normalisation_note(config: DataConfig, preprocess: Preprocess) -> str | None:
+    """One line naming the statistics folder images are normalised with when ``data.mean`` / ``data.std`` leave
+    them to the model (its defaults, often ImageNet's, rarely those of your images), and the flags that set them;
+    None when both are given or the kind has its own statistics."""
+    defaulted = [name for name in ("mean", "std") if getattr(config, name) is None]
+    if config.kind != "folder" or not defaulted:
+        return None
+    values = " / ".join(f"{name} {tuple(round(v, 4) for v in getattr(preprocess, name))}" for name in ("mean", "std"))
+    grey = " averaged over RGB for its grayscale input" if preprocess.channels == 1 else ""
+    return (f"normalisation: {values}; {' and '.join(defaulted)} the model's defaults{grey} (no "
+            f"{' / '.join('--' + name for name in defaulted)}); set your images' own with --mean / --std "
+            "(data.mean / data.std in a configuration file)")
 
 
 def check_model_classes(model: nn.Module, data: Dataset, split: str) -> None:
@@ -276,7 +325,11 @@ def load_inputs(config: RunConfig, split: str) -> tuple[nn.Module, ImageListData
     against the model's outputs: :func:`check_model_classes`); nothing is changed afterwards."""
     class_names = load_split(config.data, split, cache_dir=config.cache_dir).class_names
     model = load_model(config.model, class_names, config.cache_dir, config.evaluation.progress)
-    data = load_split(config.data, split, preprocessing(config.data, model), config.cache_dir)
+    preprocess = preprocessing(config.data, model)
+    note = normalisation_note(config.data, preprocess)
+    if note is not None:
+        print(note, file=sys.stderr)
+    data = load_split(config.data, split, preprocess, config.cache_dir)
     check_model_classes(model, data, split)
     return model, data
 

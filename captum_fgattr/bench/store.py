@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from captum_fgattr.bench.methods import FGParams, MethodSpec
-from captum_fgattr.bench.metrics import metric_names
+from captum_fgattr.bench.metrics import METRICS, metric_names
 
 __all__ = ["STORE_NAME", "SCHEMA_VERSION", "ResultRow", "Selection", "ResultStore", "StoreError"]
 
@@ -355,9 +355,10 @@ class ResultStore:
         return [row[0] for row in rows]
 
     # -- per-image results -------------------------------------------------------------------------
-    def done_ids(self, split: str, method_key: str) -> set[int]:
-        """Image ids with a stored score of every registered metric for ``method_key`` on ``split``."""
-        names = metric_names()
+    def done_ids(self, split: str, method_key: str, names: Sequence[str] | None = None) -> set[int]:
+        """Image ids with a stored score of every metric of ``names`` (default: the metrics every run computes,
+        :func:`~captum_fgattr.bench.metrics.metric_names`) for ``method_key`` on ``split``."""
+        names = tuple(metric_names() if names is None else names)
         rows = self._conn.execute(
             "SELECT image_id FROM scores WHERE split = ? AND method_key = ? "
             f"AND metric IN ({', '.join('?' * len(names))}) GROUP BY image_id HAVING COUNT(*) = ?",
@@ -424,7 +425,7 @@ class ResultStore:
         facts = {name: np.array(col, dtype=np.int64)
                  for name, col in zip(("image_id", "label", "prediction", "target", "n_patches"), columns)}
         position = {image_id: i for i, image_id in enumerate(facts["image_id"].tolist())}
-        metrics = {name: np.full(len(rows), math.nan) for name in metric_names()}
+        metrics = {name: np.full(len(rows), math.nan) for name in METRICS}  # extra metrics too (NaN if not run)
         for image_id, metric, value in self._conn.execute(
                 "SELECT image_id, metric, value FROM scores WHERE split = ? AND method_key = ?", (split, method_key)):
             if metric in metrics and image_id in position and value is not None:

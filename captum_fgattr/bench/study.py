@@ -20,6 +20,7 @@ from captum_fgattr.bench.report.setup import CLASS_NAMES_KEY, class_names, run_h
 from captum_fgattr.bench.report.study_report import write_report
 from captum_fgattr.bench.resolve import StudyInputs, input_digests, load_study_inputs, preprocessing
 from captum_fgattr.bench.store import ResultStore
+from captum_fgattr.bench.validity import run_validity
 from captum_fgattr.files import atomic_write
 from captum_fgattr.registry import Registry
 from captum_fgattr.sae import SparseAutoencoder
@@ -50,8 +51,8 @@ def run_study(
     command: str = "run_study",
     pf_scale: str | None = None,
 ) -> Path:
-    """The whole protocol: sweep on ``val``, test on ``test``, then (rank 0) the report. Resumable; prints one
-    progress line per finished experiment (elapsed time and an ETA) to stderr.
+    """The whole protocol: sweep on ``val``, test on ``test``, then (rank 0) the report. Resumable; prints the
+    study's progress with an ETA to stderr (:class:`~captum_fgattr.bench.experiments.StudyClock`).
 
     Args:
         model: classifier in eval mode, (B, C, H, W) -> (B, classes) logits.
@@ -81,6 +82,8 @@ def run_study(
         clock = StudyClock.for_study(protocol, len(val), len(test))  # type: ignore[arg-type]
         run_sweep(model, val, saes, store, protocol, config, clock)
         run_test(model, test, saes, store, protocol, config, clock)
+        if current_shard().rank == 0:
+            run_validity(model, test, saes, store, protocol, config)
     if report and current_shard().rank == 0:
         write_report(run_dir, None, pf_scale)
     return run_dir

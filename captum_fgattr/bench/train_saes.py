@@ -2,7 +2,8 @@
 
 The model runs once over the images; patch-token activations of every requested layer go to an
 on-disk cache (``numpy.memmap``), from which each layer's SAE is trained (one run per learning rate,
-selected by the thesis rule, :func:`captum_fgattr.sae.layers.train_layer_saes`). Output::
+selected by the thesis rule, :func:`captum_fgattr.sae.layers.train_layer_saes`; a selection at the edge of
+the learning-rate grid extends the grid by up to ``lr_extensions`` steps beyond that edge). Output::
 
     OUTPUT/layer_{L}/config.json, sae.safetensors   the selected SAE of block L (0-based)
     OUTPUT/metrics.csv                              one row per (layer, lr) run, ``selected`` marks the pick;
@@ -29,7 +30,7 @@ from captum_fgattr.adapters import get_adapter
 from captum_fgattr.bench.config import RunConfig
 from captum_fgattr.bench.data.layouts import ImageFolderDataset, build_transform
 from captum_fgattr.bench.models.loading import check_device
-from captum_fgattr.bench.resolve import load_model, preprocessing, thesis_layers
+from captum_fgattr.bench.resolve import load_model, normalisation_note, preprocessing, thesis_layers
 from captum_fgattr.sae.layers import train_layer_saes
 from captum_fgattr.sae.train import TrainConfig, sae_config_for
 
@@ -50,6 +51,7 @@ class SAETraining:
     normalize: str = "none"
     l1: float = 1e-5  # L1 coefficient for relu
     lrs: Sequence[float] = (5e-4, 1e-3)  # swept, one selected per layer
+    lr_extensions: int = 2  # a selection at the grid's edge extends it by up to this many steps beyond it
     epochs: int = 3
     batch_tokens: int | None = None
     warmup_steps: int | None = None
@@ -69,6 +71,8 @@ class SAETraining:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name.replace('_', '-')}={value}; expected a positive int")
+        if self.lr_extensions < 0:
+            raise ValueError(f"--lr-extensions={self.lr_extensions}; expected an int >= 0")
 
 
 def sized_defaults(depth: int, width: int, tokens: int) -> dict[str, Any]:
@@ -133,6 +137,9 @@ def train_saes(config: RunConfig, training: SAETraining) -> list[dict[str, Any]]
             raise ValueError(f"--layers {bad} out of range for {config.model.name} with {adapter.depth} blocks "
                              f"(0..{adapter.depth - 1})")
     preprocess = preprocessing(config.data, model)
+    note = normalisation_note(config.data, preprocess)
+    if note is not None:
+        print(note, file=sys.stderr)
     dataset = ImageFolderDataset(training.data, build_transform(preprocess))
     train_ids, heldout_ids = heldout_split(dataset.targets, training.heldout_fraction, training.seed)
 
@@ -178,6 +185,7 @@ def train_saes(config: RunConfig, training: SAETraining) -> list[dict[str, Any]]
     print(f"training on {len(train_ids)} images, {len(heldout_ids)} held out for the held-out metrics", file=sys.stderr)
     (output / "run.json").write_text(json.dumps(settings, indent=2))
     return train_layer_saes(model, loader_of(train_ids), sae_configs, train_cfg, output, lrs=training.lrs,
-                            ev_threshold=training.ev_threshold, cache_dir=training.cache_dir,
+                            ev_threshold=training.ev_threshold, lr_extensions=training.lr_extensions,
+                            cache_dir=training.cache_dir,
                             cache_dtype=training.cache_dtype, keep_cache=training.keep_cache, device=device,
                             heldout_loader=loader_of(heldout_ids) if heldout_ids else None)

@@ -36,6 +36,7 @@ __all__ = [
     "evaluate_sae",
     "select_best",
     "sweep_lr",
+    "beyond_edge",
 ]
 
 ActivationSource = Union[Tensor, np.ndarray, Iterable[Tensor]]
@@ -115,7 +116,8 @@ class TrainResult:
 
 @dataclass
 class SweepResult:
-    """All runs of a learning-rate sweep and the index of the one :func:`select_best` picked."""
+    """All runs of a learning-rate sweep (in the order trained: the given rates, then any extensions) and the
+    index of the one :func:`select_best` picked."""
 
     results: list[TrainResult]
     best_index: int
@@ -123,6 +125,11 @@ class SweepResult:
     @property
     def best(self) -> TrainResult:
         return self.results[self.best_index]
+
+    @property
+    def at_edge(self) -> bool:
+        """The pick is the smallest or the largest of two or more distinct learning rates swept."""
+        return beyond_edge([r.config.lr for r in self.results], self.best.config.lr) is not None
 
 
 def sae_config_for(
@@ -423,6 +430,16 @@ def select_best(metrics: Sequence[SAEMetrics], ev_threshold: float = 0.95) -> in
     return min(range(len(metrics)), key=lambda i: (-ev[i], metrics[i].dead_fraction, i))
 
 
+def beyond_edge(lrs: Sequence[float], best: float) -> float | None:
+    """The next learning rate beyond the edge of ``lrs`` where ``best`` lies, one step of the grid's own factor
+    there (the edge's ratio to its neighbour: ``[5e-4, 1e-3]``, best 1e-3 -> 2e-3; best 5e-4 -> 2.5e-4);
+    ``None`` if ``best`` is interior or ``lrs`` holds fewer than two distinct values."""
+    grid = sorted(set(lrs))
+    if len(grid) < 2 or grid[0] < best < grid[-1]:
+        return None
+    return grid[-1] * (grid[-1] / grid[-2]) if best == grid[-1] else grid[0] / (grid[1] / grid[0])
+
+
 def sweep_lr(
     activations: ActivationSource,
     lrs: Sequence[float],
@@ -430,21 +447,41 @@ def sweep_lr(
     train_config: TrainConfig | None = None,
     *,
     ev_threshold: float = 0.95,
+    lr_extensions: int = 0,
     eval_activations: ActivationSource | None = None,
     tokens_per_epoch: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> SweepResult:
     """Train one SAE per learning rate in ``lrs`` (same seed and data otherwise) and pick one
-    with :func:`select_best`."""
+    with :func:`select_best`.
+
+    A pick at the edge of a grid of two or more rates says the best rate may lie outside it: the grid is then
+    extended by one step beyond that edge (:func:`beyond_edge`) and the pick made again, up to ``lr_extensions``
+    times in all (default 0: the given grid only). A pick still at an edge afterwards gets a ``UserWarning``
+    naming the rates and their explained variances (:attr:`SweepResult.at_edge`).
+    """
     if not lrs:
         raise ValueError("lrs is empty; give at least one learning rate")
+    if isinstance(lr_extensions, bool) or not isinstance(lr_extensions, int) or lr_extensions < 0:
+        raise ValueError(f"lr_extensions={lr_extensions!r}; expected an int >= 0")
     base = train_config or TrainConfig()
-    results = [
-        train_sae(
-            activations, sae_config, replace(base, lr=float(lr)), eval_activations=eval_activations,
-            tokens_per_epoch=tokens_per_epoch, device=device, dtype=dtype,
-        )
-        for lr in lrs
-    ]
-    return SweepResult(results=results, best_index=select_best([r.metrics for r in results], ev_threshold))
+
+    def run(lr: float) -> TrainResult:
+        return train_sae(activations, sae_config, replace(base, lr=float(lr)), eval_activations=eval_activations,
+                         tokens_per_epoch=tokens_per_epoch, device=device, dtype=dtype)
+
+    results = [run(lr) for lr in lrs]
+    sweep = SweepResult(results=results, best_index=select_best([r.metrics for r in results], ev_threshold))
+    for _ in range(lr_extensions):
+        if not sweep.at_edge:
+            break
+        results.append(run(beyond_edge([r.config.lr for r in results], sweep.best.config.lr)))
+        sweep.best_index = select_best([r.metrics for r in results], ev_threshold)
+    if sweep.at_edge:
+        ev = ", ".join(f"{r.config.lr:g}: {r.metrics.explained_variance:.4f}"
+                       for r in sorted(results, key=lambda r: r.config.lr))
+        warnings.warn(f"the selected learning rate {sweep.best.config.lr:g} lies at the edge of the swept grid after "
+                      f"{len(results) - len(lrs)} extension(s) (lr_extensions={lr_extensions}); the best rate may lie "
+                      f"outside it: extend the grid (explained variance per lr: {ev})", UserWarning, stacklevel=2)
+    return sweep

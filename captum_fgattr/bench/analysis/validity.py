@@ -1,10 +1,16 @@
-"""Do the metrics agree? Agreement between the metrics of a finished experiment, read from the store.
+"""Do the metrics measure faithfulness here? Agreement between the metrics of a finished experiment, read from the
+store, and the summary of the validity checks :mod:`captum_fgattr.bench.validity` ran on a subset of it.
 
 * **Ranking agreement**: per pair of metrics, Kendall τ between the methods' rankings by mean score (each metric
   oriented so that higher is better): τ = 1 when both metrics order the methods alike, −1 when reversed.
 * **Per-image agreement**: per pair of metrics and per method, Spearman ρ over the images between the two metrics'
   oriented scores (pairs where both are defined); the median over methods and its range. A per-image ρ near 0
   means the metrics disagree about which images a method explains well.
+
+* **Checks** (:func:`validity_summary`): per method the mean MPRT and RandomLogit ρ (a map that does not change
+  when the weights are randomised, or with the explained class, does not explain what the model learned), FC's
+  per-image test–retest ρ under another subset seed, and Kendall τ between the methods' rankings under the image
+  mean and under black / blurred replacements.
 
 Oriented scores: sign flipped for lower-is-better metrics (PF), so that positive correlation is agreement.
 """
@@ -22,7 +28,8 @@ from captum_fgattr.bench.methods import MethodSpec
 from captum_fgattr.bench.metrics import metric_spec
 from captum_fgattr.bench.store import ResultStore
 
-__all__ = ["MetricAgreement", "metric_agreement", "oriented_scores"]
+__all__ = ["MetricAgreement", "metric_agreement", "oriented_scores", "MethodValidity", "ValiditySummary",
+           "validity_summary"]
 
 
 @dataclass(frozen=True)
@@ -79,3 +86,65 @@ def metric_agreement(store: ResultStore, experiment: str, split: str, metrics: S
             float(np.median(finite)) if len(finite) else math.nan,
             float(finite.min()) if len(finite) else math.nan, float(finite.max()) if len(finite) else math.nan))
     return out
+
+
+@dataclass(frozen=True)
+class MethodValidity:
+    """One method's randomisation checks and FC test–retest on the validity subset."""
+
+    label: str
+    mprt: float  # mean over images of ρ(map on the trained model, map on the randomised model)
+    random_logit: float  # mean over images of ρ(map for the target, map for another class)
+    fc_retest: float  # Spearman ρ over images between FC under the run's subset seed and under the next one
+    threshold: float  # a randomisation check passes when its mean ρ is below it
+
+    @property
+    def depends_on_weights(self) -> bool:
+        return self.mprt < self.threshold
+
+    @property
+    def depends_on_class(self) -> bool:
+        return self.random_logit < self.threshold
+
+
+@dataclass(frozen=True)
+class ValiditySummary:
+    """The metric-validity section's numbers."""
+
+    n_images: int  # the seeded subset of test images
+    methods: list[MethodValidity]
+    retest_tau: float  # Kendall τ between the methods' FC means under the two subset seeds
+    replacement_tau: dict[tuple[str, str], float]  # (fill, metric) -> τ between the rankings with the mean and it
+
+
+def _tau(x: Sequence[float], y: Sequence[float]) -> float:
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
+        return math.nan
+    return float(kendalltau(x[keep], y[keep]).statistic)
+
+
+def validity_summary(store: ResultStore, results: dict, methods: Sequence[MethodSpec],
+                     threshold: float = 0.5) -> ValiditySummary:
+    """The checks of ``results`` (``bench.validity``'s file) with the stored test scores of the same images (the
+    mean replacement and the run's FC seed) for ``methods`` that have results."""
+    ids = [int(i) for i in results["images"]]
+    done = [s for s in methods if s.key in results["methods"]]
+    rows, fc, fc_retest = [], [], []
+    stored = {(s.key, m): oriented_scores(store, "test", s, m, ids) for s in done for m in ("saco", "fc", "pf_auc")}
+    for spec in done:
+        r = results["methods"][spec.key]
+        retest = np.asarray(r["fc_retest"], dtype=float)
+        rows.append(MethodValidity(spec.label, float(np.nanmean(r["mprt"])), float(np.nanmean(r["random_logit"])),
+                                   _spearman(stored[(spec.key, "fc")], retest), threshold))
+        fc.append(float(np.nanmean(stored[(spec.key, "fc")])))
+        fc_retest.append(float(np.nanmean(retest)))
+    replacement = {}
+    for fill in ("black", "blur"):
+        for metric in ("saco", "fc", "pf_auc"):
+            sign = 1.0 if metric_spec(metric).higher_is_better else -1.0
+            mean_fill = [float(np.nanmean(results["methods"][s.key][fill][metric])) * sign for s in done]
+            mean_image = [float(np.nanmean(stored[(s.key, metric)])) for s in done]
+            replacement[(fill, metric)] = _tau(mean_image, mean_fill)
+    return ValiditySummary(len(ids), rows, _tau(fc, fc_retest), replacement)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 
-from captum_fgattr.bench.experiments import GRID, MULTI, SINGLE, TEST
-from captum_fgattr.bench.features.study import analyze_run
-from captum_fgattr.bench.models.loading import check_device
+from captum_fgattr.bench.choices import SELECTIONS, TEST
 
 __all__ = ["add_parser"]
 
 
 def _main(args: argparse.Namespace) -> int:
+    from captum_fgattr.bench.features.study import analyze_run  # imports torch: only when the command runs
+    from captum_fgattr.bench.models.loading import check_device
+
     check_device(args.device, "--device")
     result = analyze_run(
         args.run_dir, args.out, split=args.split, experiment=args.experiment, selection=args.selection,
@@ -37,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", required=True, help="an evaluated run folder (fgattr run / evaluate / demo)")
     p.add_argument("--out", default=None, help="output folder (default RUN_DIR/features)")
-    p.add_argument("--selection", choices=(SINGLE, MULTI, GRID), default=None,
+    p.add_argument("--selection", choices=SELECTIONS, default=None,
                    help="FG configuration to analyse (default: the experiment's last real-SAE FG method)")
     p.add_argument("--experiment", default=TEST, help="experiment whose per-image rows are ranked (default test)")
     p.add_argument("--split", default="test", choices=("val", "test"), help="split of that experiment")

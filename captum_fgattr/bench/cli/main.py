@@ -2,16 +2,22 @@
 
 Each command's module adds its parser with ``add_parser(subparsers)``, setting ``func`` as a
 default; :data:`COMMANDS` maps command names to modules. Every command takes ``--threads``.
+A command's module imports torch (and what is built on it) only inside ``func``: its parser and
+``fgattr <command> --help`` read light modules only (registries, choices, plugin declarations), so
+they answer in a fraction of a second (``benchmarks/startup.py`` measures it).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import json
 import os
 import re
 import sys
 from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 # command -> (module exposing ``add_parser(subparsers)``, its one-line help). Only the module of the
@@ -30,6 +36,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "SAE feature case studies: which features boost or suppress which patches, with prototypes"),
 }
 COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in COMMANDS.values()))
+#: the model-sized default of the layers the sweeps gate and the SAEs are trained for, as the help texts state it
+#: (:func:`captum_fgattr.bench.resolve.thesis_layers`)
+SIZED_LAYERS = "the thesis's blocks 2..10 of 12 scaled to the model's depth: round(depth/6) .. depth-2 (1..4 of 6)"
 _SPHINX_ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|obj):`~?([^`]+)`")
 
 
@@ -49,6 +58,15 @@ def plain(text: str | None) -> str | None:
         return None
     return _SPHINX_ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1] if m.group(0).count("~") else m.group(1),
                             text).replace("``", "")
+
+
+def module_doc(module: str) -> str | None:
+    """The docstring of ``module``, read from its source without running it (a help text from a module that imports
+    torch)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"no module {module!r}")
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")), clean=False)
 
 
 def _positive_int(value: str) -> int:

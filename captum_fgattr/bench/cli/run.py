@@ -16,26 +16,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-from torch import nn
+from captum_fgattr.bench.choices import CONTROLS, METRIC_PRESETS, PF_SCALES, VARIANTS
+from captum_fgattr.bench.cli.main import SIZED_LAYERS, json_argument, layer_list
+from captum_fgattr.bench.data.kinds import LAYOUTS
+from captum_fgattr.bench.models.project import PROJECT_MODELS
+from captum_fgattr.bench.sae_sources import SAE_SOURCES
 
-from captum_fgattr.bench.cli.main import json_argument, layer_list
-from captum_fgattr.bench.data.layouts import LAYOUTS
-from captum_fgattr.bench.config import (
-    CONTROLS, METRIC_PRESETS, PF_SCALES, VARIANTS, RunConfig, read_config_file,
-)
-from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
-from captum_fgattr.bench.distributed import current_shard, process_group, sync_ranks
-from captum_fgattr.bench.experiments import final_specs, run_sweep, run_test, transmm_spec
-from captum_fgattr.bench.study import record_config, run_configured_study, with_black_input
-from captum_fgattr.bench.methods import fg_layers
-from captum_fgattr.bench.methods_json import parse_methods
-from captum_fgattr.bench.report.study_report import summary_text, write_report
-from captum_fgattr.bench.models.loading import PROJECT_MODELS
-from captum_fgattr.bench.resolve import SAE_SOURCES, dotted_keys, load_inputs, load_saes, size_to_model
-from captum_fgattr.bench.store import ResultStore
+if TYPE_CHECKING:
+    from captum_fgattr.bench.config import RunConfig
 
 __all__ = ["add_parser", "resolve_config"]
 
@@ -72,7 +63,7 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--data-kind", "data.kind", choices=sorted(LAYOUTS),
         help="folder (default: --val-data / --test-data are <class>/<image> folders), covid-qu-ex, hyperkvasir, "
         "imagenet (published layouts below --data-root) or "
-        + ", ".join(f"{kind} ({LAYOUTS[kind].name})" for kind in LAYOUTS if LAYOUTS[kind].source is not None))
+        + ", ".join(f"{kind} ({summary})" for kind, summary in LAYOUTS.summaries().items()))
     add(g, "--data-root", "data.root", help="dataset folder (required for the published layouts; a layout with "
         "computed splits defaults to its own folder)")
     add(g, "--val-data", "data.val", help="validation folder, or split name below --data-root (default per kind: "
@@ -89,9 +80,9 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--std", "data.std", type=float, nargs="+", help="normalisation std (default: the kind's; folder: the "
         "model's)")
     add(g, "--saes", "saes", help="folder with layer_{L}/ SAEs (output of fgattr train-sae), or a named source: "
-        + ", ".join(f"{name} ({SAE_SOURCES[name].what}s)" for name in SAE_SOURCES))
+        + ", ".join(f"{name} ({summary}s)" for name, summary in SAE_SOURCES.summaries().items()))
     g = parser.add_argument_group("protocol (docs/method.md §5; layers are 0-based block indices)")
-    add(g, "--layers", "protocol.layers", type=int, nargs="+", help="single-layer sweep layers (default 2..10)")
+    add(g, "--layers", "protocol.layers", type=int, nargs="+", help=f"single-layer sweep layers (default: sized to the model, {SIZED_LAYERS}; printed)")
     add(g, "--variants", "protocol.variants", nargs="+", choices=VARIANTS,
         help="score variants of the single-layer sweep: the method and its ablations (default: combined activation "
         "gradient gradient_signed)")
@@ -101,7 +92,8 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--kappa", "protocol.kappa", type=float, help="κ of the layer sweeps (default 0.5)")
     add(g, "--c-max", "protocol.c_max", type=float, help="c_max of the layer sweeps (default 10)")
     add(g, "--multi-layers", "protocol.multi_layers", type=layer_list, nargs="*",
-        metavar="L,L,...", help="multi-layer configurations, e.g. 2,3,4 4,6,7 6,9,10")
+        metavar="L,L,...", help="multi-layer configurations, e.g. 2,3,4 4,6,7 6,9,10 (default: sized to the model, "
+        "these three of the thesis's 12 blocks scaled to its depth; printed)")
     add(g, "--kappas", "protocol.kappas", type=float, nargs="*", help="κ grid (default 0.1 0.5 1)")
     add(g, "--c-maxes", "protocol.c_maxes", type=float, nargs="*", help="c_max grid (default 2 10 50)")
     add(g, "--baselines", "protocol.baselines", nargs="*", help="baseline methods on the test set")
@@ -133,7 +125,9 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
         "Spearman 20 subsets x 3 seeds of 0.2 P patches, PF x P); replaces the metric flags below")
     add(g, "--saco-groups", "evaluation.metrics.saco_groups", type=int, help="SaCo groups K (default 10)")
     add(g, "--fc-runs", "evaluation.metrics.fc_runs", type=int, help="FC random subsets per image (default 100)")
-    add(g, "--fc-subset-size", "evaluation.metrics.fc_subset_size", type=int, help="patches per FC subset (default 20)")
+    add(g, "--fc-subset-size", "evaluation.metrics.fc_subset_size", type=int,
+        help="patches per FC subset (default: sized to the model's patch count P, the thesis's 20 of 196 scaled: "
+        "round(20 P / 196); printed)")
     add(g, "--fc-correlation", "evaluation.metrics.fc_correlation", choices=("pearson", "spearman"))
     add(g, "--fc-repeats", "evaluation.metrics.fc_repeats", type=int, help="FC averaged over this many seeds (default 1)")
     add(g, "--pf-step", "evaluation.metrics.pf_patches_per_step", type=int, help="patches per PF step (default 1)")
@@ -144,6 +138,9 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_config(args: argparse.Namespace) -> RunConfig:
     """Defaults < ``--config`` file < flags; the layers, multi-layer configurations and FC subset size that
     neither sets are sized by the model (:func:`~captum_fgattr.bench.resolve.size_to_model`) and printed."""
+    from captum_fgattr.bench.config import RunConfig, read_config_file
+    from captum_fgattr.bench.resolve import dotted_keys, size_to_model
+
     values = read_config_file(args.config) if args.config else {}
     overrides = {key: getattr(args, key) for key in getattr(args, _OVERRIDES)}
     config = (RunConfig.from_dict(values) if args.config else RunConfig()).merged(overrides)
@@ -154,62 +151,27 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     return config
 
 
-def _record(store: ResultStore, command: str, config: RunConfig, split: str, model: nn.Module) -> None:
-    """Refuse settings ``model`` cannot be evaluated with and a run folder filled from another model / data;
-    store the resolved configuration."""
-    stored = record_config(store, config, (split,), model)
-    if current_shard().rank == 0:
-        store.log_invocation(command, stored)
+def _steps() -> ModuleType:
+    """The commands' bodies (:mod:`.run_steps`), imported when one runs: parsing and ``--help`` import no torch."""
+    from captum_fgattr.bench.cli import run_steps
+
+    return run_steps
 
 
-def _sweep(config: RunConfig) -> None:
-    model, val = load_inputs(config, "val")
-    saes = load_saes(config.saes, config.protocol.gated_layers(), model)
-    with ResultStore(config.run_dir) as store:
-        _record(store, "sweep", config, "val", model)
-        selections = run_sweep(model, val, saes, store, config.protocol, config.evaluation)
-    if current_shard().rank == 0:
-        for name, selection in selections.items():
-            print(f"selected ({name}): {selection.details['candidates'][selection.method_key]['label']}")
+def _sweep(args: argparse.Namespace) -> None:
+    _steps().sweep(resolve_config(args))
 
 
-def _evaluate(config: RunConfig, methods: str | None, experiment: str, split: str) -> None:
-    model, data = load_inputs(config, split)
-    with ResultStore(config.run_dir) as store:
-        _record(store, "evaluate", config, split, model)
-        if methods is None:  # the protocol's test experiment
-            protocol = with_black_input(config, model)
-            layers = fg_layers(final_specs(store, protocol))
-            run_test(model, data, load_saes(config.saes, layers, model), store, protocol, config.evaluation)
-            return
-        text = Path(methods).read_text() if Path(methods).is_file() else methods
-        given = parse_methods(text)
-        specs = given if any(s.is_transmm for s in given) else [transmm_spec(), *given]
-        layers = fg_layers(specs)
-        limit = config.protocol.test_images if split == "test" else config.protocol.val_images
-        evaluate_methods(model, data, specs, store, experiment=experiment, split=split,
-                         image_ids=select_ids(len(data), limit, config.protocol.subset_seed),
-                         saes=load_saes(config.saes, layers, model), config=config.evaluation, shard=current_shard())
-    sync_ranks()
+def _evaluate(args: argparse.Namespace) -> None:
+    _steps().evaluate(resolve_config(args), args.methods, args.experiment, args.split)
 
 
-def _report(run_dir: str, out: str | None, pf_scale: str | None) -> None:
-    print(f"wrote {write_report(run_dir, out, pf_scale)}")
+def _report(args: argparse.Namespace) -> None:
+    _steps().report(args.run_dir, args.out, args.pf_scale)
 
 
-def _with_config(body: Callable[[RunConfig, argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
-    def run(args: argparse.Namespace) -> None:
-        config = resolve_config(args)
-        with process_group(config.evaluation.device) as device:
-            body(config.merged({"evaluation.device": device}), args)
-    return run
-
-
-def _run_all(config: RunConfig, args: argparse.Namespace) -> None:
-    run_dir = run_configured_study(config, pf_scale=args.pf_scale)
-    if current_shard().rank == 0:
-        print(f"wrote {run_dir / 'report' / 'report.md'}")
-        print(summary_text(run_dir))
+def _run(args: argparse.Namespace) -> None:
+    _steps().run(resolve_config(args), args.pf_scale)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -221,7 +183,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "(the combined score's configuration with the best mean standardised paired effect over TransMM across SaCo, "
         "FC and PF; the other variants are ablations). Resumes an interrupted run.")
     _run_arguments(sweep)
-    sweep.set_defaults(func=_with_config(lambda config, args: _sweep(config)))
+    sweep.set_defaults(func=_sweep)
 
     evaluate = subparsers.add_parser(
         "evaluate", formatter_class=fmt, help="test evaluation of the selected configurations and the baselines",
@@ -233,8 +195,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                           '{"layers": [6], "variant": "combined"}}]; TransMM is added as the baseline')
     evaluate.add_argument("--experiment", default="test", help="experiment name the rows are filed under")
     evaluate.add_argument("--split", default="test", choices=("val", "test"))
-    evaluate.set_defaults(func=_with_config(
-        lambda config, args: _evaluate(config, args.methods, args.experiment, args.split)))
+    evaluate.set_defaults(func=_evaluate)
 
     report = subparsers.add_parser(
         "report", formatter_class=fmt, help="Markdown/CSV tables and PNG figures from a run's store",
@@ -244,7 +205,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     report.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
     report.add_argument("--pf-scale", choices=PF_SCALES, default=None,
                         help="PF AUC in [0, 1] or × number of patches (thesis tables)")
-    report.set_defaults(func=lambda args: _report(args.run_dir, args.out, args.pf_scale))
+    report.set_defaults(func=_report)
 
     run = subparsers.add_parser("run", formatter_class=fmt, help="the whole protocol: sweep, evaluate, report",
                                 description="sweep + evaluate + report in one resumable command.")
@@ -252,5 +213,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     run.add_argument("--pf-scale", choices=PF_SCALES, default=None,
                      help="PF column of the tables: unit (AUC in [0, 1]) or patches (× number of patches); default: "
                      "the metric settings' (thesis-code preset: patches)")
-    run.set_defaults(func=_with_config(_run_all))
+    run.set_defaults(func=_run)
     return run

@@ -3,7 +3,7 @@
 
 The model runs once over the images; patch-token activations of every requested layer go to an
 on-disk cache (``numpy.memmap``), from which each layer's SAE is trained (one run per learning rate,
-selected by the thesis rule). Output::
+selected by the thesis rule; a selection at the edge of the --lr grid extends it, --lr-extensions). Output::
 
     OUTPUT/layer_{L}/config.json, sae.safetensors   the selected SAE of block L (0-based)
     OUTPUT/metrics.csv                              one row per (layer, lr) run, ``selected`` marks the pick;
@@ -20,12 +20,9 @@ import argparse
 import sys
 import time
 
-from captum_fgattr.bench.cli.main import json_argument
-from captum_fgattr.bench.config import RunConfig, read_config_file
-from captum_fgattr.bench.train_saes import SAETraining, train_saes
-from captum_fgattr.sae.layers import METRIC_FIELDS
+from captum_fgattr.bench.cli.main import SIZED_LAYERS, json_argument
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "sweep_lines"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -61,8 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "(default 0.1, at least one image per class with two or more; 0: none)")
     s = p.add_argument_group("SAE")
     s.add_argument("--layers", type=int, nargs="+", default=None,
-                   help="0-based block indices (timm blocks[i]); default: the thesis's positions scaled to the "
-                   "model's depth, blocks round(depth/6) .. depth-2 (2..10 of 12; 1..4 of 6)")
+                   help=f"0-based block indices (timm blocks[i]); default: {SIZED_LAYERS}")
     s.add_argument("--expansion", type=int, default=None,
                    help="n_features = expansion * width (default from the width: 64 from 512 up, 32 from 256, else 16)")
     s.add_argument("--activation", choices=("topk", "relu"), default="topk")
@@ -71,6 +67,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     s.add_argument("--l1", type=float, default=1e-5, help="L1 coefficient for --activation relu")
     t = p.add_argument_group("training")
     t.add_argument("--lr", type=float, nargs="+", default=[5e-4, 1e-3], help="one or several (sweep) learning rates")
+    t.add_argument("--lr-extensions", type=int, default=2,
+                   help="a learning rate selected at the edge of a sweep of two or more extends the grid by one step "
+                   "(its own factor there) beyond that edge, up to this many times per layer (default 2; 0: never); "
+                   "a selection still at an edge is warned about")
     t.add_argument("--epochs", type=int, default=3)
     t.add_argument("--batch-tokens", type=int, default=None,
                    help="tokens per step (default from the training tokens: a power of two near tokens/256, 64..4096)")
@@ -101,7 +101,30 @@ def _print_table(rows: list[dict[str, object]], fields: tuple[str, ...]) -> None
         print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
 
 
+def sweep_lines(rows: list[dict[str, object]], given: list[float]) -> list[str]:
+    """One line per layer: the selected learning rate among those swept, the rates beyond the ``given`` grid (its
+    extensions) and, if the selection is still at an edge of the swept rates, that warning."""
+    from captum_fgattr.sae.train import beyond_edge  # imports torch: only when the command runs
+
+    lines = []
+    for layer in sorted({int(row["layer"]) for row in rows}):
+        runs = sorted((float(row["lr"]), str(row["selected"]) == "True") for row in rows if int(row["layer"]) == layer)
+        lrs = [lr for lr, _ in runs]
+        chosen = next(lr for lr, selected in runs if selected)
+        added = [lr for lr in lrs if lr not in given]
+        line = f"block {layer}: lr {chosen:g} selected of {', '.join(f'{lr:g}' for lr in lrs)}"
+        line += f" (beyond the given grid: {', '.join(f'{lr:g}' for lr in added)})" if added else ""
+        if beyond_edge(lrs, chosen) is not None:
+            line += "; still at the edge of the swept grid: extend --lr (or raise --lr-extensions)"
+        lines.append(line)
+    return lines
+
+
 def _main(args: argparse.Namespace) -> int:
+    from captum_fgattr.bench.config import RunConfig, read_config_file  # import torch: only when the command runs
+    from captum_fgattr.bench.train_saes import SAETraining, train_saes
+    from captum_fgattr.sae.layers import METRIC_FIELDS
+
     config = RunConfig.from_dict(read_config_file(args.config)) if args.config else RunConfig()
     config = config.merged({"model.name": args.model, "model.checkpoint": args.checkpoint,
                             "model.num_classes": args.num_classes, "model.img_size": args.img_size,
@@ -109,7 +132,8 @@ def _main(args: argparse.Namespace) -> int:
                             "data.mean": args.mean, "data.std": args.std})
     training = SAETraining(
         data=args.data, output=args.output, layers=args.layers, expansion=args.expansion,
-        activation=args.activation, k=args.k, normalize=args.normalize, l1=args.l1, lrs=args.lr, epochs=args.epochs,
+        activation=args.activation, k=args.k, normalize=args.normalize, l1=args.l1, lrs=args.lr,
+        lr_extensions=args.lr_extensions, epochs=args.epochs,
         batch_tokens=args.batch_tokens, warmup_steps=args.warmup_steps, ev_threshold=args.ev_threshold,
         seed=args.seed, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
         heldout_fraction=args.heldout_fraction, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
@@ -117,6 +141,8 @@ def _main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     rows = train_saes(config, training)
     _print_table(rows, METRIC_FIELDS)
+    for line in sweep_lines(rows, args.lr):
+        print(line)
     print(f"wrote {len({row['layer'] for row in rows})} SAE folder(s) and metrics.csv to {args.output} in "
           f"{time.perf_counter() - start:.1f}s", file=sys.stderr)
     return 0

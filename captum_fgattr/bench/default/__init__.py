@@ -4,59 +4,27 @@
 report header).
 
 Generic code reaches it only through registries, which import this package at their first lookup
-(:data:`captum_fgattr.bench.plugins.BENCH_PLUGINS`): the dataset layout ``"br35h"``, the project model
-``"fgattr:br35h-vit"``, the SAE source ``"shipped"`` and the report header of the presets.
+(:data:`captum_fgattr.bench.plugins.BENCH_PLUGINS`) and read what it provides (:data:`PROVIDES`): the dataset layout
+``"br35h"``, the project model ``"fgattr:br35h-vit"``, the SAE source ``"shipped"`` and the report header of the
+presets. This module imports nothing, so that listing them (``fgattr <command> --help``) stays instant; the modules
+that register them (:mod:`.plugin`, :mod:`.demo`) are imported at an entry's first lookup.
 """
 from __future__ import annotations
 
-from torch import nn
+__all__ = ["LAYOUT_NAME", "MODEL_NAME", "SHIPPED_SAES", "REPORT_HEADER", "RUN_DIRS", "PROVIDES"]
 
-from captum_fgattr.bench.data.layouts import LAYOUTS
-from captum_fgattr.bench.default import br35h, vit
-from captum_fgattr.bench.default.assets import SHIPPED_SAES, load_shipped_saes, shipped_info
-from captum_fgattr.bench.models.loading import PROJECT_MODELS, ProjectModel
-from captum_fgattr.bench.resolve import SAE_SOURCES, SAESource
-from captum_fgattr.sae import SparseAutoencoder
+LAYOUT_NAME = "br35h"  # the dataset kind (data.kind)
+MODEL_NAME = "br35h-vit"  # ``fgattr:<MODEL_NAME>`` names the default ViT in a run description (model.name)
+SHIPPED_SAES = "shipped"  # the SAE source of the SAEs shipped with the package (saes)
+REPORT_HEADER = "br35h-demo"  # the presets' report_header
+#: run folders of the demo presets: ``fgattr demo`` and ``fgattr demo --quick``
+RUN_DIRS: dict[str, str] = {"full": "fgattr-runs/demo", "quick": "fgattr-runs/demo-quick"}
 
-LAYOUTS.add("br35h", br35h.LAYOUT)
-
-
-def _shipped_model_digest(checkpoint: str | None) -> tuple[str, str] | None:
-    """The recorded sha256 of the shipped weights (checkpoint none / "shipped"); none for retrained ones."""
-    if checkpoint not in (None, "shipped"):
-        return None
-    return f"the shipped fgattr:{vit.MODEL_NAME} weights", shipped_info()["model"]["weights_sha256"]
-
-
-PROJECT_MODELS.add(vit.MODEL_NAME, ProjectModel(
-    num_classes=vit.DEFAULT_VIT.num_classes, img_size=vit.DEFAULT_VIT.img_size, depth=vit.DEFAULT_VIT.depth,
-    num_patches=vit.DEFAULT_VIT.num_patches, load=vit.load_br35h_vit, digest=_shipped_model_digest,
-))
-
-
-def _shipped_saes(layers: list[int], model: nn.Module | None) -> dict[int, SparseAutoencoder]:
-    """The shipped SAEs of ``layers``, after checking that ``model`` has the weights they were trained on."""
-    if model is None:
-        raise ValueError(f"saes={SHIPPED_SAES!r} needs the model, to check they were trained on it")
-    expected = shipped_info()["model"]["weights_sha256"]
-    try:
-        actual = vit.weights_sha256(model)
-    except RuntimeError as err:  # e.g. tied weights: not a plain state dict, so not the default ViT
-        actual = f"unhashable ({err})"
-    if actual != expected:
-        raise ValueError(f"the shipped SAEs were trained on the shipped fgattr:{vit.MODEL_NAME} (weights sha256 "
-                         f"{expected[:12]}...) but this model's weights differ (sha256 {actual[:12]}...); use "
-                         f"--model fgattr:{vit.MODEL_NAME} without a checkpoint, or SAEs trained on this model "
-                         "(fgattr train-sae)")
-    return load_shipped_saes(layers)
-
-
-SAE_SOURCES.add(SHIPPED_SAES, SAESource(
-    what="the shipped SAE", load=_shipped_saes,
-    digests=lambda: {int(layer): entry["weights_sha256"] for layer, entry in shipped_info()["saes"].items()},
-))
-
-from captum_fgattr.bench.default import demo  # noqa: E402  (its presets need the layout registered above)
-from captum_fgattr.bench.study import REPORT_HEADERS  # noqa: E402
-
-REPORT_HEADERS.add(demo.REPORT_HEADER, demo.header)
+_PLUGIN = "captum_fgattr.bench.default.plugin"
+#: registry (its ``what``) -> {name: (one-line summary, the module whose import registers it)}
+PROVIDES: dict[str, dict[str, tuple[str, str]]] = {
+    "dataset layout": {LAYOUT_NAME: ("Br35H", _PLUGIN)},
+    "project model (fgattr:<name>)": {MODEL_NAME: ("the small ViT trained on the Br35H scans", _PLUGIN)},
+    "SAE source": {SHIPPED_SAES: ("the shipped SAE", _PLUGIN)},
+    "report header": {REPORT_HEADER: ("the demo presets' data, model and SAEs", "captum_fgattr.bench.default.demo")},
+}

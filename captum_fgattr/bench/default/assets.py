@@ -53,8 +53,6 @@ __all__ = [
 ]
 
 ASSETS_FORMAT = "captum_fgattr.default_assets.v1"
-#: ``saes`` value (an SAE source) of the SAEs shipped here, for the shipped default ViT
-SHIPPED_SAES = "shipped"
 COMMAND = "python -m captum_fgattr.bench.default.assets --output captum_fgattr/bench/default/shipped"
 SAE_LAYERS: tuple[int, ...] = (1, 2, 3, 4)  # 0-based blocks of the 6-block default ViT
 SAE_LAYERS_WIDTH = DEFAULT_VIT.embed_dim  # d_in of the SAEs (96)

@@ -24,21 +24,20 @@ from torch import nn
 
 from captum_fgattr.bench.config import DataConfig, EvalConfig, MetricConfig, ModelConfig, Protocol, RunConfig
 from captum_fgattr.bench.data.layouts import Preprocess, load_dataset
-from captum_fgattr.bench.default.assets import SHIPPED_SAES, sae_quality, sae_recipe, shipped_info, train_demo_saes
+from captum_fgattr.bench.default import MODEL_NAME, REPORT_HEADER, RUN_DIRS, SHIPPED_SAES
+from captum_fgattr.bench.default.assets import sae_quality, sae_recipe, shipped_info, train_demo_saes
 from captum_fgattr.bench.default.br35h import CLASS_NAMES, MEAN, STD, Br35HSplit, cache_key, default_cache_dir
 from captum_fgattr.bench.default.vit import (
-    DEPTH, EMBED_DIM, MODEL_NAME, SHIPPED_DIR, evaluate_accuracy, sha256_file, weights_sha256,
+    DEPTH, EMBED_DIM, SHIPPED_DIR, evaluate_accuracy, sha256_file, weights_sha256,
 )
 from captum_fgattr.bench.report.study_report import summary_text
 from captum_fgattr.bench.resolve import StudyInputs, load_model, load_split, load_study_inputs, preprocessing
-from captum_fgattr.bench.study import run_configured_study
+from captum_fgattr.bench.study import REPORT_HEADERS, run_configured_study
 from captum_fgattr.sae import SparseAutoencoder
 from captum_fgattr.sae.layers import layer_folder
 
 __all__ = ["FULL", "QUICK", "REPORT_HEADER", "demo_config", "retrain_saes", "run_demo", "header"]
 
-#: ``report_header`` of the presets: :func:`header`
-REPORT_HEADER = "br35h-demo"
 _MODEL = ModelConfig(name=f"fgattr:{MODEL_NAME}", checkpoint="shipped")
 _DATA = DataConfig(kind="br35h")
 
@@ -46,21 +45,23 @@ _DATA = DataConfig(kind="br35h")
 #: each random control; FC 30 subsets / PF 2 patches per step keep ≈ 75 forwards per image and method;
 #: every test image's attribution is kept (a few MB): the report shows the most improved / degraded
 FULL = RunConfig(
-    run_dir="fgattr-runs/demo", model=_MODEL, data=_DATA, saes=SHIPPED_SAES, report_header=REPORT_HEADER,
+    run_dir=RUN_DIRS["full"], model=_MODEL, data=_DATA, saes=SHIPPED_SAES, report_header=REPORT_HEADER,
     protocol=Protocol(layers=(1, 2, 3, 4), multi_layers=((1, 2), (2, 3), (1, 2, 3)), kappas=(0.1, 0.5, 1.0),
                       c_maxes=(2.0, 10.0, 50.0), black_input=(-MEAN / STD,),
-                      val_images=200, test_images=300),
+                      val_images=200, test_images=300, validity_images=50),
     evaluation=EvalConfig(batch_size=16, gallery=300,
-                          metrics=MetricConfig(saco_groups=10, fc_subset_size=6, fc_runs=30, pf_patches_per_step=2)),
+                          metrics=MetricConfig(saco_groups=10, fc_subset_size=6, fc_runs=30, pf_patches_per_step=2,
+                                               extra=("srg",))),
 )
 #: ``fgattr demo --quick``: a smoke run of the real default (shipped model and SAEs, no training): 2 layers, few images
 QUICK = RunConfig(
-    run_dir="fgattr-runs/demo-quick", model=_MODEL, data=_DATA, saes=SHIPPED_SAES, report_header=REPORT_HEADER,
+    run_dir=RUN_DIRS["quick"], model=_MODEL, data=_DATA, saes=SHIPPED_SAES, report_header=REPORT_HEADER,
     protocol=Protocol(layers=(2, 3), variants=("combined", "activation"), multi_layers=((2, 3),), kappas=(0.5,),
                       c_maxes=(10.0,), baselines=("gradcam", "rollout", "random"), shuffle_seeds=(0, 1),
                       permute_seeds=(0, 1),
-                      black_input=(-MEAN / STD,), val_images=8, test_images=16),
-    evaluation=EvalConfig(batch_size=16, metrics=MetricConfig(saco_groups=8, fc_subset_size=6, fc_runs=20)),
+                      black_input=(-MEAN / STD,), val_images=8, test_images=16, validity_images=8),
+    evaluation=EvalConfig(batch_size=16, metrics=MetricConfig(saco_groups=8, fc_subset_size=6, fc_runs=20,
+                                                              extra=("srg",))),
 )
 
 
@@ -164,3 +165,6 @@ def header(config: RunConfig, inputs: StudyInputs) -> list[list[str]]:
         ["SAEs", f"TopK, {first.n_features} features (k = {first.k}) per gated block; held-out tokens (validation "
                  f"images): {quality}"],
     ]
+
+
+REPORT_HEADERS.add(REPORT_HEADER, header)

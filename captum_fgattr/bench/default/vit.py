@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from captum_fgattr.bench.default import MODEL_NAME
 from captum_fgattr.bench.default.br35h import (
     CLASS_NAMES, DUPLICATE_RMS, DUPLICATE_SIZE, IMG_SIZE, MEAN, SPLIT_FRACTIONS, SPLIT_SEED, STD, Br35HSplit,
     cache_key, default_cache_dir, default_splits, normalize,
@@ -53,8 +54,6 @@ __all__ = [
     "load_br35h_vit", "SHIPPED_DIR", "shipped_model", "save_model", "sha256_file", "weights_sha256",
 ]
 
-#: ``fgattr:<MODEL_NAME>`` names this model in a run description (``model.name``)
-MODEL_NAME = "br35h-vit"
 #: its ``model.checkpoint`` values: the shipped weights (also None), or trained from scratch and cached
 CHECKPOINTS: tuple[str, ...] = ("shipped", "retrain")
 PATCH_SIZE = 8  # 8x8 = 64 patch tokens + 1 class token

@@ -42,7 +42,6 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,10 +49,9 @@ import torch
 from torch import Tensor, nn
 
 from captum_fgattr.bench.models.checkpoint import load_state_dict
-from captum_fgattr.bench.plugins import BENCH_PLUGINS
 from captum_fgattr.bench.models.folders import model_folder, read_model_folder
+from captum_fgattr.bench.models.project import PROJECT_MODELS, ProjectModel
 from captum_fgattr.clip import DEFAULT_TEMPLATES, CLIPZeroShotClassifier
-from captum_fgattr.registry import Registry
 
 __all__ = ["ProjectModel", "PROJECT_MODELS", "DEFAULT_RENAMES", "LOADER_SWITCHES", "OWN_SETTINGS", "check_device", "check_kwarg_names", "check_model_kwargs",
            "load_model", "load_timm_model", "load_clip_classifier"]
@@ -61,24 +59,6 @@ __all__ = ["ProjectModel", "PROJECT_MODELS", "DEFAULT_RENAMES", "LOADER_SWITCHES
 #: key-prefix renames :func:`load_model` applies to timm checkpoints unless told otherwise
 DEFAULT_RENAMES: Mapping[str, str] = {"lin_head.": "head."}
 MODEL_KINDS: tuple[str, ...] = ("timm", "clip", "fgattr")
-
-
-@dataclass(frozen=True)
-class ProjectModel:
-    """A model the project defines itself, loaded as ``fgattr:<name>``: a fixed shape and its own weights."""
-
-    num_classes: int
-    img_size: int
-    depth: int  # blocks
-    num_patches: int  # patch tokens
-    #: (checkpoint, cache_dir, device, progress) -> the model in eval mode
-    load: Callable[[str | None, str | os.PathLike[str] | None, str | torch.device, bool], nn.Module]
-    #: checkpoint -> (what, sha256) of the weights a run's numbers depend on, or None (nothing recorded to compare)
-    digest: Callable[[str | None], tuple[str, str] | None]
-
-
-#: ``fgattr:<name>`` models (registered by the packages that define them; duplicates refused)
-PROJECT_MODELS: Registry[ProjectModel] = Registry("project model (fgattr:<name>)", BENCH_PLUGINS)
 #: arguments of timm / open_clip (``create_model``, model configs, tower configs) that load, fetch or select weights
 #: or turn off the weights-only safeguard: never taken from model kwargs, at any depth
 LOADER_SWITCHES: frozenset[str] = frozenset({

@@ -41,9 +41,10 @@ from captum_fgattr.bench.experiments import (
     GRID, MULTI, SINGLE, TEST, control_groups, control_name, selection_score, standardised_effects,
 )
 from captum_fgattr.bench.methods import OPTIONAL_METHODS, MethodSpec
-from captum_fgattr.bench.metrics import metric_spec, metric_specs
+from captum_fgattr.bench.metrics import METRICS, MetricSpec, metric_spec, metric_specs, run_metric_specs
 from captum_fgattr.bench.report.findings import findings_section
 from captum_fgattr.bench.report.setup import CLASS_NAMES_KEY, evaluated_images_line
+from captum_fgattr.bench.report.validity import validity_section
 from captum_fgattr.bench.stats import (
     ALPHA, PCT_MIN_BASELINE, Summary, TTest, paired_ttest, percent_improvement, summarize, welch_ttest,
 )
@@ -93,11 +94,14 @@ def experiment_table(store: ResultStore, experiment: str, split: str, pf_scale: 
     ids = store.experiment_ids(experiment, split)
     specs = store.experiment_methods(experiment, split)
     base = next((_columns(store, split, s, ids, pf_scale) for s in specs if s.is_transmm), None)
+    stored = {spec.key: _columns(store, split, spec, ids, pf_scale) for spec in specs}
+    shown = [m for m in run_metric_specs([m.name for m in METRICS.values() if m.extra])  # extras where computed
+             if not m.extra or any(np.isfinite(columns[m.name]).any() for columns in stored.values())]
     rows = []
     for spec in specs:
-        columns = _columns(store, split, spec, ids, pf_scale)
+        columns = stored[spec.key]
         cells = {}
-        for metric in metric_specs():
+        for metric in shown:
             values = columns[metric.name]
             summary = summarize(values)
             if base is None or spec.is_transmm:
@@ -124,8 +128,13 @@ def _p(test: TTest) -> str:
     return format_p(test.p, marks=False)
 
 
+def _table_metrics(rows: Sequence[TableRow]) -> list[MetricSpec]:
+    """The metrics of a table's columns (every run's, then the extra ones the experiment computed)."""
+    return [metric_spec(name) for name in rows[0].cells] if rows else list(metric_specs())
+
+
 def _markdown(rows: Sequence[TableRow], title: str) -> str:
-    specs = metric_specs()
+    specs = _table_metrics(rows)
     header = ["Method", "Layers", "n"]
     for metric in specs:
         header += [metric.title, "%", "p Welch", "p paired"]
@@ -186,7 +195,7 @@ def _integrates_from_zero(spec: MethodSpec) -> bool:
 
 def _csv(rows: Sequence[TableRow], experiment: str, split: str, path: Path) -> None:
     fields = ["experiment", "split", "method", "method_key", "layers", "n_images"]
-    for m in (spec.name for spec in metric_specs()):
+    for m in (spec.name for spec in _table_metrics(rows)):
         fields += [f"{m}_{k}" for k in ("mean", "se", "n", "n_nan", "pct", "t_welch", "p_welch", "t_paired", "p_paired")]
 
     def write(tmp: Path) -> None:
@@ -647,6 +656,8 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
                                     "and on the images FG improved and degraded most (SaCo): the image, TransMM, the "
                                     f"selected FG configuration and one map per control, each map min–max scaled "
                                     f"(chosen among the {n} {split} images).")
+        test_rows = experiment_table(store, TEST, "test", pf_scale) if (TEST, "test") in experiments else []
+        sections += validity_section(store, [m.name for m in _table_metrics(test_rows)])
         if invocations:
             command, started, _ = invocations[-1]
             sections += ["## Configuration (last command)", "",
@@ -733,7 +744,8 @@ def _header(config: dict, pf_scale: str, store: ResultStore) -> list[str]:
     if metrics:
         lines.append("* **metric settings**: " + ", ".join(f"{k} = {v}" for k, v in sorted(metrics.items())))
     lines.append(f"* **PF AUC scale**: {pf_scale} ({'× number of patches' if pf_scale == 'patches' else 'in [0, 1]'})")
-    definitions = [m.definition for m in metric_specs() if m.definition] + METHOD_DEFINITIONS
+    extra = [metric_spec(name) for name in metrics.get("extra", ()) if name in METRICS]
+    definitions = [m.definition for m in (*metric_specs(), *extra) if m.definition] + METHOD_DEFINITIONS
     return lines + ["", *[f"* {d}" for d in definitions], ""]
 
 

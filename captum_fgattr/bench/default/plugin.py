@@ -1,0 +1,51 @@
+"""The embedded default's registrations, imported by each registry at the first lookup of an entry the package
+declares (:data:`captum_fgattr.bench.default.PROVIDES`): the dataset layout, the project model and the SAE source.
+(The demo presets' report header is registered by :mod:`.demo`.)"""
+from __future__ import annotations
+
+from torch import nn
+
+from captum_fgattr.bench.data.kinds import LAYOUTS
+from captum_fgattr.bench.default import LAYOUT_NAME, MODEL_NAME, SHIPPED_SAES, br35h, vit
+from captum_fgattr.bench.default.assets import load_shipped_saes, shipped_info
+from captum_fgattr.bench.models.project import PROJECT_MODELS, ProjectModel
+from captum_fgattr.bench.sae_sources import SAE_SOURCES, SAESource
+from captum_fgattr.sae import SparseAutoencoder
+
+LAYOUTS.add(LAYOUT_NAME, br35h.LAYOUT)
+
+
+def _shipped_model_digest(checkpoint: str | None) -> tuple[str, str] | None:
+    """The recorded sha256 of the shipped weights (checkpoint none / "shipped"); none for retrained ones."""
+    if checkpoint not in (None, "shipped"):
+        return None
+    return f"the shipped fgattr:{MODEL_NAME} weights", shipped_info()["model"]["weights_sha256"]
+
+
+PROJECT_MODELS.add(MODEL_NAME, ProjectModel(
+    num_classes=vit.DEFAULT_VIT.num_classes, img_size=vit.DEFAULT_VIT.img_size, depth=vit.DEFAULT_VIT.depth,
+    num_patches=vit.DEFAULT_VIT.num_patches, load=vit.load_br35h_vit, digest=_shipped_model_digest,
+))
+
+
+def _shipped_saes(layers: list[int], model: nn.Module | None) -> dict[int, SparseAutoencoder]:
+    """The shipped SAEs of ``layers``, after checking that ``model`` has the weights they were trained on."""
+    if model is None:
+        raise ValueError(f"saes={SHIPPED_SAES!r} needs the model, to check they were trained on it")
+    expected = shipped_info()["model"]["weights_sha256"]
+    try:
+        actual = vit.weights_sha256(model)
+    except RuntimeError as err:  # e.g. tied weights: not a plain state dict, so not the default ViT
+        actual = f"unhashable ({err})"
+    if actual != expected:
+        raise ValueError(f"the shipped SAEs were trained on the shipped fgattr:{MODEL_NAME} (weights sha256 "
+                         f"{expected[:12]}...) but this model's weights differ (sha256 {actual[:12]}...); use "
+                         f"--model fgattr:{MODEL_NAME} without a checkpoint, or SAEs trained on this model "
+                         "(fgattr train-sae)")
+    return load_shipped_saes(layers)
+
+
+SAE_SOURCES.add(SHIPPED_SAES, SAESource(
+    what="the shipped SAE", load=_shipped_saes,
+    digests=lambda: {int(layer): entry["weights_sha256"] for layer, entry in shipped_info()["saes"].items()},
+))
