@@ -64,14 +64,16 @@ def _findings(summary: ValiditySummary, agreement: Sequence[MetricAgreement], st
         placed = "; ".join(f"{m.label} (MPRT ρ {_fmt(m.mprt)}; ranks " + ", ".join(
             f"{ranks[metric][by_label[m.label].key]} of {len(methods)} on {metric_spec(metric).short}"
             for metric in ranks) + ")" for m in ignoring)
-        lines.append(f"MPRT flags {len(ignoring)} method(s) whose maps hardly change when every layer of the model is "
-                     f"re-initialised (mean ρ ≥ {threshold:g}), so they do not explain what the model learned, "
-                     f"whatever their faithfulness scores: {placed}.")
+        one = len(ignoring) == 1
+        lines.append(f"MPRT flags {len(ignoring)} method{'' if one else 's'} whose map{'' if one else 's'} hardly "
+                     f"change{'s' if one else ''} when every layer of the model is re-initialised (mean ρ ≥ "
+                     f"{threshold:g}), so {'it does' if one else 'they do'} not explain what the model learned, "
+                     f"whatever the faithfulness scores: {placed}.")
     else:
         lines.append(f"Every method's map changes when the model's weights are randomised (MPRT mean ρ < {threshold:g}).")
     blind = [m for m in summary.methods if not m.depends_on_class]
-    lines.append(f"RandomLogit: {', '.join(m.label for m in blind)} give(s) nearly the same map for another class "
-                 f"(mean ρ ≥ {threshold:g})." if blind else
+    lines.append(f"RandomLogit: {', '.join(m.label for m in blind)} give{'s' if len(blind) == 1 else ''} nearly the "
+                 f"same map for another class (mean ρ ≥ {threshold:g})." if blind else
                  f"Every method's map changes with the explained class (RandomLogit mean ρ < {threshold:g}).")
     for a in agreement:
         lines.append(f"{metric_spec(a.a).short} and {metric_spec(a.b).short} rank the methods "
