@@ -14,12 +14,13 @@ import torch
 
 from captum_fgattr.bench.analysis.comparisons import claim_comparisons
 from captum_fgattr.bench.config import EvalConfig, MetricConfig, Protocol
-from captum_fgattr.bench.evaluate import select_ids
-from captum_fgattr.bench.methods import build_method
+from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
+from captum_fgattr.bench.methods import MethodSpec, build_method
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.bench.study import run_study
 from captum_fgattr.bench.validity import VALIDITY_FILE, run_validity
 from quantus_saco import PatchSRG
+from quantus_saco.region import evaluate_road
 from tests.conftest import make_vit
 from tests.test_bench_evaluate import tiny_setup
 from tests.test_fg_transmm import make_sae
@@ -90,8 +91,23 @@ def test_validity_checks_are_stored_per_method_resumable_and_reported(run):
     assert "| SaCo – SRG |" in section and "Replacing the removed patches by a blurred copy" in section
 
 
+def test_road_is_selectable_and_computed_with_the_runs_seed_and_sample_ids(tmp_path):
+    model, data, saes = tiny_setup(6)
+    spec = MethodSpec("saliency")
+    config = replace(CFG, metrics=replace(METRICS, extra=("road",)))
+    with ResultStore(tmp_path) as store:
+        evaluate_methods(model, data, [spec], store, experiment="test", split="test", image_ids=[1, 3, 4], config=config)
+        stored = store.scores("test", spec.key, [1, 3, 4])
+    x = data.tensors[0][[1, 3, 4]]
+    ids = torch.tensor([1, 3, 4])
+    attr = build_method(spec, model)(x, torch.as_tensor(stored["target"]), ids).detach()
+    expected = evaluate_road(model, x, attr, torch.as_tensor(stored["target"]), 8, seed=METRICS.seed, sample_ids=ids)
+    np.testing.assert_allclose(stored["road"], expected["road_srg"].numpy(), atol=1e-9)
+    assert np.isnan(stored["srg"]).all()  # not selected
+
+
 def test_extra_metrics_are_checked():
-    with pytest.raises(ValueError, match=r"extra=\['saco'\]; expected distinct names of the extra metrics \['srg'\]"):
+    with pytest.raises(ValueError, match=r"extra=\['saco'\]; expected distinct names of the extra metrics \['srg', 'road'\]"):
         MetricConfig(extra=("saco",))
     with pytest.raises(ValueError, match="extra="):
         MetricConfig(extra=("srg", "srg"))

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from captum_fgattr.registry import Registry
 from quantus_saco.engine import METRICS as ENGINE_METRICS, evaluate_patch_metrics
 from quantus_saco.forwards import PerturbedForwards
-from quantus_saco.region import ORDERS, evaluate_region_perturbation
+from quantus_saco.region import ORDERS, evaluate_region_perturbation, evaluate_road
 
 
 __all__ = ["MetricBatch", "MetricSpec", "METRICS", "metric_specs", "metric_names", "metric_spec", "register_metric",
@@ -122,6 +122,16 @@ def _srg(batch: MetricBatch) -> Tensor:
         max_batch=batch.max_batch, autocast=batch.autocast, forwards=batch.forwards)["srg"].double()
 
 
+def _road(batch: MetricBatch) -> Tensor:
+    """ROAD's gap AUC(LeRF) − AUC(MoRF) with removed patches imputed by noisy linear imputation (Rong et al. 2022),
+    (B,) in [−1, 1], at the default removal fractions, noise seeded by ``metrics.seed`` and the sample ids."""
+    m = batch.metrics
+    return evaluate_road(
+        batch.model, batch.images, batch.attributions, batch.targets, batch.patch_size, orders=ORDERS, seed=m.seed,
+        sample_ids=batch.sample_ids, tie_order=m.pf_tie_order, logits=batch.logits, max_batch=batch.max_batch,
+        autocast=batch.autocast)["road_srg"].double()
+
+
 #: names a metric cannot take: the other columns of :meth:`ResultStore.scores`
 _RESERVED = frozenset({"image_id", "label", "prediction", "target", "n_patches"})
 #: the registered metrics by name, in table order; add one with :func:`register_metric` (it checks the name)
@@ -190,3 +200,8 @@ register_metric(MetricSpec(
     "**SRG**, symmetric relevance gain (Blücher et al. 2024): area under the target-probability curve when the least "
     "relevant patches are replaced first (LeRF) minus the same area most relevant first (MoRF, PF's curve); it "
     "cancels much of what the replacement value does to the model. In [−1, 1], higher is better.", extra=True))
+register_metric(MetricSpec(
+    "road", "ROAD", True, _road,
+    "**ROAD** (Rong et al. 2022): as SRG, but the removed patches are imputed from their neighbours (noisy linear "
+    "imputation) instead of replaced by a value, at removal fractions 0.1 … 0.9. In [−1, 1], higher is better.",
+    extra=True))
