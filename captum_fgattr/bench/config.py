@@ -41,6 +41,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import typing
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -285,6 +287,8 @@ class Protocol:
     val_images: int | None = 500  # validation images (seeded subset; None = all)
     test_images: int | None = None  # test images (seeded subset; None = all)
     subset_seed: int = 42  # seed of the image subsets
+    replicate_controls: tuple[str, ...] = ("grad_input_centered", "bias_projection")  # controls of the selected
+    # configuration evaluated in every replicate (RunConfig.replicates) beside it and TransMM, where in ``controls``
     validity_images: int | None = None  # test images (seeded subset) of the metric-validity checks
     # (bench.validity: randomisation, test–retest, replacement value); None: not run
 
@@ -299,6 +303,11 @@ class Protocol:
         if self.method_variant not in self.variants:
             raise ValueError(f"method_variant={self.method_variant!r} is not among the swept variants {list(self.variants)}")
         object.__setattr__(self, "controls", tuple(self.controls))
+        object.__setattr__(self, "replicate_controls", tuple(self.replicate_controls))
+        stray = [c for c in self.replicate_controls if c not in CONTROLS]
+        if stray:
+            raise ValueError(f"replicate_controls {stray}; expected a subset of {list(CONTROLS)} (those the run also "
+                             "has in controls are evaluated)")
         unknown_controls = [c for c in self.controls if c not in CONTROLS]
         if unknown_controls:
             raise ValueError(f"controls {unknown_controls}; expected a subset of {list(CONTROLS)}")
@@ -362,6 +371,22 @@ DEFAULT_SPLITS: Mapping[str, Mapping[str, str]] = {"imagenet": {"val": "val", "t
 DEFAULT_SUBSETS: Mapping[str, int] = {"imagenet": IMAGENET_SUBSET}
 
 
+def _optional_dataclass(hint: Any) -> type | None:
+    """The dataclass of a ``SomeDataclass | None`` annotation, else None."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1 and len(typing.get_args(hint)) == 2 and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
+def _dataclass_items(hint: Any) -> type | None:
+    """The dataclass of a ``tuple[SomeDataclass, ...]`` annotation, else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
 def _build(cls: type, values: Any, where: str = "") -> Any:
     """``cls(**values)`` for a configuration dataclass ``cls`` read from plain values at the dotted key ``where``
     ("" for the whole configuration): every value is checked against its field's type annotation (nested
@@ -383,6 +408,16 @@ def _build(cls: type, values: Any, where: str = "") -> Any:
         dotted = f"{where}.{key}" if where else key
         if dataclasses.is_dataclass(hints[key]):
             kwargs[key] = _build(hints[key], value, dotted)
+            continue
+        optional = _optional_dataclass(hints[key])
+        if optional is not None:
+            kwargs[key] = None if value is None else _build(optional, value, dotted)
+            continue
+        item = _dataclass_items(hints[key])
+        if item is not None:
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{dotted}={value!r}; expected a list of {words(item)}")
+            kwargs[key] = tuple(_build(item, v, f"{dotted}[{i}]") for i, v in enumerate(value))
             continue
         try:
             kwargs[key] = typed(hints[key], value)
@@ -508,6 +543,23 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class ReplicateConfig:
+    """Another (model, SAEs) pair on which the run's selected FG configuration, its replicate controls
+    (``protocol.replicate_controls``) and TransMM are evaluated, on the run's test images."""
+
+    name: str  # lower-case letters, digits, "-" and "_", e.g. "sae-seed-1"; its results are filed under split
+    # "test@<name>"
+    saes: str | Mapping[str, str] | None = None  # as RunConfig.saes
+    model: ModelConfig | None = None  # None: the run's model
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", self.name):
+            raise ValueError(f"replicate name {self.name!r}; expected lower-case letters, digits, '-' and '_'")
+        if self.saes is None:
+            raise ValueError(f"replicate {self.name!r} names no SAEs (saes)")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything a ``fgattr sweep / evaluate / run`` needs; stored with the run (``config.json``, and the store)."""
 
@@ -520,6 +572,13 @@ class RunConfig:
     cache_dir: str | None = None  # decoded images, retrained models (default $FGATTR_CACHE or ~/.cache/captum-fgattr)
     report_header: str | None = None  # a registered report header (study.REPORT_HEADERS) describing the run's data,
     # model and SAEs at the top of its report (the demo presets name theirs)
+    replicates: tuple[ReplicateConfig, ...] = ()  # further (model, SAEs) pairs the selected configuration is tested
+    # on (SAEs or models trained from other seeds): pooled over with the run's own in the report's replication section
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.replicates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"replicates named {names}; expected distinct names")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RunConfig:

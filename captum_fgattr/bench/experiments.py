@@ -414,6 +414,48 @@ def final_specs(store: ResultStore, protocol: Protocol) -> list[MethodSpec]:
     return specs + [baseline_spec(name, protocol) for name in protocol.baselines if name not in skipped]
 
 
+@dataclass(frozen=True)
+class Replicate:
+    """Another (model, SAEs) pair the selected configuration is tested on (``RunConfig.replicates``)."""
+
+    name: str  # its results are filed under split ``replicate_split(name)``
+    model: nn.Module  # classifier in eval mode (the run's own one for an SAE replicate)
+    test: Dataset  # the run's test split, preprocessed for ``model`` (image ids as the run's)
+    saes: Mapping[int, SparseAutoencoder]  # {layer: SAE} for the selected configuration's layers
+
+
+def replicate_split(name: str) -> str:
+    """The store split of a replicate's results: "test@<name>"."""
+    return f"test@{name}"
+
+
+def replicate_specs(store: ResultStore, protocol: Protocol) -> list[MethodSpec]:
+    """What a replicate evaluates: TransMM, the selected (last) FG configuration and those of its controls named in
+    ``protocol.replicate_controls`` that the run has (never the random ones' seeds beyond the run's)."""
+    groups = control_groups(store.experiment_methods(TEST, "test"))
+    if not groups:
+        raise ValueError("the test experiment has no FG configuration; run the test before its replicates")
+    real = groups[-1].real
+    controls = control_specs(real, protocol)
+    return [transmm_spec(), real, *(spec for name in protocol.replicate_controls if name in controls
+                                    for spec in controls[name])]
+
+
+def run_replicates(replicates: Sequence[Replicate], store: ResultStore, protocol: Protocol = Protocol(),
+                   config: EvalConfig = EvalConfig()) -> None:
+    """Evaluate :func:`replicate_specs` in every replicate on the test experiment's images (resumable), each into
+    experiment "test" of its own split."""
+    if not replicates:
+        return
+    specs = replicate_specs(store, protocol)
+    ids = store.experiment_ids(TEST, "test")
+    config = replace(config, metrics=replace(config.metrics, extra=()))
+    for replicate in replicates:
+        _check_saes(fg_layers(specs), replicate.saes, get_adapter(replicate.model).depth)
+        _experiment(replicate.model, replicate.test, specs, store, TEST, replicate_split(replicate.name), ids,
+                    replicate.saes, config, None)
+
+
 def baseline_spec(name: str, protocol: Protocol) -> MethodSpec:
     """A baseline as the field runs it: Integrated Gradients from a black image (``protocol.black_input``)."""
     if name == "integrated_gradients" and protocol.black_input is not None:

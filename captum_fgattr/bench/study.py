@@ -12,13 +12,17 @@ from typing import Any
 from torch import nn
 
 from captum_fgattr.adapters import get_adapter
-from captum_fgattr.bench.config import EvalConfig, Protocol, RunConfig
+from captum_fgattr.bench.config import EvalConfig, Protocol, ReplicateConfig, RunConfig
 from captum_fgattr.bench.distributed import current_shard
 from captum_fgattr.bench.plugins import BENCH_PLUGINS
-from captum_fgattr.bench.experiments import DataSource, StudyClock, as_dataset, run_sweep, run_test
+from captum_fgattr.bench.experiments import (
+    DataSource, Replicate, StudyClock, as_dataset, run_replicates, run_sweep, run_test,
+)
 from captum_fgattr.bench.report.setup import CLASS_NAMES_KEY, class_names, run_header
 from captum_fgattr.bench.report.study_report import write_report
-from captum_fgattr.bench.resolve import StudyInputs, input_digests, load_study_inputs, preprocessing
+from captum_fgattr.bench.resolve import (
+    StudyInputs, input_digests, load_model, load_saes, load_split, load_study_inputs, preprocessing,
+)
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.bench.validity import run_validity
 from captum_fgattr.files import atomic_write
@@ -50,6 +54,7 @@ def run_study(
     resolved_config: Mapping[str, Any] | None = None,
     command: str = "run_study",
     pf_scale: str | None = None,
+    replicates: Sequence[Replicate] = (),
 ) -> Path:
     """The whole protocol: sweep on ``val``, test on ``test``, then (rank 0) the report. Resumable; prints the
     study's progress with an ETA to stderr (:class:`~captum_fgattr.bench.experiments.StudyClock`).
@@ -62,6 +67,8 @@ def run_study(
         resolved_config: configuration to store with the run under ``command`` (default: protocol + evaluation
             settings).
         pf_scale: PF column of the report ("unit" / "patches"; default: the metric settings').
+        replicates: further (model, SAEs) pairs the selected configuration is tested on after the test experiment
+            (:func:`~captum_fgattr.bench.experiments.run_replicates`); the report pools over them.
 
     Returns:
         ``run_dir``.
@@ -82,6 +89,7 @@ def run_study(
         clock = StudyClock.for_study(protocol, len(val), len(test))  # type: ignore[arg-type]
         run_sweep(model, val, saes, store, protocol, config, clock)
         run_test(model, test, saes, store, protocol, config, clock)
+        run_replicates(replicates, store, protocol, config)
         if current_shard().rank == 0:
             run_validity(model, test, saes, store, protocol, config)
     if report and current_shard().rank == 0:
@@ -120,6 +128,10 @@ def record_config(store: ResultStore, config: RunConfig, splits: Sequence[str], 
         store.check_fingerprint(config.data.fingerprint(split), f"data.{split}")
     for name, (what, sha256) in input_digests(config, store.run_dir / HASH_CACHE).items():
         store.check_content(name, sha256, what)
+    for replicate in config.replicates:  # the same checks for every replicate's checkpoint and SAEs
+        own = replace(config, model=replicate.model or config.model, saes=replicate.saes, replicates=())
+        for name, (what, sha256) in input_digests(own, store.run_dir / HASH_CACHE).items():
+            store.check_content(f"replicate.{replicate.name}.{name}", sha256, f"{what} (replicate {replicate.name})")
     if current_shard().rank == 0:
         text = json.dumps(config.to_dict(), indent=2) + "\n"
         atomic_write(Path(config.run_dir) / "config.json", lambda tmp: tmp.write_text(text))
@@ -148,6 +160,7 @@ def run_configured_study(config: RunConfig, inputs: StudyInputs | None = None,
     if config.report_header is not None and config.report_header not in REPORT_HEADERS:
         raise ValueError(f"report_header={config.report_header!r}; expected one of {sorted(REPORT_HEADERS)}")
     inputs = inputs if inputs is not None else load_study_inputs(config)
+    replicates = [load_replicate(config, inputs, r) for r in config.replicates]
     if header is None:
         header = (REPORT_HEADERS[config.report_header](config, inputs) if config.report_header is not None
                   else run_header(config, inputs))
@@ -155,4 +168,15 @@ def run_configured_study(config: RunConfig, inputs: StudyInputs | None = None,
         stored = record_config(store, config, ("val", "test"), inputs.model, header, class_names(inputs.test))
     return run_study(inputs.model, inputs.val, inputs.test, inputs.saes, config.run_dir,
                      with_black_input(config, inputs.model), config.evaluation, resolved_config=stored, command=command,
-                     pf_scale=pf_scale)
+                     pf_scale=pf_scale, replicates=replicates)
+
+
+def load_replicate(config: RunConfig, inputs: StudyInputs, replicate: ReplicateConfig) -> Replicate:
+    """A replicate's model (the run's own one unless it names another), the run's test split preprocessed for it,
+    and its SAEs of every gated layer of the protocol."""
+    if replicate.model is None:
+        model, test = inputs.model, inputs.test
+    else:
+        model = load_model(replicate.model, class_names(inputs.test), config.cache_dir, config.evaluation.progress)
+        test = load_split(config.data, "test", preprocessing(config.data, model), config.cache_dir)
+    return Replicate(replicate.name, model, test, load_saes(replicate.saes, config.protocol.gated_layers(), model))

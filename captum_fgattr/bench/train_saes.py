@@ -11,6 +11,15 @@ the learning-rate grid extends the grid by up to ``lr_extensions`` steps beyond 
                                                     and L0 on the held-out images' tokens
     OUTPUT/run.json                                 the settings, the model, and the held-out images
 
+With several SAE seeds (``seeds``, for replication across SAE initialisations and token orders), one SAE per layer
+and seed, from the one activation cache, the learning rate selected per seed::
+
+    OUTPUT/seed_{s}/layer_{L}/...                   the selected SAE of block L for SAE seed s
+    OUTPUT/metrics.csv                              one row per (seed, layer, lr) run (a ``seed`` column)
+
+``OUTPUT/seed_{s}`` is an SAE source folder as a single-seed run's ``OUTPUT`` (``fgattr run --saes``), and holds the
+SAEs a run with ``seeds=[s]`` trains. ``seed`` keeps seeding the held-out split and a model without checkpoint.
+
 A seeded, per-class fraction of the images (``heldout_fraction``, default 0.1) is held out of SAE
 training: the SAEs are judged on tokens they never saw, not only on their training tokens.
 """
@@ -31,7 +40,7 @@ from captum_fgattr.bench.config import RunConfig
 from captum_fgattr.bench.data.layouts import ImageFolderDataset, build_transform
 from captum_fgattr.bench.models.loading import check_device
 from captum_fgattr.bench.resolve import load_model, normalisation_note, preprocessing, thesis_layers
-from captum_fgattr.sae.layers import train_layer_saes
+from captum_fgattr.sae.layers import check_seeds, train_layer_saes
 from captum_fgattr.sae.train import TrainConfig, sae_config_for
 
 __all__ = ["SAETraining", "train_saes", "heldout_split", "sized_defaults"]
@@ -56,7 +65,8 @@ class SAETraining:
     batch_tokens: int | None = None
     warmup_steps: int | None = None
     ev_threshold: float = 0.95  # selection rule: EV above this, then fewest dead
-    seed: int = 0
+    seed: int = 0  # the held-out split, a model without checkpoint and, without seeds, the SAEs
+    seeds: Sequence[int] | None = None  # SAE seeds: one SAE per layer and seed in OUTPUT/seed_{s}/; None: seed's only
     device: str = "auto"  # cuda if available
     batch_size: int = 32  # images per forward pass
     num_workers: int = 0
@@ -73,6 +83,8 @@ class SAETraining:
                 raise ValueError(f"--{name.replace('_', '-')}={value}; expected a positive int")
         if self.lr_extensions < 0:
             raise ValueError(f"--lr-extensions={self.lr_extensions}; expected an int >= 0")
+        if self.seeds is not None:
+            check_seeds(self.seeds, "--seeds")
 
 
 def sized_defaults(depth: int, width: int, tokens: int) -> dict[str, Any]:
@@ -114,8 +126,9 @@ def heldout_split(labels: list[int], fraction: float, seed: int) -> tuple[list[i
 
 def train_saes(config: RunConfig, training: SAETraining) -> list[dict[str, Any]]:
     """Train and save the SAEs of ``training.layers`` for ``config``'s model (its model section and data
-    preprocessing, as ``fgattr run`` sees them) on ``training.data``; the sizing and the split are printed to
-    stderr. Returns the metrics rows (also in ``OUTPUT/metrics.csv``).
+    preprocessing, as ``fgattr run`` sees them) on ``training.data``, one per layer and SAE seed with
+    ``training.seeds``; the sizing and the split are printed to stderr. Returns the metrics rows (also in
+    ``OUTPUT/metrics.csv``).
 
     Raises:
         ValueError: no model, a layer out of range, or an SAE the model cannot take.
@@ -182,10 +195,12 @@ def train_saes(config: RunConfig, training: SAETraining) -> list[dict[str, Any]]
     settings = {**asdict(training), "resolved": resolved, "model": config.to_dict()["model"], "device": str(device),
                 "num_images": len(dataset), "classes": dataset.classes, "preprocess": repr(preprocess),
                 "heldout_images": [dataset.ids[i] for i in heldout_ids]}
-    print(f"training on {len(train_ids)} images, {len(heldout_ids)} held out for the held-out metrics", file=sys.stderr)
+    seeds = f"; SAE seeds {', '.join(map(str, training.seeds))} (one cache)" if training.seeds is not None else ""
+    print(f"training on {len(train_ids)} images, {len(heldout_ids)} held out for the held-out metrics{seeds}",
+          file=sys.stderr)
     (output / "run.json").write_text(json.dumps(settings, indent=2))
     return train_layer_saes(model, loader_of(train_ids), sae_configs, train_cfg, output, lrs=training.lrs,
                             ev_threshold=training.ev_threshold, lr_extensions=training.lr_extensions,
                             cache_dir=training.cache_dir,
                             cache_dtype=training.cache_dtype, keep_cache=training.keep_cache, device=device,
-                            heldout_loader=loader_of(heldout_ids) if heldout_ids else None)
+                            heldout_loader=loader_of(heldout_ids) if heldout_ids else None, seeds=training.seeds)

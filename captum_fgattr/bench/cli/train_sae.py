@@ -13,6 +13,18 @@ selected by the thesis rule; a selection at the edge of the --lr grid extends it
 
 A seeded, per-class fraction of the images (--heldout-fraction, default 0.1) is held out of SAE
 training: the SAEs are judged on tokens they never saw, not only on their training tokens.
+
+--seeds 0,1,2 trains one SAE per layer and SAE seed (initialisation and token order), to replicate a study across
+SAE seeds: the model runs once, all seeds train on the one activation cache, each seed sweeps and selects its own
+learning rate, and each seed's SAEs equal those of a run with --seeds s alone. Output::
+
+    OUTPUT/seed_{s}/layer_{L}/config.json, sae.safetensors   the selected SAE of block L for seed s
+                                                             (fgattr run --saes OUTPUT/seed_{s})
+    OUTPUT/metrics.csv                                       one row per (seed, layer, lr) run, a seed column first
+
+Printed: per layer and seed the selected learning rate with the held-out EV, L0 and dead fraction, then per layer
+the mean and range of the held-out EV over the seeds. --seed still seeds the held-out split (the same images for
+every SAE seed) and a model without checkpoint.
 """
 from __future__ import annotations
 
@@ -22,7 +34,7 @@ import time
 
 from captum_fgattr.bench.cli.main import SIZED_LAYERS, json_argument
 
-__all__ = ["add_parser", "sweep_lines"]
+__all__ = ["add_parser", "sweep_lines", "seed_list"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -77,7 +89,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     t.add_argument("--warmup-steps", type=int, default=None,
                    help="linear warm-up steps (default 5%% of all steps, at most 500 as in the thesis)")
     t.add_argument("--ev-threshold", type=float, default=0.95, help="selection rule: EV above this, then fewest dead")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of the held-out split, of a model without checkpoint and, without --seeds, of the SAEs")
+    t.add_argument("--seeds", type=seed_list, default=None, metavar="S,S,...",
+                   help="several SAE seeds (initialisation and token order), e.g. 0,1,2: one SAE per layer and seed "
+                   "in OUTPUT/seed_{s}/layer_{L}/ from one activation cache, a seed column in metrics.csv, and the "
+                   "mean and range of the held-out EV over the seeds printed per layer")
     t.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     o = p.add_argument_group("output")
     o.add_argument("--output", required=True, help="output folder")
@@ -87,6 +104,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     o.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_main)
     return p
+
+
+def seed_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``: distinct SAE seeds >= 0 (``--seeds``)."""
+    try:
+        seeds = [int(v) for v in text.split(",")]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}; expected distinct ints >= 0 separated by commas, e.g. 0,1,2")
+    return seeds
 
 
 def _fmt(value: object) -> str:
@@ -101,29 +129,53 @@ def _print_table(rows: list[dict[str, object]], fields: tuple[str, ...]) -> None
         print("  ".join(v.rjust(w) for v, w in zip(c, widths)))
 
 
+def _measured(row: dict[str, object], field: str) -> bool:
+    return row.get(field) not in (None, "")
+
+
 def sweep_lines(rows: list[dict[str, object]], given: list[float]) -> list[str]:
-    """One line per layer: the selected learning rate among those swept, the rates beyond the ``given`` grid (its
-    extensions) and, if the selection is still at an edge of the swept rates, that warning."""
+    """One line per layer (per layer and SAE seed where the rows have a ``seed``): the selected learning rate among
+    those swept, the rates beyond the ``given`` grid (its extensions), the selected SAE's held-out EV, L0 and dead
+    fraction where measured and, if the selection is still at an edge of the swept rates, that warning. With seeds,
+    each layer's lines end with one over its seeds: the mean and range of the selected SAEs' held-out EV (of their
+    training-token EV where no images were held out)."""
     from captum_fgattr.sae.train import beyond_edge  # imports torch: only when the command runs
 
     lines = []
     for layer in sorted({int(row["layer"]) for row in rows}):
-        runs = sorted((float(row["lr"]), str(row["selected"]) == "True") for row in rows if int(row["layer"]) == layer)
-        lrs = [lr for lr, _ in runs]
-        chosen = next(lr for lr, selected in runs if selected)
-        added = [lr for lr in lrs if lr not in given]
-        line = f"block {layer}: lr {chosen:g} selected of {', '.join(f'{lr:g}' for lr in lrs)}"
-        line += f" (beyond the given grid: {', '.join(f'{lr:g}' for lr in added)})" if added else ""
-        if beyond_edge(lrs, chosen) is not None:
-            line += "; still at the edge of the swept grid: extend --lr (or raise --lr-extensions)"
-        lines.append(line)
+        of_layer = [row for row in rows if int(row["layer"]) == layer]
+        seeds = sorted({int(row["seed"]) for row in of_layer if "seed" in row})
+        picks = []
+        for seed in seeds or [None]:
+            runs = sorted((row for row in of_layer if seed is None or int(row["seed"]) == seed),
+                          key=lambda row: float(row["lr"]))
+            lrs = [float(row["lr"]) for row in runs]
+            pick = next(row for row in runs if str(row["selected"]) == "True")
+            chosen = float(pick["lr"])
+            picks.append(pick)
+            added = [lr for lr in lrs if lr not in given]
+            line = f"block {layer}{'' if seed is None else f', seed {seed}'}: lr {chosen:g} selected of "
+            line += ", ".join(f"{lr:g}" for lr in lrs)
+            line += f" (beyond the given grid: {', '.join(f'{lr:g}' for lr in added)})" if added else ""
+            if _measured(pick, "heldout_explained_variance"):
+                line += (f"; held-out EV {float(pick['heldout_explained_variance']):.4f}, "
+                         f"L0 {float(pick['heldout_mean_l0']):.1f}, dead {float(pick['heldout_dead_fraction']):.3f}")
+            if beyond_edge(lrs, chosen) is not None:
+                line += "; still at the edge of the swept grid: extend --lr (or raise --lr-extensions)"
+            lines.append(line)
+        if seeds:
+            heldout = all(_measured(pick, "heldout_explained_variance") for pick in picks)
+            ev = [float(pick["heldout_explained_variance" if heldout else "explained_variance"]) for pick in picks]
+            lines.append(f"block {layer} over seeds {', '.join(map(str, seeds))}: "
+                         f"{'held-out EV' if heldout else 'EV (training tokens, none held out)'} mean "
+                         f"{sum(ev) / len(ev):.4f}, range {min(ev):.4f}..{max(ev):.4f}")
     return lines
 
 
 def _main(args: argparse.Namespace) -> int:
     from captum_fgattr.bench.config import RunConfig, read_config_file  # import torch: only when the command runs
     from captum_fgattr.bench.train_saes import SAETraining, train_saes
-    from captum_fgattr.sae.layers import METRIC_FIELDS
+    from captum_fgattr.sae.layers import METRIC_FIELDS, SEEDED_METRIC_FIELDS
 
     config = RunConfig.from_dict(read_config_file(args.config)) if args.config else RunConfig()
     config = config.merged({"model.name": args.model, "model.checkpoint": args.checkpoint,
@@ -135,14 +187,15 @@ def _main(args: argparse.Namespace) -> int:
         activation=args.activation, k=args.k, normalize=args.normalize, l1=args.l1, lrs=args.lr,
         lr_extensions=args.lr_extensions, epochs=args.epochs,
         batch_tokens=args.batch_tokens, warmup_steps=args.warmup_steps, ev_threshold=args.ev_threshold,
-        seed=args.seed, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
+        seed=args.seed, seeds=args.seeds, device=args.device, batch_size=args.batch_size, num_workers=args.num_workers,
         heldout_fraction=args.heldout_fraction, cache_dir=args.cache_dir, cache_dtype=args.cache_dtype,
         keep_cache=args.keep_cache, progress=not args.quiet)
     start = time.perf_counter()
     rows = train_saes(config, training)
-    _print_table(rows, METRIC_FIELDS)
+    _print_table(rows, METRIC_FIELDS if args.seeds is None else SEEDED_METRIC_FIELDS)
     for line in sweep_lines(rows, args.lr):
         print(line)
-    print(f"wrote {len({row['layer'] for row in rows})} SAE folder(s) and metrics.csv to {args.output} in "
+    folders = len({(row.get("seed"), row["layer"]) for row in rows})
+    print(f"wrote {folders} SAE folder(s) and metrics.csv to {args.output} in "
           f"{time.perf_counter() - start:.1f}s", file=sys.stderr)
     return 0

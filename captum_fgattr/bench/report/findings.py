@@ -6,7 +6,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from captum_fgattr.bench.analysis.comparisons import Comparison, Ranking, format_p, ranking_lines, verdict_lines
+from captum_fgattr.bench.analysis.comparisons import (
+    AGAINST_TITLES, Comparison, Ranking, format_p, ranking_lines, verdict_lines,
+)
+from captum_fgattr.bench.analysis.replication import PooledComparison
 from captum_fgattr.bench.metrics import metric_spec
 from captum_fgattr.bench.stats import ALPHA
 
@@ -21,7 +24,7 @@ def _gain_line(configuration_key: str, comparisons: Sequence[Comparison]) -> str
     return f"{rows[0].configuration.label} vs TransMM: " + ", ".join(parts) + "." if rows else ""
 
 
-def _limits(comparisons: Sequence[Comparison], n_val: int | None) -> str:
+def _limits(comparisons: Sequence[Comparison], n_val: int | None, replicates: Sequence[str] = ()) -> str:
     """n, the smallest detectable effects of the last configuration vs TransMM at the family's α/m, and the run's
     single model and SAE set."""
     n_tests = sum(math.isfinite(c.result.p) for c in comparisons)
@@ -32,13 +35,31 @@ def _limits(comparisons: Sequence[Comparison], n_val: int | None) -> str:
     sizes = f"{n_test} test images" + (f", {n_val} validation images (selection and margins)" if n_val else "")
     text = (f"{sizes}; the smallest mean difference FG vs TransMM detectable with 80 % power at α/m = {ALPHA:g}/"
             f"{n_tests}: " + (", ".join(mde) if mde else "–") + " (smaller true effects can be missed). ")
+    if len(replicates) > 1:
+        return text + (f"The selected configuration was tested on {len(replicates)} replicates ({', '.join(replicates)}); "
+                       "the rest of the protocol (selection, the other configurations, the baselines) on the run's own "
+                       "model and SAEs only.")
     return text + ("Everything rests on one model and one SAE per gated layer: whether the answer holds for other SAE "
                    "or model seeds is not tested by this run.")
 
 
-def findings_section(comparisons: Sequence[Comparison], ranking: Ranking | None, n_val: int | None) -> list[str]:
+def _replicated(pooled: Sequence[PooledComparison]) -> list[str]:
+    """One line per pooled claim: its pooled outcome and how many replicates agree."""
+    n = len(pooled[0].replicates)
+    lines = []
+    for p in pooled:
+        c = p.pooled.comparison
+        lines.append(f"* {p.first.configuration.label} vs {AGAINST_TITLES.get(p.first.against, p.first.against)}, "
+                     f"{metric_spec(p.metric).short}: pooled **{p.outcome}** (Δ {c.delta:+.3f} [{c.ci_low:+.3f}, "
+                     f"{c.ci_high:+.3f}], p_Holm {format_p(c.p_holm)}); {p.pooled.agree_in_sign} of {n} replicates "
+                     f"agree in sign, {p.agree_in_outcome} of {n} in outcome.")
+    return lines
+
+
+def findings_section(comparisons: Sequence[Comparison], ranking: Ranking | None, n_val: int | None,
+                     pooled: Sequence[PooledComparison] = ()) -> list[str]:
     """The report's opening section (Markdown lines): per FG configuration its effect vs TransMM and the conclusion
-    its controls allow, the rankings the tests support, the run's limits."""
+    its controls allow, the replicated claims (``pooled``), the rankings the tests support, the run's limits."""
     if not comparisons and ranking is None:
         return []
     n_tests = sum(math.isfinite(c.result.p) for c in comparisons)
@@ -54,10 +75,14 @@ def findings_section(comparisons: Sequence[Comparison], ranking: Ranking | None,
         for key, conclusion in zip(keys, conclusions):
             lines += [f"* {_gain_line(key, comparisons)}", f"  {conclusion}"]
         lines.append("")
+    if pooled:
+        lines += [f"**Replicated over {len(pooled[0].replicates)} replicates** (random-effects pooled, Holm over the "
+                  f"{len(pooled)} pooled claims; section Replication):", "", *_replicated(pooled), ""]
     if ranking is not None:
         lines += ["**Most faithful methods as tested** (ranking family):", "",
                   *[f"* {line}" for line in ranking_lines(ranking)], ""]
     if comparisons:
-        lines += [f"**Limits:** {_limits(comparisons, n_val)}", ""]
+        replicates = pooled[0].replicates if pooled else ()
+        lines += [f"**Limits:** {_limits(comparisons, n_val, replicates)}", ""]
     return lines
 

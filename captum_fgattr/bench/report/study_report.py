@@ -42,7 +42,9 @@ from captum_fgattr.bench.experiments import (
 )
 from captum_fgattr.bench.methods import OPTIONAL_METHODS, MethodSpec
 from captum_fgattr.bench.metrics import METRICS, MetricSpec, metric_spec, metric_specs, run_metric_specs
+from captum_fgattr.bench.analysis.replication import pooled_comparisons
 from captum_fgattr.bench.report.findings import findings_section
+from captum_fgattr.bench.report.replication import replication_section
 from captum_fgattr.bench.report.setup import CLASS_NAMES_KEY, evaluated_images_line
 from captum_fgattr.bench.report.validity import validity_section
 from captum_fgattr.bench.stats import (
@@ -623,13 +625,15 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
         config = invocations[-1][2] if invocations else {}
         pf_scale = pf_scale or _stored_pf_scale(config)
         protocol = stored_protocol(store)
+        experiments = [(e, split) for e, split in experiments if not split.startswith("test@")]  # replicates: below
         families = {(e, split): (claim_comparisons(store, e, split, protocol),
                                  ranking_comparisons(store, e, split, protocol))
                     for e, split in experiments if e not in (SINGLE, MULTI, GRID)}
-        test = next((family for (e, _), family in families.items() if e == TEST), ([], None))
+        pooled = pooled_comparisons(store, protocol)
         single = store.selection(SINGLE)
         sections = [f"# Results of {run_dir}", "",
-                    *findings_section(*test, single.details.get("n_images") if single is not None else None),
+                    *findings_section(*families.get((TEST, "test"), ([], None)),
+                                      single.details.get("n_images") if single is not None else None, pooled),
                     *_header(config, pf_scale, store)]
         sections += _selections(store)
         summary = _validation_summary(store)
@@ -657,6 +661,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
                                     f"selected FG configuration and one map per control, each map min–max scaled "
                                     f"(chosen among the {n} {split} images).")
         test_rows = experiment_table(store, TEST, "test", pf_scale) if (TEST, "test") in experiments else []
+        sections += replication_section(pooled, out)
         sections += validity_section(store, [m.name for m in _table_metrics(test_rows)])
         if invocations:
             command, started, _ = invocations[-1]
