@@ -183,7 +183,7 @@ def train_layer_saes(
             print(f"cached {heldout.num_tokens} held-out patch tokens per layer", file=sys.stderr)
         for seed, layer in todo:
             start = time.perf_counter()
-            sweep = sweep_lr(cache.array(layer), lrs, sae_configs[layer], replace(train_config, seed=seed + (seeds is not None)),
+            sweep = sweep_lr(cache.array(layer), lrs, sae_configs[layer], replace(train_config, seed=seed),
                              ev_threshold=ev_threshold, lr_extensions=lr_extensions, device=device)
             seconds = (time.perf_counter() - start) / len(sweep.results)
             held = [{} if heldout is None else _heldout_metrics(result.sae, heldout.array(layer), train_config)
