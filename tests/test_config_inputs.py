@@ -72,8 +72,8 @@ ROWS = [
     ("unknown-key", "sweep", yaml_file("protocol: {layer: [1]}\n"), [],
      "unknown keys ['layer'] in configuration section 'protocol'; expected some of ['baselines', 'black_input', "
      "'c_max', 'c_maxes', 'controls', 'equivalence_fraction', 'equivalence_margins', 'gate_mad_eps', 'kappa', "
-     "'kappas', 'layers', 'method_variant', 'multi_layers', 'permute_seeds', 'shuffle_seeds', 'subset_seed', "
-     "'test_images', 'val_images', 'variants']"),
+     "'kappas', 'layers', 'method_variant', 'multi_layers', 'permute_seeds', 'replicate_controls', 'shuffle_seeds', "
+     "'subset_seed', 'test_images', 'val_images', 'validity_images', 'variants']"),
     ("equivalence-margin", "sweep", yaml_file("protocol: {equivalence_margins: {saco: -0.1}}\n"), [],
      "equivalence_margins {'saco': -0.1}; expected numbers > 0 (in the metric's units)"),
     ("equivalence-fraction", "sweep", yaml_file("protocol: {equivalence_fraction: 0}\n"), [],

@@ -31,9 +31,13 @@ def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cach
     assert "permuted gates (2 seeds): SaCo " in printed and "Conclusion for FG L" in printed
     assert "### Rankings the tests support" in printed and "The claims family" in printed
     assert set(QUICK.protocol.baselines) <= set(labels)
-    assert all(row.count("±") == 3 for row in rows)  # SaCo, FC, PF as mean ± SE
+    assert all(row.count("±") == 4 for row in rows)  # SaCo, FC, PF and the extra SRG as mean ± SE
     header = table.splitlines()[2]
-    assert header.count("p Welch") == 3 and header.count("p paired") == 3
+    assert header.count("p Welch") == 4 and header.count("p paired") == 4 and "| SRG ↑ |" in header
+    report = (run_dir / "report" / "report.md").read_text()
+    assert report.index("## Findings") < report.index("## Setup") < report.index("## Metric validity")
+    assert f"Checks on a seeded subset of {QUICK.protocol.validity_images} test images" in report
+    assert (run_dir / "validity.json").is_file()
     for name in ("report.md", "single_layer.png", "multi_layer.png", "kappa_cmax.png"):
         assert (run_dir / "report" / name).is_file()
     with sqlite3.connect(run_dir / "results.sqlite") as db:
