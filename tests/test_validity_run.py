@@ -16,10 +16,12 @@ from captum_fgattr.bench.analysis.comparisons import claim_comparisons
 from captum_fgattr.bench.config import EvalConfig, MetricConfig, Protocol
 from captum_fgattr.bench.evaluate import evaluate_methods, select_ids
 from captum_fgattr.bench.methods import MethodSpec, build_method
+from captum_fgattr.bench.metrics import MetricBatch, metric_spec
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.bench.study import run_study
 from captum_fgattr.bench.validity import VALIDITY_FILE, run_validity
 from quantus_saco import PatchSRG
+from quantus_saco.forwards import PerturbedForwards
 from quantus_saco.region import evaluate_road
 from tests.conftest import make_vit
 from tests.test_bench_evaluate import tiny_setup
@@ -104,6 +106,27 @@ def test_road_is_selectable_and_computed_with_the_runs_seed_and_sample_ids(tmp_p
     expected = evaluate_road(model, x, attr, torch.as_tensor(stored["target"]), 8, seed=METRICS.seed, sample_ids=ids)
     np.testing.assert_allclose(stored["road"], expected["road_srg"].numpy(), atol=1e-9)
     assert np.isnan(stored["srg"]).all()  # not selected
+
+
+def test_srg_takes_its_own_step_and_reuses_pixel_flippings_images(tmp_path):
+    """SRG at 4 patches per step beside PF at 2: equal to the Quantus path at 4, and its MoRF images are PF's, so only
+    its LeRF images are forwarded anew (counted by the shared outputs)."""
+    model, data, _ = tiny_setup(4)
+    x = data.tensors[0]
+    metrics = replace(METRICS, settings={"srg": {"patches_per_step": 4}})
+    attr = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(x)
+    target = logits.argmax(1)
+    forwards = PerturbedForwards(model, x, 8)
+    batch = MetricBatch(model, x, attr, target, torch.arange(4), logits, 8, metrics, forwards=forwards)
+    batch.engine(("pf",))
+    before = forwards.forwarded
+    srg = metric_spec("srg").compute(batch)
+    expected = PatchSRG(patch_size=8, patches_in_step=4, disable_warnings=True)(
+        model=model, x_batch=x.numpy(), y_batch=target.numpy(), a_batch=attr.numpy(), device="cpu")
+    np.testing.assert_allclose(srg.numpy(), expected, atol=1e-6)
+    assert forwards.forwarded - before == 4 * 3  # per image LeRF's 4 steps, the last (all removed) one PF's
 
 
 def test_extra_metrics_are_checked():

@@ -113,12 +113,14 @@ def _pf_auc(batch: MetricBatch) -> Tensor:
 
 
 def _srg(batch: MetricBatch) -> Tensor:
-    """Symmetric relevance gain AUC(LeRF) − AUC(MoRF), (B,) in [−1, 1], at PF's step and tie order with the image
-    mean replacing patches; the MoRF images are PF's (forwarded once through the batch's shared outputs)."""
+    """Symmetric relevance gain AUC(LeRF) − AUC(MoRF), (B,) in [−1, 1], at its ``patches_per_step`` (None: PF's
+    step) and PF's tie order with the image mean replacing patches; its MoRF images are PF's where its step is a
+    multiple of PF's (forwarded once through the batch's shared outputs), so only LeRF costs forwards."""
     m = batch.metrics
+    step = m.settings_of("srg")["patches_per_step"] or m.pf_patches_per_step
     return evaluate_region_perturbation(
         batch.model, batch.images, batch.attributions, batch.targets, batch.patch_size, orders=ORDERS,
-        patches_per_step=m.pf_patches_per_step, tie_order=m.pf_tie_order, logits=batch.logits,
+        patches_per_step=step, tie_order=m.pf_tie_order, logits=batch.logits,
         max_batch=batch.max_batch, autocast=batch.autocast, forwards=batch.forwards)["srg"].double()
 
 
@@ -199,7 +201,8 @@ register_metric(MetricSpec(
     "srg", "SRG", True, _srg,
     "**SRG**, symmetric relevance gain (Blücher et al. 2024): area under the target-probability curve when the least "
     "relevant patches are replaced first (LeRF) minus the same area most relevant first (MoRF, PF's curve); it "
-    "cancels much of what the replacement value does to the model. In [−1, 1], higher is better.", extra=True))
+    "cancels much of what the replacement value does to the model. In [−1, 1], higher is better.",
+    settings={"patches_per_step": None}, extra=True))
 register_metric(MetricSpec(
     "road", "ROAD", True, _road,
     "**ROAD** (Rong et al. 2022): as SRG, but the removed patches are imputed from their neighbours (noisy linear "

@@ -51,7 +51,7 @@ FULL = RunConfig(
                       val_images=200, test_images=300, validity_images=50),
     evaluation=EvalConfig(batch_size=16, gallery=300,
                           metrics=MetricConfig(saco_groups=10, fc_subset_size=6, fc_runs=30, pf_patches_per_step=2,
-                                               extra=("srg",))),
+                                               extra=("srg",), settings={"srg": {"patches_per_step": 4}})),
 )
 #: ``fgattr demo --quick``: a smoke run of the real default (shipped model and SAEs, no training): 2 layers, few images
 QUICK = RunConfig(
