@@ -13,9 +13,13 @@ from captum_fgattr.bench.methods_json import parse_methods
 def test_an_fg_spec_without_label_reads_like_the_protocols_rows():
     spec = MethodSpec("fg", {"c_max": 10.0, "kappa": 0.5, "layers": [3, 4], "variant": "combined"})
     assert spec.label == "FG L[3,4] combined κ=0.5 c=10"
-    for params in (FGParams(layers=(6,)), FGParams(layers=(2, 3, 4), variant="gradient", kappa=1.0, c_max=50.0),
-                   FGParams(layers=(1,), shuffle_seed=3), FGParams(layers=(1, 2), permute_seed=0, mad_eps="in_mad")):
-        assert MethodSpec("fg", params.to_params()).label == fg_spec_of(params).label
+    for params, label in ((FGParams(layers=(6,)), "FG L6 combined κ=0.5 c=10"),
+                          (FGParams(layers=(2, 3, 4), variant="gradient", kappa=1.0, c_max=50.0),
+                           "FG L[2,3,4] gradient κ=1 c=50"),
+                          (FGParams(layers=(1,), shuffle_seed=3), "FG L1 combined κ=0.5 c=10 shuffled decoder s3"),
+                          (FGParams(layers=(1, 2), permute_seed=0, mad_eps="in_mad"),
+                           "FG L[1,2] combined κ=0.5 c=10 permuted gates s0 scale in_mad")):
+        assert MethodSpec("fg", params.to_params()).label == fg_spec_of(params).label == label
 
 
 def test_other_methods_keep_name_and_given_parameters():

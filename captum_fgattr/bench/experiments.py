@@ -101,15 +101,8 @@ def gate_mad_eps(protocol: Protocol, metrics: MetricConfig) -> str:
 
 def fg_spec_of(params: FGParams) -> MethodSpec:
     """The spec of typed FG parameters, labelled for tables (e.g. ``FG L[1,2] combined κ=1 c=50``)."""
-    where = f"L{params.layers[0]}" if len(params.layers) == 1 else "L[" + ",".join(map(str, params.layers)) + "]"
-    label = f"FG {where} {params.variant} κ={params.kappa:g} c={params.c_max:g}"
-    if params.shuffle_seed is not None:
-        label += f" shuffled decoder s{params.shuffle_seed}"
-    if params.permute_seed is not None:
-        label += f" permuted gates s{params.permute_seed}"
-    if params.mad_eps != "after_scale":
-        label += f" scale {params.mad_eps}"
-    return MethodSpec("fg", params.to_params(), label)
+    values = params.to_params()
+    return MethodSpec("fg", values, params.label("fg", values))
 
 
 def control_specs(real: MethodSpec, protocol: Protocol) -> dict[str, list[MethodSpec]]:
