@@ -50,10 +50,13 @@ class MetricBatch:
     autocast: bool = False  # forwards under torch.autocast
     forwards: PerturbedForwards | None = None  # outputs on perturbed images, shared by the methods of the batch
 
-    def engine(self, metrics: Sequence[str] = ENGINE_METRICS, seed: int | None = None) -> dict[str, Tensor]:
+    def engine(self, metrics: Sequence[str] = ENGINE_METRICS, seed: int | None = None,
+               fill: Tensor | None = None) -> dict[str, Tensor]:
         """One call of the batched patch-metric engine with this batch's settings -> {name: (B,) float64}.
 
-        ``metrics``: any of "saco", "fc", "pf"; ``seed`` (FC's subsets) defaults to ``self.metrics.seed``.
+        ``metrics``: any of "saco", "fc", "pf"; ``seed`` (FC's subsets) defaults to ``self.metrics.seed``; ``fill``:
+        (B, C, H, W) images whose pixels replace the removed patches instead of each image's mean (``forwards``, if
+        set, made with the same fill).
         """
         m = self.metrics
         return evaluate_patch_metrics(
@@ -63,7 +66,7 @@ class MetricBatch:
             saco_target=m.saco_target, saco_tie_order=m.saco_tie_order, saco_pairing=m.saco_pairing,
             fc_sampling=m.fc_sampling, pf_tie_order=m.pf_tie_order, pf_replacement=m.pf_replacement,
             undefined_score=m.undefined_score, sample_ids=self.sample_ids, logits=self.logits, max_batch=self.max_batch,
-            autocast=self.autocast, forwards=self.forwards)
+            autocast=self.autocast, forwards=self.forwards, fill=fill)
 
     @cached_property
     def patch_metrics(self) -> Mapping[str, Tensor]:

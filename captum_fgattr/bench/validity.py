@@ -17,7 +17,7 @@ import json
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,11 @@ from captum_fgattr.bench.config import EvalConfig, Protocol
 from captum_fgattr.bench.evaluate import select_ids
 from captum_fgattr.bench.experiments import TEST, control_name
 from captum_fgattr.bench.methods import MethodSpec, build_method
+from captum_fgattr.bench.metrics import MetricBatch
 from captum_fgattr.bench.store import ResultStore
 from captum_fgattr.files import atomic_write
 from captum_fgattr.sae import SparseAutoencoder
-from quantus_saco.engine import evaluate_patch_metrics
+from quantus_saco.forwards import PerturbedForwards
 from quantus_saco.randomisation import weight_dependence
 
 __all__ = ["VALIDITY_FILE", "FILLS", "validity_methods", "validity_images", "run_validity", "read_validity",
@@ -71,52 +72,60 @@ def read_validity(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _batches(data: Dataset, ids: Sequence[int], size: int, device: torch.device
-             ) -> list[tuple[list[int], Tensor, Tensor]]:
-    """(ids, (B, C, H, W) images, (B,) labels) per chunk of ``size`` ids, on ``device``."""
+@dataclass(frozen=True)
+class _Batch:
+    """One chunk of the subset with what every method's checks share: the model's outputs on the images, the
+    replacement images, and the outputs on perturbed images (one store per replacement, shared by the methods)."""
+
+    ids: Tensor  # (B,) dataset ids
+    images: Tensor  # (B, C, H, W)
+    labels: Tensor  # (B,)
+    logits: Tensor  # (B, classes) on ``images``
+    fills: dict[str, Tensor]  # FILLS name -> (B, C, H, W) replacement image
+    forwards: dict[str, PerturbedForwards]  # "mean" and FILLS names -> shared outputs on perturbed images
+
+
+def _batches(model: nn.Module, data: Dataset, ids: Sequence[int], size: int, black_input: Sequence[float],
+             patch_size: int) -> list[_Batch]:
+    """The subset in chunks of ``size`` ids, on the model's device."""
+    device = next(model.parameters()).device
     out = []
     for start in range(0, len(ids), size):
         chunk = list(ids[start:start + size])
         items = [data[i] for i in chunk]
-        out.append((chunk, torch.stack([torch.as_tensor(x) for x, _ in items]).to(device),
-                    torch.as_tensor([int(y) for _, y in items], device=device)))
+        x = torch.stack([torch.as_tensor(image) for image, _ in items]).to(device)
+        with torch.no_grad():
+            logits = model(x).float()
+        black = torch.tensor(black_input, dtype=x.dtype, device=device).reshape(1, -1, 1, 1).expand_as(x).contiguous()
+        fills = {"black": black, "blur": blurred(x, patch_size)}
+        forwards = {"mean": PerturbedForwards(model, x, patch_size),
+                    **{name: PerturbedForwards(model, x, patch_size, fill) for name, fill in fills.items()}}
+        out.append(_Batch(torch.tensor(chunk, device=device), x,
+                          torch.as_tensor([int(y) for _, y in items], device=device), logits, fills, forwards))
     return out
 
 
 def _method_results(model: nn.Module, spec: MethodSpec, saes: Mapping[int, SparseAutoencoder],
-                    batches: list[tuple[list[int], Tensor, Tensor]], protocol: Protocol, config: EvalConfig,
-                    patch_size: int) -> dict[str, Any]:
+                    batches: Sequence[_Batch], config: EvalConfig, patch_size: int) -> dict[str, Any]:
     """One method's randomisation, retest and replacement scores on the subset (lists in image order)."""
-    metrics = config.metrics
+    metrics = replace(config.metrics, pf_replacement="original_mean")  # the fills replace patches by fixed images
     method = build_method(spec, model, saes)
     out: dict[str, Any] = {"label": spec.label, "fc_retest": [], **{fill: {"saco": [], "fc": [], "pf_auc": []}
                                                                      for fill in FILLS}}
-    images, targets = [], []
-    for chunk, x, labels in batches:
-        with torch.no_grad():
-            logits = model(x).float()
-        target = logits.argmax(dim=1) if config.target == "prediction" else labels
-        ids = torch.tensor(chunk, device=x.device)
-        attr = method(x, target, ids).detach().float()
-        common = dict(saco_groups=metrics.saco_groups, fc_subset_size=metrics.fc_subset_size, fc_runs=metrics.fc_runs,
-                      fc_correlation=metrics.fc_correlation, pf_patches_per_step=metrics.pf_patches_per_step,
-                      saco_target=metrics.saco_target, saco_tie_order=metrics.saco_tie_order,
-                      saco_pairing=metrics.saco_pairing, fc_sampling=metrics.fc_sampling,
-                      pf_tie_order=metrics.pf_tie_order, undefined_score=metrics.undefined_score, sample_ids=ids,
-                      logits=logits, max_batch=config.metric_batch)
-        retest = evaluate_patch_metrics(model, x, attr, target, patch_size, metrics=("fc",), seed=metrics.seed + 1,
-                                        **common)
-        out["fc_retest"] += retest["fc"].tolist()
-        black = torch.tensor(protocol.black_input, dtype=x.dtype, device=x.device).reshape(1, -1, 1, 1)
-        black = black.expand_as(x).contiguous()
-        for fill, image in (("black", black), ("blur", blurred(x, patch_size))):
-            scores = evaluate_patch_metrics(model, x, attr, target, patch_size, seed=metrics.seed, fill=image, **common)
+    targets = []
+    for b in batches:
+        target = b.logits.argmax(dim=1) if config.target == "prediction" else b.labels
+        attr = method(b.images, target, b.ids).detach().float()
+        batch = MetricBatch(model, b.images, attr, target, b.ids, b.logits, patch_size, metrics,
+                            max_batch=config.metric_batch, forwards=b.forwards["mean"])
+        out["fc_retest"] += batch.engine(("fc",), seed=metrics.seed + 1)["fc"].tolist()
+        for fill in FILLS:
+            scores = replace(batch, forwards=b.forwards[fill]).engine(fill=b.fills[fill])
             for name in ("saco", "fc", "pf_auc"):
                 out[fill][name] += scores[name].tolist()
-        images.append(x)
         targets.append(target)
 
-    device = images[0].device
+    device = batches[0].images.device
 
     def explain(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **_: Any) -> np.ndarray:
         x = torch.as_tensor(inputs, dtype=torch.float32, device=device)
@@ -124,8 +133,9 @@ def _method_results(model: nn.Module, spec: MethodSpec, saes: Mapping[int, Spars
         return build_method(spec, model, saes)(x, torch.as_tensor(targets, device=device).long(),
                                                order).detach().cpu().numpy()
 
-    checks = weight_dependence(model, torch.cat(images).cpu().numpy(), torch.cat(targets).cpu().numpy(), explain,
-                               patch_size, batch_size=config.batch_size, device=str(device))
+    checks = weight_dependence(model, torch.cat([b.images for b in batches]).cpu().numpy(),
+                               torch.cat(targets).cpu().numpy(), explain, patch_size, batch_size=config.batch_size,
+                               device=str(device))
     out["mprt"], out["random_logit"] = checks.mprt.tolist(), checks.random_logit.tolist()
     return out
 
@@ -146,7 +156,6 @@ def run_validity(model: nn.Module, test: Dataset, saes: Mapping[int, SparseAutoe
     if (TEST, "test") not in store.experiments():
         raise ValueError("run the test experiment before the validity checks")
     model.eval()
-    device = next(model.parameters()).device
     patch_size = get_adapter(model).patch_size[0]
     ids = validity_images(store, protocol)
     path = store.run_dir / VALIDITY_FILE
@@ -155,10 +164,10 @@ def run_validity(model: nn.Module, test: Dataset, saes: Mapping[int, SparseAutoe
         stored = {"images": ids, "seed": config.metrics.seed, "methods": {}}
     metrics = config.metrics.resolved(math.prod(get_adapter(model).grid_size()))
     config = replace(config, metrics=metrics)
-    batches = _batches(test, ids, config.batch_size, device)
+    batches = _batches(model, test, ids, config.batch_size, protocol.black_input, patch_size)
     todo = [spec for spec in validity_methods(store) if spec.key not in stored["methods"]]
     for n, spec in enumerate(todo, start=1):
-        stored["methods"][spec.key] = _method_results(model, spec, saes, batches, protocol, config, patch_size)
+        stored["methods"][spec.key] = _method_results(model, spec, saes, batches, config, patch_size)
         text = json.dumps(stored, indent=1)
         atomic_write(path, lambda tmp: tmp.write_text(text))
         if config.progress:

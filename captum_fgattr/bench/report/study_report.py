@@ -640,8 +640,11 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
         if summary:
             sections += [summary, ""]
         names = [e for e, _ in experiments]
+        test_rows: list[TableRow] = []
         for experiment, split in experiments:
             rows = experiment_table(store, experiment, split, pf_scale)
+            if (experiment, split) == (TEST, "test"):
+                test_rows = rows
             name = experiment if names.count(experiment) == 1 else f"{experiment}_{split}"
             table = _markdown(rows, f"{experiment} ({split}, {len(store.experiment_ids(experiment, split))} images)")
             table += _convergence_lines(store, rows, split)
@@ -660,7 +663,6 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, pf_scal
                                     "and on the images FG improved and degraded most (SaCo): the image, TransMM, the "
                                     f"selected FG configuration and one map per control, each map min–max scaled "
                                     f"(chosen among the {n} {split} images).")
-        test_rows = experiment_table(store, TEST, "test", pf_scale) if (TEST, "test") in experiments else []
         sections += replication_section(pooled, out)
         sections += validity_section(store, [m.name for m in _table_metrics(test_rows)])
         if invocations:
