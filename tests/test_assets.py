@@ -36,7 +36,38 @@ def test_shipped_files_match_the_recorded_recipe_and_hashes():
         assert quality == {k: v for k, v in info["saes"][str(layer)]["metrics"].items() if k in quality}
         assert set(quality) >= {"heldout_explained_variance", "heldout_dead_fraction", "heldout_mean_l0"}
     total = sum(p.stat().st_size for p in D.SHIPPED_DIR.rglob("*") if p.is_file())
-    assert total < 10 * 2**20  # a few MB of package data
+    assert total < 40 * 2**20  # package data of the model and its SAEs, the replicate seeds' included
+
+
+def test_shipped_replicate_saes_are_the_same_recipe_from_other_seeds():
+    from captum_fgattr.bench.default import SHIPPED_SAE_SEEDS
+
+    info = A.shipped_info()
+    assert sorted(info["sae_seeds"]) == [str(seed) for seed in SHIPPED_SAE_SEEDS] and 0 not in SHIPPED_SAE_SEEDS
+    main = A.load_shipped_saes(A.SAE_LAYERS)
+    for seed in SHIPPED_SAE_SEEDS:
+        saes = A.load_shipped_saes(A.SAE_LAYERS, seed=seed)
+        for layer, sae in saes.items():
+            assert (sae.config.hook_layer, sae.n_features, sae.k) == (layer, main[layer].n_features, main[layer].k)
+            assert not torch.equal(sae.W_dec, main[layer].W_dec)  # another seed: other weights
+            quality = A.sae_quality(sae)
+            assert quality == {k: v for k, v in info["sae_seeds"][str(seed)][str(layer)]["metrics"].items()
+                               if k in quality}
+            assert quality["heldout_explained_variance"] > 0.95 and quality["heldout_mean_l0"] == A.SAE_K
+    with pytest.raises(ValueError, match=r"no shipped SAEs of seed 7; shipped replicate seeds: \['1', '2'\]"):
+        A.load_shipped_saes([1], seed=7)
+
+
+def test_the_replicate_saes_are_named_sae_sources_checked_against_the_model():
+    from captum_fgattr.bench.resolve import SAE_SOURCES
+
+    model, _ = D.shipped_model()
+    source = SAE_SOURCES["shipped-seed1"]
+    saes = source.load([1, 3], model)
+    assert sorted(saes) == [1, 3] and source.digests()[3] == A.shipped_info()["sae_seeds"]["1"]["3"]["weights_sha256"]
+    other = D.build_vit()
+    with pytest.raises(ValueError, match="the SAEs 'shipped-seed1' were trained on the shipped fgattr:br35h-vit"):
+        source.load([1], other)
 
 
 def test_default_model_is_the_shipped_one_without_training(tmp_path):
@@ -102,10 +133,14 @@ def test_build_assets_writes_loadable_files_and_is_reproducible(tmp_path):
     for run, threads in (("a", 1), ("b", 2)):  # the caller's thread count must not matter
         torch.set_num_threads(threads)
         infos.append(A.build_assets(tmp_path / run, tiny_vit, train, layers=(1, 2), sae_training=short,
-                                    splits=splits, cache_dir=tmp_path / f"cache_{run}", progress=False))
+                                    splits=splits, cache_dir=tmp_path / f"cache_{run}", progress=False,
+                                    sae_seeds=(3,)))
     a, b = infos
     assert a["model"]["weights_sha256"] == b["model"]["weights_sha256"]
     assert all(a["saes"][k]["weights_sha256"] == b["saes"][k]["weights_sha256"] for k in ("1", "2"))
+    assert all(a["sae_seeds"]["3"][k]["weights_sha256"] == b["sae_seeds"]["3"][k]["weights_sha256"]
+               != a["saes"][k]["weights_sha256"] for k in ("1", "2"))
+    assert A.load_shipped_saes([2], folder=tmp_path / "a", seed=3)[2].config.hook_layer == 2
     assert a["sae_layers"] == [1, 2] and set(a["saes"]["1"]["metrics"]) >= {"heldout_explained_variance", "lr"}
     model, model_info = D.shipped_model(folder=tmp_path / "a")
     assert model_info == a["model"] and model.embed_dim == 32

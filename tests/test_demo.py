@@ -38,6 +38,10 @@ def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cach
     assert report.index("## Findings") < report.index("## Setup") < report.index("## Metric validity")
     assert f"Checks on a seeded subset of {QUICK.protocol.validity_images} test images" in report
     assert (run_dir / "validity.json").is_file()
+    # the selected configuration replicated with the shipped SAEs of SAE seeds 1 and 2, pooled with the run's own
+    replication = report.split("## Replication")[1]
+    assert "on 3 replicates (run, sae-seed-1, sae-seed-2" in replication and "![forest plot](forest_test.png)" in replication
+    assert (run_dir / "report" / "forest_test.png").is_file()
     for name in ("report.md", "single_layer.png", "multi_layer.png", "kappa_cmax.png"):
         assert (run_dir / "report" / name).is_file()
     with sqlite3.connect(run_dir / "results.sqlite") as db:

@@ -13,8 +13,10 @@ its weights are bit-identical to the shipped ones. Layout (``<folder>`` = :data:
     <folder>/model.safetensors                    ViT state dict (float32)
     <folder>/saes/layer_{L}/sae.safetensors, config.json   SAE of block L (0-based); config.json holds
                                                   its metrics, held-out ones included (:func:`sae_quality`)
+    <folder>/sae_seeds/seed_{s}/layer_{L}/        the replicate SAEs: the same recipe from SAE seed s of
+                                                  :data:`SHIPPED_SAE_SEEDS` (the study's SAE-seed replicates)
     <folder>/info.json                            the command, recipe, platform, model info (accuracies),
-                                                  sha256 of every weights file, SAE metrics per layer
+                                                  sha256 of every weights file, SAE metrics per layer (and seed)
 
 Example::
 
@@ -37,19 +39,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from captum_fgattr.bench.default import SHIPPED_SAE_SEEDS
 from captum_fgattr.bench.default.br35h import Br35HSplit, default_splits
 from captum_fgattr.bench.default.vit import (
     DEFAULT_TRAIN, DEFAULT_VIT, SHIPPED_DIR, ViTConfig, ViTTrainConfig, default_model, save_model, sha256_file,
+    shipped_model,
 )
 from captum_fgattr.determinism import deterministic
-from captum_fgattr.sae.layers import layer_folder, sae_quality, train_layer_saes
+from captum_fgattr.sae.layers import layer_folder, sae_quality, seed_folder, train_layer_saes
 from captum_fgattr.sae.model import SparseAutoencoder
 from captum_fgattr.sae.train import TrainConfig as SAETrainConfig
 from captum_fgattr.sae.train import sae_config_for
 
 __all__ = [
-    "SAE_LAYERS", "SAE_EXPANSION", "SAE_K", "SAE_TRAINING", "SAE_THREADS", "ASSETS_FORMAT",
-    "train_demo_saes", "build_assets", "shipped_info", "load_shipped_saes", "sae_quality", "sae_recipe",
+    "SAE_LAYERS", "SAE_EXPANSION", "SAE_K", "SAE_TRAINING", "SAE_THREADS", "SAE_SEEDS_DIR", "ASSETS_FORMAT",
+    "train_demo_saes", "build_assets", "add_sae_seeds", "shipped_info", "shipped_sae_digests", "load_shipped_saes", "sae_quality",
+    "sae_recipe",
 ]
 
 ASSETS_FORMAT = "captum_fgattr.default_assets.v1"
@@ -60,6 +65,7 @@ SAE_EXPANSION = 16  # n_features = 16 × 96 = 1,536
 SAE_K = 16  # TopK active features: sparse, k ≤ d_in / 4
 SAE_TRAINING = SAETrainConfig(lr=2e-3, epochs=8, batch_tokens=512, warmup_steps=100, progress=False)
 SAE_THREADS = 1  # torch threads while collecting tokens and training (fixed: reproducible weights)
+SAE_SEEDS_DIR = "sae_seeds"  # <folder>/sae_seeds/seed_{s}/layer_{L}/
 
 
 def sae_recipe(expansion: int = SAE_EXPANSION, k: int = SAE_K, training: SAETrainConfig = SAE_TRAINING) -> dict[str, Any]:
@@ -79,8 +85,10 @@ def train_demo_saes(
     heldout_split: Br35HSplit | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train one TopK SAE per block of ``layers`` on ``train_split``'s patch tokens into ``output``.
+    """Train one TopK SAE per block of ``layers`` on ``train_split``'s patch tokens into ``output``
+    (``seeds``: one per block and SAE seed, in ``output/seed_{s}/layer_{L}/``; None: ``training.seed`` only).
 
     Tokens of ``heldout_split`` (images the SAE never sees; the demo uses the validation split) give
     the held-out metrics. Runs on :data:`SAE_THREADS` threads with deterministic algorithms; each
@@ -96,7 +104,51 @@ def train_demo_saes(
     with deterministic(SAE_THREADS):
         return train_layer_saes(
             model, torch.utils.data.DataLoader(train_split.tensors()[0], batch_size=256), configs,
-            dataclasses.replace(training, progress=progress), output, device=device, heldout_loader=heldout)
+            dataclasses.replace(training, progress=progress), output, device=device, heldout_loader=heldout,
+            seeds=seeds)
+
+
+def _sae_entries(folder: Path, rows: Sequence[dict[str, Any]], layers: Sequence[int],
+                 seed: int | None = None) -> dict[str, Any]:
+    """{layer: {"weights_sha256", "metrics"}} of the SAEs in ``folder`` (a folder of ``layer_{L}/``) for
+    ``info.json``, from the training rows (of ``seed`` where the rows have seeds)."""
+    out = {}
+    for layer in layers:
+        selected = next(row for row in rows if row["layer"] == layer and row["selected"]
+                        and row.get("seed", seed) == seed)
+        out[str(layer)] = {"weights_sha256": sha256_file(layer_folder(folder, layer) / "sae.safetensors"),
+                           "metrics": {key: value for key, value in selected.items()
+                                       if key not in ("layer", "selected", "seed")}}
+    return out
+
+
+def add_sae_seeds(
+    folder: str | Path,
+    seeds: Sequence[int] = SHIPPED_SAE_SEEDS,
+    sae_training: SAETrainConfig = SAE_TRAINING,
+    splits: dict[str, Br35HSplit] | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the replicate SAEs of the assets in ``folder`` (its model, its ``sae_layers``, the recipe with SAE
+    seeds ``seeds``) into ``folder/sae_seeds/seed_{s}/`` and record them in its ``info.json``
+    (``"sae_seeds": {seed: {layer: {"weights_sha256", "metrics"}}}``); returns the updated info."""
+    folder = Path(folder)
+    info = shipped_info(folder)
+    model, _ = shipped_model(device, folder=folder)
+    vit = ViTConfig(**info["model"]["vit"])
+    splits = splits if splits is not None else default_splits(cache_dir, img_size=vit.img_size, progress=progress)
+    layers = info["sae_layers"]
+    start = time.perf_counter()
+    rows = train_demo_saes(model, splits["train"], layers, folder / SAE_SEEDS_DIR, training=sae_training,
+                           heldout_split=splits["val"], device=device, progress=progress, seeds=seeds)
+    (folder / SAE_SEEDS_DIR / "metrics.csv").unlink(missing_ok=True)  # the same numbers are in info.json
+    info["sae_seeds"] = {str(seed): _sae_entries(seed_folder(folder / SAE_SEEDS_DIR, seed), rows, layers, seed)
+                         for seed in seeds}
+    info["sae_seeds_seconds"] = round(time.perf_counter() - start, 1)
+    (folder / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
 
 
 def build_assets(
@@ -110,8 +162,10 @@ def build_assets(
     device: str = "cpu",
     progress: bool = True,
     command: str = COMMAND,
+    sae_seeds: Sequence[int] = SHIPPED_SAE_SEEDS,
 ) -> dict[str, Any]:
-    """Train the ViT and the SAEs and write them to ``output``; returns ``info``.
+    """Train the ViT and the SAEs (and the replicate SAEs of ``sae_seeds``, :func:`add_sae_seeds`) and write
+    them to ``output``; returns ``info``.
 
     The ViT comes from :func:`captum_fgattr.bench.default.vit.default_model` with ``retrain=True``, the
     path ``fgattr demo --retrain`` takes: trained from scratch, or taken from ``cache_dir`` (default:
@@ -127,12 +181,7 @@ def build_assets(
     model = model.to(device)
     rows = train_demo_saes(model, splits["train"], layers, output / "saes", training=sae_training,
                            heldout_split=splits["val"], device=device, progress=progress)
-    saes = {}
-    for layer in layers:
-        folder = layer_folder(output / "saes", layer)
-        selected = next(row for row in rows if row["layer"] == layer and row["selected"])
-        saes[str(layer)] = {"weights_sha256": sha256_file(folder / "sae.safetensors"),
-                            "metrics": {key: value for key, value in selected.items() if key not in ("layer", "selected")}}
+    saes = _sae_entries(output / "saes", rows, layers)
     (output / "saes" / "metrics.csv").unlink(missing_ok=True)  # the same numbers are in info.json
     info = {
         "format": ASSETS_FORMAT, "command": command, "model": model_info,
@@ -142,6 +191,8 @@ def build_assets(
         "seconds": round(time.perf_counter() - start, 1),
     }
     (output / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    if sae_seeds:
+        info = add_sae_seeds(output, sae_seeds, sae_training, splits, cache_dir, device, progress)
     return info
 
 
@@ -170,17 +221,31 @@ def shipped_info(folder: str | Path = SHIPPED_DIR) -> dict[str, Any]:
     return info
 
 
-def load_shipped_saes(layers: Sequence[int], device: str | torch.device = "cpu",
-                      folder: str | Path = SHIPPED_DIR) -> dict[int, SparseAutoencoder]:
-    """The shipped SAEs of ``layers`` (each checked against its recorded sha256)."""
+def shipped_sae_digests(seed: int | None = None, folder: str | Path = SHIPPED_DIR) -> dict[int, str]:
+    """{block: recorded sha256} of the shipped SAEs (``seed``: of that replicate seed; None: the main ones)."""
     info = shipped_info(folder)
-    missing = sorted(set(layers) - set(info["sae_layers"]))
+    if seed is None:
+        entries = info["saes"]
+    elif str(seed) in info.get("sae_seeds", {}):
+        entries = info["sae_seeds"][str(seed)]
+    else:
+        raise ValueError(f"no shipped SAEs of seed {seed}; shipped replicate seeds: {sorted(info.get('sae_seeds', {}))}")
+    return {int(layer): entry["weights_sha256"] for layer, entry in entries.items()}
+
+
+def load_shipped_saes(layers: Sequence[int], device: str | torch.device = "cpu",
+                      folder: str | Path = SHIPPED_DIR, seed: int | None = None) -> dict[int, SparseAutoencoder]:
+    """The shipped SAEs of ``layers`` (``seed``: the replicate SAEs of that seed; None: the main ones), each checked
+    against its recorded sha256."""
+    digests = shipped_sae_digests(seed, folder)
+    missing = sorted(set(layers) - set(digests))
     if missing:
-        raise ValueError(f"no shipped SAE for blocks {missing}; shipped: {info['sae_layers']}")
+        raise ValueError(f"no shipped SAE for blocks {missing}; shipped: {sorted(digests)}")
+    root = Path(folder) / "saes" if seed is None else seed_folder(Path(folder) / SAE_SEEDS_DIR, seed)
     out = {}
     for layer in layers:
-        sae_dir = layer_folder(Path(folder) / "saes", layer)
-        if sha256_file(sae_dir / "sae.safetensors") != info["saes"][str(layer)]["weights_sha256"]:
+        sae_dir = layer_folder(root, layer)
+        if sha256_file(sae_dir / "sae.safetensors") != digests[layer]:
             raise ValueError(f"{sae_dir / 'sae.safetensors'} fails its sha256 check; reinstall captum-fgattr")
         out[layer] = SparseAutoencoder.load(str(sae_dir), device=device)
     return out
@@ -194,8 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="model/data cache (default: $FGATTR_CACHE or ~/.cache/captum-fgattr); a default model "
                         "that `fgattr demo --retrain` already trained there is reused")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--add-sae-seeds", type=int, nargs="+", default=None, metavar="SEED",
+                        help="only train the replicate SAEs of these seeds for the assets already in --output")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if args.add_sae_seeds is not None:
+        info = add_sae_seeds(args.output, args.add_sae_seeds, cache_dir=args.cache_dir, progress=not args.quiet)
+        print(json.dumps(info["sae_seeds"], indent=2))
+        print(f"added SAE seeds {args.add_sae_seeds} to {args.output} in {info['sae_seeds_seconds']:.0f}s",
+              file=sys.stderr)
+        return 0
     info = build_assets(args.output, cache_dir=args.cache_dir, progress=not args.quiet,
                         command=shlex.join(["python", "-m", "captum_fgattr.bench.default.assets", *argv]))
     print(json.dumps({"test_accuracy": info["model"]["test_accuracy"],

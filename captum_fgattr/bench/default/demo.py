@@ -15,17 +15,24 @@ Correlation and Pixel Flipping, with paired comparisons and verdicts, ending in 
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from torch import nn
 
-from captum_fgattr.bench.config import DataConfig, EvalConfig, MetricConfig, ModelConfig, Protocol, RunConfig
+from captum_fgattr.bench.config import (
+    DataConfig, EvalConfig, MetricConfig, ModelConfig, Protocol, ReplicateConfig, RunConfig,
+)
 from captum_fgattr.bench.data.layouts import Preprocess, load_dataset
-from captum_fgattr.bench.default import MODEL_NAME, REPORT_HEADER, RUN_DIRS, SHIPPED_SAES
-from captum_fgattr.bench.default.assets import sae_quality, sae_recipe, shipped_info, train_demo_saes
+from captum_fgattr.bench.default import (
+    MODEL_NAME, REPORT_HEADER, RUN_DIRS, SHIPPED_SAE_SEEDS, SHIPPED_SAES, shipped_seed_saes,
+)
+from captum_fgattr.bench.default.assets import (
+    SAE_SEEDS_DIR, sae_quality, sae_recipe, shipped_info, shipped_sae_digests, train_demo_saes,
+)
 from captum_fgattr.bench.default.br35h import CLASS_NAMES, MEAN, STD, Br35HSplit, cache_key, default_cache_dir
 from captum_fgattr.bench.default.vit import (
     DEPTH, EMBED_DIM, SHIPPED_DIR, evaluate_accuracy, sha256_file, weights_sha256,
@@ -34,34 +41,41 @@ from captum_fgattr.bench.report.study_report import summary_text
 from captum_fgattr.bench.resolve import StudyInputs, load_model, load_split, load_study_inputs, preprocessing
 from captum_fgattr.bench.study import REPORT_HEADERS, run_configured_study
 from captum_fgattr.sae import SparseAutoencoder
-from captum_fgattr.sae.layers import layer_folder
+from captum_fgattr.sae.layers import layer_folder, seed_folder
 
 __all__ = ["FULL", "QUICK", "REPORT_HEADER", "demo_config", "retrain_saes", "run_demo", "header"]
 
 _MODEL = ModelConfig(name=f"fgattr:{MODEL_NAME}", checkpoint="shipped")
 _DATA = DataConfig(kind="br35h")
 
-#: ``fgattr demo``: sized to answer (see the README): 200 validation and 300 test images; the protocol's 5 seeds of
-#: each random control; FC 30 subsets / PF 2 patches per step keep ≈ 75 forwards per image and method;
-#: every test image's attribution is kept (a few MB): the report shows the most improved / degraded
+#: the SAE-seed replicates of both presets: the selected configuration with the shipped SAEs of other SAE seeds
+_SAE_SEED_REPLICATES = tuple(ReplicateConfig(f"sae-seed-{seed}", saes=shipped_seed_saes(seed))
+                             for seed in SHIPPED_SAE_SEEDS)
+#: ``fgattr demo``: sized to answer within 30 min on a 2-core CPU (see the README): 200 validation and 300 test images;
+#: the protocol's 5 seeds of each random control; SaCo 10 groups, FC 30 subsets (shared by the methods), PF and SRG
+#: 4 patches per step (16 steps each) keep ≈ 42 forwards per test image and method, forwarded in chunks of 64
+#: (benchmarks/metric_batch.py); the selected configuration replicated with the SAEs of SAE seeds 1 and 2; every test
+#: image's attribution is kept (a few MB): the report shows the most improved / degraded
 FULL = RunConfig(
     run_dir=RUN_DIRS["full"], model=_MODEL, data=_DATA, saes=SHIPPED_SAES, report_header=REPORT_HEADER,
+    replicates=_SAE_SEED_REPLICATES,
     protocol=Protocol(layers=(1, 2, 3, 4), multi_layers=((1, 2), (2, 3), (1, 2, 3)), kappas=(0.1, 0.5, 1.0),
                       c_maxes=(2.0, 10.0, 50.0), black_input=(-MEAN / STD,),
                       val_images=200, test_images=300, validity_images=50),
-    evaluation=EvalConfig(batch_size=16, gallery=300,
-                          metrics=MetricConfig(saco_groups=10, fc_subset_size=6, fc_runs=30, pf_patches_per_step=2,
-                                               extra=("srg",), settings={"srg": {"patches_per_step": 4}})),
+    evaluation=EvalConfig(batch_size=16, gallery=300, metric_batch=64,
+                          metrics=MetricConfig(saco_groups=10, fc_subset_size=6, fc_runs=30, pf_patches_per_step=4,
+                                               extra=("srg",))),
 )
 #: ``fgattr demo --quick``: a smoke run of the real default (shipped model and SAEs, no training): 2 layers, few images
 QUICK = RunConfig(
     run_dir=RUN_DIRS["quick"], model=_MODEL, data=_DATA, saes=SHIPPED_SAES, report_header=REPORT_HEADER,
+    replicates=_SAE_SEED_REPLICATES,
     protocol=Protocol(layers=(2, 3), variants=("combined", "activation"), multi_layers=((2, 3),), kappas=(0.5,),
                       c_maxes=(10.0,), baselines=("gradcam", "rollout", "random"), shuffle_seeds=(0, 1),
                       permute_seeds=(0, 1),
                       black_input=(-MEAN / STD,), val_images=8, test_images=16, validity_images=8),
-    evaluation=EvalConfig(batch_size=16, metrics=MetricConfig(saco_groups=8, fc_subset_size=6, fc_runs=20,
-                                                              extra=("srg",))),
+    evaluation=EvalConfig(batch_size=16, metric_batch=64,
+                          metrics=MetricConfig(saco_groups=8, fc_subset_size=6, fc_runs=20, extra=("srg",))),
 )
 
 
@@ -84,15 +98,22 @@ def _sae_folder(model: nn.Module, cache_dir: str | Path) -> Path:
 
 def retrain_saes(config: RunConfig) -> RunConfig:
     """Train the SAEs of ``config``'s gated layers with the shipped recipe on its model's training split (held-out
-    metrics on the validation split) into the cache (resumable; kept layers are not retrained); returns ``config``
-    with ``saes`` set to that folder."""
+    metrics on the validation split) into the cache (resumable; kept layers are not retrained), and those of the
+    replicate SAE seeds (:data:`SHIPPED_SAE_SEEDS`) where ``config`` has replicates; returns ``config`` with
+    ``saes`` set to that folder and each replicate's to its seed's."""
     model = load_model(config.model, CLASS_NAMES, config.cache_dir, config.evaluation.progress)
     pre = preprocessing(config.data, model)
     folder = _sae_folder(model, config.cache_dir or default_cache_dir())
-    train_demo_saes(model, _train_split(config, pre), config.protocol.gated_layers(), folder,
-                    heldout_split=load_split(config.data, "val", pre, config.cache_dir),
-                    device=config.evaluation.device, progress=config.evaluation.progress)
-    return config.merged({"saes": str(folder)})
+    train, heldout = _train_split(config, pre), load_split(config.data, "val", pre, config.cache_dir)
+    layers, device, progress = config.protocol.gated_layers(), config.evaluation.device, config.evaluation.progress
+    train_demo_saes(model, train, layers, folder, heldout_split=heldout, device=device, progress=progress)
+    if not config.replicates:
+        return config.merged({"saes": str(folder)})
+    train_demo_saes(model, train, layers, folder / SAE_SEEDS_DIR, heldout_split=heldout, device=device,
+                    progress=progress, seeds=SHIPPED_SAE_SEEDS)
+    seeds = {shipped_seed_saes(seed): str(seed_folder(folder / SAE_SEEDS_DIR, seed)) for seed in SHIPPED_SAE_SEEDS}
+    replicates = [{**dataclasses.asdict(r), "saes": seeds.get(r.saes, r.saes)} for r in config.replicates]
+    return config.merged({"saes": str(folder), "replicates": replicates})
 
 
 def _train_split(config: RunConfig, preprocess: Preprocess | None = None) -> Br35HSplit:
@@ -101,15 +122,20 @@ def _train_split(config: RunConfig, preprocess: Preprocess | None = None) -> Br3
                         preprocess=preprocess, cache_dir=config.cache_dir)
 
 
-def _compare_with_shipped(model: nn.Module, saes: Mapping[int, SparseAutoencoder], folder: Path) -> str:
-    """One line: whether retrained weights are bit-identical to the shipped files."""
+def _compare_with_shipped(model: nn.Module, saes: Mapping[int, SparseAutoencoder], folder: Path,
+                          seeds: Sequence[int] = ()) -> str:
+    """One line: whether retrained weights (the model, the SAEs in ``folder`` and those of the replicate SAE
+    ``seeds`` beside them) are bit-identical to the shipped files."""
     if not (SHIPPED_DIR / "info.json").is_file():
         return f"no shipped files in {SHIPPED_DIR} to compare the retrained weights with"
     info = shipped_info()
     same = {"model": weights_sha256(model) == info["model"]["weights_sha256"]}
-    for layer in saes:
-        shipped = info["saes"].get(str(layer), {}).get("weights_sha256")
-        same[f"SAE {layer}"] = sha256_file(layer_folder(folder, layer) / "sae.safetensors") == shipped
+    for seed in (None, *seeds):
+        shipped = shipped_sae_digests(seed)
+        root = folder if seed is None else seed_folder(folder / SAE_SEEDS_DIR, seed)
+        for layer in saes:
+            same[f"SAE {layer}" + ("" if seed is None else f" seed {seed}")] = (
+                sha256_file(layer_folder(root, layer) / "sae.safetensors") == shipped.get(layer))
     return "retrained vs shipped (sha256): " + ", ".join(f"{k} {'identical' if v else 'DIFFERENT'}" for k, v in same.items())
 
 
@@ -134,7 +160,8 @@ def run_demo(output: str | Path | None = None, quick: bool = False, device: str 
               f"{q.get('heldout_explained_variance', float('nan')):.3f}, L0 {q.get('heldout_mean_l0', float('nan')):.1f}, "
               f"dead {q.get('heldout_dead_fraction', float('nan')):.3f}", file=sys.stderr)
     if retrain:
-        print(_compare_with_shipped(inputs.model, inputs.saes, Path(str(config.saes))), file=sys.stderr)
+        print(_compare_with_shipped(inputs.model, inputs.saes, Path(str(config.saes)),
+                                    SHIPPED_SAE_SEEDS if config.replicates else ()), file=sys.stderr)
     print(f"SAEs for blocks {sorted(inputs.saes)} ready after {time.perf_counter() - start:.0f}s", file=sys.stderr)
     run_dir = run_configured_study(config, inputs, command="demo")
     report = run_dir / "report" / "report.md"

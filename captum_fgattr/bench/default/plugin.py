@@ -3,11 +3,15 @@ declares (:data:`captum_fgattr.bench.default.PROVIDES`): the dataset layout, the
 (The demo presets' report header is registered by :mod:`.demo`.)"""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
 from captum_fgattr.bench.data.kinds import LAYOUTS
-from captum_fgattr.bench.default import LAYOUT_NAME, MODEL_NAME, SHIPPED_SAES, br35h, vit
-from captum_fgattr.bench.default.assets import load_shipped_saes, shipped_info
+from captum_fgattr.bench.default import (
+    LAYOUT_NAME, MODEL_NAME, SHIPPED_SAE_SEEDS, SHIPPED_SAES, br35h, shipped_seed_saes, vit,
+)
+from captum_fgattr.bench.default.assets import load_shipped_saes, shipped_info, shipped_sae_digests
 from captum_fgattr.bench.models.project import PROJECT_MODELS, ProjectModel
 from captum_fgattr.bench.sae_sources import SAE_SOURCES, SAESource
 from captum_fgattr.sae import SparseAutoencoder
@@ -28,24 +32,31 @@ PROJECT_MODELS.add(MODEL_NAME, ProjectModel(
 ))
 
 
-def _shipped_saes(layers: list[int], model: nn.Module | None) -> dict[int, SparseAutoencoder]:
-    """The shipped SAEs of ``layers``, after checking that ``model`` has the weights they were trained on."""
-    if model is None:
-        raise ValueError(f"saes={SHIPPED_SAES!r} needs the model, to check they were trained on it")
-    expected = shipped_info()["model"]["weights_sha256"]
-    try:
-        actual = vit.weights_sha256(model)
-    except RuntimeError as err:  # e.g. tied weights: not a plain state dict, so not the default ViT
-        actual = f"unhashable ({err})"
-    if actual != expected:
-        raise ValueError(f"the shipped SAEs were trained on the shipped fgattr:{MODEL_NAME} (weights sha256 "
-                         f"{expected[:12]}...) but this model's weights differ (sha256 {actual[:12]}...); use "
-                         f"--model fgattr:{MODEL_NAME} without a checkpoint, or SAEs trained on this model "
-                         "(fgattr train-sae)")
-    return load_shipped_saes(layers)
+def _shipped_saes(seed: int | None = None) -> Callable[[list[int], nn.Module | None], dict[int, SparseAutoencoder]]:
+    """Loader of the shipped SAEs (``seed``: the replicate SAEs of that seed) of some layers, which first checks that
+    the model has the weights they were trained on."""
+    name = SHIPPED_SAES if seed is None else shipped_seed_saes(seed)
+
+    def load(layers: list[int], model: nn.Module | None) -> dict[int, SparseAutoencoder]:
+        if model is None:
+            raise ValueError(f"saes={name!r} needs the model, to check they were trained on it")
+        expected = shipped_info()["model"]["weights_sha256"]
+        try:
+            actual = vit.weights_sha256(model)
+        except RuntimeError as err:  # e.g. tied weights: not a plain state dict, so not the default ViT
+            actual = f"unhashable ({err})"
+        if actual != expected:
+            raise ValueError(f"the SAEs {name!r} were trained on the shipped fgattr:{MODEL_NAME} (weights sha256 "
+                             f"{expected[:12]}...) but this model's weights differ (sha256 {actual[:12]}...); use "
+                             f"--model fgattr:{MODEL_NAME} without a checkpoint, or SAEs trained on this model "
+                             "(fgattr train-sae)")
+        return load_shipped_saes(layers, seed=seed)
+
+    return load
 
 
-SAE_SOURCES.add(SHIPPED_SAES, SAESource(
-    what="the shipped SAE", load=_shipped_saes,
-    digests=lambda: {int(layer): entry["weights_sha256"] for layer, entry in shipped_info()["saes"].items()},
-))
+SAE_SOURCES.add(SHIPPED_SAES, SAESource(what="the shipped SAE", load=_shipped_saes(), digests=shipped_sae_digests))
+for _seed in SHIPPED_SAE_SEEDS:
+    SAE_SOURCES.add(shipped_seed_saes(_seed), SAESource(
+        what=f"the shipped SAE of SAE seed {_seed}", load=_shipped_saes(_seed),
+        digests=lambda seed=_seed: shipped_sae_digests(seed)))
