@@ -3,6 +3,8 @@ heatmap marks the selected cell and flags a grid corner with one "better" direct
 is said so, and references that score identically are reported once with the reason."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -54,6 +56,10 @@ def test_findings_open_the_report_and_follow_the_stored_results(tmp_path):
         assert "**Most faithful methods as tested** (ranking family):" in text
         assert f"**Limits:** {N} test images" in text and "one model and one SAE per gated layer" in text
         assert "Holm-adjusted at family-wise α = 0.05 (claims family: 9 tests" in text
+    # an outcome cites the test it rests on: the equivalence test for "equivalent", the difference test otherwise
+    evidence = re.findall(r"\*\*(\w+)\*\* \(Δ [^)]*\], (p_[\w,]+) ", texts["gain"])
+    assert ("equivalent", "p_TOST,Holm") in evidence and ("better", "p_Holm") in evidence
+    assert all((outcome == "equivalent") == (p == "p_TOST,Holm") for outcome, p in evidence)
 
 
 def test_a_control_identical_to_transmm_is_reported_once_with_the_reason(tmp_path):

@@ -11,16 +11,24 @@ from captum_fgattr.bench.analysis.comparisons import (
 )
 from captum_fgattr.bench.analysis.replication import PooledComparison
 from captum_fgattr.bench.metrics import metric_spec
-from captum_fgattr.bench.stats import ALPHA
+from captum_fgattr.bench.stats import ALPHA, PairedComparison
 
 __all__ = ["findings_section"]
+
+
+def _test_p(outcome: str, result: PairedComparison) -> str:
+    """The Holm-adjusted p-value the outcome rests on: the equivalence test's for "equivalent", else the
+    difference test's."""
+    if outcome == "equivalent":
+        return f"p_TOST,Holm {format_p(result.p_tost_holm)}"
+    return f"p_Holm {format_p(result.p_holm)}"
 
 
 def _gain_line(configuration_key: str, comparisons: Sequence[Comparison]) -> str:
     """'FG … vs TransMM: SaCo better (Δ +0.139 [+0.073, +0.205], p_Holm 0.0016), FC inconclusive (…), …'."""
     rows = [c for c in comparisons if c.configuration.key == configuration_key and c.against == "transmm"]
     parts = [f"{metric_spec(c.metric).short} **{c.outcome}** (Δ {c.result.delta:+.3f} [{c.result.ci_low:+.3f}, "
-             f"{c.result.ci_high:+.3f}], p_Holm {format_p(c.result.p_holm)})" for c in rows]
+             f"{c.result.ci_high:+.3f}], {_test_p(c.outcome, c.result)})" for c in rows]
     return f"{rows[0].configuration.label} vs TransMM: " + ", ".join(parts) + "." if rows else ""
 
 
@@ -51,7 +59,7 @@ def _replicated(pooled: Sequence[PooledComparison]) -> list[str]:
         c = p.pooled.comparison
         lines.append(f"* {p.first.configuration.label} vs {AGAINST_TITLES.get(p.first.against, p.first.against)}, "
                      f"{metric_spec(p.metric).short}: pooled **{p.outcome}** (Δ {c.delta:+.3f} [{c.ci_low:+.3f}, "
-                     f"{c.ci_high:+.3f}], p_Holm {format_p(c.p_holm)}); {p.pooled.agree_in_sign} of {n} replicates "
+                     f"{c.ci_high:+.3f}], {_test_p(p.outcome, c)}); {p.pooled.agree_in_sign} of {n} replicates "
                      f"agree in sign, {p.agree_in_outcome} of {n} in outcome.")
     return lines
 
