@@ -69,13 +69,14 @@ def replication_section(pooled: Sequence[PooledComparison], out: Path) -> list[s
              "(Holm over its own claims family). Pooled: random-effects meta-analysis over the replicates "
              "(DerSimonian–Laird τ, Hartung–Knapp CI on n − 1 df), the CI includes the variation between replicates; "
              f"its outcome is Holm-adjusted over the {len(pooled)} pooled claims at family-wise α = {ALPHA:g}.", "",
-             "| claim | metric | " + " | ".join(names) + " | pooled Δ [95 % CI] | τ | p Holm | outcome | same sign | "
-             "same outcome |", "|" + "---|" * (n + 8)]
+             "| claim | metric | " + " | ".join(names) + " | pooled Δ [95 % CI] | τ | p Holm | p TOST Holm | outcome | "
+             "same sign | same outcome |", "|" + "---|" * (n + 9)]
     for p in pooled:
         per = [f"{_ci(c.result.delta, c.result.ci_low, c.result.ci_high)} {c.outcome}" for c in p.per_replicate]
         c = p.pooled.comparison
         lines.append(f"| {_title(p)} | {metric_spec(p.metric).short} | " + " | ".join(per) + f" | "
                      f"{_ci(c.delta, c.ci_low, c.ci_high)} | {p.pooled.tau:.3f} | {format_p(c.p_holm)} | "
+                     f"{format_p(c.p_tost_holm)} | "
                      f"**{p.outcome}** | {p.pooled.agree_in_sign} of {n} | {p.agree_in_outcome} of {n} |")
     forest_plot(pooled, out / "forest_test.png")
     lines += ["", "![forest plot](forest_test.png)", "",
