@@ -3,8 +3,8 @@
 Thin subclasses of Quantus's ``MPRT`` and ``RandomLogit``. Both explain the images again (on a randomised model,
 for another class), so they need an ``explain_func``; here it may return patch maps, (B, P) or (B, gh, gw),
 which are repeated over their pixels for Quantus (which asserts pixel-shaped explanations). Similarity is
-Spearman's ρ (Quantus's ``correlation_spearman``) by default; on maps constant within patches it equals ρ of
-the patch vectors (each patch's pixels share one average rank, a linear function of the patch's rank).
+Spearman's ρ by default (Quantus's ``correlation_spearman`` values, per row: :func:`spearman_rows`, NaN for a
+constant map); on maps constant within patches it equals ρ of the patch vectors (each patch's pixels share one average rank, a linear function of the patch's rank).
 
 What differs from Quantus:
 
@@ -35,14 +35,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
-from quantus.functions.similarity_func import correlation_spearman
 from quantus.helpers.enums import DataType, EvaluationCategory, ModelType, ScoreDirection
 from quantus.metrics.randomisation import MPRT, RandomLogit
+from scipy.stats import rankdata
 
 from .checks import check_choice, check_targets
 from .metrics import _check_int, _PatchMetric, _predict, register_metric
 
-__all__ = ["PatchMPRT", "PatchRandomLogit", "WeightDependence", "weight_dependence", "LAYER_ORDERS"]
+__all__ = ["PatchMPRT", "PatchRandomLogit", "WeightDependence", "weight_dependence", "spearman_rows", "LAYER_ORDERS"]
 
 #: Quantus's layer randomisation orders: cascading from the output layer or from the input, or one layer at a time
 LAYER_ORDERS = ("top_down", "bottom_up", "independent")
@@ -57,6 +57,22 @@ def _global_rngs_restored() -> Iterator[None]:
             yield
     finally:
         np.random.set_state(state)
+
+
+def spearman_rows(a: np.ndarray, b: np.ndarray, batched: bool = True, **_: Any) -> Any:
+    """Spearman ρ (average ranks for ties) between row i of ``a`` and row i of ``b``, (N, F) each -> (N,); a float
+    for unbatched 1-D maps. Quantus's ``correlation_spearman`` gives the same values but fails on a batch where one
+    map is constant (scipy then returns one NaN for the whole batch); here only that row's ρ is NaN (undefined)."""
+    rows_a, rows_b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    ranks_a = rankdata(rows_a, axis=1)
+    ranks_b = rankdata(rows_b, axis=1)
+    ranks_a -= ranks_a.mean(axis=1, keepdims=True)
+    ranks_b -= ranks_b.mean(axis=1, keepdims=True)
+    scale = np.sqrt((ranks_a ** 2).sum(axis=1) * (ranks_b ** 2).sum(axis=1))
+    rho = np.full(len(scale), np.nan)
+    defined = scale > 0
+    rho[defined] = (ranks_a * ranks_b).sum(axis=1)[defined] / scale[defined]
+    return rho if batched else float(rho[0])
 
 
 class _PatchRandomisation(_PatchMetric):
@@ -149,13 +165,14 @@ class PatchMPRT(_PatchRandomisation, MPRT):
             patch_size: side of the square ViT patch, in pixels.
             layer_order: ``LAYER_ORDERS``.
             seed: seed of the layer re-initialisation (>= 0).
-            similarity_func: ``f(a (N, F), b (N, F), batched=True) -> (N,)``; None: Quantus's Spearman.
+            similarity_func: ``f(a (N, F), b (N, F), batched=True) -> (N,)``; None: :func:`spearman_rows`
+                (Quantus's Spearman, NaN for a constant map).
             return_average_correlation, return_last_correlation, skip_layers: as in ``quantus.MPRT``
                 (``skip_layers``: explain only on the fully randomised model).
             **kwargs: as in ``quantus.MPRT``; project defaults as listed in ``_PatchRandomisation``.
         """
         super().__init__(
-            similarity_func=similarity_func,
+            similarity_func=similarity_func or spearman_rows,
             layer_order=check_choice("layer_order", layer_order, LAYER_ORDERS),
             seed=_check_int("seed", seed, 0),
             return_average_correlation=return_average_correlation,
@@ -193,13 +210,14 @@ class PatchRandomLogit(_PatchRandomisation, RandomLogit):
         Args:
             patch_size: side of the square ViT patch, in pixels.
             seed: seed of the other classes' draw (>= 0).
-            similarity_func: ``f(a (N, F), b (N, F), batched=True) -> (N,)``; None: Quantus's Spearman.
+            similarity_func: ``f(a (N, F), b (N, F), batched=True) -> (N,)``; None: :func:`spearman_rows`
+                (Quantus's Spearman, NaN for a constant map).
             **kwargs: as in ``quantus.RandomLogit`` (but ``num_classes``: the model's number of outputs);
                 project defaults as listed in ``_PatchRandomisation``.
         """
         if "num_classes" in kwargs:
             raise ValueError("num_classes is not a parameter of PatchRandomLogit: it is the model's number of outputs")
-        super().__init__(similarity_func=similarity_func or correlation_spearman, seed=_check_int("seed", seed, 0),
+        super().__init__(similarity_func=similarity_func or spearman_rows, seed=_check_int("seed", seed, 0),
                          **self._quantus_kwargs(kwargs))
         self.patch_size = _check_int("patch_size", patch_size, 1)
 
@@ -219,8 +237,9 @@ class WeightDependence:
 
     Attributes:
         mprt: (N,) ρ between the map on the trained model and on the fully randomised one (``PatchMPRT``,
-            layers re-initialised top-down, ``return_last_correlation``).
-        random_logit: (N,) ρ between the map for the target and for a random other class (``PatchRandomLogit``).
+            layers re-initialised top-down, ``return_last_correlation``); NaN where either map is constant.
+        random_logit: (N,) ρ between the map for the target and for a random other class (``PatchRandomLogit``);
+            NaN where either map is constant (e.g. Grad-CAM's all-zero map for a class the image shows nothing of).
         threshold: a check passes when the mean ρ over the images is below it.
     """
 

@@ -93,6 +93,43 @@ def test_validity_checks_are_stored_per_method_resumable_and_reported(run):
     assert "| SaCo – SRG |" in section and "Replacing the removed patches by a blurred copy" in section
 
 
+def test_an_undefined_randomisation_rho_is_left_out_of_the_mean_and_counted(run, tmp_path):
+    """A constant map (e.g. Grad-CAM's all-zero map for the other class) has no ρ: NaN, not in the mean, counted."""
+    import shutil
+
+    from captum_fgattr.bench.report.study_report import write_report
+
+    copy = tmp_path / "run"
+    shutil.copytree(run[0], copy)
+    results = json.loads((copy / VALIDITY_FILE).read_text())
+    entry = next(e for e in results["methods"].values() if e["label"] == "saliency")
+    entry["random_logit"] = [0.2, float("nan"), -0.4, float("nan")]
+    (copy / VALIDITY_FILE).write_text(json.dumps(results))
+    section = write_report(copy).read_text().split("## Metric validity", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| saliency |"))
+    assert row.split(" | ")[3] == "-0.10 (2 of 4 undefined: constant map)"  # (0.2 − 0.4) / 2
+
+
+def test_a_constant_map_gives_an_undefined_rho_without_numpy_warnings():
+    import warnings
+
+    from quantus_saco.randomisation import weight_dependence
+
+    model = make_vit(img_size=16, patch_size=8, depth=1, num_classes=3).eval()
+
+    def first_constant(model, inputs, targets, **_):  # the first image's map is the same number everywhere
+        maps = np.random.default_rng(len(inputs)).normal(size=(len(inputs), 4)).astype(np.float32)
+        maps[0] = 0.5
+        return maps
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        checks = weight_dependence(model, np.random.default_rng(0).normal(size=(3, 3, 16, 16)).astype(np.float32),
+                                   np.array([0, 1, 2]), first_constant, 8, batch_size=3)
+    for rho in (checks.mprt, checks.random_logit):
+        assert np.isnan(rho[0]) and np.isfinite(rho[1:]).all()
+
+
 def test_road_is_selectable_and_computed_with_the_runs_seed_and_sample_ids(tmp_path):
     model, data, saes = tiny_setup(6)
     spec = MethodSpec("saliency")

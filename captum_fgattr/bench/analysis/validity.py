@@ -93,10 +93,12 @@ class MethodValidity:
     """One method's randomisation checks and FC test–retest on the validity subset."""
 
     label: str
-    mprt: float  # mean over images of ρ(map on the trained model, map on the randomised model)
-    random_logit: float  # mean over images of ρ(map for the target, map for another class)
+    mprt: float  # mean over images of ρ(map on the trained model, map on the randomised model), where defined
+    random_logit: float  # mean over images of ρ(map for the target, map for another class), where defined
     fc_retest: float  # Spearman ρ over images between FC under the run's subset seed and under the next one
     threshold: float  # a randomisation check passes when its mean ρ is below it
+    mprt_undefined: int = 0  # images whose MPRT ρ is undefined (a constant map), left out of the mean
+    random_logit_undefined: int = 0  # the same for RandomLogit
 
     @property
     def depends_on_weights(self) -> bool:
@@ -125,6 +127,12 @@ def _tau(x: Sequence[float], y: Sequence[float]) -> float:
     return float(kendalltau(x[keep], y[keep]).statistic)
 
 
+def _defined_mean(values: np.ndarray) -> float:
+    """Mean of the defined (finite) values; NaN if none is."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else math.nan
+
+
 def validity_summary(store: ResultStore, results: dict, methods: Sequence[MethodSpec],
                      threshold: float = 0.5) -> ValiditySummary:
     """The checks of ``results`` (``bench.validity``'s file) with the stored test scores of the same images (the
@@ -136,8 +144,10 @@ def validity_summary(store: ResultStore, results: dict, methods: Sequence[Method
     for spec in done:
         r = results["methods"][spec.key]
         retest = np.asarray(r["fc_retest"], dtype=float)
-        rows.append(MethodValidity(spec.label, float(np.nanmean(r["mprt"])), float(np.nanmean(r["random_logit"])),
-                                   _spearman(stored[(spec.key, "fc")], retest), threshold))
+        mprt, random_logit = (np.asarray(r[name], dtype=float) for name in ("mprt", "random_logit"))
+        rows.append(MethodValidity(spec.label, _defined_mean(mprt), _defined_mean(random_logit),
+                                   _spearman(stored[(spec.key, "fc")], retest), threshold,
+                                   int(np.isnan(mprt).sum()), int(np.isnan(random_logit).sum())))
         fc.append(float(np.nanmean(stored[(spec.key, "fc")])))
         fc_retest.append(float(np.nanmean(retest)))
     replacement = {}

@@ -91,6 +91,11 @@ def _findings(summary: ValiditySummary, agreement: Sequence[MetricAgreement], st
     return lines
 
 
+def _with_undefined(rho: float, undefined: int, n: int) -> str:
+    """'-0.71', or '-0.71 (19 of 50 undefined: constant map)' where some images have no ρ."""
+    return _fmt(rho) + (f" ({undefined} of {n} undefined: constant map)" if undefined else "")
+
+
 def validity_section(store: ResultStore, metrics: Sequence[str]) -> list[str]:
     """The section's Markdown lines ([] without a test experiment): the agreement table over ``metrics`` on every
     test image, and, where the run computed them, the checks' table and the findings."""
@@ -113,8 +118,10 @@ def validity_section(store: ResultStore, metrics: Sequence[str]) -> list[str]:
               "| method | MPRT ρ | depends on weights | RandomLogit ρ | depends on class | FC retest ρ |",
               "|---|---|---|---|---|---|"]
     for m in summary.methods:
-        lines.append(f"| {m.label} | {_fmt(m.mprt)} | {'yes' if m.depends_on_weights else '**no**'} | "
-                     f"{_fmt(m.random_logit)} | {'yes' if m.depends_on_class else '**no**'} | {_fmt(m.fc_retest)} |")
+        lines.append(f"| {m.label} | {_with_undefined(m.mprt, m.mprt_undefined, summary.n_images)} | "
+                     f"{'yes' if m.depends_on_weights else '**no**'} | "
+                     f"{_with_undefined(m.random_logit, m.random_logit_undefined, summary.n_images)} | "
+                     f"{'yes' if m.depends_on_class else '**no**'} | {_fmt(m.fc_retest)} |")
     lines += ["", "Ranking of the methods with other replacement values vs the image mean (Kendall τ, subset):", "",
               "| replacement | " + " | ".join(metric_spec(m).short for m in ("saco", "fc", "pf_auc")) + " |",
               "|---|---|---|---|"]
