@@ -4,7 +4,8 @@ Thin subclasses of Quantus's ``MPRT`` and ``RandomLogit``. Both explain the imag
 for another class), so they need an ``explain_func``; here it may return patch maps, (B, P) or (B, gh, gw),
 which are repeated over their pixels for Quantus (which asserts pixel-shaped explanations). Similarity is
 Spearman's ρ by default (Quantus's ``correlation_spearman`` values, per row: :func:`spearman_rows`, NaN for a
-constant map); on maps constant within patches it equals ρ of the patch vectors (each patch's pixels share one average rank, a linear function of the patch's rank).
+constant map); on maps constant within patches it equals ρ of the patch vectors (each patch's pixels share one
+average rank, a linear function of the patch's rank).
 
 What differs from Quantus:
 
