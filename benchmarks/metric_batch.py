@@ -21,14 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from benchmarks.shared_forwards import Counts, method_set, stored_scores  # noqa: E402
+from benchmarks.shared_forwards import Counts, demo_test_setup, stored_scores  # noqa: E402
 from captum_fgattr.bench.default.demo import FULL  # noqa: E402
 from captum_fgattr.bench.evaluate import evaluate_methods  # noqa: E402
-from captum_fgattr.bench.resolve import load_study_inputs  # noqa: E402
 from captum_fgattr.bench.store import ResultStore  # noqa: E402
 
 
@@ -38,10 +35,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 64], help="metric_batch values (first: baseline)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    inputs = load_study_inputs(FULL.merged({"evaluation.progress": False}))
-    specs = method_set()
-    ids = list(range(min(args.images, len(inputs.test))))
+    inputs, specs, ids = demo_test_setup(args.images, args.threads)
     per = len(ids) * len(specs)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

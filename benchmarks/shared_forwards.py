@@ -31,7 +31,7 @@ from captum_fgattr.bench.default.demo import FULL  # noqa: E402
 from captum_fgattr.bench.evaluate import evaluate_methods  # noqa: E402
 from captum_fgattr.bench.experiments import baseline_spec, control_specs, fg_spec, transmm_spec  # noqa: E402
 from captum_fgattr.bench.methods import MethodSpec  # noqa: E402
-from captum_fgattr.bench.resolve import load_study_inputs  # noqa: E402
+from captum_fgattr.bench.resolve import StudyInputs, load_study_inputs  # noqa: E402
 from captum_fgattr.bench.store import ResultStore  # noqa: E402
 from quantus_saco.forwards import PerturbedForwards  # noqa: E402
 
@@ -71,6 +71,14 @@ def method_set() -> list[MethodSpec]:
     return specs + [baseline_spec(name, protocol) for name in protocol.baselines if name != "attnlrp"]
 
 
+def demo_test_setup(images: int, threads: int) -> tuple[StudyInputs, list[MethodSpec], list[int]]:
+    """The embedded default's inputs (shipped ViT and SAEs), :func:`method_set` and the first ``images`` test ids,
+    with ``threads`` torch CPU threads."""
+    torch.set_num_threads(threads)
+    inputs = load_study_inputs(FULL.merged({"evaluation.progress": False}))
+    return inputs, method_set(), list(range(min(images, len(inputs.test))))
+
+
 def evaluate(inputs, specs: Sequence[MethodSpec], ids: list[int], folder: Path, together: bool) -> tuple[float, Counts]:
     """Wall seconds and forward counts of evaluating ``specs`` together (shared) or one call per method."""
     groups = [list(specs)] if together else [[spec] for spec in specs]
@@ -97,10 +105,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, default=48, help="first N test images (default 48: 3 batches of 16)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    inputs = load_study_inputs(FULL.merged({"evaluation.progress": False}))
-    specs = method_set()
-    ids = list(range(min(args.images, len(inputs.test))))
+    inputs, specs, ids = demo_test_setup(args.images, args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         shared_s, shared = evaluate(inputs, specs, ids, Path(tmp, "shared"), together=True)
         alone_s, alone = evaluate(inputs, specs, ids, Path(tmp, "alone"), together=False)
