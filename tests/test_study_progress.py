@@ -90,6 +90,28 @@ def test_for_study_plans_each_distinct_evaluation_once():
     assert StudyClock.for_study(on_grid, 8, 6).planned == 8 * (1 + 2 + 1 + 3) + 3 * 16
 
 
+def test_the_replicates_are_planned_after_the_test_experiment():
+    # a replicate: TransMM, the selected configuration and its replicate controls grad_input_centered, bias_projection
+    planned = StudyClock.for_study(PROTOCOL, 8, 6, replicates=2)
+    assert planned.replicate_evaluations == 2 * 3 * 4 and planned.planned == 8 * 5 + 3 * 16 + 2 * 3 * 4
+    time, out = FakeTime(), io.StringIO()
+    clock = replace(planned, stream=out, timer=time, first_eta=1.0)
+    specs = [MethodSpec("random", {"seed": s}) for s in range(4)]
+    clock.begin("test", "test", specs[:2], 3)  # the test experiment's methods replace the plan, the replicates stay
+    assert (clock.done, clock.planned) == (6, 6 + 24)
+    clock.start(6)
+    time.now = 6.0
+    clock.advance(6)
+    clock.finished("test")
+    clock.begin("test", "test@sae-seed-1", specs, 3)  # the same methods in another split: new evaluations
+    assert (clock.done, clock.planned) == (18, 30)
+    clock.start(12)
+    time.now = 18.0
+    clock.advance(12)
+    clock.finished("test@sae-seed-1")
+    assert parsed(out)[-1] == ("test@sae-seed-1", 18, 30, 18.0, 12.0)  # 1 s per evaluation, 12 left
+
+
 def run_with_fake_time(run_dir, sweep_only=False) -> list[tuple[str, int, int, float, float]]:
     """The protocol on the tiny setup with a clock on which 1 s passes per evaluation computed (and no other time)."""
     model, data, saes = tiny_setup(8)

@@ -234,12 +234,13 @@ class StudyClock:
     ETA = seconds per evaluation × evaluations left. Seconds per evaluation: the time this process spent computing
     (from the start of an experiment's first pending batch to its last commit) over the evaluations it computed.
     Evaluations left: this process's pending ones in the current experiment plus the planned ones of the
-    experiments to come (shared by ``world`` ranks). Evaluations found stored (a resumed run) count as done and
+    experiments to come (shared by ``world`` ranks), the replicates' (``RunConfig.replicates``) included. Evaluations found stored (a resumed run) count as done and
     enter neither the time nor the count of the rate.
     """
 
     planned: int  # method × image evaluations of the whole study (each method once per split)
     world: int = 1  # ranks sharing the evaluations
+    replicate_evaluations: int = 0  # of ``planned``: the replicates' evaluations, which follow the test experiment
     stream: TextIO | None = None  # None: sys.stderr at the time of printing
     timer: Callable[[], float] = time.perf_counter  # seconds
     first_eta: float = 15.0  # seconds of computing measured before the first ETA line
@@ -258,10 +259,11 @@ class StudyClock:
         self.started, self.next_eta = self.timer(), self.first_eta
 
     @classmethod
-    def for_study(cls, protocol: Protocol, n_val: int, n_test: int) -> StudyClock:
-        """A clock for ``protocol`` on splits of ``n_val`` and ``n_test`` images, shared by this run's ranks. The plan
-        counts every distinct method of each split once and the available baselines; until the test experiment
-        begins (then its methods are known) it assumes two distinct selected configurations."""
+    def for_study(cls, protocol: Protocol, n_val: int, n_test: int, replicates: int = 0) -> StudyClock:
+        """A clock for ``protocol`` on splits of ``n_val`` and ``n_test`` images and ``replicates`` replicates, shared
+        by this run's ranks. The plan counts every distinct method of each split once and the available baselines;
+        until the test experiment begins (then its methods are known) it assumes two distinct selected
+        configurations. A replicate evaluates TransMM, the selected configuration and its replicate controls."""
         val = min(n_val, protocol.val_images or n_val)
         test = min(n_test, protocol.test_images or n_test)
         sweep = {((layer,), variant) for layer in protocol.layers for variant in protocol.variants}
@@ -275,8 +277,10 @@ class StudyClock:
         seeds = {"shuffled_decoder": len(protocol.shuffle_seeds), "permuted_gates": len(protocol.permute_seeds)}
         controls = sum(seeds.get(c, 1) for c in protocol.controls)
         baselines = len(set(protocol.baselines) - set(unavailable_methods(protocol.baselines)))
-        return cls(val * (1 + len(sweep) + grid) + test * (1 + configurations * (1 + controls) + baselines),
-                   world=current_shard().world)
+        per_replicate = 2 + sum(seeds.get(c, 1) for c in protocol.replicate_controls if c in protocol.controls)
+        replicated = replicates * test * per_replicate
+        return cls(val * (1 + len(sweep) + grid) + test * (1 + configurations * (1 + controls) + baselines)
+                   + replicated, world=current_shard().world, replicate_evaluations=replicated)
 
     def begin(self, experiment: str, split: str, specs: Sequence[MethodSpec], n_images: int) -> None:
         """An experiment begins: ``specs`` on ``n_images`` of ``split`` (methods of the split counted before, e.g.
@@ -286,8 +290,8 @@ class StudyClock:
         self.counted.update((split, key) for key in new)
         self.experiment, self.done = f"{experiment}/{split}", self.done + len(new) * n_images
         self.pending = math.ceil(len(new) * n_images / self.world)
-        if experiment == TEST:  # the last experiment: the plan's estimate gives way to its methods
-            self.planned = self.done
+        if (experiment, split) == (TEST, TEST):  # the plan's estimate gives way to its methods (and the replicates')
+            self.planned = self.done + self.replicate_evaluations
 
     def start(self, pending: int) -> None:
         """This process has ``pending`` evaluations of the experiment to compute; the others are stored."""
@@ -333,7 +337,7 @@ def _experiment(model: nn.Module, data: Dataset, specs: Sequence[MethodSpec], st
                      config=config, shard=current_shard(), progress=clock)
     sync_ranks()
     if clock is not None:
-        clock.finished(experiment)
+        clock.finished(split if split.startswith(f"{TEST}@") else experiment)  # a replicate: "test@<name>"
 
 
 def run_sweep(
@@ -435,7 +439,7 @@ def replicate_specs(store: ResultStore, protocol: Protocol) -> list[MethodSpec]:
 
 
 def run_replicates(replicates: Sequence[Replicate], store: ResultStore, protocol: Protocol = Protocol(),
-                   config: EvalConfig = EvalConfig()) -> None:
+                   config: EvalConfig = EvalConfig(), clock: StudyClock | None = None) -> None:
     """Evaluate :func:`replicate_specs` in every replicate on the test experiment's images (resumable), each into
     experiment "test" of its own split."""
     if not replicates:
@@ -446,7 +450,7 @@ def run_replicates(replicates: Sequence[Replicate], store: ResultStore, protocol
     for replicate in replicates:
         _check_saes(fg_layers(specs), replicate.saes, get_adapter(replicate.model).depth)
         _experiment(replicate.model, replicate.test, specs, store, TEST, replicate_split(replicate.name), ids,
-                    replicate.saes, config, None)
+                    replicate.saes, config, clock)
 
 
 def baseline_spec(name: str, protocol: Protocol) -> MethodSpec:

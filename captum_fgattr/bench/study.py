@@ -86,10 +86,10 @@ def run_study(
             store.log_invocation(command, resolved_config or {"protocol": asdict(protocol),
                                                               "evaluation": asdict(config)})
         val, test = as_dataset(val, "validation data"), as_dataset(test, "test data")
-        clock = StudyClock.for_study(protocol, len(val), len(test))  # type: ignore[arg-type]
+        clock = StudyClock.for_study(protocol, len(val), len(test), len(replicates))  # type: ignore[arg-type]
         run_sweep(model, val, saes, store, protocol, config, clock)
         run_test(model, test, saes, store, protocol, config, clock)
-        run_replicates(replicates, store, protocol, config)
+        run_replicates(replicates, store, protocol, config, clock)
         if current_shard().rank == 0:
             run_validity(model, test, saes, store, protocol, config)
     if report and current_shard().rank == 0:
