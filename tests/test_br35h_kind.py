@@ -61,7 +61,7 @@ def test_the_default_vit_is_a_model_kind(tmp_path):
 def test_shipped_saes_are_refused_for_other_weights():
     saes = load_saes("shipped", [2, 3], load_model("fgattr:br35h-vit"))
     assert sorted(saes) == [2, 3] and saes[2].d_in == 96
-    with pytest.raises(ValueError, match="shipped SAEs were trained on the shipped fgattr:br35h-vit"):
+    with pytest.raises(ValueError, match="the SAEs 'shipped' were trained on the shipped fgattr:br35h-vit"):
         load_saes("shipped", [2], make_vit(embed_dim=96, num_heads=3))
     with pytest.raises(ValueError, match="needs the model"):
         load_saes("shipped", [2])
