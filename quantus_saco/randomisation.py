@@ -42,8 +42,10 @@ from scipy.stats import rankdata
 
 from .checks import check_choice, check_targets
 from .metrics import _check_int, _PatchMetric, _predict, register_metric
+from .scores import pearson
 
-__all__ = ["PatchMPRT", "PatchRandomLogit", "WeightDependence", "weight_dependence", "spearman_rows", "LAYER_ORDERS"]
+__all__ = ["PatchMPRT", "PatchRandomLogit", "WeightDependence", "weight_dependence", "spearman_rows",
+           "LAYER_ORDERS"]
 
 #: Quantus's layer randomisation orders: cascading from the output layer or from the input, or one layer at a time
 LAYER_ORDERS = ("top_down", "bottom_up", "independent")
@@ -61,18 +63,13 @@ def _global_rngs_restored() -> Iterator[None]:
 
 
 def spearman_rows(a: np.ndarray, b: np.ndarray, batched: bool = True, **_: Any) -> Any:
-    """Spearman ρ (average ranks for ties) between row i of ``a`` and row i of ``b``, (N, F) each -> (N,); a float
-    for unbatched 1-D maps. Quantus's ``correlation_spearman`` gives the same values but fails on a batch where one
-    map is constant (scipy then returns one NaN for the whole batch); here only that row's ρ is NaN (undefined)."""
-    rows_a, rows_b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
-    ranks_a = rankdata(rows_a, axis=1)
-    ranks_b = rankdata(rows_b, axis=1)
-    ranks_a -= ranks_a.mean(axis=1, keepdims=True)
-    ranks_b -= ranks_b.mean(axis=1, keepdims=True)
-    scale = np.sqrt((ranks_a ** 2).sum(axis=1) * (ranks_b ** 2).sum(axis=1))
-    rho = np.full(len(scale), np.nan)
-    defined = scale > 0
-    rho[defined] = (ranks_a * ranks_b).sum(axis=1)[defined] / scale[defined]
+    """Spearman ρ between row i of ``a`` and row i of ``b``, (N, F) each -> (N,); a float for unbatched 1-D maps:
+    :func:`~quantus_saco.scores.pearson` of the rows' average ranks (scipy's ``rankdata``: pixel maps are too long for
+    the pairwise ranks of ``scores.spearman``). Quantus's ``correlation_spearman`` gives the same values but fails on
+    a batch where one map is constant (scipy then returns one NaN for the whole batch); here only that row's ρ is
+    NaN (undefined)."""
+    ranks = [torch.from_numpy(rankdata(np.atleast_2d(np.asarray(x, dtype=float)), axis=1)) for x in (a, b)]
+    rho = pearson(*ranks).numpy()
     return rho if batched else float(rho[0])
 
 

@@ -192,6 +192,21 @@ def test_saliency_on_the_trained_model_passes(trained):
 # ---------------------------------------------------------------- Quantus integration and errors
 
 
+def test_the_default_similarity_is_spearman_per_row_and_undefined_for_a_constant_map():
+    from quantus_saco.randomisation import spearman_rows
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(size=(5, 40)), rng.normal(size=(5, 40))
+    b[1, :20] = b[1, 0]  # ties: average ranks
+    a[3] = 2.0  # a constant map: ρ undefined
+    rho = spearman_rows(a, b)
+    for i in (0, 1, 2, 4):  # written out: Pearson of the average ranks, row by row
+        ra, rb = scipy.stats.rankdata(a[i]), scipy.stats.rankdata(b[i])
+        ra, rb = ra - ra.mean(), rb - rb.mean()
+        assert rho[i] == pytest.approx((ra @ rb) / np.sqrt((ra @ ra) * (rb @ rb)), abs=1e-12)
+    assert np.isnan(rho[3]) and spearman_rows(a[0], b[0], batched=False) == pytest.approx(rho[0], abs=1e-12)
+
+
 def test_registered_with_quantus_metadata():
     randomisation = quantus.AVAILABLE_METRICS["Randomisation"]
     assert randomisation["Patch Model Parameter Randomisation Test"] is PatchMPRT

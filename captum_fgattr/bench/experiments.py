@@ -234,8 +234,8 @@ class StudyClock:
     ETA = seconds per evaluation × evaluations left. Seconds per evaluation: the time this process spent computing
     (from the start of an experiment's first pending batch to its last commit) over the evaluations it computed.
     Evaluations left: this process's pending ones in the current experiment plus the planned ones of the
-    experiments to come (shared by ``world`` ranks), the replicates' (``RunConfig.replicates``) included. Evaluations found stored (a resumed run) count as done and
-    enter neither the time nor the count of the rate.
+    experiments to come (shared by ``world`` ranks), the replicates' (``RunConfig.replicates``) included.
+    Evaluations found stored (a resumed run) count as done and enter neither the time nor the count of the rate.
     """
 
     planned: int  # method × image evaluations of the whole study (each method once per split)

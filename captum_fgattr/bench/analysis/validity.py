@@ -64,6 +64,12 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x[both], y[both]).statistic)
 
 
+def _defined_mean(values: np.ndarray) -> float:
+    """Mean of the defined (finite) values; NaN if none is."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else math.nan
+
+
 def metric_agreement(store: ResultStore, experiment: str, split: str, metrics: Sequence[str],
                      methods: Sequence[MethodSpec]) -> list[MetricAgreement]:
     """Every pair of ``metrics`` over ``methods`` on the images of ``experiment`` (see the module docstring)."""
@@ -71,8 +77,7 @@ def metric_agreement(store: ResultStore, experiment: str, split: str, metrics: S
     scores = {(spec.key, m): oriented_scores(store, split, spec, m, ids) for spec in methods for m in metrics}
     out = []
     for a, b in combinations(metrics, 2):
-        means = np.array([[np.nanmean(scores[(s.key, a)]) if np.isfinite(scores[(s.key, a)]).any() else math.nan,
-                           np.nanmean(scores[(s.key, b)]) if np.isfinite(scores[(s.key, b)]).any() else math.nan]
+        means = np.array([[_defined_mean(scores[(s.key, a)]), _defined_mean(scores[(s.key, b)])]
                           for s in methods]).reshape(-1, 2)
         defined = np.isfinite(means).all(axis=1)
         tau, p = math.nan, math.nan
@@ -125,12 +130,6 @@ def _tau(x: Sequence[float], y: Sequence[float]) -> float:
     if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
         return math.nan
     return float(kendalltau(x[keep], y[keep]).statistic)
-
-
-def _defined_mean(values: np.ndarray) -> float:
-    """Mean of the defined (finite) values; NaN if none is."""
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if len(finite) else math.nan
 
 
 def validity_summary(store: ResultStore, results: dict, methods: Sequence[MethodSpec],

@@ -6,7 +6,8 @@ report header).
 Generic code reaches it only through registries, which import this package at their first lookup
 (:data:`captum_fgattr.bench.plugins.BENCH_PLUGINS`) and read what it provides (:data:`PROVIDES`): the dataset layout
 ``"br35h"``, the project model ``"fgattr:br35h-vit"``, the SAE sources ``"shipped"`` (SAE seed 0) and
-``"shipped-seed1"``, ``"shipped-seed2"`` (the replicate SAEs) and the report header of the presets. This module imports nothing, so that listing them (``fgattr <command> --help``) stays instant; the modules
+``"shipped-seed1"``, ``"shipped-seed2"`` (the replicate SAEs) and the report header of the presets. This module
+imports nothing, so that listing them (``fgattr <command> --help``) stays instant; the modules
 that register them (:mod:`.plugin`, :mod:`.demo`) are imported at an entry's first lookup.
 """
 from __future__ import annotations
@@ -20,9 +21,10 @@ SHIPPED_SAES = "shipped"  # the SAE source of the SAEs shipped with the package 
 SHIPPED_SAE_SEEDS = (1, 2)  # SAE seeds of the replicate SAEs shipped beside the main ones (seed 0)
 
 
-def shipped_seed_saes(seed: int) -> str:
-    """The SAE source of the shipped replicate SAEs of SAE seed ``seed``, e.g. "shipped-seed1"."""
-    return f"{SHIPPED_SAES}-seed{seed}"
+def shipped_seed_saes(seed: int | None) -> str:
+    """The SAE source of the shipped replicate SAEs of SAE seed ``seed``, e.g. "shipped-seed1" (None: the main
+    SAEs, "shipped")."""
+    return SHIPPED_SAES if seed is None else f"{SHIPPED_SAES}-seed{seed}"
 
 
 REPORT_HEADER = "br35h-demo"  # the presets' report_header

@@ -53,8 +53,8 @@ from captum_fgattr.sae.train import sae_config_for
 
 __all__ = [
     "SAE_LAYERS", "SAE_EXPANSION", "SAE_K", "SAE_TRAINING", "SAE_THREADS", "SAE_SEEDS_DIR", "ASSETS_FORMAT",
-    "train_demo_saes", "build_assets", "add_sae_seeds", "shipped_info", "shipped_sae_digests", "load_shipped_saes", "sae_quality",
-    "sae_recipe",
+    "train_demo_saes", "build_assets", "add_sae_seeds", "shipped_info", "shipped_sae_digests", "load_shipped_saes",
+    "sae_quality", "sae_recipe",
 ]
 
 ASSETS_FORMAT = "captum_fgattr.default_assets.v1"

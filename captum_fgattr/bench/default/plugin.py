@@ -3,13 +3,14 @@ declares (:data:`captum_fgattr.bench.default.PROVIDES`): the dataset layout, the
 (The demo presets' report header is registered by :mod:`.demo`.)"""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from torch import nn
 
 from captum_fgattr.bench.data.kinds import LAYOUTS
 from captum_fgattr.bench.default import (
-    LAYOUT_NAME, MODEL_NAME, SHIPPED_SAE_SEEDS, SHIPPED_SAES, br35h, shipped_seed_saes, vit,
+    LAYOUT_NAME, MODEL_NAME, PROVIDES, SHIPPED_SAE_SEEDS, br35h, shipped_seed_saes, vit,
 )
 from captum_fgattr.bench.default.assets import load_shipped_saes, shipped_info, shipped_sae_digests
 from captum_fgattr.bench.models.project import PROJECT_MODELS, ProjectModel
@@ -35,7 +36,7 @@ PROJECT_MODELS.add(MODEL_NAME, ProjectModel(
 def _shipped_saes(seed: int | None = None) -> Callable[[list[int], nn.Module | None], dict[int, SparseAutoencoder]]:
     """Loader of the shipped SAEs (``seed``: the replicate SAEs of that seed) of some layers, which first checks that
     the model has the weights they were trained on."""
-    name = SHIPPED_SAES if seed is None else shipped_seed_saes(seed)
+    name = shipped_seed_saes(seed)
 
     def load(layers: list[int], model: nn.Module | None) -> dict[int, SparseAutoencoder]:
         if model is None:
@@ -55,8 +56,7 @@ def _shipped_saes(seed: int | None = None) -> Callable[[list[int], nn.Module | N
     return load
 
 
-SAE_SOURCES.add(SHIPPED_SAES, SAESource(what="the shipped SAE", load=_shipped_saes(), digests=shipped_sae_digests))
-for _seed in SHIPPED_SAE_SEEDS:
+for _seed in (None, *SHIPPED_SAE_SEEDS):  # the main SAEs (seed 0), then the replicate seeds
     SAE_SOURCES.add(shipped_seed_saes(_seed), SAESource(
-        what=f"the shipped SAE of SAE seed {_seed}", load=_shipped_saes(_seed),
-        digests=lambda seed=_seed: shipped_sae_digests(seed)))
+        what=PROVIDES["SAE source"][shipped_seed_saes(_seed)][0], load=_shipped_saes(_seed),
+        digests=functools.partial(shipped_sae_digests, _seed)))
