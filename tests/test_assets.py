@@ -107,13 +107,15 @@ def test_recorded_accuracy_and_heldout_quality_are_what_the_files_give():
         correct = [int(model(images[i:i + 1])[0].argmax()) == int(labels[i]) for i in range(len(labels))]
     assert sum(correct) / len(correct) == pytest.approx(info["test_accuracy"], abs=1e-12)
     assert info["n_test"] == len(splits["test"]) and info["duplicate_rms"] == B.DUPLICATE_RMS
-    saes = A.load_shipped_saes(A.SAE_LAYERS)
+    from captum_fgattr.bench.default import SHIPPED_SAE_SEEDS
+
     val = torch.utils.data.DataLoader(splits["val"].tensors()[0], batch_size=256)
     tokens = {layer: [] for layer in A.SAE_LAYERS}
     for acts in iter_patch_activations(model, val, list(A.SAE_LAYERS), progress=False):
         for layer in A.SAE_LAYERS:
             tokens[layer].append(acts[layer])
-    for layer, sae in saes.items():
+    saes = [pair for seed in (None, *SHIPPED_SAE_SEEDS) for pair in A.load_shipped_saes(A.SAE_LAYERS, seed=seed).items()]
+    for layer, sae in saes:  # the main SAEs and the replicate seeds'
         m = evaluate_sae(sae, torch.cat(tokens[layer]))
         q = A.sae_quality(sae)
         assert m.num_tokens == q["heldout_num_tokens"] == len(splits["val"]) * D.DEFAULT_VIT.num_patches
