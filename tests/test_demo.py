@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import asdict
 import sqlite3
 
 from captum_fgattr.bench.cli.main import main
 from captum_fgattr.bench.config import RunConfig
-from captum_fgattr.bench.default.demo import QUICK, demo_config
+from captum_fgattr.bench.default.demo import QUICK, REPLICATION, demo_config
 
 
 def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cache, capsys):
@@ -52,7 +53,7 @@ def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cach
     assert n_test == QUICK.protocol.test_images and duplicates == 0
     # the run description is stored like fgattr run's: config.json reruns the demo with `fgattr run --config`
     stored = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    assert stored == demo_config(run_dir, quick=True, cache_dir=demo_cache, progress=False)
+    assert stored == demo_config(run_dir, preset="quick", cache_dir=demo_cache, progress=False)
     # a second run finds everything cached and stored: nothing is recomputed, the table is the same
     assert main(["demo", "--quick", "--output", str(run_dir), "--cache-dir", str(demo_cache), "--quiet"]) == 0
     assert (run_dir / "report" / "test.md").read_text() == table
@@ -62,3 +63,13 @@ def test_quick_demo_runs_end_to_end_and_reports_every_method(tmp_path, demo_cach
     assert main(["run", "--config", str(run_dir / "config.json")]) == 0
     rerun = (run_dir / "report" / "report.md").read_text().split("## Setup")[1].split("## Selections")[0]
     assert rerun == setup
+    assert "* **replicates**: sae-seed-1: the run's model, SAEs shipped-seed1 (held-out EV 0.9" in setup
+    # a model replicate of the replication preset (model seed 1, its own SAEs) joins the stored run: only it is computed
+    model_seed = next(r for r in REPLICATION.replicates if r.name == "model-seed-1")
+    with_model = stored.merged({"replicates": [*map(asdict, stored.replicates), asdict(model_seed)]})
+    (tmp_path / "with_model.json").write_text(json.dumps(with_model.to_dict()))
+    assert main(["run", "--config", str(tmp_path / "with_model.json")]) == 0
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "model-seed-1: fgattr:br35h-vit-seed1 (64 patch tokens), test accuracy 0." in report.split("## Setup")[1]
+    assert "on 4 replicates (run, sae-seed-1, sae-seed-2, model-seed-1" in report.split("## Replication")[1]
+    assert (run_dir / "report" / "test.md").read_text() == table  # the run's own results are kept as they were

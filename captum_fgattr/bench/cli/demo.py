@@ -17,12 +17,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               help="run the study's protocol on the embedded default (brain-MRI scans) and write a report",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=None,
-                   help=f"run folder (default: {RUN_DIRS['full']}, or {RUN_DIRS['quick']} with --quick)")
-    p.add_argument("--quick", action="store_true", help="reduced smoke run (2 layers, few images)")
+                   help="run folder (default: the preset's, " + ", ".join(f"{d} for {n}" for n, d in RUN_DIRS.items()) + ")")
+    p.add_argument("--preset", choices=list(RUN_DIRS), default="full",
+                   help="full: the study with its SAE-seed replicates (about 25 min on a 2-core CPU); quick: a reduced "
+                   "smoke run (2 layers, few images); replication: full plus the model replicates (model seeds 1 and "
+                   "2, and a 196-patch ViT) with their own SAEs")
+    p.add_argument("--quick", action="store_const", const="quick", dest="preset", help="the same as --preset quick")
     p.add_argument("--retrain", action="store_true",
-                   help="train the model and SAEs from scratch instead of loading the packaged files (about 18 min on "
-                   "one CPU thread: 15 min for the ViT and 2.5 min for the SAEs, as recorded with those files), and "
-                   "report whether they are bit-identical to them")
+                   help="train the models and SAEs from scratch instead of loading the packaged files (the default "
+                   "ViT about 11 min on one CPU thread, its SAEs of 3 seeds 7 min; the replication preset's models "
+                   "another 45 min), and report whether they are bit-identical to them")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--cache-dir", default=None, help="model/SAE/data cache (default: $FGATTR_CACHE or ~/.cache/captum-fgattr)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -33,6 +37,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def _main(args: argparse.Namespace) -> int:
     from captum_fgattr.bench.default import demo  # imports torch: only when the command runs
 
-    demo.run_demo(args.output, quick=args.quick, device=args.device, cache_dir=args.cache_dir, progress=not args.quiet,
-             retrain=args.retrain)
+    demo.run_demo(args.output, preset=args.preset, device=args.device, cache_dir=args.cache_dir,
+                  progress=not args.quiet, retrain=args.retrain)
     return 0

@@ -17,6 +17,10 @@ its weights are bit-identical to the shipped ones. Layout (``<folder>`` = :data:
                                                   :data:`SHIPPED_SAE_SEEDS` (the study's SAE-seed replicates)
     <folder>/info.json                            the command, recipe, platform, model info (accuracies),
                                                   sha256 of every weights file, SAE metrics per layer (and seed)
+    <folder>/models/<name>/                       a replicate model of :data:`~captum_fgattr.bench.default.vit.RECIPES`
+                                                  (other model seed, 196 patches): the same layout, its own
+                                                  model, SAEs and info.json (no replicate SAE seeds); written by
+                                                  ``python -m captum_fgattr.bench.default.assets --model <name>``
 
 Example::
 
@@ -39,11 +43,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from captum_fgattr.bench.default import SHIPPED_SAE_SEEDS
+from captum_fgattr.bench.default import MODEL_NAME, SHIPPED_SAE_SEEDS
 from captum_fgattr.bench.default.br35h import Br35HSplit, default_splits
 from captum_fgattr.bench.default.vit import (
-    DEFAULT_TRAIN, DEFAULT_VIT, SHIPPED_DIR, ViTConfig, ViTTrainConfig, default_model, save_model, sha256_file,
-    shipped_model,
+    DEFAULT_TRAIN, DEFAULT_VIT, RECIPES, SHIPPED_DIR, ViTConfig, ViTTrainConfig, default_model, save_model,
+    sha256_file, shipped_folder, shipped_model,
 )
 from captum_fgattr.determinism import deterministic
 from captum_fgattr.sae.layers import layer_folder, sae_quality, seed_folder, train_layer_saes
@@ -252,30 +256,37 @@ def load_shipped_saes(layers: Sequence[int], device: str | torch.device = "cpu",
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m captum_fgattr.bench.default.assets --output DIR``: train and write the default assets."""
+    """``python -m captum_fgattr.bench.default.assets [--model NAME] [--output DIR]``: train and write the default
+    assets (``--model``: those of a replicate model, without replicate SAE seeds)."""
     parser = argparse.ArgumentParser(prog="python -m captum_fgattr.bench.default.assets", description=main.__doc__)
-    parser.add_argument("--output", required=True, help="folder to write (the package's is captum_fgattr/bench/default/shipped)")
+    parser.add_argument("--model", default=MODEL_NAME, choices=list(RECIPES),
+                        help=f"the shipped model to build (default {MODEL_NAME}; the others are the replicate models)")
+    parser.add_argument("--output", default=None,
+                        help="folder to write (default: the package's, captum_fgattr/bench/default/shipped or "
+                        "its models/<name> for a replicate model)")
     parser.add_argument("--cache-dir", default=None,
-                        help="model/data cache (default: $FGATTR_CACHE or ~/.cache/captum-fgattr); a default model "
-                        "that `fgattr demo --retrain` already trained there is reused")
+                        help="model/data cache (default: $FGATTR_CACHE or ~/.cache/captum-fgattr); a model that "
+                        "`fgattr demo --retrain` already trained there is reused")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--add-sae-seeds", type=int, nargs="+", default=None, metavar="SEED",
                         help="only train the replicate SAEs of these seeds for the assets already in --output")
     args = parser.parse_args(argv)
     argv = list(sys.argv[1:] if argv is None else argv)
+    output = args.output if args.output is not None else shipped_folder(args.model)
     if args.add_sae_seeds is not None:
-        info = add_sae_seeds(args.output, args.add_sae_seeds, cache_dir=args.cache_dir, progress=not args.quiet)
+        info = add_sae_seeds(output, args.add_sae_seeds, cache_dir=args.cache_dir, progress=not args.quiet)
         print(json.dumps(info["sae_seeds"], indent=2))
-        print(f"added SAE seeds {args.add_sae_seeds} to {args.output} in {info['sae_seeds_seconds']:.0f}s",
+        print(f"added SAE seeds {args.add_sae_seeds} to {output} in {info['sae_seeds_seconds']:.0f}s",
               file=sys.stderr)
         return 0
-    info = build_assets(args.output, cache_dir=args.cache_dir, progress=not args.quiet,
-                        command=shlex.join(["python", "-m", "captum_fgattr.bench.default.assets", *argv]))
+    vit, train = RECIPES[args.model]
+    info = build_assets(output, vit, train, cache_dir=args.cache_dir, progress=not args.quiet,
+                        command=shlex.join(["python", "-m", "captum_fgattr.bench.default.assets", *argv]),
+                        sae_seeds=SHIPPED_SAE_SEEDS if args.model == MODEL_NAME else ())
     print(json.dumps({"test_accuracy": info["model"]["test_accuracy"],
                       "saes": {layer: s["metrics"] for layer, s in info["saes"].items()}}, indent=2))
-    print(f"wrote {args.output} in {info['seconds']:.0f}s", file=sys.stderr)
+    print(f"wrote {output} in {info['seconds']:.0f}s", file=sys.stderr)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,5 +1,6 @@
 """The embedded default's registrations, imported by each registry at the first lookup of an entry the package
-declares (:data:`captum_fgattr.bench.default.PROVIDES`): the dataset layout, the project model and the SAE source.
+declares (:data:`captum_fgattr.bench.default.PROVIDES`): the dataset layout, the project models (the default ViT and
+the replicate models) and their shipped SAE sources.
 (The demo presets' report header is registered by :mod:`.demo`.)"""
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from torch import nn
 
 from captum_fgattr.bench.data.kinds import LAYOUTS
 from captum_fgattr.bench.default import (
-    LAYOUT_NAME, MODEL_NAME, PROVIDES, SHIPPED_SAE_SEEDS, br35h, shipped_seed_saes, vit,
+    LAYOUT_NAME, MODEL_NAME, PROVIDES, REPLICATE_MODELS, SHIPPED_SAE_SEEDS, br35h, shipped_model_saes, shipped_seed_saes,
+    vit,
 )
 from captum_fgattr.bench.default.assets import load_shipped_saes, shipped_info, shipped_sae_digests
 from captum_fgattr.bench.models.project import PROJECT_MODELS, ProjectModel
@@ -20,43 +22,49 @@ from captum_fgattr.sae import SparseAutoencoder
 LAYOUTS.add(LAYOUT_NAME, br35h.LAYOUT)
 
 
-def _shipped_model_digest(checkpoint: str | None) -> tuple[str, str] | None:
-    """The recorded sha256 of the shipped weights (checkpoint none / "shipped"); none for retrained ones."""
+def _shipped_model_digest(name: str, checkpoint: str | None) -> tuple[str, str] | None:
+    """The recorded sha256 of the shipped weights of ``fgattr:<name>`` (checkpoint none / "shipped"); none for
+    retrained ones."""
     if checkpoint not in (None, "shipped"):
         return None
-    return f"the shipped fgattr:{MODEL_NAME} weights", shipped_info()["model"]["weights_sha256"]
+    return f"the shipped fgattr:{name} weights", shipped_info(vit.shipped_folder(name))["model"]["weights_sha256"]
 
 
-PROJECT_MODELS.add(MODEL_NAME, ProjectModel(
-    num_classes=vit.DEFAULT_VIT.num_classes, img_size=vit.DEFAULT_VIT.img_size, depth=vit.DEFAULT_VIT.depth,
-    num_patches=vit.DEFAULT_VIT.num_patches, load=vit.load_br35h_vit, digest=_shipped_model_digest,
-))
+for _name, (_vit, _) in vit.RECIPES.items():
+    PROJECT_MODELS.add(_name, ProjectModel(
+        num_classes=_vit.num_classes, img_size=_vit.img_size, depth=_vit.depth, num_patches=_vit.num_patches,
+        load=functools.partial(vit.load_br35h_vit, name=_name), digest=functools.partial(_shipped_model_digest, _name),
+    ))
 
 
-def _shipped_saes(seed: int | None = None) -> Callable[[list[int], nn.Module | None], dict[int, SparseAutoencoder]]:
-    """Loader of the shipped SAEs (``seed``: the replicate SAEs of that seed) of some layers, which first checks that
-    the model has the weights they were trained on."""
-    name = shipped_seed_saes(seed)
+def _shipped_saes(seed: int | None = None, model: str = MODEL_NAME
+                  ) -> Callable[[list[int], nn.Module | None], dict[int, SparseAutoencoder]]:
+    """Loader of the shipped SAEs of ``fgattr:<model>`` (``seed``: the default ViT's replicate SAEs of that seed) of
+    some layers, which first checks that the model has the weights they were trained on."""
+    name = shipped_seed_saes(seed) if model == MODEL_NAME else shipped_model_saes(model)
+    folder = vit.shipped_folder(model)
 
-    def load(layers: list[int], model: nn.Module | None) -> dict[int, SparseAutoencoder]:
-        if model is None:
+    def load(layers: list[int], model_given: nn.Module | None) -> dict[int, SparseAutoencoder]:
+        if model_given is None:
             raise ValueError(f"saes={name!r} needs the model, to check they were trained on it")
-        expected = shipped_info()["model"]["weights_sha256"]
+        expected = shipped_info(folder)["model"]["weights_sha256"]
         try:
-            actual = vit.weights_sha256(model)
+            actual = vit.weights_sha256(model_given)
         except RuntimeError as err:  # e.g. tied weights: not a plain state dict, so not the default ViT
             actual = f"unhashable ({err})"
         if actual != expected:
-            raise ValueError(f"the SAEs {name!r} were trained on the shipped fgattr:{MODEL_NAME} (weights sha256 "
+            raise ValueError(f"the SAEs {name!r} were trained on the shipped fgattr:{model} (weights sha256 "
                              f"{expected[:12]}...) but this model's weights differ (sha256 {actual[:12]}...); use "
-                             f"--model fgattr:{MODEL_NAME} without a checkpoint, or SAEs trained on this model "
+                             f"--model fgattr:{model} without a checkpoint, or SAEs trained on this model "
                              "(fgattr train-sae)")
-        return load_shipped_saes(layers, seed=seed)
+        return load_shipped_saes(layers, folder=folder, seed=seed)
 
     return load
 
 
-for _seed in (None, *SHIPPED_SAE_SEEDS):  # the main SAEs (seed 0), then the replicate seeds
-    SAE_SOURCES.add(shipped_seed_saes(_seed), SAESource(
-        what=PROVIDES["SAE source"][shipped_seed_saes(_seed)][0], load=_shipped_saes(_seed),
-        digests=functools.partial(shipped_sae_digests, _seed)))
+_SOURCES = [(shipped_seed_saes(seed), seed, MODEL_NAME) for seed in (None, *SHIPPED_SAE_SEEDS)]  # seed 0 first
+_SOURCES += [(shipped_model_saes(name), None, name) for name in REPLICATE_MODELS]
+for _source, _seed, _model in _SOURCES:
+    SAE_SOURCES.add(_source, SAESource(
+        what=PROVIDES["SAE source"][_source][0], load=_shipped_saes(_seed, _model),
+        digests=functools.partial(shipped_sae_digests, _seed, vit.shipped_folder(_model))))

@@ -4,7 +4,9 @@ Works on a fresh CPU-only machine with no hub access: the model is a timm
 :class:`~timm.models.vision_transformer.VisionTransformer` trained by :func:`train_default_model` on the
 training split of :mod:`captum_fgattr.bench.default.br35h` in a few CPU minutes; the package ships its weights
 (:data:`SHIPPED_DIR`, sha256-checked) and other settings are trained once and cached in the user cache folder.
-Model name ``"fgattr:br35h-vit"`` of :func:`captum_fgattr.bench.models.loading.load_model` (:func:`load_br35h_vit`).
+Model name ``"fgattr:br35h-vit"`` of :func:`captum_fgattr.bench.models.loading.load_model` (:func:`load_br35h_vit`);
+the replicate models (other model seeds, 196 patch tokens at 112 px; :data:`RECIPES`) are shipped and named alike,
+e.g. ``"fgattr:br35h-vit-seed1"``.
 
 Cache layout (``$FGATTR_CACHE`` or ``~/.cache/captum-fgattr``)::
 
@@ -50,8 +52,8 @@ from captum_fgattr.files import atomic_write, sha256_file
 
 __all__ = [
     "MODEL_NAME", "CHECKPOINTS", "PATCH_SIZE", "EMBED_DIM", "DEPTH", "NUM_HEADS", "ViTConfig", "ViTTrainConfig",
-    "DEFAULT_VIT", "DEFAULT_TRAIN", "build_vit", "evaluate_accuracy", "train_default_model", "default_model",
-    "load_br35h_vit", "SHIPPED_DIR", "shipped_model", "save_model", "sha256_file", "weights_sha256",
+    "DEFAULT_VIT", "DEFAULT_TRAIN", "RECIPES", "shipped_folder", "build_vit", "evaluate_accuracy",
+    "train_default_model", "default_model", "load_br35h_vit", "SHIPPED_DIR", "shipped_model", "save_model", "sha256_file", "weights_sha256",
 ]
 
 #: its ``model.checkpoint`` values: the shipped weights (also None), or trained from scratch and cached
@@ -125,6 +127,22 @@ class ViTTrainConfig:
 
 DEFAULT_VIT = ViTConfig()
 DEFAULT_TRAIN = ViTTrainConfig()
+#: every shipped project model's recipe, ``fgattr:<name>`` -> (shape, training): the default ViT and the replicate
+#: models of :data:`~captum_fgattr.bench.default.REPLICATE_MODELS` (other model seeds; 112 px for 196 patch tokens)
+RECIPES: dict[str, tuple[ViTConfig, ViTTrainConfig]] = {
+    MODEL_NAME: (DEFAULT_VIT, DEFAULT_TRAIN),
+    f"{MODEL_NAME}-seed1": (DEFAULT_VIT, dataclasses.replace(DEFAULT_TRAIN, seed=1)),
+    f"{MODEL_NAME}-seed2": (DEFAULT_VIT, dataclasses.replace(DEFAULT_TRAIN, seed=2)),
+    f"{MODEL_NAME}-196": (ViTConfig(img_size=112), DEFAULT_TRAIN),
+}
+
+
+def shipped_folder(name: str = MODEL_NAME) -> Path:
+    """The folder of the shipped weights (and SAEs) of project model ``name``: :data:`SHIPPED_DIR` for the default
+    ViT, ``SHIPPED_DIR/models/<name>`` for a replicate model."""
+    if name not in RECIPES:
+        raise ValueError(f"no shipped model {name!r}; shipped: {list(RECIPES)}")
+    return SHIPPED_DIR if name == MODEL_NAME else SHIPPED_DIR / "models" / name
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -321,11 +339,13 @@ def default_model(
 ) -> tuple[nn.Module, dict]:
     """The default Br35H ViT: the shipped weights, or loaded from the cache, or trained and cached.
 
-    With the default ``vit``, ``train`` and split and ``retrain=False`` this is :func:`shipped_model`
-    (no training). Otherwise the model is trained with :func:`train_default_model` once and cached;
-    ``retrain=True`` with the defaults trains exactly what was shipped (bit-identical on the CPU type
-    that produced the shipped files; see ``info.json``'s ``platform``). The cache entry ``models/br35h_vit_<key>/`` is keyed by ``vit``, ``train`` and the split (its
-    seed, or the image paths when ``splits`` is given), so other settings train their own entry.
+    With a shipped recipe (:data:`RECIPES`: the default ``vit`` and ``train``, or a replicate model's) on the
+    default split and ``retrain=False`` this is :func:`shipped_model` of its :func:`shipped_folder` (no training).
+    Otherwise the model is trained with :func:`train_default_model` once and cached; ``retrain=True`` with a
+    shipped recipe trains exactly what was shipped (bit-identical on the CPU type that produced the shipped
+    files; see ``info.json``'s ``platform``). The cache entry ``models/br35h_vit_<key>/`` is keyed by ``vit``,
+    ``train`` and the split (its seed, or the image paths when ``splits`` is given), so other settings train their
+    own entry.
 
     Returns:
         ``(model, info)``: a timm ``VisionTransformer`` on ``device`` in eval mode, mapping normalised
@@ -334,10 +354,12 @@ def default_model(
     Raises:
         ValueError: a cache file is corrupt (the message names it; delete the folder to retrain).
     """
-    if not retrain and vit == DEFAULT_VIT and train == DEFAULT_TRAIN and splits is None:
-        if (SHIPPED_DIR / _WEIGHTS_NAME).is_file():
-            return shipped_model(device)
-        warnings.warn(f"the shipped default model is missing ({SHIPPED_DIR / _WEIGHTS_NAME}); training it instead",
+    shipped = next((name for name, recipe in RECIPES.items() if recipe == (vit, train)), None)
+    if not retrain and shipped is not None and splits is None:
+        folder = shipped_folder(shipped)
+        if (folder / _WEIGHTS_NAME).is_file():
+            return shipped_model(device, folder)
+        warnings.warn(f"the shipped model fgattr:{shipped} is missing ({folder / _WEIGHTS_NAME}); training it instead",
                       stacklevel=2)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     data_key = SPLIT_SEED if splits is None else [str(p) for s in ("train", "val", "test") for p in splits[s].paths]
@@ -360,13 +382,16 @@ def load_br35h_vit(
     cache_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    name: str = MODEL_NAME,
 ) -> nn.Module:
-    """The default ViT as ``model.name = "fgattr:br35h-vit"`` names it, in eval mode on ``device``.
+    """The shipped ViT ``name`` of :data:`RECIPES` as ``model.name = "fgattr:<name>"`` names it (default: the default
+    ViT, ``fgattr:br35h-vit``), in eval mode on ``device``.
 
-    ``checkpoint``: None or ``"shipped"``: the shipped weights (sha256-checked, no training); ``"retrain"``: the
-    default recipe trained from scratch by :func:`default_model` and cached in ``cache_dir`` (later calls load it).
+    ``checkpoint``: None or ``"shipped"``: the shipped weights (sha256-checked, no training); ``"retrain"``: its
+    recipe trained from scratch by :func:`default_model` and cached in ``cache_dir`` (later calls load it).
     """
     if checkpoint is not None and checkpoint not in CHECKPOINTS:
-        raise ValueError(f"model fgattr:{MODEL_NAME}: checkpoint={checkpoint!r}; expected one of {list(CHECKPOINTS)} "
+        raise ValueError(f"model fgattr:{name}: checkpoint={checkpoint!r}; expected one of {list(CHECKPOINTS)} "
                          "(none: shipped)")
-    return default_model(cache_dir, device=device, progress=progress, retrain=checkpoint == "retrain")[0]
+    vit, train = RECIPES[name]
+    return default_model(cache_dir, device, vit, train, progress=progress, retrain=checkpoint == "retrain")[0]
