@@ -24,9 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "2, and a 196-patch ViT) with their own SAEs")
     p.add_argument("--quick", action="store_const", const="quick", dest="preset", help="the same as --preset quick")
     p.add_argument("--retrain", action="store_true",
-                   help="train the models and SAEs from scratch instead of loading the packaged files (the default "
-                   "ViT about 11 min on one CPU thread, its SAEs of 3 seeds 7 min; the replication preset's models "
-                   "another 45 min), and report whether they are bit-identical to them")
+                   help="train the models and SAEs from scratch instead of loading the packaged files (on one CPU "
+                   "thread: the default ViT about 8-15 min, its SAEs of 3 seeds 10 min; the replication preset's "
+                   "three models and their SAEs another 60 min), and report whether they are bit-identical to them")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--cache-dir", default=None, help="model/SAE/data cache (default: $FGATTR_CACHE or ~/.cache/captum-fgattr)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
