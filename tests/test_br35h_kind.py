@@ -129,11 +129,13 @@ def test_retrained_weights_are_compared_with_every_shipped_file(tmp_path):
     shutil.copytree(D.SHIPPED_DIR / "sae_seeds", saes / "sae_seeds")
     shutil.copytree(D.shipped_folder("br35h-vit-seed1") / "saes", seed1)
     replicates = [asdict(r) for r in M.REPLICATION.replicates if r.model is None]
-    replicates.append({**asdict(next(r for r in M.REPLICATION.replicates if r.name == "model-seed-1")), "saes": str(seed1)})
+    model_seed = next(r for r in M.REPLICATION.replicates if r.name == "model-seed-1")
+    replicates.append({**asdict(model_seed), "saes": str(seed1)})
     config = M.demo_config(preset="replication").merged({"saes": str(saes), "replicates": replicates})
     inputs = StudyInputs(D.shipped_model()[0], None, None, A.load_shipped_saes(A.SAE_LAYERS))
     line = M._compare_with_shipped(config, inputs)
-    assert line.startswith("retrained vs shipped (sha256): model identical, SAE 1 identical") and "DIFFERENT" not in line
+    assert line.startswith("retrained vs shipped (sha256): model identical, SAE 1 identical")
+    assert "DIFFERENT" not in line
     for what in ("SAE 4 seed 2", "br35h-vit-seed1 model", "br35h-vit-seed1 SAE 4"):
         assert f"{what} identical" in line
     assert line.count("identical") == 1 + 4 * 3 + 1 + 4

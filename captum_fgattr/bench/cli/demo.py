@@ -17,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               help="run the study's protocol on the embedded default (brain-MRI scans) and write a report",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default=None,
-                   help="run folder (default: the preset's, " + ", ".join(f"{d} for {n}" for n, d in RUN_DIRS.items()) + ")")
+                   help="run folder (default: the preset's, "
+                   + ", ".join(f"{folder} for {name}" for name, folder in RUN_DIRS.items()) + ")")
     p.add_argument("--preset", choices=list(RUN_DIRS), default="full",
                    help="full: the study with its SAE-seed replicates (about 25 min on a 2-core CPU); quick: a reduced "
                    "smoke run (2 layers, few images); replication: full plus the model replicates (model seeds 1 and "

@@ -7,8 +7,8 @@ Generic code reaches it only through registries, which import this package at th
 (:data:`captum_fgattr.bench.plugins.BENCH_PLUGINS`) and read what it provides (:data:`PROVIDES`): the dataset layout
 ``"br35h"``, the project model ``"fgattr:br35h-vit"``, the SAE sources ``"shipped"`` (SAE seed 0) and
 ``"shipped-seed1"``, ``"shipped-seed2"`` (the replicate SAEs), the replicate models of :data:`REPLICATE_MODELS`
-(``fgattr:br35h-vit-seed1`` ..., each with its SAE source ``"shipped-<name>"``) and the report header of the presets. This module
-imports nothing, so that listing them (``fgattr <command> --help``) stays instant; the modules
+(``fgattr:br35h-vit-seed1`` ..., each with its SAE source ``"shipped-<name>"``) and the report header of the
+presets. This module imports nothing, so that listing them (``fgattr <command> --help``) stays instant; the modules
 that register them (:mod:`.plugin`, :mod:`.demo`) are imported at an entry's first lookup.
 """
 from __future__ import annotations

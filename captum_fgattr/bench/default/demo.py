@@ -82,7 +82,8 @@ QUICK = RunConfig(
 #: the model replicates of the ``replication`` preset: each shipped replicate model (model seeds 1 and 2, and 196 patch
 #: tokens at 112 px) with its own shipped SAEs
 _MODEL_REPLICATES = tuple(
-    ReplicateConfig(replicate, saes=shipped_model_saes(name), model=ModelConfig(name=f"fgattr:{name}", checkpoint="shipped"))
+    ReplicateConfig(replicate, saes=shipped_model_saes(name),
+                    model=ModelConfig(name=f"fgattr:{name}", checkpoint="shipped"))
     for name, (replicate, _) in REPLICATE_MODELS.items())
 #: ``fgattr demo --preset replication``: :data:`FULL` with the model replicates added to the SAE-seed ones (the run's
 #: metric settings in every replicate: 4 patches per PF step are 49 steps with 196 patches)
@@ -101,7 +102,8 @@ def demo_config(output: str | Path | None = None, preset: str = "full", device: 
         raise ValueError(f"demo preset {preset!r}; expected one of {list(PRESETS)}")
     config = PRESETS[preset]
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    replicates = [{**dataclasses.asdict(r), "model": r.model and {**dataclasses.asdict(r.model), "checkpoint": "retrain"}}
+    replicates = [{**dataclasses.asdict(r),
+                   "model": r.model and {**dataclasses.asdict(r.model), "checkpoint": "retrain"}}
                   for r in config.replicates]
     return config.merged({"run_dir": None if output is None else str(output), "cache_dir": str(cache),
                           "evaluation.device": device, "evaluation.progress": progress,
@@ -166,7 +168,8 @@ def _compare_with_shipped(config: RunConfig, inputs: StudyInputs) -> str:
     for replicate in config.replicates:
         if replicate.model is not None:
             model = load_model(replicate.model, CLASS_NAMES, config.cache_dir, progress=False)
-            same.update(_same_as_shipped(replicate.model.name.partition(":")[2], model, Path(str(replicate.saes)), layers))
+            name = replicate.model.name.partition(":")[2]
+            same.update(_same_as_shipped(name, model, Path(str(replicate.saes)), layers))
     return "retrained vs shipped (sha256): " + ", ".join(f"{k} {'identical' if v else 'DIFFERENT'}" for k, v in same.items())
 
 
@@ -176,7 +179,8 @@ def _same_as_shipped(name: str, model: nn.Module | None, saes: Path, layers: Seq
     ``layers`` (``seed``: the default ViT's replicate SAEs of that seed) against the retrained ones in ``saes``."""
     folder = shipped_folder(name)
     prefix = "" if name == MODEL_NAME else f"{name} "
-    same = {} if model is None else {f"{prefix}model": weights_sha256(model) == shipped_info(folder)["model"]["weights_sha256"]}
+    same = {} if model is None else {
+        f"{prefix}model": weights_sha256(model) == shipped_info(folder)["model"]["weights_sha256"]}
     shipped = shipped_sae_digests(seed, folder)
     for layer in layers:
         key = f"{prefix}SAE {layer}" + ("" if seed is None else f" seed {seed}")

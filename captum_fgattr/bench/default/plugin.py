@@ -11,8 +11,8 @@ from torch import nn
 
 from captum_fgattr.bench.data.kinds import LAYOUTS
 from captum_fgattr.bench.default import (
-    LAYOUT_NAME, MODEL_NAME, PROVIDES, REPLICATE_MODELS, SHIPPED_SAE_SEEDS, br35h, shipped_model_saes, shipped_seed_saes,
-    vit,
+    LAYOUT_NAME, MODEL_NAME, PROVIDES, REPLICATE_MODELS, SHIPPED_SAE_SEEDS, br35h, shipped_model_saes,
+    shipped_seed_saes, vit,
 )
 from captum_fgattr.bench.default.assets import load_shipped_saes, shipped_info, shipped_sae_digests
 from captum_fgattr.bench.models.project import PROJECT_MODELS, ProjectModel
@@ -37,25 +37,25 @@ for _name, (_vit, _) in vit.RECIPES.items():
     ))
 
 
-def _shipped_saes(seed: int | None = None, model: str = MODEL_NAME
+def _shipped_saes(seed: int | None = None, model_name: str = MODEL_NAME
                   ) -> Callable[[list[int], nn.Module | None], dict[int, SparseAutoencoder]]:
-    """Loader of the shipped SAEs of ``fgattr:<model>`` (``seed``: the default ViT's replicate SAEs of that seed) of
-    some layers, which first checks that the model has the weights they were trained on."""
-    name = shipped_seed_saes(seed) if model == MODEL_NAME else shipped_model_saes(model)
-    folder = vit.shipped_folder(model)
+    """Loader of the shipped SAEs of ``fgattr:<model_name>`` (``seed``: the default ViT's replicate SAEs of that seed)
+    of some layers, which first checks that the model has the weights they were trained on."""
+    name = shipped_seed_saes(seed) if model_name == MODEL_NAME else shipped_model_saes(model_name)
+    folder = vit.shipped_folder(model_name)
 
-    def load(layers: list[int], model_given: nn.Module | None) -> dict[int, SparseAutoencoder]:
-        if model_given is None:
+    def load(layers: list[int], model: nn.Module | None) -> dict[int, SparseAutoencoder]:
+        if model is None:
             raise ValueError(f"saes={name!r} needs the model, to check they were trained on it")
         expected = shipped_info(folder)["model"]["weights_sha256"]
         try:
-            actual = vit.weights_sha256(model_given)
+            actual = vit.weights_sha256(model)
         except RuntimeError as err:  # e.g. tied weights: not a plain state dict, so not the default ViT
             actual = f"unhashable ({err})"
         if actual != expected:
-            raise ValueError(f"the SAEs {name!r} were trained on the shipped fgattr:{model} (weights sha256 "
+            raise ValueError(f"the SAEs {name!r} were trained on the shipped fgattr:{model_name} (weights sha256 "
                              f"{expected[:12]}...) but this model's weights differ (sha256 {actual[:12]}...); use "
-                             f"--model fgattr:{model} without a checkpoint, or SAEs trained on this model "
+                             f"--model fgattr:{model_name} without a checkpoint, or SAEs trained on this model "
                              "(fgattr train-sae)")
         return load_shipped_saes(layers, folder=folder, seed=seed)
 
