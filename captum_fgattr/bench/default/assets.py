@@ -288,5 +288,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {output} in {info['seconds']:.0f}s", file=sys.stderr)
     return 0
 
+
 if __name__ == "__main__":
     raise SystemExit(main())
